@@ -1,0 +1,59 @@
+"""Every setting of a decode run, in dataclasses that are saved with every result.
+
+`SamplingConfig` is how tokens are drawn (shared by AR and every verifier, so both process
+logits the same way); `DecodeConfig` is the whole run (method, budget, lengths, sampling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from specdiff.errors import SpecdiffError
+
+METHODS = ("ar", "pld", "dflash", "ddtree")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0  # keys the sampling noise by (seed, position): see sampling.py
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self) -> None:
+        if not self.temperature >= 0.0:
+            raise SpecdiffError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SpecdiffError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SpecdiffError(f"--top-k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class DecodeConfig:
+    method: str = "ddtree"
+    budget: int = 64  # ddtree: draft nodes per round (root not counted)
+    max_new_tokens: int = 128
+    block_size: int | None = None  # drafter block (root + draft slots); None = the drafter's own
+    pld_ngram_max: int = 4  # prompt lookup: longest n-gram matched
+    pld_ngram_min: int = 1
+    pld_max_draft: int = 15
+    stop_at_eos: bool = True
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.budget < 1:
+            raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
+        if self.max_new_tokens < 1:
+            raise SpecdiffError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        self.sampling.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,101 @@
+"""The decode loop: one loop for every method.
+
+    prefill -> [ propose -> target forward over the tree -> verify -> commit -> update ]*
+
+Every round emits at least one token (the bonus), so AR is the same loop with a root-only tree.
+The prompt's last token is the first round's root: prefill commits the tokens before it, and every
+new token comes out of a verification round (so AR's tau is exactly 1).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from specdiff.config import DecodeConfig
+from specdiff.drafters.base import DecodeState, Proposer
+from specdiff.errors import SpecdiffError
+from specdiff.target.hf_causal import HFTarget
+from specdiff.types import GenerationResult, TargetOutput
+from specdiff.verify import verify_walk
+
+
+class SpeculativeDecoder:
+    def __init__(self, target: HFTarget, proposer: Proposer, cfg: DecodeConfig, eos_ids: Sequence[int] = ()):
+        cfg.validate()
+        self.target, self.proposer, self.cfg = target, proposer, cfg
+        self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
+        target.set_taps(proposer.tap_layers)
+
+    def _sync(self) -> None:
+        if self.target.device.type == "cuda":
+            torch.cuda.synchronize(self.target.device)
+
+    def check_prompt(self, n_prompt: int) -> None:
+        limit = self.target.max_positions
+        if n_prompt == 0:
+            raise SpecdiffError("the prompt is empty")
+        if n_prompt + self.cfg.max_new_tokens > limit:
+            raise SpecdiffError(
+                f"prompt of {n_prompt} tokens plus --max-new-tokens {self.cfg.max_new_tokens} "
+                f"exceeds the target's context of {limit} tokens"
+            )
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[int]) -> GenerationResult:
+        cfg, target, proposer = self.cfg, self.target, self.proposer
+        prompt = [int(t) for t in prompt_ids]
+        self.check_prompt(len(prompt))
+        max_new = cfg.max_new_tokens
+        # room for the prompt, the output and one tree written past the committed end
+        max_len = len(prompt) + max_new + getattr(proposer, "max_nodes", max(cfg.budget, 16) + 1)
+        target.reset(max_len)
+
+        # 1. prefill: commit everything before the first root
+        self._sync()
+        t0 = time.perf_counter()
+        if len(prompt) > 1:
+            pre = target.prefill(prompt[:-1])
+        else:
+            empty = torch.empty(0, len(proposer.tap_layers) * target.hidden_size, device=target.device)
+            pre = TargetOutput(logits=torch.empty(0, target.vocab_size, device=target.device), features=empty)
+        state = DecodeState(tokens=list(prompt), max_depth=max_new - 1)
+        proposer.begin(state, pre, max_len)
+        self._sync()
+        t1 = time.perf_counter()
+
+        new: list[int] = []
+        accept_lengths: list[int] = []
+        tree_sizes: list[int] = []
+        stop = "length"
+        while len(new) < max_new:
+            state.max_depth = max_new - len(new) - 1  # a round emits at most max_depth + 1 tokens
+            tree = proposer.propose(state)  # 2. propose
+            out = target.forward(tree)  # 3. one target forward over the whole tree
+            result = verify_walk(tree, out.logits, state.start, cfg.sampling)  # 4. verify
+            target.commit(result.accepted)  # 5. keep the accepted path's KV
+            proposer.update(result, out)  # 6. drafter learns what was committed
+            emitted = result.tokens
+            for j, tok in enumerate(emitted):
+                if tok in self.eos_ids:
+                    emitted, stop = emitted[: j + 1], "eos"
+                    break
+            new.extend(emitted)
+            state.tokens.extend(emitted)
+            accept_lengths.append(len(emitted))
+            tree_sizes.append(tree.num_nodes)
+            if stop == "eos":
+                break
+        self._sync()
+        t2 = time.perf_counter()
+        return GenerationResult(
+            token_ids=new,
+            rounds=len(accept_lengths),
+            accept_lengths=accept_lengths,
+            tree_sizes=tree_sizes,
+            prefill_s=t1 - t0,
+            decode_s=t2 - t1,
+            stop_reason=stop,
+        )

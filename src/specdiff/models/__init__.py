@@ -1,0 +1,1 @@
+"""Model builders: tiny targets and drafters from config (tests, demos) and the bundled defaults."""

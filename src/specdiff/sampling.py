@@ -1,0 +1,86 @@
+"""How the target's tokens are drawn: logit processing and position-keyed sampling noise.
+
+Processing follows Hugging Face's sampling warpers in their order (temperature, then top-k, then
+top-p), so "plain AR sampling" and every verifier see the same distribution.
+
+Sampling is Gumbel-max with noise that is a pure function of (seed, position, token id): the token
+at absolute position p is `argmax(logprobs + g(seed, p))`. Every emitted token of a speculative
+round is drawn this way at its own position, from the target's distribution given the accepted
+prefix, so a speculative run emits exactly the tokens that AR emits with the same seed, at any
+temperature, and the output has the target's distribution exactly. No generator state is carried
+between calls, so the noise does not depend on how many model calls a method makes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdiff.config import SamplingConfig
+
+_M32 = 0xFFFFFFFF
+
+
+def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """[..., V] logits -> [..., V] float32 log-probabilities after temperature, top-k and top-p.
+
+    Filtered tokens get -inf. At temperature 0 the logits are returned as float32 (argmax only).
+    """
+    scores = logits.float()
+    if cfg.greedy:
+        return scores
+    scores = scores / cfg.temperature
+    if 0 < cfg.top_k < scores.shape[-1]:
+        # HF TopKLogitsWarper: drop everything below the k-th largest value (ties are kept)
+        kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        # HF TopPLogitsWarper: sort ascending, drop the low tail whose mass is <= 1 - top_p,
+        # always keep the most likely token
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= (1.0 - cfg.top_p)
+        drop_sorted[..., -1:] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash on int64 tensors holding values in [0, 2^32).
+
+    Multipliers are odd and below 2^31, so every product stays below 2^63: no signed overflow.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x297A2D39) & _M32
+    return x ^ (x >> 15)
+
+
+def keyed_uniform(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[P] positions -> [P, V] float32 uniforms in (0, 1), a pure function of (seed, position, id)."""
+    device = positions.device
+    seed_h = _mix32(torch.tensor(seed & _M32, dtype=torch.long, device=device))
+    row = _mix32((seed_h + _mix32(positions.long() & _M32) * 0x61C88647) & _M32)  # [P]
+    ids = torch.arange(vocab_size, dtype=torch.long, device=device)
+    x = _mix32((row[:, None] ^ ((ids[None, :] * 0x3C6EF35F) & _M32)) & _M32)
+    x = _mix32(x ^ row[:, None])
+    return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The target's token at each row: [N, V] logits, [N] positions of the drawn tokens -> [N] ids.
+
+    Greedy: argmax. Otherwise Gumbel-max over the processed distribution with noise keyed by
+    (cfg.seed, position); rows at the same position share their noise, which is what makes a
+    speculative run reproduce AR's tokens.
+    """
+    logp = process_logits(logits, cfg)
+    if cfg.greedy:
+        return logp.argmax(dim=-1)
+    uniq, inverse = torch.unique(positions, return_inverse=True)
+    u = keyed_uniform(cfg.seed, uniq, logp.shape[-1])[inverse]  # [N, V]
+    gumbel = -torch.log(-torch.log(u))
+    return (logp + gumbel).argmax(dim=-1)

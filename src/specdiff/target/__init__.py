@@ -1,0 +1,6 @@
+"""Target adapters: the only place that knows how a model family runs a tree forward."""
+
+from specdiff.target.hf_causal import HFTarget, load_target
+from specdiff.target.tree_plan import TreePlan
+
+__all__ = ["HFTarget", "TreePlan", "load_target"]

@@ -1,0 +1,155 @@
+"""Adapter for any Hugging Face `AutoModelForCausalLM` (Qwen3, Llama, Qwen2, ...) as the target.
+
+It owns the target's static KV cache and the three operations the decode loop needs:
+- `prefill(ids)`: run the prompt, committed at once;
+- `forward(tree)`: run a `DraftTree` at slots [length, length + N) under its ancestor mask, at
+  positions length + depth, returning logits for every node and the tapped hidden states;
+- `commit(accepted)`: gather the accepted nodes' K/V into slots [length, length + k) and advance
+  `length`. Whatever else the tree wrote is simply overwritten later: rollback is a pointer.
+
+The cache is Hugging Face's `StaticCache`; its layers append at their `cumulative_length`, which
+this adapter sets before each forward (the same on transformers 5.17 and 5.23).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, StaticCache
+
+from specdiff.errors import SpecdiffError
+from specdiff.target.tree_plan import TreePlan
+from specdiff.types import DraftTree, TargetOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFTarget:
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
+        self.model = model.eval()
+        self.config = model.config.get_text_config(decoder=True)
+        self.layers = model.get_decoder().layers
+        self.num_layers = len(self.layers)
+        self.hidden_size = int(self.config.hidden_size)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_positions = int(getattr(self.config, "max_position_embeddings", 1 << 30))
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.cache: StaticCache | None = None
+        self.max_len = 0
+        self.length = 0  # committed slots
+        self._taps: dict[int, torch.Tensor] = {}
+        self._hooks: list = []
+        self.set_taps(tap_layers)
+
+    # -- embeddings the drafter borrows ------------------------------------------------------
+    @property
+    def embed_tokens(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    # -- hidden-state taps -------------------------------------------------------------------
+    def set_taps(self, layer_ids: Sequence[int]) -> None:
+        """Record the outputs of decoder layers `layer_ids` (0-based) on every forward."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self.tap_layers = [], tuple(layer_ids)
+        for i in self.tap_layers:
+            if not 0 <= i < self.num_layers:
+                raise SpecdiffError(f"tapped layer {i} does not exist: the target has {self.num_layers} layers")
+            self._hooks.append(self.layers[i].register_forward_hook(self._make_hook(i)))
+
+    def _make_hook(self, i: int):
+        def hook(_module, _args, output):
+            self._taps[i] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    # -- cache -------------------------------------------------------------------------------
+    def reset(self, max_len: int) -> None:
+        """Start a new sequence with room for `max_len` slots (prompt + output + one tree)."""
+        if self.cache is None or self.max_len < max_len:
+            self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+            self.max_len = max_len
+        self.length = 0
+
+    def _layer_states(self):
+        return [(layer.keys, layer.values) for layer in self.cache.layers if layer.is_initialized]
+
+    # -- forwards ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, tree: DraftTree) -> TargetOutput:
+        plan = TreePlan.build(tree, self.length, self.max_len, self.device, self.dtype)
+        return self.run(plan)
+
+    @torch.inference_mode()
+    def run(self, plan: TreePlan) -> TargetOutput:
+        for layer in self.cache.layers:  # write the nodes at slots [start, start + N)
+            layer.cumulative_length.fill_(plan.start)
+        self._taps.clear()
+        out = self.model(
+            input_ids=plan.input_ids,
+            position_ids=plan.position_ids,
+            attention_mask=plan.mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        features = None
+        if self.tap_layers:
+            features = torch.cat([self._taps[i][0] for i in self.tap_layers], dim=-1)  # [N, T*H]
+        return TargetOutput(logits=out.logits[0], features=features)
+
+    def prefill(self, ids: Sequence[int]) -> TargetOutput:
+        """Run `ids` as a chain from slot `length` and commit all of them."""
+        tree = DraftTree.from_lists(list(ids), list(range(-1, len(ids) - 1)))
+        out = self.forward(tree)
+        self.length += len(ids)
+        return out
+
+    @torch.inference_mode()
+    def commit(self, accepted: Sequence[int]) -> None:
+        """Keep tree nodes `accepted` (increasing, root first) as the next committed slots."""
+        k = len(accepted)
+        if list(accepted) != list(range(k)):  # a prefix of the tree is already in place
+            src = torch.tensor(accepted, device=self.device) + self.length
+            for keys, values in self._layer_states():
+                keys[:, :, self.length : self.length + k] = keys.index_select(2, src)
+                values[:, :, self.length : self.length + k] = values.index_select(2, src)
+        self.length += k
+
+
+def load_target(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[torch.nn.Module, object]:
+    """Load an `AutoModelForCausalLM` and its tokenizer from a local folder (exit 2 if unusable)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SpecdiffError(f"target folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise SpecdiffError(f"target folder has no config.json: {folder}")
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecdiffError(f"target config.json is not valid JSON: {folder / 'config.json'} ({e})") from None
+    if dtype not in DTYPES:
+        raise SpecdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    except Exception as e:  # corrupt or unsupported checkpoints: one line, no traceback
+        raise SpecdiffError(f"cannot load target model from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:
+        raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+    return model.to(device), tokenizer
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""

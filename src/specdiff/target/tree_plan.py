@@ -1,0 +1,51 @@
+"""Plan of one target forward: ids, positions and the attention mask, built once per round.
+
+The KV cache is static and positional: committed tokens occupy slots [0, start) and the N tree
+nodes are written to slots [start, start + N). Node i sits at RoPE position start + depth_i and
+sees every committed slot plus its own ancestors (and itself) inside the tree.
+
+Example: start = 3, tree r -> a -> b, r -> c (N = 4, max_len = 8); `x` = visible::
+
+    slot:   0 1 2 | 3 4 5 6 | 7
+    r       x x x | x . . . | .
+    a       x x x | x x . . | .
+    b       x x x | x x x . | .
+    c       x x x | x . . x | .
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdiff.types import DraftTree
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    input_ids: torch.Tensor  # [1, N] long
+    position_ids: torch.Tensor  # [1, N] long: start + depth
+    mask: torch.Tensor  # [1, 1, N, max_len] additive (0 = visible, dtype-min = hidden)
+    start: int  # first cache slot written
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @staticmethod
+    def build(tree: DraftTree, start: int, max_len: int, device, dtype: torch.dtype) -> TreePlan:
+        n = tree.num_nodes
+        if start + n > max_len:
+            raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")
+        visible = torch.zeros(n, max_len, dtype=torch.bool)
+        visible[:, :start] = True
+        visible[:, start : start + n] = tree.ancestor_mask()
+        mask = torch.full((n, max_len), torch.finfo(dtype).min, dtype=dtype)
+        mask.masked_fill_(visible, 0.0)
+        return TreePlan(
+            input_ids=tree.tokens.view(1, n).to(device),
+            position_ids=(tree.depths + start).view(1, n).to(device),
+            mask=mask.view(1, 1, n, max_len).to(device),
+            start=start,
+        )

@@ -1,0 +1,1 @@
+"""Training pipeline: corpus, tokenizer, target pretraining, drafter training."""

@@ -1,0 +1,69 @@
+"""DDTree: the B most probable prefixes under the drafter's factorised marginals.
+
+Under q(x_1..x_d) = prod_k q_k(x_k), a prefix-closed tree's expected acceptance is the sum of its
+nodes' prefix probabilities, so the best tree of B nodes is the set of B most probable prefixes.
+A prefix is a tuple of per-depth ranks (r_1..r_d) into each depth's top-K list; its score is the
+sum of the chosen log-probs. Best-first search pops prefixes in non-increasing score: from a popped
+prefix it pushes its next sibling (r_d + 1) and its first child (append rank 0). Every prefix has
+exactly one such predecessor with a score at least its own, so the first B pops are the top B.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+
+from specdiff.types import DraftProposal, DraftTree
+
+
+def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[tuple[int, int, float]]:
+    """Top-`budget` prefixes of per-depth top-K log-probs.
+
+    logp: [L, K] float log-probs, each row sorted in decreasing order (row d is depth d+1).
+    Returns one (parent, rank, score) per popped node, in pop order; parent is an index into this
+    list plus one (0 = the root), so the list is directly a tree with parents before children.
+    """
+    depth_max, k = logp.shape
+    rows = logp.tolist()
+    out: list[tuple[int, int, float]] = []
+    if depth_max == 0 or k == 0 or budget <= 0:
+        return out
+    # heap entries: (-score, tie, depth, rank, parent_node); tie keeps pops deterministic
+    heap = [(-rows[0][0], 0, 0, 0, 0)]
+    tie = 1
+    while heap and len(out) < budget:
+        neg, _, d, r, parent = heapq.heappop(heap)
+        score = -neg
+        out.append((parent, r, score))
+        node = len(out)  # this prefix's index in the tree (root = 0)
+        if r + 1 < k:  # next sibling: same parent, next rank at this depth
+            heapq.heappush(heap, (-(score - rows[d][r] + rows[d][r + 1]), tie, d, r + 1, parent))
+            tie += 1
+        if d + 1 < depth_max:  # first child: best token at the next depth
+            heapq.heappush(heap, (-(score + rows[d + 1][0]), tie, d + 1, 0, node))
+            tie += 1
+    return out
+
+
+def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
+    """The `budget` most probable prefixes (plus the root) of the drafter's marginals."""
+    depth = min(max_depth, proposal.logits.shape[0])
+    if depth <= 0 or budget <= 0:
+        return DraftTree.chain(root, [])
+    k = min(budget, proposal.logits.shape[-1])
+    logp = torch.log_softmax(proposal.logits[:depth].float(), dim=-1)
+    top_logp, top_ids = torch.topk(logp, k, dim=-1)  # [D, K] each, sorted
+    top_logp, top_ids = top_logp.cpu(), top_ids.cpu().tolist()
+    nodes = best_first_prefixes(top_logp, budget)
+    tokens, parents, depths = [root], [-1], [0]
+    for parent, rank, _ in nodes:
+        d = depths[parent] + 1
+        tokens.append(top_ids[d - 1][rank])
+        parents.append(parent)
+        depths.append(d)
+    return DraftTree(
+        torch.tensor(tokens, dtype=torch.long),
+        torch.tensor(parents, dtype=torch.long),
+        torch.tensor(depths, dtype=torch.long),
+    )

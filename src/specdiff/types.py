@@ -1,0 +1,153 @@
+"""Typed objects that cross the boundaries of the decode loop.
+
+    prefill -> [ propose -> DraftTree -> TreePlan -> target -> TargetOutput -> verify -> VerifyResult
+                 -> commit -> update drafter ]*
+
+A chain is a tree of width 1 and AR is a tree holding only its root, so every proposer hands the
+loop the same `DraftTree`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A prefix tree of draft tokens rooted at the last committed token.
+
+    Node 0 is the root: the last committed token, which the target has not processed yet (the
+    previous round's bonus token). Every other node is a draft token whose parent comes earlier:
+    `parents[i] < i`, so a parent is always planned and walked before its children.
+
+    Example (root r, chain a b, and a sibling c of a)::
+
+        tokens  = [r, a, b, c]
+        parents = [-1, 0, 1, 0]
+        depths  = [0, 1, 2, 1]
+    """
+
+    tokens: torch.Tensor  # [N] long, on the host
+    parents: torch.Tensor  # [N] long, on the host; parents[0] = -1
+    depths: torch.Tensor  # [N] long, on the host; depths[0] = 0
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depths.max())
+
+    @staticmethod
+    def from_lists(tokens: list[int], parents: list[int]) -> DraftTree:
+        depths = [0] * len(tokens)
+        for i in range(1, len(tokens)):
+            if not 0 <= parents[i] < i:
+                raise ValueError(f"node {i} has parent {parents[i]}: parents must come first")
+            depths[i] = depths[parents[i]] + 1
+        if parents[0] != -1:
+            raise ValueError("node 0 is the root and must have parent -1")
+        return DraftTree(
+            torch.tensor(tokens, dtype=torch.long),
+            torch.tensor(parents, dtype=torch.long),
+            torch.tensor(depths, dtype=torch.long),
+        )
+
+    @staticmethod
+    def chain(root: int, draft: list[int]) -> DraftTree:
+        return DraftTree.from_lists([root, *draft], list(range(-1, len(draft))))
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i."""
+        n = self.num_nodes
+        if torch.equal(self.parents, torch.arange(-1, n - 1)):  # a chain: plain causal
+            return torch.ones(n, n, dtype=torch.bool).tril_()
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        parents = self.parents.tolist()
+        for i in range(n):
+            if i > 0:
+                mask[i] = mask[parents[i]]
+            mask[i, i] = True
+        return mask
+
+    def children(self) -> list[dict[int, int]]:
+        """Per node, a map from child token to child index (the walk's lookup table)."""
+        table: list[dict[int, int]] = [{} for _ in range(self.num_nodes)]
+        for i, (p, t) in enumerate(zip(self.parents.tolist(), self.tokens.tolist())):
+            if i > 0:
+                table[p].setdefault(t, i)
+        return table
+
+
+@dataclass(frozen=True)
+class DraftProposal:
+    """A drafter's per-position marginals for the slots after the root.
+
+    `logits[k]` scores the token at depth k+1 (position start+k+1). Tree builders turn this into
+    a `DraftTree`: the argmax chain (DFlash) or the most probable prefixes (DDTree).
+    """
+
+    logits: torch.Tensor  # [L, V] on the device
+    source: str = "dflash"
+
+
+@dataclass
+class TargetOutput:
+    """What one target forward returns for the nodes it processed."""
+
+    logits: torch.Tensor  # [N, V] on the device, model dtype
+    features: torch.Tensor | None  # [N, len(tap_layers) * H]: tapped hidden states, concatenated
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of one verification round.
+
+    `accepted` are tree node indices from the root down the accepted path (always starting with 0,
+    the root); `tokens` are the new tokens this round emits: the accepted draft tokens (the path
+    without the root) followed by the bonus token, which the target drew at the last accepted node.
+    """
+
+    accepted: list[int]  # node indices, root first, increasing
+    tokens: list[int]  # len(accepted) new tokens: accepted drafts + bonus
+
+    @property
+    def num_accepted_drafts(self) -> int:
+        return len(self.accepted) - 1
+
+    @property
+    def bonus(self) -> int:
+        return self.tokens[-1]
+
+
+@dataclass
+class GenerationResult:
+    """One completion with its acceptance statistics (what `specdiff generate --json` prints)."""
+
+    token_ids: list[int]  # new tokens only
+    rounds: int  # target verification forwards after prefill
+    accept_lengths: list[int]  # tokens committed per round
+    tree_sizes: list[int]  # nodes verified per round (root included)
+    prefill_s: float
+    decode_s: float
+    stop_reason: str  # "length" | "eos"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tau(self) -> float:
+        return self.num_new_tokens / self.rounds if self.rounds else 0.0
+
+    def accept_hist(self, max_len: int | None = None) -> list[int]:
+        """hist[k] = number of rounds that committed exactly k tokens."""
+        top = max(self.accept_lengths, default=0) if max_len is None else max_len
+        hist = [0] * (top + 1)
+        for n in self.accept_lengths:
+            hist[n] += 1
+        return hist

@@ -1,0 +1,34 @@
+"""Sample-and-walk verification of a chosen draft tree (SpecInfer-style, lossless at any T).
+
+The target draws its own token at every node (argmax at T=0; at T>0 a sample keyed by the
+position it lands on). The walk starts at the root, moves to the child holding the drawn token
+while there is one, and emits the first drawn token that has no matching child as the bonus.
+Every emitted token is the target's own draw given the accepted prefix, so the output has the
+target's distribution exactly. The min(1, p/q) rule must not be used here: the tree was chosen
+(argmax / top-k), not sampled from q, and that rule would be biased (see tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdiff.config import SamplingConfig
+from specdiff.sampling import draw
+from specdiff.types import DraftTree, VerifyResult
+
+
+def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig) -> VerifyResult:
+    """tree: N nodes, root at absolute position `start`; logits: [N, V], row i predicts the token
+    after node i, at position start + depth_i + 1."""
+    positions = (tree.depths + (start + 1)).to(logits.device)  # [N]
+    draws = draw(logits, positions, cfg).tolist()  # the round's one host sync
+    children = tree.children()
+    node, accepted, tokens = 0, [0], []
+    while True:
+        token = draws[node]
+        tokens.append(token)
+        nxt = children[node].get(token)
+        if nxt is None:
+            return VerifyResult(accepted=accepted, tokens=tokens)
+        accepted.append(nxt)
+        node = nxt
