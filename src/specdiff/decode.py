@@ -10,7 +10,7 @@ new token comes out of a verification round (so AR's tau is exactly 1).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -18,14 +18,19 @@ from specdiff.config import DecodeConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
-from specdiff.types import GenerationResult, TargetOutput
+from specdiff.config import SamplingConfig
+from specdiff.types import DraftTree, GenerationResult, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
+
+# (tree, logits [N, V], root position, sampling) -> VerifyResult; pure
+Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig], VerifyResult]
 
 
 class SpeculativeDecoder:
-    def __init__(self, target: HFTarget, proposer: Proposer, cfg: DecodeConfig, eos_ids: Sequence[int] = ()):
+    def __init__(self, target: HFTarget, proposer: Proposer, cfg: DecodeConfig, eos_ids: Sequence[int] = (),
+                 verifier: Verifier = verify_walk):
         cfg.validate()
-        self.target, self.proposer, self.cfg = target, proposer, cfg
+        self.target, self.proposer, self.cfg, self.verifier = target, proposer, cfg, verifier
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
         target.set_taps(proposer.tap_layers)
 
@@ -74,7 +79,7 @@ class SpeculativeDecoder:
             state.max_depth = max_new - len(new) - 1  # a round emits at most max_depth + 1 tokens
             tree = proposer.propose(state)  # 2. propose
             out = target.forward(tree)  # 3. one target forward over the whole tree
-            result = verify_walk(tree, out.logits, state.start, cfg.sampling)  # 4. verify
+            result = self.verifier(tree, out.logits, state.start, cfg.sampling)  # 4. verify
             target.commit(result.accepted)  # 5. keep the accepted path's KV
             proposer.update(result, out)  # 6. drafter learns what was committed
             emitted = result.tokens

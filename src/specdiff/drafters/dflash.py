@@ -215,7 +215,10 @@ def read_config(folder: Path) -> tuple[Qwen3Config, DFlashSpec]:
         layer_ids = default_target_layer_ids(int(num_target_layers), int(raw["num_hidden_layers"]))
     fields = {k: v for k, v in raw.items() if k not in ("dflash_config", "architectures", "auto_map")}
     fields["model_type"] = "qwen3"
-    cfg = Qwen3Config(**{k: v for k, v in fields.items() if k != "model_type"})
+    try:
+        cfg = Qwen3Config(**{k: v for k, v in fields.items() if k != "model_type"})
+    except Exception as e:  # HF validates configs strictly; report it as the user's problem
+        raise SpecdiffError(f"drafter config.json is invalid ({path}): {str(e).strip().splitlines()[-1]}") from None
     spec = DFlashSpec(
         block_size=int(pick("block_size", 16)),
         mask_token_id=int(mask_id),

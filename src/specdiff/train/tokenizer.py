@@ -36,7 +36,9 @@ class TokenizerConfig:
 
     vocab_size: int = 8192
     min_frequency: int = 2
-    max_bytes: int | None = None  # cap on train.txt bytes fed to the trainer (None: all)
+    # Cap on train.txt bytes fed to the trainer (None: all). Documents are in content-hash order,
+    # so a capped prefix is a pseudo-random sample of the corpus, not one package.
+    max_bytes: int | None = None
     eval_max_bytes: int = 4_000_000  # held-out bytes used to measure compression
 
     def validate(self) -> None:
@@ -206,7 +208,9 @@ def _write_json(path: Path, obj: object) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TokenizerConfig()
-    parser.add_argument("--corpus", required=True, type=Path, metavar="DIR", help="corpus directory (train.txt)")
+    parser.add_argument(
+        "--corpus", required=True, type=Path, metavar="DIR", help="corpus directory (train.txt)"
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="tokenizer output directory")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
     parser.add_argument("--min-frequency", type=int, default=defaults.min_frequency)
@@ -214,11 +218,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency, max_bytes=args.max_bytes)
+    cfg = TokenizerConfig(
+        vocab_size=args.vocab_size, min_frequency=args.min_frequency, max_bytes=args.max_bytes
+    )
     stats = train_tokenizer(cfg, args.corpus, args.out)
     print(
-        f"tokenizer: vocab {stats.vocab_size}, trained on {stats.train_docs} docs / {stats.train_bytes} bytes; "
-        f"held-out bytes/token {stats.heldout_bytes_per_token}"
+        f"tokenizer: vocab {stats.vocab_size}, trained on {stats.train_docs} docs / "
+        f"{stats.train_bytes} bytes; held-out bytes/token {stats.heldout_bytes_per_token}"
     )
     return 0
 

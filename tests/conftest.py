@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random targets (Qwen3, Llama), DFlash drafters, and oracle proposers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdiff.drafters.base import DecodeState
+from specdiff.models.tiny import tiny_drafter, tiny_target
+from specdiff.trees import build_chain, build_ddtree
+from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", params=["qwen3", "llama"])
+def target_model(request):
+    return tiny_target(request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen3_model():
+    return tiny_target("qwen3", seed=0)
+
+
+class OracleProposer:
+    """A test drafter that often agrees with the target: its per-slot marginals come from the
+    target's own greedy rollout (plain HF forwards, no cache), optionally perturbed with Gaussian
+    noise so that some slots' argmax is wrong and the right token sits lower in the top-K.
+
+    It exercises long accepted paths and acceptance through non-first branches with the real tree
+    builders, which a random DFlash drafter never does."""
+
+    tap_layers: tuple[int, ...] = ()
+
+    def __init__(self, model, tree: str = "chain", budget: int = 32, slots: int = 7, noise: float = 0.0, seed: int = 0):
+        self.model, self.tree, self.budget, self.slots, self.noise = model, tree, budget, slots, noise
+        self.name = f"oracle-{tree}"
+        self.max_nodes = 1 + (slots if tree == "chain" else budget)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def begin(self, state, prefill, max_len):
+        pass
+
+    @torch.inference_mode()
+    def propose(self, state: DecodeState) -> DraftTree:
+        depth = min(self.slots, state.max_depth)
+        if depth <= 0:
+            return DraftTree.chain(state.root, [])
+        ids = list(state.tokens)
+        rows = []
+        for _ in range(depth):
+            logits = self.model(torch.tensor([ids])).logits[0, -1].float()
+            rows.append(logits)
+            ids.append(int(logits.argmax()))
+        logits = torch.stack(rows)
+        if self.noise:
+            logits = logits + self.noise * torch.randn(logits.shape, generator=self.gen)
+        proposal = DraftProposal(logits, source="oracle")
+        if self.tree == "chain":
+            return build_chain(state.root, proposal, depth)
+        return build_ddtree(state.root, proposal, self.budget, depth)
+
+    def update(self, result: VerifyResult, out: TargetOutput) -> None:
+        pass
+
+
+@pytest.fixture
+def make_drafter():
+    return tiny_drafter

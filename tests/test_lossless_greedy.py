@@ -1,0 +1,100 @@
+"""T=0: every method's output is token-identical to AR and to the target's own HF greedy generate."""
+
+import pytest
+import torch
+
+from specdiff.config import DecodeConfig
+from specdiff.decode import SpeculativeDecoder
+from specdiff.engine import build_decoder
+from specdiff.models.tiny import tiny_drafter
+from specdiff.target import HFTarget
+
+from conftest import OracleProposer
+
+NUM_PROMPTS = 10
+NEW = 40
+
+
+def prompts(vocab: int, n: int = NUM_PROMPTS, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = int(torch.randint(1, 24, (1,), generator=g))
+        p = torch.randint(0, vocab - 1, (length,), generator=g).tolist()
+        if i % 3 == 0:  # repetitive prompts make prompt lookup and long acceptance likely
+            p = (p[:4] or [1]) * 5
+        out.append(p)
+    return out
+
+
+def hf_greedy(model, prompt, new, eos=None):
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long), do_sample=False,
+            max_new_tokens=new, eos_token_id=eos, pad_token_id=0,
+        )
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.fixture(scope="module")
+def references(target_model):
+    vocab = target_model.config.vocab_size
+    ps = prompts(vocab)
+    return ps, [hf_greedy(target_model, p, NEW) for p in ps]
+
+
+def run(decoder, ps):
+    return [decoder.generate(p) for p in ps]
+
+
+def test_ar_equals_hf_generate(target_model, references):
+    ps, refs = references
+    dec = build_decoder(HFTarget(target_model), DecodeConfig(method="ar", max_new_tokens=NEW))
+    for r, ref in zip(run(dec, ps), refs):
+        assert r.token_ids == ref
+        assert r.rounds == NEW and r.tau == 1.0
+
+
+@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree", 128)])
+def test_random_drafter_is_exact(target_model, references, method, budget):
+    """A random drafter rarely agrees: almost every round rejects early."""
+    ps, refs = references
+    drafter = tiny_drafter(target_model, block_size=16)
+    dec = build_decoder(HFTarget(target_model), DecodeConfig(method=method, budget=budget, max_new_tokens=NEW), drafter)
+    for r, ref in zip(run(dec, ps), refs):
+        assert r.token_ids == ref
+        assert sum(r.accept_lengths) == NEW
+
+
+@pytest.mark.parametrize(
+    "tree,budget,noise,min_tau",
+    [("chain", 0, 0.0, 5.0), ("chain", 0, 0.1, 2.5), ("ddtree", 1, 0.0, 1.8), ("ddtree", 4, 0.2, 1.6),
+     ("ddtree", 32, 0.3, 1.6), ("ddtree", 128, 0.5, 1.6)],
+)
+def test_agreeing_drafter_is_exact(target_model, references, tree, budget, noise, min_tau):
+    """A drafter that usually agrees: long accepted paths, some through non-first branches."""
+    ps, refs = references
+    proposer = OracleProposer(target_model, tree=tree, budget=budget, slots=7, noise=noise)
+    dec = SpeculativeDecoder(HFTarget(target_model), proposer, DecodeConfig(method="ar", max_new_tokens=NEW))
+    results = run(dec, ps)
+    for r, ref in zip(results, refs):
+        assert r.token_ids == ref
+    mean_tau = sum(r.tau for r in results) / len(results)
+    assert mean_tau > min_tau, "the oracle should make long paths accepted"
+
+
+def test_eos_stops_like_hf(qwen3_model):
+    ps = prompts(qwen3_model.config.vocab_size, n=6, seed=5)
+    target = HFTarget(qwen3_model)
+    drafter = tiny_drafter(qwen3_model, block_size=16)
+    for p in ps:
+        free = hf_greedy(qwen3_model, p, NEW)
+        eos = free[len(free) // 2]  # a token that does occur
+        ref = hf_greedy(qwen3_model, p, NEW, eos=eos)
+        assert ref[-1] == eos and len(ref) < NEW
+        for method in ("ar", "pld", "dflash", "ddtree"):
+            dec = build_decoder(target, DecodeConfig(method=method, budget=16, max_new_tokens=NEW), drafter, eos_ids=[eos])
+            r = dec.generate(p)
+            assert r.token_ids == ref and r.stop_reason == "eos"
+        oracle = SpeculativeDecoder(target, OracleProposer(qwen3_model, "chain"), DecodeConfig(max_new_tokens=NEW), [eos])
+        assert oracle.generate(p).token_ids == ref

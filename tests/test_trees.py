@@ -1,0 +1,98 @@
+"""Tree builders: DDTree returns exactly the top-B prefixes; trees are well formed."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from specdiff.trees import best_first_prefixes, build_chain, build_ddtree
+from specdiff.types import DraftProposal, DraftTree
+
+
+def brute_force_top(logp: torch.Tensor, budget: int) -> list[tuple[int, ...]]:
+    """All prefixes of all depths over the full vocabulary, sorted by log-probability."""
+    depth, vocab = logp.shape
+    scored = []
+    for d in range(1, depth + 1):
+        for seq in itertools.product(range(vocab), repeat=d):
+            scored.append((sum(float(logp[i, t]) for i, t in enumerate(seq)), seq))
+    scored.sort(key=lambda x: -x[0])
+    return [seq for _, seq in scored[:budget]]
+
+
+def tree_paths(tree: DraftTree) -> list[tuple[int, ...]]:
+    toks, parents = tree.tokens.tolist(), tree.parents.tolist()
+    paths = [()]
+    for i in range(1, tree.num_nodes):
+        paths.append(paths[parents[i]] + (toks[i],))
+    return paths[1:]
+
+
+@pytest.mark.parametrize("depth,vocab,budget", [(1, 5, 3), (3, 4, 10), (4, 3, 25), (3, 6, 60), (5, 2, 31), (2, 7, 49)])
+@pytest.mark.parametrize("seed", range(4))
+def test_ddtree_is_top_b_prefixes(depth, vocab, budget, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(depth, vocab, generator=g) * 2.0  # continuous: no ties
+    tree = build_ddtree(root=99, proposal=DraftProposal(logits), budget=budget, max_depth=depth)
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = brute_force_top(logp, budget)
+    got = tree_paths(tree)
+    assert len(got) == min(budget, len(expected))
+    assert set(got) == set(expected)
+    # pop order is non-increasing probability
+    scores = [sum(float(logp[i, t]) for i, t in enumerate(p)) for p in got]
+    assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ddtree_structure(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 50, generator=g) * 3
+    tree = build_ddtree(root=7, proposal=DraftProposal(logits), budget=128, max_depth=15)
+    parents, depths = tree.parents.tolist(), tree.depths.tolist()
+    assert tree.num_nodes == 129 and tree.tokens[0] == 7 and parents[0] == -1
+    paths = tree_paths(tree)
+    assert len(set(paths)) == len(paths)  # no duplicate prefixes
+    pathset = set(paths)
+    for i in range(1, tree.num_nodes):
+        assert 0 <= parents[i] < i  # parents before children
+        assert depths[i] == depths[parents[i]] + 1
+        assert paths[i - 1][:-1] in pathset or len(paths[i - 1]) == 1  # prefix-closed
+
+
+def test_ddtree_respects_max_depth():
+    logits = torch.zeros(10, 3)
+    logits[:, 0] = 10.0  # a clear chain that would go 10 deep
+    tree = build_ddtree(root=0, proposal=DraftProposal(logits), budget=64, max_depth=4)
+    assert tree.max_depth <= 4
+
+
+def test_best_first_matches_sorted_product_for_one_depth():
+    logp = torch.log_softmax(torch.tensor([[3.0, 1.0, 0.5, -1.0]]), -1)
+    out = best_first_prefixes(logp, 3)
+    assert [r for _, r, _ in out] == [0, 1, 2]
+    assert all(p == 0 for p, _, _ in out)
+    assert math.isclose(out[0][2], float(logp[0, 0]), rel_tol=1e-6)
+
+
+def test_chain_is_argmax():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    tree = build_chain(4, DraftProposal(logits), max_depth=2)
+    assert tree.tokens.tolist() == [4, 1, 0]
+    assert tree.parents.tolist() == [-1, 0, 1]
+
+
+def test_ancestor_mask():
+    tree = DraftTree.from_lists([9, 1, 2, 3, 4], [-1, 0, 1, 0, 3])
+    m = tree.ancestor_mask().int().tolist()
+    assert m == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 0, 0, 1, 0],
+        [1, 0, 0, 1, 1],
+    ]
+    assert tree.depths.tolist() == [0, 1, 2, 1, 2]
+    with pytest.raises(ValueError):
+        DraftTree.from_lists([1, 2], [-1, 1])
