@@ -127,7 +127,10 @@ class HFTarget:
 def load_target(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[torch.nn.Module, object]:
     """Load an `AutoModelForCausalLM` and its tokenizer from a local folder (exit 2 if unusable)."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our stdout/stderr belong to the CLI contract
+    hf_logging.set_verbosity_error()
     folder = Path(path)
     if not folder.is_dir():
         raise SpecdiffError(f"target folder not found: {folder}")

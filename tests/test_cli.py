@@ -1,0 +1,106 @@
+"""`specdiff generate` honours its contract: JSON fields, and exit 2 with one line on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from specdiff.cli import main
+from specdiff.drafters.dflash import save_drafter
+from specdiff.models.demo import build_demo_models
+from specdiff.models.tiny import tiny_drafter, tiny_target
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo_models(tmp_path_factory.mktemp("demo"))
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("method", ["ar", "pld", "dflash", "ddtree"])
+def test_generate_json(capsys, demo, method):
+    target, drafter = demo
+    code, out, err = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,
+                             "--prompt", "def add(a, b):\n", "--max-new-tokens", "12", "--json", "--ignore-eos")
+    assert code == 0, err
+    row = json.loads(out)  # exactly one JSON object
+    for key in ("method", "text", "token_ids", "num_new_tokens", "rounds", "tau", "accept_hist", "wall_s", "ms_per_token"):
+        assert key in row
+    assert row["method"] == method and row["num_new_tokens"] == len(row["token_ids"]) == 12
+    assert row["tau"] == pytest.approx(row["num_new_tokens"] / row["rounds"])
+    assert sum(row["accept_hist"]) == row["rounds"]
+    assert sum(k * c for k, c in enumerate(row["accept_hist"])) == row["num_new_tokens"]
+    if method == "ar":
+        assert row["tau"] == 1.0
+
+
+def test_all_methods_same_text(capsys, demo):
+    target, drafter = demo
+    texts = set()
+    for method in ("ar", "pld", "dflash", "ddtree"):
+        code, out, _ = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,
+                               "--prompt", "import os\n", "--max-new-tokens", "20", "--json")
+        texts.add(json.loads(out)["text"])
+    assert len(texts) == 1
+
+
+def bad_cases(demo, tmp_path):
+    target, drafter = demo
+    other = tmp_path / "other_drafter"  # built for a target with another hidden size
+    save_drafter(tiny_drafter(tiny_target(hidden=32, vocab_size=512), block_size=16), other)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in ("config.json",):
+        (corrupt / f).write_text(open(f"{drafter}/{f}").read())
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    truncated = tmp_path / "truncated_target"
+    import shutil
+
+    shutil.copytree(target, truncated)
+    weights = next(truncated.glob("*.safetensors"))
+    state = load_file(str(weights))
+    state.pop(next(iter(state)))
+    save_file(state, str(weights))
+    weights.write_bytes(weights.read_bytes()[:100])
+    base = ["generate", "--target", target, "--drafter", drafter, "--prompt", "x = 1\n"]
+    return {
+        "unknown method": base + ["--method", "nope"],
+        "missing target folder": ["generate", "--target", str(tmp_path / "missing"), "--prompt", "x"],
+        "missing drafter folder": base[:4] + ["--drafter", str(tmp_path / "gone"), "--prompt", "x"],
+        "drafter does not fit": base[:4] + ["--drafter", str(other), "--prompt", "x"],
+        "corrupt drafter": base[:4] + ["--drafter", str(corrupt), "--prompt", "x"],
+        "corrupt target": ["generate", "--target", str(truncated), "--drafter", drafter, "--prompt", "x"],
+        "over-long prompt": base[:6] + ["--prompt", "x = 1\n" * 400, "--max-new-tokens", "900"],
+        "negative temperature": base + ["--temperature", "-0.5"],
+        "bad top-p": base + ["--top-p", "0"],
+        "zero budget": base + ["--budget", "0"],
+        "missing prompt file": base[:6] + ["--prompt-file", str(tmp_path / "nope.txt")],
+        "no prompt": base[:6],
+        "unknown option": base + ["--frobnicate"],
+    }
+
+
+def test_bad_input_exits_2_with_one_line(capsys, demo, tmp_path):
+    for name, argv in bad_cases(demo, tmp_path).items():
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2, f"{name}: exit {code}, stderr {err!r}"
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("specdiff: error:"), f"{name}: {err!r}"
+        assert "Traceback" not in err and out == ""
+
+
+def test_process_exit_status(demo, tmp_path):
+    """The installed entry point, end to end: exit status 2, one line, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "specdiff", "generate", "--target", str(tmp_path / "missing"), "--prompt", "x"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "target folder not found" in proc.stderr
