@@ -132,3 +132,20 @@ def test_cached_forward_matches_reference(qwen3_model):
         got = d.draft(root=11, num_slots=15)
         ref = reference_draft(d, feats, 11, 15)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_training_forward_matches_inference(qwen3_model):
+    """forward_blocks (block attention mask, many anchors at once) == draft() at each anchor."""
+    d = tiny_drafter(qwen3_model, block_size=8)
+    seq = torch.randint(0, 90, (1, 20))
+    feats = torch.randn(1, 20, len(d.spec.target_layer_ids) * qwen3_model.config.hidden_size)
+    anchors = torch.tensor([[3, 11, 0]])
+    blocks = torch.full((1, 3, 8), d.spec.mask_token_id)
+    blocks[..., 0] = seq[0, anchors[0]]
+    with torch.inference_mode():
+        hidden = d.forward_blocks(feats, blocks, anchors)
+        for i, a in enumerate(anchors[0].tolist()):
+            d.reset(32)
+            d.extend_context(feats[0, :a])
+            ref = d.draft(int(seq[0, a]), 7)
+            torch.testing.assert_close(d._io[1](hidden[0, i, 1:]), ref, atol=1e-4, rtol=1e-4)

@@ -60,11 +60,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [heads, T, hd]; cos, sin: [T, hd]."""
+    """x: [..., heads, T, hd]; cos, sin: [..., T, hd] (one row per position, shared by heads)."""
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
     return x * cos + _rotate_half(x) * sin
 
 
 class DFlashAttention(nn.Module):
+    """Leading batch dims are optional everywhere: inference runs [T, H], training [B, T, H]."""
+
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -77,25 +80,24 @@ class DFlashAttention(nn.Module):
         self.q_norm = Qwen3RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
         self.k_norm = Qwen3RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
 
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.unflatten(-1, (n, self.head_dim)).transpose(-3, -2)  # [..., T, n*hd] -> [..., n, T, hd]
+
     def kv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h: [T, H] -> k, v: [kv_heads, T, hd] (k normed and rotated)."""
-        t = h.shape[0]
-        k = self.k_norm(self.k_proj(h).view(t, self.num_kv, self.head_dim)).transpose(0, 1)
-        v = self.v_proj(h).view(t, self.num_kv, self.head_dim).transpose(0, 1)
-        return _rope(k, cos, sin), v
+        """h: [..., T, H] -> k, v: [..., kv_heads, T, hd] (k normed, then rotated)."""
+        k = self.k_norm(self._heads(self.k_proj(h), self.num_kv))
+        return _rope(k, cos, sin), self._heads(self.v_proj(h), self.num_kv)
 
     def q(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        t = h.shape[0]
-        q = self.q_norm(self.q_proj(h).view(t, self.num_heads, self.head_dim)).transpose(0, 1)
-        return _rope(q, cos, sin)
+        return _rope(self.q_norm(self._heads(self.q_proj(h), self.num_heads)), cos, sin)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """q: [heads, Tq, hd]; k, v: [kv_heads, Tk, hd]; mask: [Tq, Tk] bool or None -> [Tq, H]."""
+        """q: [..., heads, Tq, hd]; k, v: [..., kv_heads, Tk, hd]; mask: bool, broadcast to
+        [..., heads, Tq, Tk], or None (all visible) -> [..., Tq, H]."""
         groups = self.num_heads // self.num_kv
-        out = F.scaled_dot_product_attention(
-            q, k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0), attn_mask=mask
-        )
-        return self.o_proj(out.transpose(0, 1).reshape(q.shape[1], -1))
+        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(-3, -2).flatten(-2))
 
 
 class DFlashLayer(nn.Module):
@@ -133,10 +135,11 @@ class DFlashDrafter(nn.Module):
         return self.spec.block_size
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T] positions -> cos, sin: [T, hd] in the drafter's dtype."""
+        """[..., T] positions -> cos, sin: [..., T, hd] in the drafter's dtype."""
         dtype = self.fc.weight.dtype
-        cos, sin = self.rotary(self.fc.weight[:1].to(dtype), positions.view(1, -1))
-        return cos[0].to(dtype), sin[0].to(dtype)
+        flat = positions.reshape(-1, positions.shape[-1])
+        cos, sin = self.rotary(self.fc.weight[:1], flat)
+        return cos.view(*positions.shape, -1).to(dtype), sin.view(*positions.shape, -1).to(dtype)
 
     # -- context cache -----------------------------------------------------------------------
     def reset(self, max_len: int) -> None:
@@ -183,6 +186,39 @@ class DFlashDrafter(nn.Module):
             x = x + attn.attend(attn.q(h, cos, sin), k, v, None)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return head(self.norm(x[1:]).to(head.weight.dtype))
+
+
+    def forward_blocks(self, features: torch.Tensor, block_ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Training forward: many blocks per sequence in one pass (DFlash's block attention mask).
+
+        features: [B, T, F] target taps of the clean sequence; anchors: [B, A] positions;
+        block_ids: [B, A, Bk] = [token at anchor, MASK x (Bk-1)]. Block b sits at positions
+        anchor_b .. anchor_b + Bk - 1, sees the context strictly before its anchor and its own
+        block (both directions), never other blocks. Returns hidden states [B, A, Bk, H].
+        """
+        embed, _ = self._io
+        b, t, _ = features.shape
+        a, bk = block_ids.shape[1:]
+        dev = features.device
+        ctx = self.hidden_norm(self.fc(features))  # [B, T, H]
+        x = embed(block_ids).flatten(1, 2).to(ctx.dtype)  # [B, A*Bk, H]
+        block_pos = anchors[:, :, None] + torch.arange(bk, device=dev)  # [B, A, Bk]
+        pos = torch.cat([torch.arange(t, device=dev).expand(b, t), block_pos.flatten(1)], dim=1)
+        cos, sin = self.rope(pos)  # [B, T + A*Bk, hd]
+        q_cos, q_sin = cos[:, t:], sin[:, t:]
+        sees_ctx = torch.arange(t, device=dev)[None, None, :] < anchors[:, :, None]  # [B, A, T]
+        block_of = torch.arange(a, device=dev).repeat_interleave(bk)  # [A*Bk]
+        sees_block = block_of[:, None] == block_of[None, :]  # [A*Bk, A*Bk]
+        mask = torch.cat(
+            [sees_ctx.repeat_interleave(bk, dim=1), sees_block.expand(b, -1, -1)], dim=2
+        )[:, None]  # [B, 1, A*Bk, T + A*Bk]
+        for layer in self.layers:
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            k, v = attn.kv(torch.cat([ctx, h], dim=1), cos, sin)
+            x = x + attn.attend(attn.q(h, q_cos, q_sin), k, v, mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.norm(x).view(b, a, bk, -1)
 
 
 # -- folder format --------------------------------------------------------------------------------
@@ -258,7 +294,8 @@ def load_drafter(path: str | Path, device: str | torch.device = "cpu", dtype: to
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_drafter(model: DFlashDrafter, path: str | Path, extra: dict | None = None) -> None:
+def save_drafter(model: DFlashDrafter, path: str | Path, extra: dict | None = None,
+                 dtype: torch.dtype | None = None) -> None:
     """Write the public DFlash folder format (nested `dflash_config`), plus our own `extra` keys."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -277,7 +314,8 @@ def save_drafter(model: DFlashDrafter, path: str | Path, extra: dict | None = No
     if extra:
         cfg["specdiff"] = extra
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    cfg["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 

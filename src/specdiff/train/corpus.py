@@ -83,6 +83,10 @@ class CorpusConfig:
     min_body_lines: int = 3  # function body lines after the docstring
     max_prompts_per_file: int = 3
     seed: int = 0
+    # Relative paths (e.g. "json/decoder.py") held out whatever their content: a corpus built on
+    # another machine passes the prompt machine's held-out paths, so other versions of a prompt's
+    # source file stay out of training too.
+    heldout_paths: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         for d in self.src_dirs:
@@ -215,6 +219,7 @@ def collect_documents(cfg: CorpusConfig, stats: CorpusStats) -> list[Document]:
     """Unique kept files sorted by content hash; fills the file counts of `stats`."""
     skipped: Counter[str] = Counter()
     by_sha: dict[str, Document] = {}
+    forced = set(cfg.heldout_paths)
     for path, rel in iter_source_files(cfg):
         stats.files_seen += 1
         try:
@@ -236,7 +241,8 @@ def collect_documents(cfg: CorpusConfig, stats: CorpusStats) -> list[Document]:
         if sha in by_sha:
             stats.duplicates += 1
             continue
-        by_sha[sha] = Document(sha, split_of(sha, cfg), len(text.encode("utf-8")), rel, path)
+        split = HELDOUT if rel in forced else split_of(sha, cfg)
+        by_sha[sha] = Document(sha, split, len(text.encode("utf-8")), rel, path)
     stats.skipped = dict(sorted(skipped.items()))
     docs = [by_sha[sha] for sha in sorted(by_sha)]
     stats.unique_files = len(docs)
@@ -452,6 +458,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="per prompt set")
     parser.add_argument("--salt", default=defaults.split_salt, help="split salt")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="prompt selection seed")
+    parser.add_argument("--heldout-paths", type=Path, metavar="FILE",
+                        help="file of relative paths to hold out whatever their content (one per line)")
 
 
 def config_from_args(args: argparse.Namespace) -> CorpusConfig:
@@ -463,6 +471,10 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
     )
     if args.src:
         cfg.src_dirs = [str(Path(d).resolve()) for d in args.src]
+    if args.heldout_paths is not None:
+        if not args.heldout_paths.is_file():
+            raise SpecdiffError(f"held-out paths file not found: {args.heldout_paths}")
+        cfg.heldout_paths = sorted({line.strip() for line in args.heldout_paths.read_text().splitlines() if line.strip()})
     return cfg
 
 
