@@ -218,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default="/tmp/specdiff-demo-models")
     d.set_defaults(func=cmd_demo)
 
-    from specdiff.train import corpus, tokenizer
+    from specdiff.bench import harness
+    from specdiff.train import corpus, dflash_train, tokenizer
+
+    b = sub.add_parser("bench", help="methods x budgets x temperatures over prompt sets, ar as baseline")
+    harness.add_arguments(b)
+    b.set_defaults(func=harness.run)
 
     c = sub.add_parser("corpus", help="build the training corpus and held-out prompt sets")
     corpus.add_arguments(c)
@@ -226,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tokenizer.add_arguments(t)
     t.set_defaults(func=tokenizer.run)
+    td = sub.add_parser("train-drafter", help="regenerate data with the target and train a DFlash drafter")
+    dflash_train.add_arguments(td)
+    td.set_defaults(func=dflash_train.run)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: many prompts x methods x budgets x temperatures in one run, AR as the baseline."""

@@ -1,0 +1,230 @@
+"""`specdiff bench`: runs methods over prompt sets in one process and records what they did.
+
+For every (prompt set, temperature) the AR baseline runs first on the same prompts; every other
+method's output is checked against it on the fly (at any temperature: sampling noise is keyed by
+position, so a lossless method reproduces AR's tokens exactly). A mismatch is counted and printed,
+never hidden. Per-token time excludes prefill; speed-up is AR ms/token over the method's, from
+the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.errors import SpecdiffError
+
+
+@dataclass
+class BenchConfig:
+    methods: list[str] = field(default_factory=lambda: ["ar", "dflash", "ddtree"])
+    budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    prompt_files: list[str] = field(default_factory=list)
+    limit: int = 32
+    max_new_tokens: int = 128
+    warmup: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    target: str = ""
+    drafter: str = ""
+
+
+@dataclass
+class Run:
+    prompt_set: str
+    prompt_id: str
+    method: str  # "ddtree@64" for budgeted methods
+    temperature: float
+    num_new_tokens: int
+    rounds: int
+    tau: float
+    decode_s: float
+    prefill_s: float
+    mean_tree_nodes: float
+    accept_lengths: list[int]
+    matches_ar: bool | None
+
+
+def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
+    """(label, method, budget); budgets apply to tree methods only; ar first."""
+    out = [("ar", "ar", 1)]
+    for m in cfg.methods:
+        if m == "ar":
+            continue
+        if m in ("ddtree",):
+            out += [(f"{m}@{b}", m, b) for b in cfg.budgets]
+        else:
+            out.append((m, m, 1))
+    return out
+
+
+def read_prompt_file(path: Path, limit: int) -> list[dict]:
+    if not path.is_file():
+        raise SpecdiffError(f"prompt file not found: {path}")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                rows.append({"id": str(row["id"]), "prompt": str(row["prompt"])})
+            except (json.JSONDecodeError, KeyError) as e:
+                raise SpecdiffError(f"{path}:{i + 1}: not a {{\"id\", \"prompt\"}} JSON row ({e})") from None
+    return rows[:limit]
+
+
+def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True) -> dict:
+    from specdiff.cli import eos_ids
+    from specdiff.engine import build_decoder
+    from specdiff.target.hf_causal import HFTarget
+
+    target = HFTarget(model)
+    eos = eos_ids(model, tokenizer)
+    runs: list[Run] = []
+    mismatches = 0
+    total = len(cfg.prompt_files) * len(cfg.temperatures) * len(variants(cfg))
+    done = 0
+    for pfile in cfg.prompt_files:
+        set_name = Path(pfile).stem
+        prompts = read_prompt_file(Path(pfile), cfg.limit)
+        encoded = [(p["id"], list(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])) for p in prompts]
+        for temp in cfg.temperatures:
+            ar_tokens: dict[str, list[int]] = {}
+            for label, method, budget in variants(cfg):
+                dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens,
+                                  sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
+                decoder = build_decoder(target, dc, drafter, eos)
+                for _, ids in encoded[: cfg.warmup]:
+                    decoder.generate(ids)
+                t0 = time.time()
+                for pid, ids in encoded:
+                    r = decoder.generate(ids)
+                    if method == "ar":
+                        ar_tokens[pid], match = r.token_ids, None
+                    else:
+                        match = r.token_ids == ar_tokens[pid]
+                        if not match:
+                            mismatches += 1
+                            print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar", file=sys.stderr)
+                    runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
+                                    r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match))
+                done += 1
+                if progress:
+                    print(f"[{done}/{total}] {set_name} T={temp} {label}: {len(encoded)} prompts in "
+                          f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    summary = summarize(runs)
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "environment": environment(cfg.device),
+        "mismatches": mismatches,
+        "summary": summary,
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "report.md").write_text(report(result))
+    return result
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.prompt_set, r.temperature, r.method), []).append(r)
+    rows = []
+    for (pset, temp, method), rs in groups.items():
+        tokens = sum(r.num_new_tokens for r in rs)
+        rounds = sum(r.rounds for r in rs)
+        ms = 1000 * sum(r.decode_s for r in rs) / max(1, tokens)
+        rows.append({
+            "prompt_set": pset, "temperature": temp, "method": method, "prompts": len(rs),
+            "tau": tokens / max(1, rounds),  # token-weighted: total new tokens / total rounds
+            "tau_mean_per_prompt": statistics.fmean(r.tau for r in rs),
+            "ms_per_token": ms,
+            "mean_tree_nodes": statistics.fmean(r.mean_tree_nodes for r in rs),
+            "mismatches": sum(1 for r in rs if r.matches_ar is False),
+        })
+    for row in rows:
+        ar = next(x for x in rows if x["method"] == "ar" and x["prompt_set"] == row["prompt_set"]
+                  and x["temperature"] == row["temperature"])
+        row["speedup_vs_ar"] = ar["ms_per_token"] / row["ms_per_token"] if row["ms_per_token"] else 0.0
+    return rows
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "platform": platform.platform(), "device": device}
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def report(result: dict) -> str:
+    cfg, env = result["config"], result["environment"]
+    lines = [
+        "# specdiff bench", "",
+        f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, device {env.get('gpu', env['device'])}, "
+        f"{cfg['dtype']}, torch {env['torch']}, transformers {env['transformers']}; "
+        f"{cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
+        f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
+        "| prompt set | T | method | tau | nodes/round | ms/token | speed-up vs ar |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["summary"]:
+        lines.append(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['tau']:.2f} | "
+                     f"{r['mean_tree_nodes']:.1f} | {r['ms_per_token']:.2f} | {r['speedup_vs_ar']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from specdiff.cli import add_model_args
+
+    add_model_args(p)
+    p.add_argument("--methods", default="ar,dflash,ddtree")
+    p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
+    p.add_argument("--limit", type=int, default=32)
+    p.add_argument("--temperature", default="0", help="comma-separated temperatures")
+    p.add_argument("--budgets", default="16,64,256")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specdiff.cli import load_models
+    from specdiff.config import METHODS
+
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            raise SpecdiffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    try:
+        temps = [float(t) for t in args.temperature.split(",")]
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError as e:
+        raise SpecdiffError(f"bad --temperature or --budgets list: {e}") from None
+    if any(t < 0 for t in temps):
+        raise SpecdiffError("temperatures must be >= 0")
+    if any(b < 1 for b in budgets):
+        raise SpecdiffError("budgets must be >= 1")
+    model, tokenizer, drafter = load_models(args, need_drafter=any(m in ("dflash", "ddtree") for m in methods))
+    cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
+                      limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
+                      device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
+                      drafter=str(args.drafter or "bundled"))
+    result = run_bench(cfg, model, tokenizer, drafter, args.out)
+    print(report(result))
+    return 1 if result["mismatches"] else 0
