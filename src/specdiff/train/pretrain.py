@@ -602,12 +602,12 @@ def save_checkpoint(
     dtype = _DTYPES[cfg.save_dtype]
     # A converted copy, so the live fp32 model keeps training after a mid-run save.
     weights = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
-    live_dtype = model.config.dtype
-    model.config.dtype = dtype  # config.json names the dtype the shards hold
-    try:
-        model.save_pretrained(out, state_dict=weights, max_shard_size=MAX_SHARD_SIZE)
-    finally:
-        model.config.dtype = live_dtype
+    model.save_pretrained(out, state_dict=weights, max_shard_size=MAX_SHARD_SIZE)
+    # save_pretrained records the live model's fp32; name the dtype the shards hold, so a plain
+    # from_pretrained (dtype "auto") loads them as saved.
+    hf_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    hf_config["dtype"] = cfg.save_dtype
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(str(out))
     cfg.save(out / CONFIG_FILE)
     trainer: dict[str, Any] = {"state": asdict(state), "rng": _rng_state(data_rng)}
@@ -885,11 +885,12 @@ def run(args: argparse.Namespace) -> int:
         cfg, args.corpus, args.tokenizer, args.out, resume=args.resume, tokens_dir=args.tokens, num_workers=args.workers
     )
     ppl = f"{stats.heldout_ppl:.2f}" if stats.heldout_ppl is not None else "n/a"
+    held = f"{stats.heldout_loss:.4f}" if stats.heldout_loss is not None else "n/a"
+    train = f"{stats.final_train_loss:.4f}" if stats.final_train_loss is not None else "n/a"
     print(
         f"pretrain: {stats.steps} steps ({stats.stop_reason}), {stats.tokens_seen:,} tokens, "
-        f"{stats.tokens_per_s / 1e3:.1f}k tok/s on {stats.device}; train loss {stats.final_train_loss:.4f}, "
-        f"held-out loss {stats.heldout_loss if stats.heldout_loss is None else round(stats.heldout_loss, 4)} "
-        f"(ppl {ppl}); {stats.params_total / 1e6:.2f}M params, {stats.checkpoint_mb} MB of weights in {args.out}"
+        f"{stats.tokens_per_s / 1e3:.1f}k tok/s on {stats.device}; train loss {train}, "
+        f"held-out loss {held} (ppl {ppl}); {stats.params_total / 1e6:.2f}M params, {stats.checkpoint_mb} MB of weights in {args.out}"
     )
     return 0
 
