@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from specdiff.bench import harness
-    from specdiff.train import corpus, dflash_train, tokenizer
+    from specdiff.train import corpus, dflash_train, pretrain, tokenizer
 
     b = sub.add_parser("bench", help="methods x budgets x temperatures over prompt sets, ar as baseline")
     harness.add_arguments(b)
@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tokenizer.add_arguments(t)
     t.set_defaults(func=tokenizer.run)
+    pt = sub.add_parser("pretrain", help="pretrain a Qwen3 target on the corpus")
+    pretrain.add_arguments(pt)
+    pt.set_defaults(func=pretrain.run)
     td = sub.add_parser("train-drafter", help="regenerate data with the target and train a DFlash drafter")
     dflash_train.add_arguments(td)
     td.set_defaults(func=dflash_train.run)

@@ -153,12 +153,13 @@ def block_loss(drafter: DFlashDrafter, head: torch.nn.Module, feats: torch.Tenso
     return loss, acc
 
 
-def lr_at(step: int, cfg: DrafterTrainConfig) -> float:
+def lr_at(step: int, cfg: DrafterTrainConfig, elapsed_s: float = 0.0) -> float:
+    """Warmup, then cosine to 0 over the steps or the time budget, whichever binds first."""
     warm = max(1, int(cfg.warmup_frac * cfg.max_steps))
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, cfg.max_steps - warm))
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = max((step - warm) / max(1, cfg.max_steps - warm), elapsed_s / cfg.time_budget_s)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -214,7 +215,7 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
         ids = data[idx].to(device)
         anchors = sample_anchors(len(idx), prompt_len, ids.shape[1], cfg.anchors_per_seq, g).to(device)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, time.time() - t0)
         with _autocast(device):
             feats = target_features(target, ids, drafter.spec.target_layer_ids)
             loss, acc = block_loss(drafter, head, feats, ids, anchors, cfg.gamma)
@@ -227,7 +228,7 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
         if step % 25 == 0 or step == 1 or last:
             loss, acc = float(loss.detach()), acc.detach()
             row = {"step": step, "loss": round(loss, 4), "acc1": round(float(acc[0]), 4),
-                   "acc8": round(float(acc[min(7, len(acc) - 1)]), 4), "lr": lr_at(step, cfg), "s": round(time.time() - t0, 1)}
+                   "acc8": round(float(acc[min(7, len(acc) - 1)]), 4), "lr": lr_at(step, cfg, time.time() - t0), "s": round(time.time() - t0, 1)}
             log.append(row)
             print(json.dumps(row), flush=True)
     stats = {

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,10 @@ TOKENS_META_FILE = "tokens_meta.json"
 SPLITS = ("train", "heldout")
 MAX_SHARD_SIZE = "15MB"  # files coming back from the GPU machine must stay under 16 MiB
 _TOKEN_DTYPE = np.uint16
-_BATCH_TEXT_BYTES = 1 << 20  # text per encoding task: big enough to amortise process hops
+# Text per encoding call. In-process, big batches keep the tokenizer's threads evenly loaded;
+# a worker pool wants more, smaller tasks.
+_BATCH_BYTES_IN_PROCESS = 8 << 20
+_BATCH_BYTES_PER_TASK = 1 << 20
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -121,9 +125,13 @@ class PretrainConfig:
         if self.vocab_size > np.iinfo(_TOKEN_DTYPE).max + 1:
             raise SpecdiffError(f"vocab size {self.vocab_size} does not fit uint16 token files")
         if self.num_heads % self.num_kv_heads:
-            raise SpecdiffError(f"heads ({self.num_heads}) must be a multiple of kv heads ({self.num_kv_heads})")
+            raise SpecdiffError(
+                f"heads ({self.num_heads}) must be a multiple of kv heads ({self.num_kv_heads})"
+            )
         if self.seq_len > self.max_position_embeddings:
-            raise SpecdiffError(f"seq len {self.seq_len} exceeds max positions {self.max_position_embeddings}")
+            raise SpecdiffError(
+                f"seq len {self.seq_len} exceeds max positions {self.max_position_embeddings}"
+            )
         if not 0.0 <= self.min_lr_frac <= 1.0 or self.lr <= 0:
             raise SpecdiffError(f"need lr > 0 and 0 <= min lr frac <= 1, got {self.lr}, {self.min_lr_frac}")
         if min(self.warmup_steps, self.eval_every, self.save_every, self.eval_tokens) < 0:
@@ -244,14 +252,14 @@ def default_tokens_dir(corpus_dir: Path, tokenizer_dir: Path) -> Path:
     return Path(corpus_dir) / f"tokens-{_sha256_file(Path(tokenizer_dir) / 'tokenizer.json')[:12]}"
 
 
-def _doc_batches(path: Path) -> Iterator[list[str]]:
-    """Documents of a corpus file, grouped into lists of about `_BATCH_TEXT_BYTES` of text."""
+def _doc_batches(path: Path, batch_chars: int) -> Iterator[list[str]]:
+    """Documents of a corpus file, grouped into lists of about `batch_chars` characters."""
     batch: list[str] = []
     n = 0
     for doc in iter_documents(path):
         batch.append(doc)
         n += len(doc)
-        if n >= _BATCH_TEXT_BYTES:
+        if n >= batch_chars:
             yield batch
             batch, n = [], 0
     if batch:
@@ -294,23 +302,25 @@ def _encode_file(
     n_tokens = n_docs = 0
     with open(dst, "wb") as f:
 
-        def write(arr: np.ndarray) -> None:
+        def write(arr: np.ndarray, docs: int) -> None:
             nonlocal n_tokens, n_docs
             arr.tofile(f)
             n_tokens += len(arr)
-            n_docs += int(np.count_nonzero(arr == eos_id))
+            n_docs += docs
 
         if pool is None:
-            for batch in _doc_batches(src):
-                write(encode_documents(tokenizer, batch, eos_id))
+            for batch in _doc_batches(src, _BATCH_BYTES_IN_PROCESS):
+                write(encode_documents(tokenizer, batch, eos_id), len(batch))
             return n_tokens, n_docs
-        pending: deque[Future[np.ndarray]] = deque()
-        for batch in _doc_batches(src):
-            pending.append(pool.submit(_encode_in_worker, batch, eos_id))
+        pending: deque[tuple[Future[np.ndarray], int]] = deque()
+        for batch in _doc_batches(src, _BATCH_BYTES_PER_TASK):
+            pending.append((pool.submit(_encode_in_worker, batch, eos_id), len(batch)))
             if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
-                write(pending.popleft().result())
+                fut, docs = pending.popleft()
+                write(fut.result(), docs)
         while pending:
-            write(pending.popleft().result())
+            fut, docs = pending.popleft()
+            write(fut.result(), docs)
     return n_tokens, n_docs
 
 
@@ -330,21 +340,29 @@ def _cached_tokens(out_dir: Path, tok_sha: str, sources: dict[str, str]) -> Toke
     return meta
 
 
-def default_workers() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
+def _spawn_context() -> BaseContext | None:
+    """Spawn, not fork: forking a process with torch's and the tokenizer's threads running can
+    deadlock the child. None when a spawned child could not re-import this program's `__main__`
+    (a script read from stdin); the caller then encodes in-process."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not Path(main_file).is_file():
+        return None
+    return multiprocessing.get_context("spawn")
 
 
 def tokenize_corpus(
-    corpus_dir: Path, tokenizer_dir: Path, out_dir: Path | None = None, num_workers: int | None = None
+    corpus_dir: Path, tokenizer_dir: Path, out_dir: Path | None = None, num_workers: int = 1
 ) -> TokenFiles:
     """Encode `train.txt` and `heldout.txt` into `out_dir/{train,heldout}.bin` (uint16), or return
     the files already there when they came from the same tokenizer and corpus text.
 
-    `num_workers` > 1 encodes batches of documents in that many processes; 1 encodes in this
-    process (the fast tokenizer still spreads each batch over the cores)."""
+    With `num_workers` 1 this process encodes big batches of documents, which the fast tokenizer
+    spreads over every core (65 MB of text in 7 s on 16 cores). More workers encode smaller
+    batches in that many spawned processes; each must first import torch and transformers, so on
+    that corpus 16 of them took 16 s: worth it only for much larger corpora."""
     corpus_dir, tokenizer_dir = Path(corpus_dir), Path(tokenizer_dir)
     out_dir = default_tokens_dir(corpus_dir, tokenizer_dir) if out_dir is None else Path(out_dir)
-    workers = default_workers() if num_workers is None else max(1, num_workers)
+    workers = max(1, num_workers)
     srcs = {split: corpus_dir / f"{split}.txt" for split in SPLITS}
     for split, src in srcs.items():
         if not src.is_file():
@@ -362,15 +380,15 @@ def tokenize_corpus(
         return cached
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / TOKENS_META_FILE).unlink(missing_ok=True)  # written last: present means complete
     meta = TokenFiles(str(out_dir), tok_sha, len(tokenizer), eos_id, sources)
     t0 = time.perf_counter()
     pool = None
-    if workers > 1:
-        # fork starts at once and needs no importable __main__; the workers only run the
-        # tokenizer (never torch), and tokenizers turns its own threading off in forked children.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(tokenizer_dir),))
+    ctx = _spawn_context() if workers > 1 else None
+    if ctx is not None:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(str(tokenizer_dir),)
+        )
     try:
         for split, src in srcs.items():
             tmp = out_dir / f"{split}.bin.tmp"
@@ -437,7 +455,8 @@ class ParamCount:
 
 
 def count_parameters(model: torch.nn.Module) -> ParamCount:
-    embed = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
+    heads = (model.get_input_embeddings(), model.get_output_embeddings())
+    embed = {id(p) for m in heads for p in m.parameters()}
     unique = {id(p): p for p in model.parameters()}  # tied weights count once
     n_embed = sum(p.numel() for i, p in unique.items() if i in embed)
     return ParamCount(n_embed, sum(p.numel() for p in unique.values()) - n_embed)
@@ -467,19 +486,20 @@ def lr_at(cfg: PretrainConfig, step: int, progress: float) -> float:
 
 @dataclass
 class Schedule:
-    """How far through its decay a run is: by steps, or by wall-clock when a time budget is set
-    and binds first, so a time-limited run still anneals. `start_progress` is where a resumed run
-    stood; its new time budget covers the rest of the decay."""
+    """How far through its decay a run is: by steps, or by wall-clock over `decay_s` seconds when
+    a time budget is set and binds first, so a time-limited run still anneals. `start_progress` is
+    where a resumed run stood; its new time budget covers the rest of the decay."""
 
     cfg: PretrainConfig
     start_progress: float = 0.0
+    decay_s: float | None = None  # None: by steps alone
 
     def progress(self, step: int, elapsed_s: float) -> float:
         span = max(1, self.cfg.max_steps - self.cfg.warmup_steps)
         by_steps = (step - self.cfg.warmup_steps) / span
         by_time = 0.0
-        if self.cfg.time_budget_s is not None:
-            frac = min(1.0, elapsed_s / self.cfg.time_budget_s)
+        if self.decay_s is not None:
+            frac = min(1.0, elapsed_s / self.decay_s) if self.decay_s > 0 else 1.0
             by_time = self.start_progress + (1.0 - self.start_progress) * frac
         return min(1.0, max(by_steps, by_time, self.start_progress))
 
@@ -555,7 +575,8 @@ class PretrainStats:
     wall_time_s: float  # this invocation, setup and saving included
     train_time_s: float  # training loops of all runs so far
     run_steps: int  # steps taken by this invocation
-    tokens_per_s: float  # this invocation's training loop
+    tokens_per_s: float  # this invocation's training loop after its first step
+    first_step_s: float  # the first step, torch.compile and CUDA warm-up included
     device: str
     autocast_dtype: str
     params_embedding: int
@@ -639,6 +660,171 @@ def _check_resume_config(saved: PretrainConfig, cfg: PretrainConfig) -> None:
             )
 
 
+@dataclass
+class _Interval:
+    """Training since the last log line. Losses are summed on the device, so the only host sync
+    is one `.item()` per logging interval; eval time is added to `t_start` so tok/s counts
+    training alone."""
+
+    t_start: float
+    steps: int = 0
+    loss_sum: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum = loss.detach() if self.loss_sum is None else self.loss_sum + loss.detach()
+        self.steps += 1
+
+
+@dataclass
+class LoopResult:
+    stop_reason: str  # max_steps | time_budget
+    steps: int
+    seconds: float
+    first_step_s: float  # includes torch.compile and CUDA warm-up
+
+    @property
+    def steps_per_s(self) -> float:
+        """Steady rate: the steps after the first, over their time (evals included)."""
+        if self.steps < 2:
+            return 0.0
+        return (self.steps - 1) / max(self.seconds - self.first_step_s, 1e-9)
+
+
+class Trainer:
+    """One invocation's training: the model, its optimizer and data, and where it stands."""
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        tokens: TokenFiles,
+        tokenizer: PreTrainedTokenizerFast,
+        out: Path,
+        resume: bool,
+    ) -> None:
+        self.cfg, self.tokenizer, self.out = cfg, tokenizer, out
+        self.rt = resolve_runtime(cfg)
+        if self.rt.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
+        self.train_data = tokens.load("train")
+        heldout = tokens.load("heldout")
+        self.windows = eval_windows(heldout, cfg.seq_len, cfg.eval_tokens) if cfg.eval_tokens else None
+        self.data_rng = np.random.default_rng(cfg.seed)
+        self.state = TrainerState()
+        saved: dict[str, Any] = {}
+        if resume:
+            self.model = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32)
+            _set_special_ids(self.model, cfg.eos_token_id)
+            # Our own file; weights_only still refuses anything but tensors and plain containers.
+            saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+            self.state = TrainerState(**saved["state"])
+            _restore_rng(saved["rng"], self.data_rng)
+        else:
+            self.model = build_model(cfg)
+        self.model.to(self.rt.device).train()
+        self.optimizer = make_optimizer(self.model, cfg, self.rt.device)
+        if "optimizer" in saved:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        elif resume:
+            print(
+                "warning: checkpoint has no optimizer state; AdamW moments start from zero",
+                file=sys.stderr,
+            )
+        self.fwd = torch.compile(self.model) if cfg.compile else self.model
+        self.schedule = Schedule(cfg, start_progress=self.state.progress)
+        self.params = count_parameters(self.model)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len
+
+    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a fresh random batch; returns (loss, grad norm) on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        pin = self.rt.device.type == "cuda"
+        xy = sample_batch(self.train_data, self.cfg.batch_size, self.cfg.seq_len, self.data_rng)
+        xy = (xy.pin_memory() if pin else xy).to(self.rt.device, non_blocking=pin)
+        with self.rt.autocast():
+            loss = next_token_loss(self.fwd, xy)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        return loss, gnorm
+
+    def log_train(self, interval: _Interval, lr: float, gnorm: torch.Tensor, t0: float) -> None:
+        now = time.perf_counter()
+        assert interval.loss_sum is not None
+        loss = interval.loss_sum.item() / interval.steps
+        tok_s = interval.steps * self.tokens_per_step / max(now - interval.t_start, 1e-9)
+        self.state.last_train_loss = loss
+        gn = gnorm.item()
+        row = {
+            "step": self.state.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(gn, 4),
+            "tokens_seen": self.state.tokens_seen, "tokens_per_s": round(tok_s, 1),
+            "elapsed_s": round(now - t0, 2),
+        }  # fmt: skip
+        _append_log(self.out, row)
+        print(
+            f"step {self.state.step}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gn:.3f} "
+            f"| {tok_s / 1e3:.1f}k tok/s | {now - t0:.0f}s",
+            flush=True,
+        )
+
+    def evaluate(self) -> EvalResult | None:
+        if self.windows is None:
+            return None
+        res = evaluate(self.model, self.windows, self.cfg.batch_size, self.rt)
+        self.state.heldout_loss = res.loss
+        row = {"step": self.state.step, "heldout_loss": round(res.loss, 5), "heldout_ppl": round(res.ppl, 3)}
+        _append_log(self.out, row)
+        print(f"eval step {self.state.step} | held-out loss {res.loss:.4f} | ppl {res.ppl:.2f}", flush=True)
+        return res
+
+    def save(self) -> float:
+        return save_checkpoint(
+            self.out, self.model, self.tokenizer, self.cfg, self.state, self.optimizer, self.data_rng
+        )
+
+    def loop(self) -> LoopResult:
+        """Train until `max_steps` or the time budget, logging, evaluating and saving on the way."""
+        cfg, state = self.cfg, self.state
+        start_step, t0 = state.step, time.perf_counter()
+        # The time-driven decay starts after the first step, so compile time does not use it up.
+        t_decay, first_step_s = t0, 0.0
+        interval = _Interval(t0)
+        lr, gnorm = cfg.lr, torch.zeros(())
+        stop_reason = "max_steps"
+        while state.step < cfg.max_steps:
+            now = time.perf_counter()
+            if cfg.time_budget_s is not None and now - t0 >= cfg.time_budget_s:
+                stop_reason = "time_budget"
+                break
+            state.progress = self.schedule.progress(state.step, now - t_decay)
+            lr = lr_at(cfg, state.step, state.progress)
+            loss, gnorm = self.train_step(lr)
+            interval.add(loss)
+            if state.step == start_step + 1:
+                t_decay = time.perf_counter()
+                first_step_s = t_decay - t0
+                if cfg.time_budget_s is not None:
+                    self.schedule.decay_s = cfg.time_budget_s - first_step_s
+            if state.step % cfg.log_every == 0:
+                self.log_train(interval, lr, gnorm, t0)
+                interval = _Interval(time.perf_counter())
+            last = state.step == cfg.max_steps  # the final eval and save come after the loop
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and not last:
+                t_eval = time.perf_counter()
+                self.evaluate()
+                interval.t_start += time.perf_counter() - t_eval
+            if cfg.save_every and state.step % cfg.save_every == 0 and not last:
+                self.save()
+        if interval.steps:
+            self.log_train(interval, lr, gnorm, t0)
+        seconds = time.perf_counter() - t0
+        state.train_time_s += seconds
+        return LoopResult(stop_reason, state.step - start_step, seconds, first_step_s)
+
+
 def pretrain(
     cfg: PretrainConfig,
     corpus_dir: Path,
@@ -647,7 +833,7 @@ def pretrain(
     *,
     resume: bool = False,
     tokens_dir: Path | None = None,
-    num_workers: int | None = None,
+    num_workers: int = 1,
 ) -> PretrainStats:
     """Train (or, with `resume`, continue training) and save the checkpoint folder `out`.
 
@@ -666,141 +852,49 @@ def pretrain(
 
     tokens = tokenize_corpus(corpus_dir, tokenizer_dir, tokens_dir, num_workers)
     how = "cached" if tokens.cached else f"encoded in {tokens.encode_s:.1f}s"
-    print(f"tokens: train {tokens.tokens['train']:,}, held-out {tokens.tokens['heldout']:,} ({how}) in {tokens.dir}")
-    tokenizer = load_tokenizer(tokenizer_dir)
+    n = tokens.tokens
+    print(f"tokens: train {n['train']:,}, held-out {n['heldout']:,} ({how}) in {tokens.dir}", flush=True)
     cfg.vocab_size, cfg.eos_token_id = tokens.vocab_size, tokens.eos_token_id
     cfg.validate()
-    train_data, heldout_data = tokens.load("train"), tokens.load("heldout")
-    for split, data in (("train", train_data), ("heldout", heldout_data)):
-        if len(data) < cfg.seq_len + 2:
-            raise SpecdiffError(f"{split} split has {len(data)} tokens, fewer than seq len {cfg.seq_len} + 2")
-
-    rt = resolve_runtime(cfg)
-    if rt.device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
-    data_rng = np.random.default_rng(cfg.seed)
-    state = TrainerState()
+    for split in SPLITS:
+        if n[split] < cfg.seq_len + 2:
+            raise SpecdiffError(f"{split} split has {n[split]} tokens, fewer than seq len {cfg.seq_len} + 2")
     if resume:
         _check_resume_config(PretrainConfig.load(out / CONFIG_FILE), cfg)
-        model = Qwen3ForCausalLM.from_pretrained(out, dtype=torch.float32)
-        _set_special_ids(model, cfg.eos_token_id)
-        # Our own file; weights_only still refuses anything but tensors and plain containers.
-        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-        state = TrainerState(**saved["state"])
-        _restore_rng(saved["rng"], data_rng)
     else:
-        model = build_model(cfg)
         out.mkdir(parents=True, exist_ok=True)
         (out / LOG_FILE).unlink(missing_ok=True)
-    model.to(rt.device).train()
-    optimizer = make_optimizer(model, cfg, rt.device)
-    if resume:
-        if "optimizer" in saved:
-            optimizer.load_state_dict(saved["optimizer"])
-        else:
-            print("warning: checkpoint has no optimizer state; AdamW moments start from zero", file=sys.stderr)
-    params = count_parameters(model)
+
+    trainer = Trainer(cfg, tokens, load_tokenizer(tokenizer_dir), out, resume)
+    p, rt = trainer.params, trainer.rt
+    budget = f" or {cfg.time_budget_s:.0f}s" if cfg.time_budget_s else ""
     print(
-        f"model: {params.total / 1e6:.2f}M params ({params.embedding / 1e6:.2f}M embedding, "
-        f"{params.non_embedding / 1e6:.2f}M non-embedding); device {rt.name}, "
-        f"autocast {rt.amp_dtype or 'off'}; step {state.step} -> {cfg.max_steps}"
-        + (f" or {cfg.time_budget_s:.0f}s" if cfg.time_budget_s else "")
+        f"model: {p.total / 1e6:.2f}M params ({p.embedding / 1e6:.2f}M embedding, "
+        f"{p.non_embedding / 1e6:.2f}M non-embedding); {rt.name}, autocast {rt.amp_dtype or 'off'}; "
+        f"step {trainer.state.step} -> {cfg.max_steps}{budget}",
+        flush=True,
     )
-    fwd = torch.compile(model) if cfg.compile else model
-    windows = eval_windows(heldout_data, cfg.seq_len, cfg.eval_tokens) if cfg.eval_tokens else None
-    schedule = Schedule(cfg, start_progress=state.progress if resume else 0.0)
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    pin = rt.device.type == "cuda"
-
-    def run_eval() -> EvalResult | None:
-        if windows is None:
-            return None
-        res = evaluate(model, windows, cfg.batch_size, rt)
-        state.heldout_loss = res.loss
-        _append_log(out, {"step": state.step, "heldout_loss": round(res.loss, 5), "heldout_ppl": round(res.ppl, 3)})
-        print(f"eval step {state.step} | held-out loss {res.loss:.4f} | ppl {res.ppl:.2f}")
-        return res
-
-    start_step = state.step
-    t0 = time.perf_counter()
-    t_log, steps_since_log = t0, 0  # t_log moves forward by eval time so tok/s counts training only
-    loss_sum = torch.zeros((), device=rt.device)  # summed on device: no sync per step
-    stop_reason = "max_steps"
-
-    def log_train(lr: float, gnorm: torch.Tensor) -> None:
-        nonlocal t_log, steps_since_log, loss_sum
-        now = time.perf_counter()
-        loss = loss_sum.item() / steps_since_log  # the one sync per logging interval
-        tok_s = steps_since_log * tokens_per_step / max(now - t_log, 1e-9)
-        state.last_train_loss = loss
-        _append_log(out, {
-            "step": state.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(gnorm.item(), 4),
-            "tokens_seen": state.tokens_seen, "tokens_per_s": round(tok_s, 1), "elapsed_s": round(now - t0, 2),
-        })  # fmt: skip
-        print(
-            f"step {state.step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | gnorm {gnorm.item():.3f} "
-            f"| {tok_s / 1e3:.1f}k tok/s | {now - t0:.0f}s",
-            flush=True,
-        )
-        t_log, steps_since_log, loss_sum = now, 0, torch.zeros((), device=rt.device)
-
-    lr, gnorm = cfg.lr, torch.zeros(())
-    while state.step < cfg.max_steps:
-        elapsed = time.perf_counter() - t0
-        if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
-            stop_reason = "time_budget"
-            break
-        state.progress = schedule.progress(state.step, elapsed)
-        lr = lr_at(cfg, state.step, state.progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        xy = sample_batch(train_data, cfg.batch_size, cfg.seq_len, data_rng)
-        xy = (xy.pin_memory() if pin else xy).to(rt.device, non_blocking=pin)
-        with rt.autocast():
-            loss = next_token_loss(fwd, xy)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        state.step += 1
-        state.tokens_seen += tokens_per_step
-        loss_sum += loss.detach()
-        steps_since_log += 1
-        if state.step % cfg.log_every == 0:
-            log_train(lr, gnorm)
-        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.max_steps:
-            t_eval = time.perf_counter()
-            run_eval()
-            t_log += time.perf_counter() - t_eval
-        if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
-            save_checkpoint(out, model, tokenizer, cfg, state, optimizer, data_rng)
-
-    if steps_since_log:
-        log_train(lr, gnorm)
-    loop_s = time.perf_counter() - t0
-    state.train_time_s += loop_s
-    final = run_eval()
-    ckpt_mb = save_checkpoint(out, model, tokenizer, cfg, state, optimizer, data_rng)
-    run_steps = state.step - start_step
+    loop = trainer.loop()
+    final = trainer.evaluate()
+    ckpt_mb = trainer.save()
     stats = PretrainStats(
-        steps=state.step,
-        tokens_seen=state.tokens_seen,
-        final_train_loss=state.last_train_loss,
+        steps=trainer.state.step,
+        tokens_seen=trainer.state.tokens_seen,
+        final_train_loss=trainer.state.last_train_loss,
         heldout_loss=final.loss if final else None,
         heldout_ppl=final.ppl if final else None,
         heldout_tokens=final.tokens if final else 0,
-        stop_reason=stop_reason,
+        stop_reason=loop.stop_reason,
         wall_time_s=round(time.perf_counter() - t_wall, 2),
-        train_time_s=round(state.train_time_s, 2),
-        run_steps=run_steps,
-        tokens_per_s=round(run_steps * tokens_per_step / max(loop_s, 1e-9), 1),
+        train_time_s=round(trainer.state.train_time_s, 2),
+        run_steps=loop.steps,
+        tokens_per_s=round(loop.steps_per_s * trainer.tokens_per_step, 1),
+        first_step_s=round(loop.first_step_s, 2),
         device=rt.name,
         autocast_dtype=str(rt.amp_dtype or "float32").removeprefix("torch."),
-        params_embedding=params.embedding,
-        params_non_embedding=params.non_embedding,
-        params_total=params.total,
+        params_embedding=p.embedding,
+        params_non_embedding=p.non_embedding,
+        params_total=p.total,
         checkpoint_mb=ckpt_mb,
     )
     _write_json(out / STATS_FILE, asdict(stats))
@@ -830,11 +924,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = PretrainConfig()
     p = parser.add_argument
     p("--corpus", required=True, type=Path, metavar="DIR", help="corpus directory (train.txt, heldout.txt)")
-    p("--tokenizer", type=Path, metavar="DIR", help="tokenizer directory (default on --resume: the checkpoint's)")
+    p("--tokenizer", type=Path, metavar="DIR", help="tokenizer directory (on --resume: the checkpoint's)")
     p("--out", required=True, type=Path, metavar="DIR", help="checkpoint directory")
-    p("--tokens", type=Path, metavar="DIR", help="token-file cache (default: <corpus>/tokens-<tokenizer hash>)")
-    p("--workers", type=int, metavar="N", help=f"tokenization processes (default {default_workers()})")
-    p("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p("--tokens", type=Path, metavar="DIR", help="token cache (default <corpus>/tokens-<tokenizer hash>)")
+    p("--workers", type=int, default=1, metavar="N", help="tokenization processes (default 1: in-process)")
+    p(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --out; settings not given as flags come from it",
+    )
     p("--steps", type=int, metavar="N", help=f"stop at this total step count (default {d.max_steps})")
     p("--time-budget", type=float, metavar="S", help="stop the training loop after S seconds (then save)")
     p("--batch-size", type=int, metavar="B", help=f"sequences per step (default {d.batch_size})")
@@ -852,13 +950,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p("--intermediate", type=int, help=f"MLP size (default {d.intermediate_size})")
     p("--max-positions", type=int, help=f"default {d.max_position_embeddings}")
     p("--rope-theta", type=float, help=f"default {d.rope_theta}")
-    p("--eval-every", type=int, metavar="N", help=f"held-out loss every N steps, 0: at the end (default {d.eval_every})")
+    p("--eval-every", type=int, metavar="N", help=f"held-out loss every N steps (default {d.eval_every})")
     p("--eval-tokens", type=int, help=f"held-out tokens scored per evaluation (default {d.eval_tokens})")
     p("--log-every", type=int, metavar="N", help=f"default {d.log_every}")
     p("--save-every", type=int, metavar="N", help="also save every N steps (default: only at the end)")
     p("--seed", type=int, help=f"default {d.seed}")
     p("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p("--dtype", choices=["auto", *_DTYPES], help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p("--dtype", choices=["auto", *_DTYPES], help="autocast dtype (default bfloat16 on CUDA, float32 on CPU)")
     p("--save-dtype", choices=list(_DTYPES), help=f"dtype of the saved weights (default {d.save_dtype})")
     p("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p(
@@ -882,15 +980,17 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     stats = pretrain(
-        cfg, args.corpus, args.tokenizer, args.out, resume=args.resume, tokens_dir=args.tokens, num_workers=args.workers
-    )
+        cfg, args.corpus, args.tokenizer, args.out,
+        resume=args.resume, tokens_dir=args.tokens, num_workers=args.workers,
+    )  # fmt: skip
     ppl = f"{stats.heldout_ppl:.2f}" if stats.heldout_ppl is not None else "n/a"
     held = f"{stats.heldout_loss:.4f}" if stats.heldout_loss is not None else "n/a"
     train = f"{stats.final_train_loss:.4f}" if stats.final_train_loss is not None else "n/a"
     print(
         f"pretrain: {stats.steps} steps ({stats.stop_reason}), {stats.tokens_seen:,} tokens, "
         f"{stats.tokens_per_s / 1e3:.1f}k tok/s on {stats.device}; train loss {train}, "
-        f"held-out loss {held} (ppl {ppl}); {stats.params_total / 1e6:.2f}M params, {stats.checkpoint_mb} MB of weights in {args.out}"
+        f"held-out loss {held} (ppl {ppl}); {stats.params_total / 1e6:.2f}M params, "
+        f"{stats.checkpoint_mb} MB of weights in {args.out}"
     )
     return 0
 
