@@ -41,13 +41,14 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
-        stop_at_eos=not args.ignore_eos,
+        stop_at_eos=not args.ignore_eos, profile=args.profile,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default="/tmp/specdiff-demo-models")
     d.set_defaults(func=cmd_demo)
 
-    from specdiff.bench import harness
+    from specdiff.bench import harness, profile
     from specdiff.train import corpus, dflash_train, pretrain, tokenizer
 
     b = sub.add_parser("bench", help="methods x budgets x temperatures over prompt sets, ar as baseline")
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tokenizer.add_arguments(t)
     t.set_defaults(func=tokenizer.run)
+    pr = sub.add_parser("profile", help="measure draft and verify costs on this device (for caddtree)")
+    profile.add_arguments(pr)
+    pr.set_defaults(func=profile.run)
     pt = sub.add_parser("pretrain", help="pretrain a Qwen3 target on the corpus")
     pretrain.add_arguments(pt)
     pt.set_defaults(func=pretrain.run)

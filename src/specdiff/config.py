@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from specdiff.errors import SpecdiffError
 
-METHODS = ("ar", "pld", "dflash", "ddtree")
+METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class DecodeConfig:
     pld_ngram_max: int = 4  # prompt lookup: longest n-gram matched
     pld_ngram_min: int = 1
     pld_max_draft: int = 15
+    profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
+    caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
     stop_at_eos: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -12,8 +13,9 @@ from specdiff.drafters.dflash import DFlashDrafter, check_fits
 from specdiff.drafters.proposers import make_proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
+from specdiff.trees.cost_model import CostProfile
 
-NEEDS_DRAFTER = ("dflash", "ddtree")
+NEEDS_DRAFTER = ("dflash", "ddtree", "caddtree")
 
 
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,
@@ -25,4 +27,14 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")
         check_fits(drafter, target.hidden_size, target.vocab_size, target.num_layers)
         drafter.bind(target.embed_tokens, target.lm_head)
-    return SpeculativeDecoder(target, make_proposer(cfg, drafter), cfg, eos_ids)
+    profile = None
+    if cfg.method == "caddtree":
+        from specdiff.bench.profile import default_profile_path
+
+        dtype = str(target.dtype).removeprefix("torch.")
+        path = Path(cfg.profile) if cfg.profile else default_profile_path(target.device, target, drafter, dtype)
+        if not path.is_file():
+            raise SpecdiffError(f"caddtree needs a cost profile for this device and models; none at {path} "
+                                "(run `specdiff profile` with the same --target/--drafter/--device/--dtype)")
+        profile = CostProfile.load(path)
+    return SpeculativeDecoder(target, make_proposer(cfg, drafter, profile), cfg, eos_ids)

@@ -35,6 +35,7 @@ class BenchConfig:
     max_new_tokens: int = 128
     warmup: int = 2
     seed: int = 0
+    profile: str | None = None  # caddtree's cost profile (None: the per-device cache)
     device: str = "cpu"
     dtype: str = "float32"
     target: str = ""
@@ -102,7 +103,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
         for temp in cfg.temperatures:
             ar_tokens: dict[str, list[int]] = {}
             for label, method, budget in variants(cfg):
-                dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens,
+                dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos)
                 for _, ids in encoded[: cfg.warmup]:
@@ -200,6 +201,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
     p.add_argument("--out", type=Path, required=True)
 
 
@@ -220,9 +222,12 @@ def run(args: argparse.Namespace) -> int:
         raise SpecdiffError("temperatures must be >= 0")
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
-    model, tokenizer, drafter = load_models(args, need_drafter=any(m in ("dflash", "ddtree") for m in methods))
+    from specdiff.engine import NEEDS_DRAFTER
+
+    model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
+                      profile=args.profile,
                       device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"))
     result = run_bench(cfg, model, tokenizer, drafter, args.out)

@@ -6,6 +6,8 @@ from specdiff.config import DecodeConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.trees import build_chain, build_ddtree
+from specdiff.trees.caddtree import build_caddtree
+from specdiff.trees.cost_model import CostProfile
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
@@ -49,11 +51,13 @@ class PLDProposer(ARProposer):
 
 
 class DFlashProposer:
-    """DFlash drafter + a tree builder: `tree="chain"` (DFlash) or `tree="ddtree"` (DDTree)."""
+    """DFlash drafter + a tree builder: "chain" (DFlash), "ddtree" (B most probable prefixes) or
+    "caddtree" (as many prefixes as pay for their measured cost, from `profile`)."""
 
-    def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None):
-        self.drafter, self.tree, self.budget = drafter, tree, budget
-        self.name = "dflash" if tree == "chain" else "ddtree"
+    def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None,
+                 profile: CostProfile | None = None):
+        self.drafter, self.tree, self.budget, self.profile = drafter, tree, budget, profile
+        self.name = {"chain": "dflash"}.get(tree, tree)
         self.num_slots = (block_size or drafter.block_size) - 1
         self.tap_layers = tuple(drafter.spec.target_layer_ids)
         self.max_nodes = 1 + (self.num_slots if tree == "chain" else budget)
@@ -73,6 +77,8 @@ class DFlashProposer:
         proposal = DraftProposal(self.drafter.draft(state.root, depth), source=self.name)
         if self.tree == "chain":
             return build_chain(state.root, proposal, depth)
+        if self.tree == "caddtree":
+            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget)
         return build_ddtree(state.root, proposal, self.budget, depth)
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None:
@@ -81,13 +87,15 @@ class DFlashProposer:
         self._pending = out.features[idx] if len(idx) != out.features.shape[0] else out.features
 
 
-def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None) -> Proposer:
-    """The proposer for `cfg.method` (dflash and ddtree need a drafter)."""
+def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profile: CostProfile | None = None) -> Proposer:
+    """The proposer for `cfg.method` (dflash, ddtree and caddtree need a drafter; caddtree a profile)."""
     if cfg.method == "ar":
         return ARProposer()
     if cfg.method == "pld":
         return PLDProposer(cfg.pld_ngram_max, cfg.pld_ngram_min, cfg.pld_max_draft)
     if drafter is None:
         raise ValueError(f"method {cfg.method} needs a DFlash drafter")
+    if cfg.method == "caddtree":
+        return DFlashProposer(drafter, "caddtree", cfg.caddtree_max_nodes, cfg.block_size, profile)
     tree = "chain" if cfg.method == "dflash" else "ddtree"
     return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size)

@@ -11,51 +11,54 @@ exactly one such predecessor with a score at least its own, so the first B pops 
 from __future__ import annotations
 
 import heapq
+import itertools
+from typing import Iterator
 
 import torch
 
 from specdiff.types import DraftProposal, DraftTree
 
 
-def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[tuple[int, int, float]]:
-    """Top-`budget` prefixes of per-depth top-K log-probs.
+def iter_best_first(logp: torch.Tensor) -> Iterator[tuple[int, int, float]]:
+    """Prefixes of per-depth top-K log-probs in non-increasing probability, lazily.
 
     logp: [L, K] float log-probs, each row sorted in decreasing order (row d is depth d+1).
-    Returns one (parent, rank, score) per popped node, in pop order; parent is an index into this
-    list plus one (0 = the root), so the list is directly a tree with parents before children.
+    Yields (parent, rank, score) per popped node; parent indexes the nodes yielded so far plus
+    one (0 = the root), so any prefix of the stream is a tree with parents before children.
     """
     depth_max, k = logp.shape
+    if depth_max == 0 or k == 0:
+        return
     rows = logp.tolist()
-    out: list[tuple[int, int, float]] = []
-    if depth_max == 0 or k == 0 or budget <= 0:
-        return out
     # heap entries: (-score, tie, depth, rank, parent_node); tie keeps pops deterministic
     heap = [(-rows[0][0], 0, 0, 0, 0)]
-    tie = 1
-    while heap and len(out) < budget:
+    tie, node = 1, 0
+    while heap:
         neg, _, d, r, parent = heapq.heappop(heap)
         score = -neg
-        out.append((parent, r, score))
-        node = len(out)  # this prefix's index in the tree (root = 0)
+        node += 1  # this prefix's index in the tree (root = 0)
+        yield parent, r, score
         if r + 1 < k:  # next sibling: same parent, next rank at this depth
             heapq.heappush(heap, (-(score - rows[d][r] + rows[d][r + 1]), tie, d, r + 1, parent))
             tie += 1
         if d + 1 < depth_max:  # first child: best token at the next depth
             heapq.heappush(heap, (-(score + rows[d + 1][0]), tie, d + 1, 0, node))
             tie += 1
-    return out
 
 
-def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
-    """The `budget` most probable prefixes (plus the root) of the drafter's marginals."""
-    depth = min(max_depth, proposal.logits.shape[0])
-    if depth <= 0 or budget <= 0:
-        return DraftTree.chain(root, [])
-    k = min(budget, proposal.logits.shape[-1])
+def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[tuple[int, int, float]]:
+    """The first `budget` nodes of `iter_best_first`: the top-`budget` prefixes."""
+    return list(itertools.islice(iter_best_first(logp), max(0, budget)))
+
+
+def top_k_marginals(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """Per-depth top-k log-probs [D, k] (host, sorted) and their token ids (the one host copy)."""
     logp = torch.log_softmax(proposal.logits[:depth].float(), dim=-1)
-    top_logp, top_ids = torch.topk(logp, k, dim=-1)  # [D, K] each, sorted
-    top_logp, top_ids = top_logp.cpu(), top_ids.cpu().tolist()
-    nodes = best_first_prefixes(top_logp, budget)
+    top_logp, top_ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+    return top_logp.cpu(), top_ids.cpu().tolist()
+
+
+def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list[list[int]]) -> DraftTree:
     tokens, parents, depths = [root], [-1], [0]
     for parent, rank, _ in nodes:
         d = depths[parent] + 1
@@ -67,3 +70,12 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
         torch.tensor(parents, dtype=torch.long),
         torch.tensor(depths, dtype=torch.long),
     )
+
+
+def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
+    """The `budget` most probable prefixes (plus the root) of the drafter's marginals."""
+    depth = min(max_depth, proposal.logits.shape[0])
+    if depth <= 0 or budget <= 0:
+        return DraftTree.chain(root, [])
+    top_logp, top_ids = top_k_marginals(proposal, budget, depth)
+    return tree_from_pops(root, best_first_prefixes(top_logp, budget), top_ids)

@@ -1,0 +1,92 @@
+"""Measured cost of a round: drafter pass C_d and verification C_v(n, context length).
+
+`CostProfile` is what `specdiff profile` measures on one device for one (target, drafter) pair
+and saves as JSON. Each context length's verify curve is fitted monotone (more nodes never cost
+less) and convex (the marginal cost of a node never falls), which makes the cost-aware objective
+unimodal; lookups interpolate linearly in context length and extrapolate linearly in n.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from specdiff.errors import SpecdiffError
+
+
+def fit_monotone_convex(n: list[float], y: list[float]) -> list[float]:
+    """Least-squares-ish projection of (n, y) onto non-decreasing convex curves.
+
+    Slopes between grid points are made non-negative and non-decreasing by weighted isotonic
+    regression (pool-adjacent-violators), then the intercept is refit by least squares.
+    """
+    x, v = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return v.tolist()
+    dx = np.diff(x)
+    slopes = np.maximum(np.diff(v) / dx, 0.0)
+    blocks = [[s, w, 1] for s, w in zip(slopes, dx)]  # [mean slope, weight, count]
+    merged: list[list[float]] = []
+    for b in blocks:
+        merged.append(b)
+        while len(merged) > 1 and merged[-2][0] > merged[-1][0]:
+            s2, w2, c2 = merged.pop()
+            s1, w1, c1 = merged.pop()
+            merged.append([(s1 * w1 + s2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    fitted = np.concatenate([[s] * int(c) for s, _, c in merged])
+    shape = np.concatenate([[0.0], np.cumsum(fitted * dx)])
+    intercept = float(np.mean(v - shape))
+    return (shape + intercept).tolist()
+
+
+@dataclass
+class CostProfile:
+    device: str
+    target: str
+    drafter: str
+    dtype: str
+    draft_ms: float  # one drafter pass
+    contexts: list[int]  # context lengths measured, increasing
+    nodes: list[int]  # tree sizes measured (root included), increasing
+    verify_ms: list[list[float]]  # [context][nodes], fitted
+    raw_verify_ms: list[list[float]] = field(default_factory=list)  # medians as measured
+
+    def verify(self, n: int, context: int) -> float:
+        """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
+        rows = [self._at_n(row, n) for row in self.verify_ms]
+        if context <= self.contexts[0]:
+            return rows[0]
+        if context >= self.contexts[-1]:
+            if len(self.contexts) == 1:
+                return rows[-1]
+            slope = (rows[-1] - rows[-2]) / (self.contexts[-1] - self.contexts[-2])
+            return rows[-1] + slope * (context - self.contexts[-1])
+        i = bisect.bisect_right(self.contexts, context)
+        c0, c1 = self.contexts[i - 1], self.contexts[i]
+        t = (context - c0) / (c1 - c0)
+        return rows[i - 1] * (1 - t) + rows[i] * t
+
+    def _at_n(self, row: list[float], n: int) -> float:
+        xs = self.nodes
+        if n <= xs[0]:
+            return row[0]
+        i = min(bisect.bisect_right(xs, n), len(xs) - 1)
+        x0, x1 = xs[i - 1], xs[i]
+        return row[i - 1] + (row[i] - row[i - 1]) * (n - x0) / (x1 - x0)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @staticmethod
+    def load(path: Path) -> CostProfile:
+        if not path.is_file():
+            raise SpecdiffError(f"cost profile not found: {path} (make one with `specdiff profile`)")
+        try:
+            return CostProfile(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SpecdiffError(f"cost profile {path} is not a specdiff profile ({e})") from None

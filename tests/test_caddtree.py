@@ -1,0 +1,91 @@
+"""Cost-aware trees: the fit is monotone convex, the stopping rule finds the best budget, the tree
+is DDTree's at that budget, and decoding with it stays exact."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from specdiff.config import DecodeConfig
+from specdiff.engine import build_decoder
+from specdiff.models.tiny import tiny_drafter
+from specdiff.target import HFTarget
+from specdiff.trees.caddtree import build_caddtree
+from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
+from specdiff.trees.ddtree import build_ddtree
+from specdiff.types import DraftProposal
+
+NODES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def profile(verify_rows, draft_ms=2.0, contexts=(128,)):
+    return CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=draft_ms,
+                       contexts=list(contexts), nodes=NODES, verify_ms=verify_rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fit_is_monotone_and_convex(seed):
+    rng = np.random.default_rng(seed)
+    y = [5 + 0.01 * n + 1e-5 * n * n + rng.normal(0, 0.5) for n in NODES]
+    f = np.array(fit_monotone_convex(NODES, y))
+    slopes = np.diff(f) / np.diff(NODES)
+    assert (slopes >= -1e-12).all() and (np.diff(slopes) >= -1e-12).all()
+    clean = [3 + 0.02 * n + 1e-4 * n * n for n in NODES]  # already monotone convex: unchanged
+    np.testing.assert_allclose(fit_monotone_convex(NODES, clean), clean, rtol=1e-9)
+
+
+def test_verify_interpolates():
+    p = profile([[10.0 + n for n in NODES], [20.0 + 2 * n for n in NODES]], contexts=(0, 1000))
+    assert p.verify(4, 0) == pytest.approx(14.0)
+    assert p.verify(4, 500) == pytest.approx(0.5 * 14 + 0.5 * 28)
+    assert p.verify(3, 0) == pytest.approx(13.0)
+    assert p.verify(2048, 0) == pytest.approx(10 + 2048)  # linear beyond the grid
+
+
+def theta(tree_logp, n, prof, context):
+    return (1 + sum(math.exp(s) for s in tree_logp[:n])) / (prof.draft_ms + prof.verify(n + 1, context))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("steepness", [0.001, 0.02, 0.3])
+def test_stops_at_the_best_budget(seed, steepness):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * 3
+    prof = profile([fit_monotone_convex(NODES, [8 + steepness * n + 1e-4 * n * n for n in NODES])])
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    n = tree.num_nodes - 1
+    # the chosen tree is DDTree's tree of the same size
+    ref = build_ddtree(0, DraftProposal(logits), n, 15)
+    assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
+    # and n maximises theta over every budget (brute force over DDTree's pop order)
+    full = build_ddtree(0, DraftProposal(logits), 600, 15)
+    logp = torch.log_softmax(logits, -1)
+    toks, parents = full.tokens.tolist(), full.parents.tolist()
+    scores = [0.0] * full.num_nodes
+    for i in range(1, full.num_nodes):
+        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
+    assert thetas[n] == pytest.approx(max(thetas), rel=1e-6)
+
+
+def test_flat_cost_grows_to_the_cap():
+    logits = torch.randn(15, 100, generator=torch.Generator().manual_seed(0))
+    prof = profile([[10.0] * len(NODES)])
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=300)
+    assert tree.num_nodes == 301
+
+
+def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
+    drafter = tiny_drafter(qwen3_model, block_size=16)
+    path = tmp_path / "profile.json"
+    profile([fit_monotone_convex(NODES, [1 + 0.05 * n for n in NODES])]).save(path)
+    target = HFTarget(qwen3_model)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        prompt = torch.randint(0, 95, (10,), generator=g).tolist()
+        ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30)).generate(prompt)
+        cad = build_decoder(target, DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path)), drafter)
+        r = cad.generate(prompt)
+        assert r.token_ids == ar.token_ids
+        assert max(r.tree_sizes) > 1
