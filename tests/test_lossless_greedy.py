@@ -98,3 +98,29 @@ def test_eos_stops_like_hf(qwen3_model):
             assert r.token_ids == ref and r.stop_reason == "eos"
         oracle = SpeculativeDecoder(target, OracleProposer(qwen3_model, "chain"), DecodeConfig(max_new_tokens=NEW), [eos])
         assert oracle.generate(p).token_ids == ref
+
+
+def test_trained_drafter_agrees_and_is_exact():
+    """The bundled trained DFlash drafter agrees with the bundled target often: long accepted
+    paths through real drafter proposals, still token-identical to HF greedy generate."""
+    import json
+
+    from specdiff.drafters.dflash import load_drafter
+    from specdiff.models.bundled import REPO_MODELS, default_path
+    from specdiff.target.hf_causal import load_target
+
+    model, tok = load_target(default_path("target"))
+    drafter = load_drafter(default_path("dflash"))
+    rows = (REPO_MODELS.parent / "data" / "prompts" / "function_completion.jsonl").read_text().splitlines()[:4]
+    target = HFTarget(model)
+    taus = []
+    for row in rows:
+        ids = tok(json.loads(row)["prompt"], add_special_tokens=False)["input_ids"]
+        ref = hf_greedy(model, ids, 48)
+        for method, budget in (("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree", 128)):
+            r = build_decoder(target, DecodeConfig(method=method, budget=budget, max_new_tokens=48, stop_at_eos=False),
+                              drafter).generate(ids)
+            assert r.token_ids == ref, f"{method}@{budget}"
+            taus.append((method, budget, r.tau))
+    assert sum(t for m, b, t in taus if m == "dflash") / len(rows) > 2.0
+    assert sum(t for m, b, t in taus if b == 128) / len(rows) > 2.5
