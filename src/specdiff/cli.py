@@ -196,6 +196,16 @@ def default_demo_prompt() -> str:
     return 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from specdiff.bench.plots import plot_dir
+
+    if not (args.dir / "results.json").is_file():
+        raise SpecdiffError(f"no results.json in {args.dir}")
+    for path in plot_dir(args.dir):
+        print(path)
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 
@@ -232,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tokenizer.add_arguments(t)
     t.set_defaults(func=tokenizer.run)
+    pl = sub.add_parser("plot", help="draw the PNG plots of a bench output folder")
+    pl.add_argument("dir", type=Path)
+    pl.set_defaults(func=cmd_plot)
     pr = sub.add_parser("profile", help="measure draft and verify costs on this device (for caddtree)")
     profile.add_arguments(pr)
     pr.set_defaults(func=profile.run)

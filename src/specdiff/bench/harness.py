@@ -135,6 +135,13 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
     (out_dir / "report.md").write_text(report(result))
+    try:
+        from specdiff.bench.plots import plot_results
+
+        plot_results(result, out_dir)
+    except ImportError:
+        print("note: matplotlib is not installed, so no PNG plots (`specdiff plot DIR` draws them later)",
+              file=sys.stderr)
     return result
 
 
