@@ -7,7 +7,6 @@
 - the same test rejects a planted biased verifier (the min(1, p/q) rule on a chosen tree).
 """
 
-import itertools
 
 import pytest
 import torch

@@ -257,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def standalone(prog: str, add_arguments, run, argv: list[str] | None = None) -> int:
+    """`python -m specdiff.<module>`: the module's own arguments, with the CLI's error contract."""
+    parser = _Parser(prog=prog)
+    try:
+        add_arguments(parser)
+        return int(run(parser.parse_args(argv)) or 0)
+    except SpecdiffError as e:
+        print(f"specdiff: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)

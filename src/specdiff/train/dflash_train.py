@@ -309,9 +309,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="specdiff train-drafter")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from specdiff.cli import standalone
+
+    return standalone("specdiff train-drafter", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

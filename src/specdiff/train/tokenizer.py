@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -230,14 +229,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="specdiff tokenizer", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SpecdiffError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from specdiff.cli import standalone
+
+    return standalone("specdiff tokenizer", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
