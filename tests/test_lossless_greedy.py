@@ -7,7 +7,7 @@ from specdiff.config import DecodeConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
-from specdiff.target import HFTarget
+from specdiff.target import HFTarget, StaticTarget
 
 from conftest import OracleProposer
 
@@ -55,12 +55,17 @@ def test_ar_equals_hf_generate(target_model, references):
         assert r.rounds == NEW and r.tau == 1.0
 
 
-@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree", 128)])
-def test_random_drafter_is_exact(target_model, references, method, budget):
+@pytest.mark.parametrize(
+    "method,budget,engine",
+    [("pld", 1, "hf"), ("dflash", 1, "hf"), ("ddtree", 1, "hf"), ("ddtree", 4, "hf"), ("ddtree", 32, "hf"),
+     ("ddtree", 128, "hf"), ("ar", 1, "static"), ("dflash", 1, "static"), ("ddtree", 32, "static")],
+)
+def test_random_drafter_is_exact(target_model, references, method, budget, engine):
     """A random drafter rarely agrees: almost every round rejects early."""
     ps, refs = references
     drafter = tiny_drafter(target_model, block_size=16)
-    dec = build_decoder(HFTarget(target_model), DecodeConfig(method=method, budget=budget, max_new_tokens=NEW), drafter)
+    cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=NEW, engine=engine)
+    dec = build_decoder(target_model, cfg, drafter)
     for r, ref in zip(run(dec, ps), refs):
         assert r.token_ids == ref
         assert sum(r.accept_lengths) == NEW
@@ -112,14 +117,16 @@ def test_trained_drafter_agrees_and_is_exact():
     model, tok = load_target(default_path("target"))
     drafter = load_drafter(default_path("dflash"))
     rows = (REPO_MODELS.parent / "data" / "prompts" / "function_completion.jsonl").read_text().splitlines()[:4]
-    target = HFTarget(model)
+    target, static = HFTarget(model), StaticTarget(model)
     taus = []
     for row in rows:
         ids = tok(json.loads(row)["prompt"], add_special_tokens=False)["input_ids"]
         ref = hf_greedy(model, ids, 48)
         for method, budget in (("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree", 128)):
-            r = build_decoder(target, DecodeConfig(method=method, budget=budget, max_new_tokens=48, stop_at_eos=False),
-                              drafter).generate(ids)
+            cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=48, stop_at_eos=False)
+            r = build_decoder(target, cfg, drafter).generate(ids)
+            assert r.token_ids == ref, f"{method}@{budget}"
+            r = build_decoder(static, cfg, drafter).generate(ids)
             assert r.token_ids == ref, f"{method}@{budget}"
             taus.append((method, budget, r.tau))
     assert sum(t for m, b, t in taus if m == "dflash") / len(rows) > 2.0

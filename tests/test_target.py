@@ -72,3 +72,28 @@ def test_commit_equals_linear_decode(target_model, seed):
     # and the next forward sees the same context
     nxt = DraftTree.chain(3, [4, 5])
     torch.testing.assert_close(spec.forward(nxt).logits, lin.forward(nxt).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_static_engine_equals_hf(target_model, seed):
+    """The fast-path forward (own static cache, same weights) matches the HF forward: logits and
+    taps over a random tree, then the same cache after commit."""
+    from specdiff.target import StaticTarget
+
+    g = torch.Generator().manual_seed(200 + seed)
+    vocab = target_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (9,), generator=g).tolist()
+    tree = random_tree(14, vocab, g)
+    leaf = int(torch.randint(1, 14, (1,), generator=g))
+    outs = []
+    for cls in (HFTarget, StaticTarget):
+        t = cls(target_model, tap_layers=[1, 3])
+        t.reset(48)
+        pre = t.prefill(prompt)
+        out = t.forward(tree)
+        t.commit(path_to(tree, leaf))
+        nxt = t.forward(DraftTree.chain(5, [6, 7]))
+        outs.append((pre, out, nxt))
+    for a, b in zip(outs[0], outs[1]):
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=1e-4)

@@ -31,6 +31,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--engine", default="hf", choices=["hf", "static"],
+                   help="target forward: the model's own (hf) or the static-cache fast path")
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +50,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
-        stop_at_eos=not args.ignore_eos, profile=args.profile,
+        stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()

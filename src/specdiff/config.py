@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from specdiff.errors import SpecdiffError
 
+ENGINES = ("hf", "static")
 METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree")
 
 
@@ -46,11 +47,14 @@ class DecodeConfig:
     profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
     caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
     stop_at_eos: bool = True
+    engine: str = "hf"  # target forward: "hf" (the model's own forward) or "static" (the fast path)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.engine not in ENGINES:
+            raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.max_new_tokens < 1:

@@ -13,15 +13,21 @@ from specdiff.drafters.dflash import DFlashDrafter, check_fits
 from specdiff.drafters.proposers import make_proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
+from specdiff.target.static_model import StaticTarget
 from specdiff.trees.cost_model import CostProfile
 
 NEEDS_DRAFTER = ("dflash", "ddtree", "caddtree")
 
 
+def make_target(model: torch.nn.Module, engine: str = "hf") -> HFTarget:
+    """The target adapter for `engine`: "hf" (the model's own forward) or "static" (fast path)."""
+    return StaticTarget(model) if engine == "static" else HFTarget(model)
+
+
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,
                   eos_ids: Sequence[int] = ()) -> SpeculativeDecoder:
     cfg.validate()
-    target = model if isinstance(model, HFTarget) else HFTarget(model)
+    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine)
     if cfg.method in NEEDS_DRAFTER:
         if drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")

@@ -38,6 +38,7 @@ class BenchConfig:
     profile: str | None = None  # caddtree's cost profile (None: the per-device cache)
     device: str = "cpu"
     dtype: str = "float32"
+    engine: str = "hf"
     target: str = ""
     drafter: str = ""
 
@@ -87,10 +88,9 @@ def read_prompt_file(path: Path, limit: int) -> list[dict]:
 
 def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True) -> dict:
     from specdiff.cli import eos_ids
-    from specdiff.engine import build_decoder
-    from specdiff.target.hf_causal import HFTarget
+    from specdiff.engine import build_decoder, make_target
 
-    target = HFTarget(model)
+    target = make_target(model, cfg.engine)
     eos = eos_ids(model, tokenizer)
     runs: list[Run] = []
     mismatches = 0
@@ -104,6 +104,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             ar_tokens: dict[str, list[int]] = {}
             for label, method, budget in variants(cfg):
                 dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
+                                  engine=cfg.engine,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos)
                 for _, ids in encoded[: cfg.warmup]:
@@ -184,7 +185,7 @@ def report(result: dict) -> str:
     lines = [
         "# specdiff bench", "",
         f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, device {env.get('gpu', env['device'])}, "
-        f"{cfg['dtype']}, torch {env['torch']}, transformers {env['transformers']}; "
+        f"{cfg['dtype']}, engine {cfg.get('engine', 'hf')}, torch {env['torch']}, transformers {env['transformers']}; "
         f"{cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         "| prompt set | T | method | tau | nodes/round | ms/token | speed-up vs ar |",
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
-                      profile=args.profile,
+                      profile=args.profile, engine=args.engine,
                       device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"))
     result = run_bench(cfg, model, tokenizer, drafter, args.out)

@@ -31,15 +31,16 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{os.cpu_count()}cores"
 
 
-def profile_key(device: torch.device, target_cfg: dict, drafter_cfg: dict, dtype: str) -> str:
-    digest = hashlib.sha256(json.dumps([target_cfg, drafter_cfg, dtype], sort_keys=True, default=str).encode())
+def profile_key(device: torch.device, target_cfg: dict, drafter_cfg: dict, dtype: str, engine: str) -> str:
+    digest = hashlib.sha256(json.dumps([target_cfg, drafter_cfg, dtype, engine], sort_keys=True, default=str).encode())
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", device_name(device)).strip("-").lower()
     return f"{slug}__{digest.hexdigest()[:12]}"
 
 
 def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype: str) -> Path:
     root = Path(os.environ.get("SPECDIFF_PROFILES", Path.home() / ".cache" / "specdiff" / "profiles"))
-    key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype)
+    engine = "static" if type(target).__name__ == "StaticTarget" else "hf"
+    key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype, engine)
     return root / f"{key}.json"
 
 
@@ -111,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"bad --contexts or --nodes list: {e}") from None
     if min(nodes) < 1 or min(contexts) < 1:
         raise SpecdiffError("--nodes and --contexts must be positive")
+    from specdiff.engine import make_target
+
     model, _, drafter = load_models(args, need_drafter=True)
-    target = HFTarget(model)
+    target = make_target(model, args.engine)
     if max(contexts) + max(nodes) > target.max_positions:
         raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes exceeds the target's {target.max_positions} positions")
     drafter.bind(target.embed_tokens, target.lm_head)

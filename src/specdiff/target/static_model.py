@@ -1,0 +1,98 @@
+"""The fast-path target: the HF model's own weights run by a minimal static-cache forward.
+
+Hugging Face's forward spends most of a small model's time in Python (mask preparation, output
+recording, kwargs plumbing). This adapter keeps the HF modules (so weights, norms, MLPs and RoPE
+are exactly the model's) but runs the decoder loop itself over one preallocated K/V buffer
+[layers, 1, kv_heads, max_len, head_dim]: every shape of a forward depends only on N, the mask is
+planned once per round, and commit is one gather for all layers. That makes a forward
+graph-capturable per tree-size bucket. Supports the Llama family layout (Llama, Qwen2, Qwen3:
+q/k/v/o projections, optional per-head q/k norms, pre-norm MLP); tested equal to `HFTarget`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from specdiff.errors import SpecdiffError
+from specdiff.target.hf_causal import HFTarget
+from specdiff.target.tree_plan import TreePlan
+from specdiff.types import TargetOutput
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class StaticTarget(HFTarget):
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
+        super().__init__(model, tap_layers)
+        cfg = self.config
+        if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+            raise SpecdiffError("the static engine does not support sliding-window attention; use --engine hf")
+        attn = self.layers[0].self_attn
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            if not hasattr(attn, name):
+                raise SpecdiffError(f"the static engine needs Llama-style attention ({type(attn).__name__} has no {name})")
+        self.decoder = model.get_decoder()
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.num_kv = int(cfg.num_key_value_heads)
+        self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
+
+    def set_taps(self, layer_ids: Sequence[int]) -> None:
+        # taps are read inside `run`: no hooks needed
+        for i in layer_ids:
+            if not 0 <= i < self.num_layers:
+                raise SpecdiffError(f"tapped layer {i} does not exist: the target has {self.num_layers} layers")
+        self.tap_layers = tuple(layer_ids)
+
+    def reset(self, max_len: int) -> None:
+        if self.k is None or self.max_len < max_len:
+            shape = (self.num_layers, 1, self.num_kv, max_len, self.head_dim)
+            self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.max_len = max_len
+        self.length = 0
+
+    @torch.inference_mode()
+    def run(self, plan: TreePlan) -> TargetOutput:
+        n = plan.num_nodes
+        x = self.decoder.embed_tokens(plan.input_ids)  # [1, N, H]
+        cos, sin = self.decoder.rotary_emb(x, plan.position_ids)  # [1, N, hd]
+        cos, sin = cos[:, None], sin[:, None]
+        slots = torch.arange(plan.start, plan.start + n, device=self.device)
+        taps = {}
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, n, -1, self.head_dim)
+            k = attn.k_proj(h).view(1, n, -1, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)  # [1, heads, N, hd]
+            v = attn.v_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k[i].index_copy_(2, slots, k)
+            self.v[i].index_copy_(2, slots, v)
+            out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=plan.mask, scale=attn.scaling,
+                                                 enable_gqa=True)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if i in self.tap_layers:
+                taps[i] = x[0]
+        logits = self.lm_head(self.decoder.norm(x))[0]
+        features = torch.cat([taps[i] for i in self.tap_layers], dim=-1) if self.tap_layers else None
+        return TargetOutput(logits=logits, features=features)
+
+    @torch.inference_mode()
+    def commit(self, accepted: Sequence[int]) -> None:
+        k = len(accepted)
+        if list(accepted) != list(range(k)):
+            src = torch.tensor(accepted, device=self.device) + self.length
+            self.k[:, :, :, self.length : self.length + k] = self.k.index_select(3, src)
+            self.v[:, :, :, self.length : self.length + k] = self.v.index_select(3, src)
+        self.length += k
