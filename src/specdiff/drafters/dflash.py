@@ -31,6 +31,7 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
 from specdiff.errors import SpecdiffError
+from specdiff.ops import apply_rope
 
 # Newer DFlash checkpoints name the fusion weights differently; both load.
 KEY_ALIASES = {"encoder.fc.weight": "fc.weight", "encoder.output_norm_enc.weight": "hidden_norm.weight"}
@@ -54,15 +55,9 @@ class DFlashSpec:
     num_target_layers: int | None
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [..., heads, T, hd]; cos, sin: [..., T, hd] (one row per position, shared by heads)."""
-    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
-    return x * cos + _rotate_half(x) * sin
+    return apply_rope(x, cos.unsqueeze(-3), sin.unsqueeze(-3))
 
 
 class DFlashAttention(nn.Module):

@@ -17,14 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from specdiff.errors import SpecdiffError
+from specdiff.ops import apply_rope
 from specdiff.target.hf_causal import HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
 
 
 class StaticTarget(HFTarget):
@@ -74,8 +70,7 @@ class StaticTarget(HFTarget):
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)  # [1, heads, N, hd]
             v = attn.v_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i].index_copy_(2, slots, k)
             self.v[i].index_copy_(2, slots, v)
             out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=plan.mask, scale=attn.scaling,
