@@ -38,14 +38,15 @@ class TreePlan:
         n = tree.num_nodes
         if start + n > max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")
-        visible = torch.zeros(n, max_len, dtype=torch.bool)
-        visible[:, :start] = True
-        visible[:, start : start + n] = tree.ancestor_mask()
-        mask = torch.full((n, max_len), torch.finfo(dtype).min, dtype=dtype)
-        mask.masked_fill_(visible, 0.0)
+        # only the [N, N] tree block comes from the host; the [N, max_len] mask is built on the device
+        hidden = torch.finfo(dtype).min
+        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~tree.ancestor_mask(), hidden)
+        mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
+        mask[:, :start] = 0.0
+        mask[:, start : start + n] = tree_block.to(device)
         return TreePlan(
             input_ids=tree.tokens.view(1, n).to(device),
             position_ids=(tree.depths + start).view(1, n).to(device),
-            mask=mask.view(1, 1, n, max_len).to(device),
+            mask=mask.view(1, 1, n, max_len),
             start=start,
         )
