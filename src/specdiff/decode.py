@@ -14,11 +14,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdiff.config import DecodeConfig
+from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
-from specdiff.config import SamplingConfig
 from specdiff.types import DraftTree, GenerationResult, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
 

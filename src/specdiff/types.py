@@ -9,7 +9,7 @@ loop the same `DraftTree`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -134,7 +134,6 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     stop_reason: str  # "length" | "eos"
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_new_tokens(self) -> int:
