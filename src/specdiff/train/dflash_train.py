@@ -11,6 +11,11 @@ Owns three steps, each resumable and recorded with its settings:
    layers, computed on the fly with no gradient.
 3. `slot_accuracy`: held-out per-slot top-1 accuracy, the quantity acceptance is made of.
 
+`objective="vp"` trains D²SD's variable-prefix (VP) drafter instead, with the same architecture and
+data: each block keeps a true prefix of l tokens after the anchor, l drawn with probability
+proportional to beta^l (l = 0..Bk-2), the loss covers only the masked slots, and its position decay
+restarts at the prefix boundary (slot k weighs exp(-(k-l-1)/gamma)).
+
 The checkpoint is the public DFlash folder format (`save_drafter`), with this module's config and
 the training statistics under the `specdiff` key of config.json, plus `trainer_state.pt` to resume.
 """
@@ -40,7 +45,7 @@ class RegenConfig:
     prompt_len: int = 96
     response_len: int = 256
     batch_size: int = 512
-    sampled_frac: float = 0.5  # the rest is greedy
+    sampled_frac: float = 0.5  # the rest is greedy (greedy targets decide T=0 acceptance)
     temperature: float = 0.8
     seed: int = 0
 
@@ -53,10 +58,12 @@ class DrafterTrainConfig:
     target_layer_ids: list[int] | None = None  # overrides num_features
     block_size: int = 16
     gamma: float = 7.0  # position decay of the loss
+    objective: str = "dflash"  # or "vp": D²SD's variable-prefix drafter
+    vp_beta: float = 0.9  # P(prefix length l) ~ vp_beta^l
     anchors_per_seq: int = 48
     batch_size: int = 32  # sequences per step
     lr: float = 6e-4
-    warmup_frac: float = 0.04
+    warmup_steps: int = 120
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 3000
@@ -132,30 +139,45 @@ def sample_anchors(b: int, prompt_len: int, seq_len: int, n: int, g: torch.Gener
     return torch.stack([torch.randperm(hi - lo + 1, generator=g)[:n] + lo for _ in range(b)])
 
 
+def sample_prefix_lens(shape: tuple[int, int], block_size: int, beta: float, g: torch.Generator) -> torch.Tensor:
+    """[B, A] VP prefix lengths l in 0..Bk-2 with P(l) ~ beta^l."""
+    w = beta ** torch.arange(block_size - 1, dtype=torch.float)
+    return torch.multinomial(w, shape[0] * shape[1], replacement=True, generator=g).view(shape)
+
+
 def block_loss(drafter: DFlashDrafter, head: torch.nn.Module, feats: torch.Tensor, ids: torch.Tensor,
-               anchors: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position-decayed CE over the blocks at `anchors`; also returns per-slot accuracy [Bk-1]."""
+               anchors: torch.Tensor, gamma: float, prefix_lens: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position-decayed CE over the blocks at `anchors`; also returns per-slot accuracy [Bk-1].
+
+    prefix_lens [B, A] (VP objective): slots 1..l hold the true tokens and are not scored; the
+    decay restarts after them. None (DFlash): l = 0 everywhere."""
     bk = drafter.spec.block_size
     b, a = anchors.shape
     t = ids.shape[1]
-    blocks = torch.full((b, a, bk), drafter.spec.mask_token_id, device=ids.device)
-    blocks[..., 0] = ids.gather(1, anchors)
-    hidden = drafter.forward_blocks(feats, blocks, anchors)[:, :, 1:]  # [B, A, Bk-1, H]
-    label_pos = anchors[:, :, None] + torch.arange(1, bk, device=ids.device)  # [B, A, Bk-1]
+    slot = torch.arange(1, bk, device=ids.device)  # [Bk-1] slot k = 1..Bk-1
+    label_pos = anchors[:, :, None] + slot  # [B, A, Bk-1]
     valid = label_pos < t
     labels = ids.gather(1, label_pos.clamp(max=t - 1).flatten(1)).view_as(label_pos)
+    lens = torch.zeros_like(anchors) if prefix_lens is None else prefix_lens.to(ids.device)
+    masked = slot > lens[:, :, None]  # [B, A, Bk-1]
+    blocks = torch.full((b, a, bk), drafter.spec.mask_token_id, device=ids.device)
+    blocks[..., 0] = ids.gather(1, anchors)
+    blocks[..., 1:] = torch.where(masked, blocks[..., 1:], labels)
+    hidden = drafter.forward_blocks(feats, blocks, anchors)[:, :, 1:]  # [B, A, Bk-1, H]
     logits = head(hidden).float()  # [B, A, Bk-1, V]
     ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), reduction="none").view_as(labels)
-    w = torch.exp(-torch.arange(bk - 1, device=ids.device, dtype=torch.float) / gamma)  # slot k: exp(-(k-1)/gamma)
-    w = w * valid
+    w = torch.exp(-(slot - lens[:, :, None] - 1).clamp(min=0).float() / gamma)  # exp(-(k-l-1)/gamma)
+    scored = valid & masked
+    w = w * scored
     loss = (ce * w).sum() / w.sum()
-    acc = ((logits.argmax(-1) == labels) & valid).float().sum((0, 1)) / valid.float().sum((0, 1)).clamp(min=1)
+    acc = ((logits.argmax(-1) == labels) & scored).float().sum((0, 1)) / scored.float().sum((0, 1)).clamp(min=1)
     return loss, acc
 
 
 def lr_at(step: int, cfg: DrafterTrainConfig, elapsed_s: float = 0.0) -> float:
     """Warmup, then cosine to 0 over the steps or the time budget, whichever binds first."""
-    warm = max(1, int(cfg.warmup_frac * cfg.max_steps))
+    warm = max(1, min(cfg.warmup_steps, cfg.max_steps // 10))
     if step < warm:
         return cfg.lr * (step + 1) / warm
     progress = max((step - warm) / max(1, cfg.max_steps - warm), elapsed_s / cfg.time_budget_s)
@@ -164,8 +186,9 @@ def lr_at(step: int, cfg: DrafterTrainConfig, elapsed_s: float = 0.0) -> float:
 
 @torch.no_grad()
 def slot_accuracy(drafter: DFlashDrafter, target: torch.nn.Module, data: torch.Tensor, prompt_len: int,
-                  cfg: DrafterTrainConfig, device: torch.device, max_seqs: int = 256) -> list[float]:
-    """Held-out top-1 accuracy per slot (k = 1..Bk-1), anchors spread over the responses."""
+                  cfg: DrafterTrainConfig, device: torch.device, max_seqs: int = 256, prefix_len: int = 0) -> list[float]:
+    """Held-out top-1 accuracy per slot (k = 1..Bk-1), anchors spread over the responses, given a
+    true prefix of `prefix_len` tokens after the anchor (slots up to it read as 0)."""
     drafter.eval()
     g = torch.Generator().manual_seed(1234)
     total = torch.zeros(drafter.spec.block_size - 1, device=device)
@@ -175,7 +198,8 @@ def slot_accuracy(drafter: DFlashDrafter, target: torch.nn.Module, data: torch.T
         anchors = sample_anchors(ids.shape[0], prompt_len, ids.shape[1], cfg.anchors_per_seq, g).to(device)
         with _autocast(device):
             feats = target_features(target, ids, drafter.spec.target_layer_ids)
-            _, acc = block_loss(drafter, target.get_output_embeddings(), feats, ids, anchors, cfg.gamma)
+            lens = torch.full_like(anchors, prefix_len) if prefix_len else None
+            _, acc = block_loss(drafter, target.get_output_embeddings(), feats, ids, anchors, cfg.gamma, lens)
         total += acc * ids.shape[0]
         n += ids.shape[0]
     drafter.train()
@@ -189,7 +213,7 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
     for p in target.parameters():
         p.requires_grad_(False)
     blob = torch.load(data_path)
-    data, prompt_len = blob["ids"], int(blob["prompt_len"])
+    data, prompt_len = blob["ids"].long(), int(blob["prompt_len"])
     n_held = max(1, int(len(data) * cfg.heldout_frac))
     held, data = data[:n_held], data[n_held:]
     mask_id = _mask_token_id(target_dir)
@@ -214,11 +238,12 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=g)
         ids = data[idx].to(device)
         anchors = sample_anchors(len(idx), prompt_len, ids.shape[1], cfg.anchors_per_seq, g).to(device)
+        lens = sample_prefix_lens(anchors.shape, cfg.block_size, cfg.vp_beta, g) if cfg.objective == "vp" else None
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, time.time() - t0)
         with _autocast(device):
             feats = target_features(target, ids, drafter.spec.target_layer_ids)
-            loss, acc = block_loss(drafter, head, feats, ids, anchors, cfg.gamma)
+            loss, acc = block_loss(drafter, head, feats, ids, anchors, cfg.gamma, lens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -235,6 +260,8 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
         "steps": step,
         "final_loss": log[-1]["loss"] if log else None,
         "heldout_slot_accuracy": [round(a, 4) for a in slot_accuracy(drafter, target, held, prompt_len, cfg, device)],
+        # given a true prefix of 4 tokens: the VP drafter's job inside D²SD
+        "heldout_slot_accuracy_prefix4": [round(a, 4) for a in slot_accuracy(drafter, target, held, prompt_len, cfg, device, prefix_len=4)],
         "train_sequences": len(data),
         "wall_s": round(time.time() - t0, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -270,6 +297,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--intermediate-size", type=int, default=None, help="drafter MLP width (default: the target's)")
     p.add_argument("--num-features", type=int, default=d.num_features)
     p.add_argument("--block-size", type=int, default=d.block_size)
     p.add_argument("--anchors", type=int, default=d.anchors_per_seq)
@@ -281,15 +309,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=d.regen.prompt_len)
     p.add_argument("--response-len", type=int, default=d.regen.response_len)
     p.add_argument("--regen-batch", type=int, default=d.regen.batch_size)
+    p.add_argument("--objective", choices=["dflash", "vp"], default=d.objective,
+                   help="dflash: anchor + masks; vp: D²SD's variable-prefix drafter")
+    p.add_argument("--vp-beta", type=float, default=d.vp_beta)
+    p.add_argument("--sampled-frac", type=float, default=d.regen.sampled_frac,
+                   help="share of regenerated responses sampled at T=0.8 (the rest greedy)")
     p.add_argument("--resume", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     regen = RegenConfig(num_sequences=args.num_sequences, prompt_len=args.prompt_len,
-                        response_len=args.response_len, batch_size=args.regen_batch)
-    cfg = DrafterTrainConfig(layers=args.layers, num_features=args.num_features, block_size=args.block_size,
+                        response_len=args.response_len, batch_size=args.regen_batch,
+                        sampled_frac=args.sampled_frac)
+    cfg = DrafterTrainConfig(layers=args.layers, intermediate_size=args.intermediate_size, num_features=args.num_features, block_size=args.block_size,
                              anchors_per_seq=args.anchors, batch_size=args.batch_size, lr=args.lr,
-                             max_steps=args.steps, time_budget_s=args.time_budget, regen=regen)
+                             max_steps=args.steps, time_budget_s=args.time_budget, regen=regen,
+                             objective=args.objective, vp_beta=args.vp_beta)
     device = torch.device(args.device)
     if not (args.target / "config.json").is_file():
         raise SpecdiffError(f"target folder not found or has no config.json: {args.target}")
@@ -300,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).to(device).eval()
         ids = regenerate(target, np.memmap(args.tokens, dtype=np.uint16, mode="r"), regen, device)
         args.data.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"ids": ids, "prompt_len": regen.prompt_len, "config": dataclasses.asdict(regen)}, args.data)
+        small = ids.to(torch.int16) if target.config.vocab_size <= 32767 else ids  # 4x smaller on disk
+        torch.save({"ids": small, "prompt_len": regen.prompt_len, "config": dataclasses.asdict(regen)}, args.data)
         print(f"regenerated {len(ids)} sequences of {ids.shape[1]} tokens in {time.time() - t0:.0f}s", flush=True)
         del target
     stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume)
