@@ -58,7 +58,8 @@ def test_ar_equals_hf_generate(target_model, references):
 @pytest.mark.parametrize(
     "method,budget,engine",
     [("pld", 1, "hf"), ("dflash", 1, "hf"), ("ddtree", 1, "hf"), ("ddtree", 4, "hf"), ("ddtree", 32, "hf"),
-     ("ddtree", 128, "hf"), ("ar", 1, "static"), ("dflash", 1, "static"), ("ddtree", 32, "static")],
+     ("ddtree", 128, "hf"), ("ar", 1, "static"), ("dflash", 1, "static"), ("ddtree", 32, "static"),
+     ("ar", 1, "graph"), ("dflash", 1, "graph"), ("ddtree", 32, "graph"), ("ddtree", 128, "graph")],
 )
 def test_random_drafter_is_exact(target_model, references, method, budget, engine):
     """A random drafter rarely agrees: almost every round rejects early."""

@@ -31,8 +31,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--engine", default="hf", choices=["hf", "static"],
-                   help="target forward: the model's own (hf) or the static-cache fast path")
+    p.add_argument("--engine", default="hf", choices=["hf", "static", "graph"],
+                   help="forwards: the model's own (hf), the static-cache path (static), or that path "
+                        "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from specdiff.errors import SpecdiffError
 
-ENGINES = ("hf", "static")
+ENGINES = ("hf", "static", "graph")
 METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree")
 
 
@@ -47,7 +47,9 @@ class DecodeConfig:
     profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
     caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
     stop_at_eos: bool = True
-    engine: str = "hf"  # target forward: "hf" (the model's own forward) or "static" (the fast path)
+    # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
+    # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)
+    engine: str = "hf"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:

@@ -10,9 +10,11 @@ import torch
 from specdiff.config import DecodeConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.drafters.dflash import DFlashDrafter, check_fits
+from specdiff.drafters.graphed import GraphedDrafter
 from specdiff.drafters.proposers import make_proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
+from specdiff.target.graphed import GraphedTarget
 from specdiff.target.static_model import StaticTarget
 from specdiff.trees.cost_model import CostProfile
 
@@ -20,7 +22,9 @@ NEEDS_DRAFTER = ("dflash", "ddtree", "caddtree")
 
 
 def make_target(model: torch.nn.Module, engine: str = "hf") -> HFTarget:
-    """The target adapter for `engine`: "hf" (the model's own forward) or "static" (fast path)."""
+    """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph"."""
+    if engine == "graph":
+        return GraphedTarget(model)
     return StaticTarget(model) if engine == "static" else HFTarget(model)
 
 
@@ -33,6 +37,8 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")
         check_fits(drafter, target.hidden_size, target.vocab_size, target.num_layers)
         drafter.bind(target.embed_tokens, target.lm_head)
+        if cfg.engine == "graph":
+            drafter = GraphedDrafter(drafter)
     profile = None
     if cfg.method == "caddtree":
         from specdiff.bench.profile import default_profile_path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -65,13 +66,13 @@ class DraftTree:
         n = self.num_nodes
         if torch.equal(self.parents, torch.arange(-1, n - 1)):  # a chain: plain causal
             return torch.ones(n, n, dtype=torch.bool).tril_()
-        mask = torch.zeros(n, n, dtype=torch.bool)
-        parents = self.parents.tolist()
-        for i in range(n):
-            if i > 0:
-                mask[i] = mask[parents[i]]
-            mask[i, i] = True
-        return mask
+        # level by level: a node's row is its parent's row plus itself (parents are one level up)
+        parents, depths = self.parents.numpy(), self.depths.numpy()
+        mask = np.eye(n, dtype=bool)
+        for d in range(1, int(depths.max()) + 1):
+            rows = np.flatnonzero(depths == d)
+            mask[rows] |= mask[parents[rows]]
+        return torch.from_numpy(mask)
 
     def children(self) -> list[dict[int, int]]:
         """Per node, a map from child token to child index (the walk's lookup table)."""

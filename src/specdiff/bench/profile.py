@@ -39,7 +39,7 @@ def profile_key(device: torch.device, target_cfg: dict, drafter_cfg: dict, dtype
 
 def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype: str) -> Path:
     root = Path(os.environ.get("SPECDIFF_PROFILES", Path.home() / ".cache" / "specdiff" / "profiles"))
-    engine = "static" if type(target).__name__ == "StaticTarget" else "hf"
+    engine = target.engine
     key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype, engine)
     return root / f"{key}.json"
 
@@ -81,12 +81,19 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
         print(f"profile: context {ctx}: " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row)) + " ms", flush=True)
     draft_ms = 0.0
     if drafter is not None:
-        drafter.reset(600)
-        feats = torch.randn(512, drafter.fc.in_features, generator=g).to(dev, drafter.fc.weight.dtype)
+        # a round's drafter work: fuse 4 committed tokens' features, then draft one block
+        base = getattr(drafter, "inner", drafter)
+        drafter.reset(512 + 4 * (warmup + reps) + drafter.block_size)
+        feats = torch.randn(512, base.fc.in_features, generator=g).to(dev, base.fc.weight.dtype)
         drafter.extend_context(feats)
-        for _ in range(warmup):
+
+        def round_() -> None:
+            drafter.extend_context(feats[:4])
             drafter.draft(1, drafter.block_size - 1)
-        draft_ms = _timed(lambda: drafter.draft(1, drafter.block_size - 1), reps, dev)
+
+        for _ in range(warmup):
+            round_()
+        draft_ms = _timed(round_, reps, dev)
         print(f"profile: drafter pass {draft_ms:.2f} ms", flush=True)
     return {"raw": raw, "draft_ms": draft_ms}
 
@@ -119,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
     if max(contexts) + max(nodes) > target.max_positions:
         raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes exceeds the target's {target.max_positions} positions")
     drafter.bind(target.embed_tokens, target.lm_head)
+    if args.engine == "graph":
+        from specdiff.drafters.graphed import GraphedDrafter
+
+        drafter = GraphedDrafter(drafter)
     m = measure(target, drafter, contexts, nodes, args.reps, args.warmup)
     prof = CostProfile(
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),

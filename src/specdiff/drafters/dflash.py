@@ -163,13 +163,16 @@ class DFlashDrafter(nn.Module):
 
     @torch.inference_mode()
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
-        """Draft `num_slots` tokens after `root` (at position ctx_len) -> logits [num_slots, V]."""
+        """Draft `num_slots` tokens after `root` (at position ctx_len) -> logits [num_slots, V].
+
+        The whole block is always drafted (the masks see each other, so a shorter block would
+        give other marginals) and the first `num_slots` slots are returned."""
         embed, head = self._io
         device = self.fc.weight.device
-        block = torch.full((num_slots + 1,), self.spec.mask_token_id, dtype=torch.long, device=device)
+        block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long, device=device)
         block[0] = root
-        x = embed(block).to(self.fc.weight.dtype)  # [B, H]
-        pos = torch.arange(self.ctx_len, self.ctx_len + num_slots + 1, device=device)
+        x = embed(block).to(self.fc.weight.dtype)  # [Bk, H]
+        pos = torch.arange(self.ctx_len, self.ctx_len + self.block_size, device=device)
         cos, sin = self.rope(pos)
         c = self.ctx_len
         for i, layer in enumerate(self.layers):
@@ -180,7 +183,7 @@ class DFlashDrafter(nn.Module):
             v = torch.cat([self.ctx_v[i, :, :c], vb], dim=1)
             x = x + attn.attend(attn.q(h, cos, sin), k, v, None)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return head(self.norm(x[1:]).to(head.weight.dtype))
+        return head(self.norm(x[1 : num_slots + 1]).to(head.weight.dtype))
 
 
     def forward_blocks(self, features: torch.Tensor, block_ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class HFTarget:
+    engine = "hf"
+
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
         self.model = model.eval()
         self.config = model.config.get_text_config(decoder=True)

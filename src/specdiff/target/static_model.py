@@ -24,6 +24,8 @@ from specdiff.types import TargetOutput
 
 
 class StaticTarget(HFTarget):
+    engine = "static"
+
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
         super().__init__(model, tap_layers)
         cfg = self.config
@@ -55,11 +57,18 @@ class StaticTarget(HFTarget):
 
     @torch.inference_mode()
     def run(self, plan: TreePlan) -> TargetOutput:
-        n = plan.num_nodes
-        x = self.decoder.embed_tokens(plan.input_ids)  # [1, N, H]
-        cos, sin = self.decoder.rotary_emb(x, plan.position_ids)  # [1, N, hd]
+        slots = torch.arange(plan.start, plan.start + plan.num_nodes, device=self.device)
+        logits, features = self.decode_layers(plan.input_ids, plan.position_ids, slots, plan.mask)
+        return TargetOutput(logits=logits, features=features)
+
+    def decode_layers(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The whole forward on device tensors only (graph-capturable): ids/positions [1, N],
+        cache slots [N], additive mask [1, 1, N, max_len] -> logits [N, V], taps [N, T*H]."""
+        n = input_ids.shape[1]
+        x = self.decoder.embed_tokens(input_ids)  # [1, N, H]
+        cos, sin = self.decoder.rotary_emb(x, position_ids)  # [1, N, hd]
         cos, sin = cos[:, None], sin[:, None]
-        slots = torch.arange(plan.start, plan.start + n, device=self.device)
         taps = {}
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -73,7 +82,7 @@ class StaticTarget(HFTarget):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i].index_copy_(2, slots, k)
             self.v[i].index_copy_(2, slots, v)
-            out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=plan.mask, scale=attn.scaling,
+            out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=attn.scaling,
                                                  enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -81,7 +90,7 @@ class StaticTarget(HFTarget):
                 taps[i] = x[0]
         logits = self.lm_head(self.decoder.norm(x))[0]
         features = torch.cat([taps[i] for i in self.tap_layers], dim=-1) if self.tap_layers else None
-        return TargetOutput(logits=logits, features=features)
+        return logits, features
 
     @torch.inference_mode()
     def commit(self, accepted: Sequence[int]) -> None:

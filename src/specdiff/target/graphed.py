@@ -1,0 +1,160 @@
+"""The graph engine: `StaticTarget`'s forward replayed as one CUDA graph per node-count bucket.
+
+A tree of N nodes runs in the smallest bucket Nb >= N. Everything a forward reads lives in
+per-bucket device buffers that the host fills before a replay with two copies (one packed int64
+row: ids, positions, start; one [Nb, Nb] ancestor block); the [Nb, max_len] mask is computed inside
+the graph from `start` and that block, so no mask ever crosses from the host. Padding rows sit at
+the root's position, see only the committed slots and themselves, and write K/V to slots past
+the tree that no real row can see and the next round overwrites.
+
+The K/V buffer has a fixed length (`alloc`, grown only when a longer sequence needs it, which
+drops the graphs): attention always spans all of it under the mask, so every shape is static.
+Graphs are captured lazily, the first time a bucket is needed, with the capture's writes aimed at
+uncommitted slots. Without CUDA the same bucketed code runs eagerly, which is how the CPU tests
+check it against the plain static forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from specdiff.target.static_model import StaticTarget
+from specdiff.types import DraftTree, TargetOutput
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
+HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
+
+
+def bucket_for(n: int) -> int:
+    for b in BUCKETS:
+        if b >= n:
+            return b
+    raise ValueError(f"a tree of {n} nodes exceeds the largest graph bucket ({BUCKETS[-1]})")
+
+
+@dataclass
+class _Bucket:
+    size: int
+    packed: torch.Tensor  # [2 * Nb + 1] long: ids, positions, start
+    anc: torch.Tensor  # [Nb, Nb] bool: tree block (padding rows: diagonal only)
+    host_packed: torch.Tensor  # pinned staging copies of the two inputs
+    host_anc: torch.Tensor
+    logits: torch.Tensor | None = None  # [Nb, V] outputs, valid after a replay
+    features: torch.Tensor | None = None  # [Nb, T*H]
+    graph: "torch.cuda.CUDAGraph | None" = None
+
+
+class GraphedTarget(StaticTarget):
+    engine = "graph"
+
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), use_graphs: bool | None = None,
+                 min_alloc: int = 1024):
+        super().__init__(model, tap_layers)
+        self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        self.min_alloc = min_alloc
+        self._buckets: dict[int, _Bucket] = {}
+        self._cols: torch.Tensor | None = None  # [alloc] slot indices
+
+    def set_taps(self, layer_ids: Sequence[int]) -> None:
+        if tuple(layer_ids) != getattr(self, "tap_layers", None):
+            self._buckets = {}  # the graphs bake in which layers are tapped
+        super().set_taps(layer_ids)
+
+    def reset(self, max_len: int) -> None:
+        need = max_len + HEADROOM
+        if self.k is None or self.max_len < need:
+            alloc = max(self.min_alloc, -(-need // 256) * 256)
+            shape = (self.num_layers, 1, self.num_kv, alloc, self.head_dim)
+            self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.max_len = alloc
+            self._cols = torch.arange(alloc, device=self.device)
+            self._buckets = {}  # graphs point at the old buffers
+        self.length = 0
+
+    # -- one bucket ------------------------------------------------------------------------
+    def _bucket(self, nb: int) -> _Bucket:
+        b = self._buckets.get(nb)
+        if b is None:
+            pin = self.device.type == "cuda"
+            b = _Bucket(
+                size=nb,
+                packed=torch.zeros(2 * nb + 1, dtype=torch.long, device=self.device),
+                anc=torch.eye(nb, dtype=torch.bool, device=self.device),
+                host_packed=torch.zeros(2 * nb + 1, dtype=torch.long, pin_memory=pin),
+                host_anc=torch.eye(nb, dtype=torch.bool).pin_memory() if pin else torch.eye(nb, dtype=torch.bool),
+            )
+            b.packed[2 * nb] = self.length  # a capture writes only uncommitted slots
+            if self.use_graphs:
+                self._capture(b)
+            self._buckets[nb] = b
+        return b
+
+    def _bucket_forward(self, b: _Bucket) -> None:
+        """Device tensors only: safe to capture."""
+        nb = b.size
+        ids, pos, start = b.packed[:nb], b.packed[nb : 2 * nb], b.packed[2 * nb :]
+        rel = self._cols - start  # [alloc] slot relative to the tree's first slot
+        in_tree = (rel >= 0) & (rel < nb)
+        tree_vis = b.anc.gather(1, rel.clamp(0, nb - 1).expand(nb, -1)) & in_tree  # [Nb, alloc]
+        visible = tree_vis | (self._cols < start)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask = mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
+        slots = start + self._cols[:nb]
+        b.logits, b.features = self.decode_layers(ids[None], pos[None], slots, mask)
+
+    def _capture(self, b: _Bucket) -> None:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up outside the graph (lazy inits, autotuning)
+            for _ in range(2):
+                self._bucket_forward(b)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        b.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(b.graph):
+            self._bucket_forward(b)
+
+    # -- forward -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, tree: DraftTree) -> TargetOutput:
+        n = tree.num_nodes
+        if n > BUCKETS[-1]:  # a prefill longer than any bucket: the plain static forward
+            return super().forward(tree)
+        b = self._bucket(bucket_for(n))
+        nb, start = b.size, self.length
+        if start + nb > self.max_len:
+            raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({self.max_len})")
+        hp = b.host_packed
+        hp[:n] = tree.tokens
+        hp[n:nb] = 0
+        hp[nb : nb + n] = tree.depths + start
+        hp[nb + n : 2 * nb] = start
+        hp[2 * nb] = start
+        b.host_anc[:n, :n] = tree.ancestor_mask()
+        b.host_anc[n:, :n] = False
+        b.host_anc[:n, n:] = False
+        b.packed.copy_(hp, non_blocking=True)
+        b.anc.copy_(b.host_anc, non_blocking=True)
+        if b.graph is not None:
+            b.graph.replay()
+        else:
+            self._bucket_forward(b)
+        features = b.features[:n] if b.features is not None else None
+        return TargetOutput(logits=b.logits[:n], features=features)
+
+    def prefill(self, ids: Sequence[int]) -> TargetOutput:
+        # prefill in chunks of the largest bucket keeps every forward inside a graph
+        ids = list(ids)
+        outs = []
+        for i in range(0, len(ids), BUCKETS[-1]):
+            chunk = ids[i : i + BUCKETS[-1]]
+            out = self.forward(DraftTree.from_lists(chunk, list(range(-1, len(chunk) - 1))))
+            outs.append(TargetOutput(out.logits.clone(), None if out.features is None else out.features.clone()))
+            self.length += len(chunk)
+        if len(outs) == 1:
+            return outs[0]
+        feats = None if outs[0].features is None else torch.cat([o.features for o in outs])
+        return TargetOutput(torch.cat([o.logits for o in outs]), feats)
