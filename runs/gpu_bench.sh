@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4 on the GPU: cost profiles, then `specdiff bench` on the bundled models through the graph
-# engine (bf16: every method and budget, T=0/1, both prompt sets; fp32: T=0), the same methods
+# engine (bf16 and fp32: every method and budget, T=0/1, both prompt sets), the same methods
 # through the eager static and plain Hugging Face paths, and a cross-engine exactness check.
 # Everything lands in $OUT/bench.tar (results.json, report.md, plots per run; the profiles; logs).
 #   usage: OUT=dir LIMIT=prompts-per-set bash runs/gpu_bench.sh
@@ -33,19 +33,18 @@ for dt in ("float32", "bfloat16"):
     print(f"cross-engine check {dt}: {bad} of {len(rows) * 3} graph-engine outputs differ from eager HF AR")
 PY
 echo "--- profiles ($((SECONDS - t0)) s)"
-sd profile --device cuda --dtype bfloat16 --engine graph --contexts 128,512,1024 --reps 10
-sd profile --device cuda --dtype float32 --engine graph --contexts 128,512,1024 --reps 10
-sd profile --device cuda --dtype bfloat16 --engine hf --contexts 512 --nodes 1,16,64,256 --reps 5
-echo "--- graph bf16 ($((SECONDS - t0)) s)"
-sd bench --device cuda --dtype bfloat16 --engine graph $P --methods ar,dflash,ddtree,caddtree \
-  --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_bf16"
-echo "--- graph fp32 ($((SECONDS - t0)) s)"
-sd bench --device cuda --dtype float32 --engine graph $P --methods ar,dflash,ddtree,caddtree \
-  --budgets 16,64,256 --temperature 0 --limit "$((L / 2))" --out "$R/gpu_graph_fp32"
-echo "--- eager static + hf bf16 ($((SECONDS - t0)) s)"
+for dt in bfloat16 float32; do
+  sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024 --reps 10
+done
+for dt in bfloat16 float32; do
+  echo "--- graph $dt ($((SECONDS - t0)) s)"
+  sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
+    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
+done
 for e in static hf; do
+  echo "--- eager $e bfloat16 ($((SECONDS - t0)) s)"
   sd bench --device cuda --dtype bfloat16 --engine $e --prompts data/prompts/function_completion.jsonl \
-    --methods ar,dflash,ddtree --budgets 16,64,256 --temperature 0 --limit 12 --warmup 1 --out "$R/gpu_eager_${e}_bf16"
+    --methods ar,dflash,ddtree --budgets 16,64,256 --temperature 0 --limit 8 --warmup 1 --out "$R/gpu_eager_${e}_bfloat16"
 done
 echo "--- done ($((SECONDS - t0)) s)"
 } 2>&1 | grep -v "it/s]" | tee "$R/gpu_bench.log"

@@ -1,8 +1,13 @@
 """`specdiff profile`: measure round costs on this device and fit the cost model (cost_model.py).
 
-C_v(n, l): one target forward over a DDTree-shaped tree of n nodes (root included) at context l,
-median of `reps` timed runs after warm-up. C_d: one drafter pass at context 512. Profiles are
-keyed by device and by the target/drafter configs, so `caddtree` finds the one for where it runs.
+Each cost is a whole loop step as the decode loop runs it, host work included, because on a fast
+device the host side (tree building, copies, the walk) is a large share of a round:
+- C_v(n, l): build a DDTree of n nodes (root included) from drafter-like marginals on the device,
+  run the target over it at context l, draw and walk (T=0), commit the root;
+- C_d: fuse 4 committed tokens' features into the drafter's context and draft one block.
+Each is the minimum over `reps` timed runs after warm-up (the minimum is robust to the stalls of
+a shared host; medians let one slow stretch bend the whole fitted curve). Profiles are keyed by
+device, engine, dtype and the target/drafter configs, so `caddtree` finds the one for where it runs.
 """
 
 from __future__ import annotations
@@ -12,17 +17,18 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from specdiff.config import SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
 from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
 from specdiff.trees.ddtree import build_ddtree
 from specdiff.types import DraftProposal
+from specdiff.verify import verify_walk
 
 
 def device_name(device: torch.device) -> str:
@@ -45,6 +51,7 @@ def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype:
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
+    """Minimum wall time in ms of `fn` over `reps` synchronised runs."""
     times = []
     for _ in range(reps):
         if device.type == "cuda":
@@ -54,13 +61,12 @@ def _timed(fn, reps: int, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
+    return min(times)
 
 
-def tree_of_size(n: int, vocab: int, depth: int, g: torch.Generator):
-    """A DDTree-shaped tree of n nodes (root included) from peaked random marginals."""
-    logits = torch.randn(depth, vocab, generator=g) * 4
-    return build_ddtree(0, DraftProposal(logits), n - 1, depth)
+def peaked_proposal(vocab: int, depth: int, g: torch.Generator, device) -> DraftProposal:
+    """Drafter-like marginals: peaked random logits for `depth` slots, on the device."""
+    return DraftProposal((torch.randn(depth, vocab, generator=g) * 4).to(device))
 
 
 @torch.inference_mode()
@@ -68,15 +74,24 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
     g = torch.Generator().manual_seed(0)
     dev = target.device
     raw = []
+    greedy = SamplingConfig()
     for ctx in contexts:
         target.reset(ctx + max(nodes) + 1)
         target.prefill(torch.randint(0, target.vocab_size, (ctx,), generator=g).tolist())
         row = []
         for n in nodes:
-            tree = tree_of_size(n, target.vocab_size, 15, g)
+            proposal = peaked_proposal(target.vocab_size, 15, g, dev)
+
+            def round_() -> None:
+                tree = build_ddtree(0, proposal, n - 1, 15)
+                out = target.forward(tree)
+                verify_walk(tree, out.logits, ctx, greedy)
+                target.commit([0])
+                target.length -= 1  # keep the context at ctx
+
             for _ in range(warmup):
-                target.forward(tree)
-            row.append(_timed(lambda: target.forward(tree), reps, dev))
+                round_()
+            row.append(_timed(round_, reps, dev))
         raw.append(row)
         print(f"profile: context {ctx}: " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row)) + " ms", flush=True)
     draft_ms = 0.0
@@ -104,7 +119,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
     p.add_argument("--nodes", default="1,2,4,8,16,32,64,128,256,512", help="tree sizes, root included")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
 

@@ -31,7 +31,7 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
 from specdiff.errors import SpecdiffError
-from specdiff.ops import apply_rope
+from specdiff.ops import apply_rope, rms_norm
 
 # Newer DFlash checkpoints name the fusion weights differently; both load.
 KEY_ALIASES = {"encoder.fc.weight": "fc.weight", "encoder.output_norm_enc.weight": "hidden_norm.weight"}
@@ -80,11 +80,11 @@ class DFlashAttention(nn.Module):
 
     def kv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h: [..., T, H] -> k, v: [..., kv_heads, T, hd] (k normed, then rotated)."""
-        k = self.k_norm(self._heads(self.k_proj(h), self.num_kv))
+        k = rms_norm(self.k_norm, self._heads(self.k_proj(h), self.num_kv))
         return _rope(k, cos, sin), self._heads(self.v_proj(h), self.num_kv)
 
     def q(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return _rope(self.q_norm(self._heads(self.q_proj(h), self.num_heads)), cos, sin)
+        return _rope(rms_norm(self.q_norm, self._heads(self.q_proj(h), self.num_heads)), cos, sin)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """q: [..., heads, Tq, hd]; k, v: [..., kv_heads, Tk, hd]; mask: bool, broadcast to
@@ -153,7 +153,7 @@ class DFlashDrafter(nn.Module):
         if n == 0:
             return
         pos = torch.arange(self.ctx_len, self.ctx_len + n, device=features.device)
-        ctx = self.hidden_norm(self.fc(features.to(self.fc.weight.dtype)))  # [n, H]
+        ctx = rms_norm(self.hidden_norm, self.fc(features.to(self.fc.weight.dtype)))  # [n, H]
         cos, sin = self.rope(pos)
         for i, layer in enumerate(self.layers):
             k, v = layer.self_attn.kv(ctx, cos, sin)
@@ -176,14 +176,14 @@ class DFlashDrafter(nn.Module):
         cos, sin = self.rope(pos)
         c = self.ctx_len
         for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
+            h = rms_norm(layer.input_layernorm, x)
             attn = layer.self_attn
             kb, vb = attn.kv(h, cos, sin)
             k = torch.cat([self.ctx_k[i, :, :c], kb], dim=1)
             v = torch.cat([self.ctx_v[i, :, :c], vb], dim=1)
             x = x + attn.attend(attn.q(h, cos, sin), k, v, None)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return head(self.norm(x[1 : num_slots + 1]).to(head.weight.dtype))
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return head(rms_norm(self.norm, x[1 : num_slots + 1]).to(head.weight.dtype))
 
 
     def forward_blocks(self, features: torch.Tensor, block_ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ class DFlashDrafter(nn.Module):
         b, t, _ = features.shape
         a, bk = block_ids.shape[1:]
         dev = features.device
-        ctx = self.hidden_norm(self.fc(features))  # [B, T, H]
+        ctx = rms_norm(self.hidden_norm, self.fc(features))  # [B, T, H]
         x = embed(block_ids).flatten(1, 2).to(ctx.dtype)  # [B, A*Bk, H]
         block_pos = anchors[:, :, None] + torch.arange(bk, device=dev)  # [B, A, Bk]
         pos = torch.cat([torch.arange(t, device=dev).expand(b, t), block_pos.flatten(1)], dim=1)
@@ -212,11 +212,11 @@ class DFlashDrafter(nn.Module):
         )[:, None]  # [B, 1, A*Bk, T + A*Bk]
         for layer in self.layers:
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = rms_norm(layer.input_layernorm, x)
             k, v = attn.kv(torch.cat([ctx, h], dim=1), cos, sin)
             x = x + attn.attend(attn.q(h, q_cos, q_sin), k, v, mask)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.norm(x).view(b, a, bk, -1)
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return rms_norm(self.norm, x).view(b, a, bk, -1)
 
 
 # -- folder format --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
+from specdiff.ops import rms_norm
 from specdiff.target.graphed import HEADROOM
 
 
@@ -90,7 +91,7 @@ class GraphedDrafter:
         ctx_len, n_new, root = self.scalars[0:1], self.scalars[1:2], self.scalars[2:3]
         # 1. the pending features become context K/V at slots ctx_len + [0, Bk)
         slots = ctx_len + self._cols[:bk]
-        ctx = d.hidden_norm(d.fc(self.feats))  # [Bk, H]
+        ctx = rms_norm(d.hidden_norm, d.fc(self.feats))  # [Bk, H]
         cos, sin = d.rope(slots)
         for i, layer in enumerate(d.layers):
             k, v = layer.self_attn.kv(ctx, cos, sin)  # [kv_heads, Bk, hd]
@@ -104,13 +105,13 @@ class GraphedDrafter:
         visible = torch.cat([self._cols < length, torch.ones(bk, dtype=torch.bool, device=self.device)])
         for i, layer in enumerate(d.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = rms_norm(layer.input_layernorm, x)
             kb, vb = attn.kv(h, cos, sin)
             k = torch.cat([d.ctx_k[i], kb], dim=1)  # [kv_heads, alloc + Bk, hd]
             v = torch.cat([d.ctx_v[i], vb], dim=1)
             x = x + attn.attend(attn.q(h, cos, sin), k, v, visible[None, None])
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        self.logits = head(d.norm(x[1:]).to(head.weight.dtype))
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        self.logits = head(rms_norm(d.norm, x[1:]).to(head.weight.dtype))
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream(self.device)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from specdiff.errors import SpecdiffError
-from specdiff.ops import apply_rope
+from specdiff.ops import apply_rope, rms_norm
 from specdiff.target.hf_causal import HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
@@ -72,11 +72,11 @@ class StaticTarget(HFTarget):
         taps = {}
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = rms_norm(layer.input_layernorm, x)
             q = attn.q_proj(h).view(1, n, -1, self.head_dim)
             k = attn.k_proj(h).view(1, n, -1, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
-                q, k = attn.q_norm(q), attn.k_norm(k)
+                q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)  # [1, heads, N, hd]
             v = attn.v_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -85,10 +85,10 @@ class StaticTarget(HFTarget):
             out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=attn.scaling,
                                                  enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
             if i in self.tap_layers:
                 taps[i] = x[0]
-        logits = self.lm_head(self.decoder.norm(x))[0]
+        logits = self.lm_head(rms_norm(self.decoder.norm, x))[0]
         features = torch.cat([taps[i] for i in self.tap_layers], dim=-1) if self.tap_layers else None
         return logits, features
 
