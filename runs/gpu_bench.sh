@@ -36,7 +36,7 @@ echo "--- profiles ($((SECONDS - t0)) s)"
 for dt in bfloat16 float32; do
   sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024 --reps 10
 done
-for dt in bfloat16 float32; do
+for dt in bfloat16; do
   echo "--- graph $dt ($((SECONDS - t0)) s)"
   sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
     --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
@@ -45,6 +45,11 @@ for e in static hf; do
   echo "--- eager $e bfloat16 ($((SECONDS - t0)) s)"
   sd bench --device cuda --dtype bfloat16 --engine $e --prompts data/prompts/function_completion.jsonl \
     --methods ar,dflash,ddtree --budgets 16,64,256 --temperature 0 --limit 8 --warmup 1 --out "$R/gpu_eager_${e}_bfloat16"
+done
+for dt in float32; do
+  echo "--- graph $dt ($((SECONDS - t0)) s)"
+  sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
+    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
 done
 echo "--- done ($((SECONDS - t0)) s)"
 } 2>&1 | grep -v "it/s]" | tee "$R/gpu_bench.log"
