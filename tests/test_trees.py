@@ -96,3 +96,20 @@ def test_ancestor_mask():
     assert tree.depths.tolist() == [0, 1, 2, 1, 2]
     with pytest.raises(ValueError):
         DraftTree.from_lists([1, 2], [-1, 1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ddtree_refetches_when_candidates_run_out(seed):
+    """Near-flat marginals need more siblings per depth than the first fetch (FIRST_K): the tree
+    must still be the exact top-B."""
+    from specdiff.trees.ddtree import FIRST_K
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 60, generator=g) * 0.1
+    logits[1] -= 3.0  # depth 2 is unlikely: the best prefixes are mostly depth-1 siblings
+    budget = 50
+    tree = build_ddtree(root=0, proposal=DraftProposal(logits), budget=budget, max_depth=2)
+    expected = brute_force_top(torch.log_softmax(logits, dim=-1), budget)
+    got = tree_paths(tree)
+    assert set(got) == set(expected)
+    assert sum(1 for p in got if len(p) == 1) > FIRST_K  # the case the refetch exists for

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from specdiff.trees.cost_model import CostProfile
-from specdiff.trees.ddtree import iter_best_first, top_k_marginals, tree_from_pops
+from specdiff.trees.ddtree import FIRST_K, iter_best_first, saturated, top_k_marginals, tree_from_pops
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -24,17 +24,29 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
         return DraftTree.chain(root, [])
-    top_logp, top_ids = top_k_marginals(proposal, max_nodes, depth)
+    # the cost curve at this context, once per round (the stream asks for it at every pop)
+    cost = [profile.draft_ms + c for c in profile.curve(context, max_nodes + 1)]
+    k = min(max_nodes, FIRST_K)
+    while True:  # as in build_ddtree: widen the candidates only if the tree used them all
+        top_logp, top_ids = top_k_marginals(proposal, k, depth)
+        nodes = _grow(top_logp, cost, max_nodes)
+        if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
+            return tree_from_pops(root, nodes, top_ids)
+        k = max_nodes
+
+
+def _grow(top_logp, cost: list[float], max_nodes: int) -> list[tuple[int, int, float]]:
+    """Pop prefixes while theta rises; cost[n - 1] is C_d + C_v(n) for a tree of n nodes."""
     nodes: list[tuple[int, int, float]] = []
     phi = 0.0
-    best = 1.0 / (profile.draft_ms + profile.verify(1, context))  # theta(0): the root alone
+    best = 1.0 / cost[0]  # theta(0): the root alone
     for parent, rank, score in iter_best_first(top_logp):
         if len(nodes) >= max_nodes:
             break
         gain = math.exp(score)
-        theta = (1.0 + phi + gain) / (profile.draft_ms + profile.verify(len(nodes) + 2, context))
+        theta = (1.0 + phi + gain) / cost[len(nodes) + 1]
         if theta <= best:
             break
         best, phi = theta, phi + gain
         nodes.append((parent, rank, score))
-    return tree_from_pops(root, nodes, top_ids)
+    return nodes

@@ -70,6 +70,25 @@ class CostProfile:
         t = (context - c0) / (c1 - c0)
         return rows[i - 1] * (1 - t) + rows[i] * t
 
+    def curve(self, context: int, max_n: int) -> list[float]:
+        """[C_v(n, context) for n = 1..max_n], as `verify` gives them, from cached dense rows
+        (one round asks for many n; this keeps that a vector operation)."""
+        dense = self.__dict__.setdefault("_dense", {})
+        if dense.get("max_n", 0) < max_n:
+            dense["rows"] = [np.array([self._at_n(row, n) for n in range(1, max_n + 1)]) for row in self.verify_ms]
+            dense["max_n"] = max_n
+        rows = [r[:max_n] for r in dense["rows"]]
+        cs = self.contexts
+        if len(cs) == 1 or context <= cs[0]:
+            out = rows[0]
+        elif context >= cs[-1]:
+            out = rows[-1] + (rows[-1] - rows[-2]) * (context - cs[-1]) / (cs[-1] - cs[-2])
+        else:
+            i = bisect.bisect_right(cs, context)
+            t = (context - cs[i - 1]) / (cs[i] - cs[i - 1])
+            out = rows[i - 1] * (1 - t) + rows[i] * t
+        return out.tolist()
+
     def _at_n(self, row: list[float], n: int) -> float:
         xs = self.nodes
         if n <= xs[0]:

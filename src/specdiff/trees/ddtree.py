@@ -72,10 +72,28 @@ def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list
     )
 
 
+FIRST_K = 32  # candidates per depth fetched first; almost every tree needs far fewer
+
+
+def saturated(nodes: list[tuple[int, int, float]], k: int) -> bool:
+    """True when a popped prefix used the last of k candidates at its depth. Until that happens
+    the stream over k candidates equals the stream over all of them (a rank-r node is pushed only
+    by its popped rank-(r-1) sibling), so a tree with no such pop is exact."""
+    return any(rank == k - 1 for _, rank, _ in nodes)
+
+
 def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
-    """The `budget` most probable prefixes (plus the root) of the drafter's marginals."""
+    """The `budget` most probable prefixes (plus the root) of the drafter's marginals.
+
+    Fetches FIRST_K candidates per depth and refetches `budget` only if the tree used them all:
+    moving budget x depth candidates to the host every round would cost more than the search."""
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0 or budget <= 0:
         return DraftTree.chain(root, [])
-    top_logp, top_ids = top_k_marginals(proposal, budget, depth)
-    return tree_from_pops(root, best_first_prefixes(top_logp, budget), top_ids)
+    k = min(budget, FIRST_K)
+    while True:
+        top_logp, top_ids = top_k_marginals(proposal, k, depth)
+        nodes = best_first_prefixes(top_logp, budget)
+        if k >= min(budget, proposal.logits.shape[-1]) or not saturated(nodes, k):
+            return tree_from_pops(root, nodes, top_ids)
+        k = budget
