@@ -13,6 +13,8 @@ between calls, so the noise does not depend on how many model calls a method mak
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from specdiff.config import SamplingConfig
@@ -59,13 +61,28 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
+_ID_TERMS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _id_term(vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[V] the per-token-id part of the hash, computed once per vocabulary and device."""
+    key = (vocab_size, str(device))
+    if key not in _ID_TERMS:
+        ids = torch.arange(vocab_size, dtype=torch.long, device=device)
+        _ID_TERMS[key] = (ids * 0x3C6EF35F) & _M32
+    return _ID_TERMS[key]
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_hash(seed: int) -> int:
+    return int(_mix32(torch.tensor(seed & _M32, dtype=torch.long)))
+
+
 def keyed_uniform(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[P] positions -> [P, V] float32 uniforms in (0, 1), a pure function of (seed, position, id)."""
-    device = positions.device
-    seed_h = _mix32(torch.tensor(seed & _M32, dtype=torch.long, device=device))
+    seed_h = _seed_hash(seed)  # on the host: no device op
     row = _mix32((seed_h + _mix32(positions.long() & _M32) * 0x61C88647) & _M32)  # [P]
-    ids = torch.arange(vocab_size, dtype=torch.long, device=device)
-    x = _mix32((row[:, None] ^ ((ids[None, :] * 0x3C6EF35F) & _M32)) & _M32)
+    x = _mix32((row[:, None] ^ _id_term(vocab_size, positions.device)[None, :]) & _M32)
     x = _mix32(x ^ row[:, None])
     return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
@@ -80,7 +97,6 @@ def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> 
     logp = process_logits(logits, cfg)
     if cfg.greedy:
         return logp.argmax(dim=-1)
-    uniq, inverse = torch.unique(positions, return_inverse=True)
-    u = keyed_uniform(cfg.seed, uniq, logp.shape[-1])[inverse]  # [N, V]
+    u = keyed_uniform(cfg.seed, positions, logp.shape[-1])  # [N, V]: same position, same noise
     gumbel = -torch.log(-torch.log(u))
     return (logp + gumbel).argmax(dim=-1)
