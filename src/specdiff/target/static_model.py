@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.ops import apply_rope
 from specdiff.target.hf_causal import HFTarget
@@ -24,7 +25,16 @@ from specdiff.types import TargetOutput
 
 
 class StaticTarget(HFTarget):
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
+    """`attention="cascade"` splits each layer's attention into the committed slots [0, start)
+    (no mask) and the tree block [start, start + N) (ancestor mask), merged by log-sum-exp
+    (`specdiff.attention`); "masked" (default) is one masked attention over the whole cache."""
+
+    ATTENTION = ("masked", "cascade")
+
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked"):
+        if attention not in self.ATTENTION:
+            raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
+        self.attention = attention
         super().__init__(model, tap_layers)
         cfg = self.config
         if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
@@ -61,6 +71,8 @@ class StaticTarget(HFTarget):
         cos, sin = cos[:, None], sin[:, None]
         slots = torch.arange(plan.start, plan.start + n, device=self.device)
         taps = {}
+        if self.attention == "cascade":
+            c, tree_mask = plan.start, plan.mask[0, 0, :, plan.start : plan.start + n] == 0  # [N, N] ancestors
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -73,8 +85,12 @@ class StaticTarget(HFTarget):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i].index_copy_(2, slots, k)
             self.v[i].index_copy_(2, slots, v)
-            out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=plan.mask, scale=attn.scaling,
-                                                 enable_gqa=True)
+            if self.attention == "cascade":
+                out = cascade_attention(q, self.k[i][0, :, :c], self.v[i][0, :, :c], self.k[i][:, :, c : c + n],
+                                        self.v[i][:, :, c : c + n], tree_mask, scale=attn.scaling)
+            else:
+                out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=plan.mask,
+                                                     scale=attn.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             if i in self.tap_layers:
