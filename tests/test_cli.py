@@ -24,11 +24,11 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("method", ["ar", "pld", "dflash", "ddtree"])
+@pytest.mark.parametrize("method", ["ar", "pld", "dflash", "ddtree", "d2sd", "d2sd-hybrid"])
 def test_generate_json(capsys, demo, method):
     target, drafter = demo
     code, out, err = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,
-                             "--prompt", "def add(a, b):\n", "--max-new-tokens", "12", "--json", "--ignore-eos")
+                             "--vp-drafter", drafter, "--budget", "16", "--branches", "3", "--prompt", "def add(a, b):\n", "--max-new-tokens", "12", "--json", "--ignore-eos")
     assert code == 0, err
     row = json.loads(out)  # exactly one JSON object
     for key in ("method", "text", "token_ids", "num_new_tokens", "rounds", "tau", "accept_hist", "wall_s", "ms_per_token"):
@@ -39,14 +39,16 @@ def test_generate_json(capsys, demo, method):
     assert sum(k * c for k, c in enumerate(row["accept_hist"])) == row["num_new_tokens"]
     if method == "ar":
         assert row["tau"] == 1.0
+    if method == "d2sd":  # K = 3 branches: the paper would verify 4 rows of 16 (fewer only at the end)
+        assert row["mean_tree_nodes"] < row["mean_candidate_rows"] <= 4 * 16
 
 
 def test_all_methods_same_text(capsys, demo):
     target, drafter = demo
     texts = set()
-    for method in ("ar", "pld", "dflash", "ddtree"):
+    for method in ("ar", "pld", "dflash", "ddtree", "d2sd", "d2sd-hybrid"):
         code, out, _ = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,
-                               "--prompt", "import os\n", "--max-new-tokens", "20", "--json")
+                               "--vp-drafter", drafter, "--prompt", "import os\n", "--max-new-tokens", "20", "--json")
         texts.add(json.loads(out)["text"])
     assert len(texts) == 1
 
@@ -55,6 +57,8 @@ def bad_cases(demo, tmp_path):
     target, drafter = demo
     other = tmp_path / "other_drafter"  # built for a target with another hidden size
     save_drafter(tiny_drafter(tiny_target(hidden=32, vocab_size=512), block_size=16), other)
+    other_taps = tmp_path / "other_taps"  # fits the target, but taps other layers than the DFlash drafter
+    save_drafter(tiny_drafter(tiny_target(vocab_size=512), block_size=16, taps=[1, 2]), other_taps)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for f in ("config.json",):
@@ -75,6 +79,9 @@ def bad_cases(demo, tmp_path):
         "missing target folder": ["generate", "--target", str(tmp_path / "missing"), "--prompt", "x"],
         "missing drafter folder": base[:4] + ["--drafter", str(tmp_path / "gone"), "--prompt", "x"],
         "drafter does not fit": base[:4] + ["--drafter", str(other), "--prompt", "x"],
+        "vp drafter does not fit the target": base + ["--method", "d2sd", "--vp-drafter", str(other)],
+        "vp drafter does not fit the drafter": base + ["--method", "d2sd-hybrid", "--vp-drafter", str(other_taps)],
+        "zero branches": base + ["--method", "d2sd", "--branches", "0"],
         "corrupt drafter": base[:4] + ["--drafter", str(corrupt), "--prompt", "x"],
         "corrupt target": ["generate", "--target", str(truncated), "--drafter", drafter, "--prompt", "x"],
         "over-long prompt": base[:6] + ["--prompt", "x = 1\n" * 400, "--max-new-tokens", "900"],

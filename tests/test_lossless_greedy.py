@@ -59,14 +59,17 @@ def test_ar_equals_hf_generate(target_model, references):
     "method,budget,engine",
     [("pld", 1, "hf"), ("dflash", 1, "hf"), ("ddtree", 1, "hf"), ("ddtree", 4, "hf"), ("ddtree", 32, "hf"),
      ("ddtree", 128, "hf"), ("ar", 1, "static"), ("dflash", 1, "static"), ("ddtree", 32, "static"),
-     ("ar", 1, "graph"), ("dflash", 1, "graph"), ("ddtree", 32, "graph"), ("ddtree", 128, "graph")],
+     ("ar", 1, "graph"), ("dflash", 1, "graph"), ("ddtree", 32, "graph"), ("ddtree", 128, "graph"),
+     ("d2sd", 1, "hf"), ("d2sd-hybrid", 32, "hf"), ("d2sd", 1, "static"), ("d2sd-hybrid", 32, "static"),
+     ("d2sd", 1, "graph"), ("d2sd-hybrid", 32, "graph")],
 )
 def test_random_drafter_is_exact(target_model, references, method, budget, engine):
     """A random drafter rarely agrees: almost every round rejects early."""
     ps, refs = references
     drafter = tiny_drafter(target_model, block_size=16)
+    vp_drafter = tiny_drafter(target_model, block_size=16, seed=2)  # D²SD's second drafter
     cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=NEW, engine=engine)
-    dec = build_decoder(target_model, cfg, drafter)
+    dec = build_decoder(target_model, cfg, drafter, vp_drafter=vp_drafter)
     for r, ref in zip(run(dec, ps), refs):
         assert r.token_ids == ref
         assert sum(r.accept_lengths) == NEW

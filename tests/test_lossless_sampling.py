@@ -2,7 +2,7 @@
 
 - `draw` processes logits exactly like Hugging Face's temperature / top-k / top-p warpers;
 - with the same seed, every method emits the very tokens AR emits (noise is keyed by position);
-- a goodness-of-fit test on a tiny vocabulary: DFlash and DDTree outputs against the target's
+- a goodness-of-fit test on a tiny vocabulary: DFlash, DDTree and D²SD outputs against the target's
   exact distribution of 3-token continuations, enumerated;
 - the same test rejects a planted biased verifier (the min(1, p/q) rule on a chosen tree).
 """
@@ -53,7 +53,8 @@ def test_keyed_uniforms_are_uniform_and_keyed():
 def tiny_vocab():
     model = tiny_target("qwen3", vocab_size=8, hidden=32, layers=2, init_std=0.3, seed=3)
     drafter = tiny_drafter(model, block_size=4, seed=4, init_std=0.3)
-    return model, drafter
+    vp_drafter = tiny_drafter(model, block_size=4, seed=5, init_std=0.3)  # D²SD's second drafter
+    return model, drafter, vp_drafter
 
 
 def exact_distribution(model, sampling: SamplingConfig) -> dict[tuple[int, ...], float]:
@@ -102,22 +103,25 @@ def gof_pvalue(samples: list[tuple[int, ...]], exact: dict[tuple[int, ...], floa
 
 
 CASES = [("dflash", 1, SamplingConfig(temperature=1.0)), ("ddtree", 8, SamplingConfig(temperature=1.0)),
-         ("ddtree", 6, SamplingConfig(temperature=0.8, top_k=6, top_p=0.9))]
+         ("ddtree", 6, SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)), ("d2sd", 1, SamplingConfig(temperature=1.0))]
+# (d2sd-hybrid verifies the same way; its same-seed test below shows it emits AR's very tokens)
 
 
 @pytest.mark.parametrize("method,budget,sampling", CASES)
 def test_distribution_matches_target(tiny_vocab, method, budget, sampling):
-    model, drafter = tiny_vocab
+    model, drafter, vp_drafter = tiny_vocab
     cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=NEW, sampling=sampling)
-    dec = build_decoder(HFTarget(model), cfg, drafter)
+    dec = build_decoder(HFTarget(model), cfg, drafter, vp_drafter=vp_drafter)
     samples = sample_outputs(dec, SAMPLES)
     p = gof_pvalue(samples, exact_distribution(model, sampling))
     assert p > 1e-3, f"{method} output distribution differs from the target's (p={p:.2e})"
 
 
-@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 4), ("ddtree", 32)])
+@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("d2sd", 1),
+                                           ("d2sd-hybrid", 16)])
 def test_same_seed_same_tokens_as_ar(qwen3_model, method, budget):
     drafter = tiny_drafter(qwen3_model, block_size=16)
+    vp_drafter = tiny_drafter(qwen3_model, block_size=16, seed=2)
     target = HFTarget(qwen3_model)
     g = torch.Generator().manual_seed(9)
     for seed in range(6):
@@ -125,7 +129,7 @@ def test_same_seed_same_tokens_as_ar(qwen3_model, method, budget):
         sampling = SamplingConfig(temperature=0.9, top_k=40, top_p=0.95, seed=seed)
         ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30, sampling=sampling)).generate(prompt)
         cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=30, sampling=SamplingConfig(**vars(sampling)))
-        spec = build_decoder(target, cfg, drafter).generate(prompt)
+        spec = build_decoder(target, cfg, drafter, vp_drafter=vp_drafter).generate(prompt)
         assert spec.token_ids == ar.token_ids
 
 
@@ -167,7 +171,7 @@ class PQVerifier:
 
 
 def test_planted_pq_verifier_is_caught(tiny_vocab):
-    model, _ = tiny_vocab
+    model, _, _ = tiny_vocab
     drafter = tiny_drafter(model, block_size=4, seed=4, init_std=0.3)  # own copy: draft is patched
     sampling = SamplingConfig(temperature=1.0)
     dec = build_decoder(HFTarget(model), DecodeConfig(method="dflash", max_new_tokens=NEW, sampling=sampling), drafter)

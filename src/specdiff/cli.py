@@ -38,7 +38,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="ddtree", help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--budget", type=int, default=64, help="ddtree: draft nodes per round")
+    p.add_argument("--budget", type=int, default=64, help="ddtree, d2sd-hybrid: draft nodes per round")
+    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -50,7 +51,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
-        method=args.method, budget=args.budget, max_new_tokens=args.max_new_tokens,
+        method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
         stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
@@ -94,6 +95,18 @@ def load_models(args: argparse.Namespace, need_drafter: bool):
     return model, tokenizer, drafter
 
 
+def load_vp_drafter(args: argparse.Namespace):
+    """D²SD's VP drafter: --vp-drafter DIR, else the bundled `models/vp`."""
+    from specdiff.drafters.dflash import load_drafter
+    from specdiff.models.bundled import default_path
+    from specdiff.target.hf_causal import DTYPES
+
+    folder = Path(args.vp_drafter) if args.vp_drafter else default_path("vp")
+    if not args.vp_drafter and not (folder / "config.json").is_file():
+        raise SpecdiffError(f"no bundled VP drafter at {folder}; pass --vp-drafter DIR")
+    return load_drafter(folder, args.device, DTYPES[args.dtype])
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     ids = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
@@ -120,6 +133,7 @@ def result_json(cfg: DecodeConfig, result, text: str) -> dict:
         "tau": result.tau,
         "accept_hist": result.accept_hist(),
         "mean_tree_nodes": sum(result.tree_sizes) / max(1, len(result.tree_sizes)),
+        "mean_candidate_rows": sum(result.candidate_rows) / max(1, len(result.candidate_rows)),
         "wall_s": result.prefill_s + result.decode_s,
         "prefill_s": result.prefill_s,
         "decode_s": result.decode_s,
@@ -130,12 +144,13 @@ def result_json(cfg: DecodeConfig, result, text: str) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from specdiff.engine import NEEDS_DRAFTER, build_decoder
+    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP, build_decoder
 
     cfg = decode_config(args)
     prompt = read_prompt(args)
     model, tokenizer, drafter = load_models(args, cfg.method in NEEDS_DRAFTER)
-    decoder = build_decoder(model, cfg, drafter, eos_ids(model, tokenizer))
+    vp_drafter = load_vp_drafter(args) if cfg.method in NEEDS_VP else None
+    decoder = build_decoder(model, cfg, drafter, eos_ids(model, tokenizer), vp_drafter=vp_drafter)
     ids = encode(tokenizer, prompt)
     result = decoder.generate(ids)
     text = tokenizer.decode(result.token_ids)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from specdiff.errors import SpecdiffError
 
 ENGINES = ("hf", "static", "graph")
-METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree")
+METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
 
 
 @dataclass
@@ -38,7 +38,8 @@ class SamplingConfig:
 @dataclass
 class DecodeConfig:
     method: str = "ddtree"
-    budget: int = 64  # ddtree: draft nodes per round (root not counted)
+    budget: int = 64  # ddtree, d2sd-hybrid: draft nodes per round (root not counted)
+    branches: int = 4  # d2sd, d2sd-hybrid: K, the prefixes the VP drafter re-drafts per round
     max_new_tokens: int = 128
     block_size: int | None = None  # drafter block (root + draft slots); None = the drafter's own
     pld_ngram_max: int = 4  # prompt lookup: longest n-gram matched
@@ -59,6 +60,8 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
+        if self.branches < 1:
+            raise SpecdiffError(f"--branches must be >= 1, got {self.branches}")
         if self.max_new_tokens < 1:
             raise SpecdiffError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         self.sampling.validate()

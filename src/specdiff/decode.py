@@ -73,6 +73,7 @@ class SpeculativeDecoder:
         new: list[int] = []
         accept_lengths: list[int] = []
         tree_sizes: list[int] = []
+        candidate_rows: list[int] = []
         stop = "length"
         while len(new) < max_new:
             state.max_depth = max_new - len(new) - 1  # a round emits at most max_depth + 1 tokens
@@ -90,6 +91,7 @@ class SpeculativeDecoder:
             state.tokens.extend(emitted)
             accept_lengths.append(len(emitted))
             tree_sizes.append(tree.num_nodes)
+            candidate_rows.append(tree.candidate_rows or tree.num_nodes)
             if stop == "eos":
                 break
         self._sync()
@@ -99,6 +101,7 @@ class SpeculativeDecoder:
             rounds=len(accept_lengths),
             accept_lengths=accept_lengths,
             tree_sizes=tree_sizes,
+            candidate_rows=candidate_rows,
             prefill_s=t1 - t0,
             decode_s=t2 - t1,
             stop_reason=stop,

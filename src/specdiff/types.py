@@ -33,6 +33,9 @@ class DraftTree:
     tokens: torch.Tensor  # [N] long, on the host
     parents: torch.Tensor  # [N] long, on the host; parents[0] = -1
     depths: torch.Tensor  # [N] long, on the host; depths[0] = 0
+    # tokens its candidates would take verified as separate rows, root included (D²SD's (K+1)·γ,
+    # before they were merged into this trie); None: the tree was built as a tree
+    candidate_rows: int | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -132,6 +135,7 @@ class GenerationResult:
     rounds: int  # target verification forwards after prefill
     accept_lengths: list[int]  # tokens committed per round
     tree_sizes: list[int]  # nodes verified per round (root included)
+    candidate_rows: list[int]  # per round: DraftTree.candidate_rows, else the tree size
     prefill_s: float
     decode_s: float
     stop_reason: str  # "length" | "eos"

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
+from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.ops import apply_rope, rms_norm
 
@@ -167,12 +168,18 @@ class DFlashDrafter(nn.Module):
 
         The whole block is always drafted (the masks see each other, so a shorter block would
         give other marginals) and the first `num_slots` slots are returned."""
-        embed, head = self._io
-        device = self.fc.weight.device
-        block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long, device=device)
+        block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long, device=self.fc.weight.device)
         block[0] = root
+        return self.draft_block(block)[:num_slots]
+
+    @torch.inference_mode()
+    def draft_block(self, block: torch.Tensor) -> torch.Tensor:
+        """One block [Bk] (root, then tokens or MASK) at positions ctx_len.. -> logits [Bk-1, V] for
+        slots 1..Bk-1. The block sees all context and itself, both directions: one attention over
+        [context ; block] per layer (the plain path)."""
+        embed, head = self._io
         x = embed(block).to(self.fc.weight.dtype)  # [Bk, H]
-        pos = torch.arange(self.ctx_len, self.ctx_len + self.block_size, device=device)
+        pos = torch.arange(self.ctx_len, self.ctx_len + block.shape[0], device=block.device)
         cos, sin = self.rope(pos)
         c = self.ctx_len
         for i, layer in enumerate(self.layers):
@@ -183,8 +190,30 @@ class DFlashDrafter(nn.Module):
             v = torch.cat([self.ctx_v[i, :, :c], vb], dim=1)
             x = x + attn.attend(attn.q(h, cos, sin), k, v, None)
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
-        return head(rms_norm(self.norm, x[1 : num_slots + 1]).to(head.weight.dtype))
+        return head(rms_norm(self.norm, x[1:]).to(head.weight.dtype))
 
+    @torch.inference_mode()
+    def draft_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """K blocks in one pass (D²SD's VP branches): rows [K, Bk], each at positions ctx_len..,
+        -> logits [K, Bk-1, V]; equal to `draft_block` on each row.
+
+        Cascade attention: all K*Bk queries read the cached context K/V once, unmasked; each row
+        attends to its own block keys (both directions, never another row's); the two parts merge
+        by log-sum-exp."""
+        embed, head = self._io
+        k_rows, bk = rows.shape
+        x = embed(rows).to(self.fc.weight.dtype)  # [K, Bk, H]
+        pos = torch.arange(self.ctx_len, self.ctx_len + bk, device=rows.device)
+        cos, sin = self.rope(pos)  # [Bk, hd], shared by the rows
+        c = self.ctx_len
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(layer.input_layernorm, x)
+            attn = layer.self_attn
+            kb, vb = attn.kv(h, cos, sin)  # [K, kv_heads, Bk, hd]
+            out = cascade_attention(attn.q(h, cos, sin), self.ctx_k[i, :, :c], self.ctx_v[i, :, :c], kb, vb)
+            x = x + attn.o_proj(out.transpose(-3, -2).flatten(-2))
+            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
+        return head(rms_norm(self.norm, x[:, 1:]).to(head.weight.dtype))
 
     def forward_blocks(self, features: torch.Tensor, block_ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Training forward: many blocks per sequence in one pass (DFlash's block attention mask).
@@ -331,3 +360,14 @@ def check_fits(drafter: DFlashDrafter, target_hidden: int, target_vocab: int, ta
     bad = [i for i in spec.target_layer_ids if not 0 <= i < target_layers]
     if bad:
         raise SpecdiffError(f"drafter taps target layer {bad[0]}, but the target has {target_layers} layers")
+
+
+def check_pair(drafter: DFlashDrafter, vp_drafter: DFlashDrafter) -> None:
+    """Refuse a VP drafter that cannot share a round with `drafter` (D²SD): both read the same
+    tapped features and draft the same block."""
+    a, b = drafter.spec, vp_drafter.spec
+    if a.target_layer_ids != b.target_layer_ids:
+        raise SpecdiffError(f"VP drafter taps target layers {b.target_layer_ids}, the DFlash drafter {a.target_layer_ids}; "
+                            "D2SD needs the same taps")
+    if a.block_size != b.block_size:
+        raise SpecdiffError(f"VP drafter block size {b.block_size} differs from the DFlash drafter's {a.block_size}")

@@ -1,4 +1,5 @@
-"""The proposers of the engine: AR (root only), prompt lookup (chain), DFlash (chain) and DDTree."""
+"""The proposers of the engine: AR (root only), prompt lookup (chain), DFlash (chain), DDTree and
+D²SD (DFlash chain + VP branches, as one trie or inside DDTree's budget)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.trees import build_chain, build_ddtree
 from specdiff.trees.caddtree import build_caddtree
+from specdiff.trees.d2sd import (
+    branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, select_branches, slot_confidences,
+)
 from specdiff.trees.cost_model import CostProfile
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
@@ -63,14 +67,24 @@ class DFlashProposer:
         self.max_nodes = 1 + (self.num_slots if tree == "chain" else budget)
         self._pending = None  # target features of tokens committed since the last draft
 
+    @property
+    def drafters(self) -> tuple[DFlashDrafter, ...]:
+        """Every drafter whose context cache follows the committed tokens."""
+        return (self.drafter,)
+
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
-        self.drafter.reset(max_len)
+        for d in self.drafters:
+            d.reset(max_len)
         self._pending = prefill.features
 
-    def propose(self, state: DecodeState) -> DraftTree:
+    def _catch_up(self) -> None:
         if self._pending is not None:
-            self.drafter.extend_context(self._pending)
+            for d in self.drafters:
+                d.extend_context(self._pending)
             self._pending = None
+
+    def propose(self, state: DecodeState) -> DraftTree:
+        self._catch_up()
         depth = min(self.num_slots, state.max_depth)
         if depth <= 0:
             return DraftTree.chain(state.root, [])
@@ -87,14 +101,55 @@ class DFlashProposer:
         self._pending = out.features[idx] if len(idx) != out.features.shape[0] else out.features
 
 
-def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profile: CostProfile | None = None) -> Proposer:
-    """The proposer for `cfg.method` (dflash, ddtree and caddtree need a drafter; caddtree a profile)."""
+class D2SDProposer(DFlashProposer):
+    """D²SD: the DFlash drafter's chain, then the VP drafter re-drafts the K most likely accepted
+    prefixes in one batched pass (`trees/d2sd.py`). Both drafters tap the same target layers and
+    keep their own context caches, fed the same committed features.
+
+    hybrid=False ("d2sd"): the K+1 candidates merged into one trie (the paper's method);
+    hybrid=True ("d2sd-hybrid"): the VP branches compete with DDTree's nodes for `budget` nodes."""
+
+    def __init__(self, drafter: DFlashDrafter, vp_drafter: DFlashDrafter, branches: int = 4, hybrid: bool = False,
+                 budget: int = 64, block_size: int | None = None):
+        super().__init__(drafter, tree="d2sd-hybrid" if hybrid else "d2sd", budget=budget, block_size=block_size)
+        self.vp_drafter, self.branches, self.hybrid = vp_drafter, branches, hybrid
+        # worst case for the trie: K+1 rows that share nothing but the root
+        self.max_nodes = 1 + (budget if hybrid else (branches + 1) * self.num_slots)
+
+    @property
+    def drafters(self) -> tuple[DFlashDrafter, ...]:
+        return (self.drafter, self.vp_drafter)
+
+    def propose(self, state: DecodeState) -> DraftTree:
+        self._catch_up()
+        depth = min(self.num_slots, state.max_depth)
+        if depth <= 0:
+            return DraftTree.chain(state.root, [])
+        logits = self.drafter.draft(state.root, depth)  # [L, V]  1. first draft (DFlash)
+        chain = logits.argmax(dim=-1).tolist()
+        selection = select_branches(slot_confidences(logits), self.branches)  # 2. top-K prefixes by r(i)
+        rows = branch_rows(state.root, chain, selection, self.vp_drafter.spec.mask_token_id)
+        vp_logits = self.vp_drafter.draft_rows(rows.to(logits.device))  # [K, L, V]  3. second draft (VP)
+        cands = fill_branches(state.root, chain, selection, vp_logits)
+        if self.hybrid:
+            return build_d2sd_hybrid(cands, DraftProposal(logits, source="dflash"), self.budget)
+        return build_d2sd_tree(cands)
+
+
+def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profile: CostProfile | None = None,
+                  vp_drafter: DFlashDrafter | None = None) -> Proposer:
+    """The proposer for `cfg.method` (dflash, ddtree, caddtree and d2sd* need a drafter; caddtree a
+    profile; d2sd and d2sd-hybrid also the VP drafter)."""
     if cfg.method == "ar":
         return ARProposer()
     if cfg.method == "pld":
         return PLDProposer(cfg.pld_ngram_max, cfg.pld_ngram_min, cfg.pld_max_draft)
     if drafter is None:
         raise ValueError(f"method {cfg.method} needs a DFlash drafter")
+    if cfg.method in ("d2sd", "d2sd-hybrid"):
+        if vp_drafter is None:
+            raise ValueError(f"method {cfg.method} needs a VP drafter")
+        return D2SDProposer(drafter, vp_drafter, cfg.branches, cfg.method == "d2sd-hybrid", cfg.budget, cfg.block_size)
     if cfg.method == "caddtree":
         return DFlashProposer(drafter, "caddtree", cfg.caddtree_max_nodes, cfg.block_size, profile)
     tree = "chain" if cfg.method == "dflash" else "ddtree"

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.ops import apply_rope, rms_norm
 from specdiff.target.hf_causal import HFTarget
@@ -24,9 +25,17 @@ from specdiff.types import TargetOutput
 
 
 class StaticTarget(HFTarget):
+    """`attention="cascade"` splits each layer's attention into the committed slots [0, start)
+    (no mask) and the tree block [start, start + N) (ancestor mask), merged by log-sum-exp
+    (`specdiff.attention`); "masked" (default) is one masked attention over the whole cache."""
+
+    ATTENTION = ("masked", "cascade")
     engine = "static"
 
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked"):
+        if attention not in self.ATTENTION:
+            raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
+        self.attention = attention
         super().__init__(model, tap_layers)
         cfg = self.config
         if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
@@ -58,18 +67,24 @@ class StaticTarget(HFTarget):
     @torch.inference_mode()
     def run(self, plan: TreePlan) -> TargetOutput:
         slots = torch.arange(plan.start, plan.start + plan.num_nodes, device=self.device)
-        logits, features = self.decode_layers(plan.input_ids, plan.position_ids, slots, plan.mask)
+        start = plan.start if self.attention == "cascade" else None
+        logits, features = self.decode_layers(plan.input_ids, plan.position_ids, slots, plan.mask, start)
         return TargetOutput(logits=logits, features=features)
 
     def decode_layers(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor,
-                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The whole forward on device tensors only (graph-capturable): ids/positions [1, N],
-        cache slots [N], additive mask [1, 1, N, max_len] -> logits [N, V], taps [N, T*H]."""
+                      mask: torch.Tensor, cascade_start: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The whole forward: ids/positions [1, N], cache slots [N], additive mask [1, 1, N, max_len]
+        -> logits [N, V], taps [N, T*H]. Device tensors only (graph-capturable) unless
+        `cascade_start` (the tree's first slot, a host int) asks for cascade attention."""
         n = input_ids.shape[1]
         x = self.decoder.embed_tokens(input_ids)  # [1, N, H]
         cos, sin = self.decoder.rotary_emb(x, position_ids)  # [1, N, hd]
         cos, sin = cos[:, None], sin[:, None]
         taps = {}
+        cascade = cascade_start is not None
+        if cascade:
+            c = cascade_start
+            tree_mask = mask[0, 0, :, c : c + n] == 0  # [N, N] ancestors
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = rms_norm(layer.input_layernorm, x)
@@ -82,8 +97,12 @@ class StaticTarget(HFTarget):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             self.k[i].index_copy_(2, slots, k)
             self.v[i].index_copy_(2, slots, v)
-            out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=attn.scaling,
-                                                 enable_gqa=True)
+            if cascade:
+                out = cascade_attention(q, self.k[i][0, :, :c], self.v[i][0, :, :c], self.k[i][:, :, c : c + n],
+                                        self.v[i][:, :, c : c + n], tree_mask, scale=attn.scaling)
+            else:
+                out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask,
+                                                     scale=attn.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
             if i in self.tap_layers:
