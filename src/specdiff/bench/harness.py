@@ -41,6 +41,8 @@ class BenchConfig:
     engine: str = "hf"
     target: str = ""
     drafter: str = ""
+    branches: int = 4  # d2sd, d2sd-hybrid: K
+    vp_drafter: str = ""  # d2sd, d2sd-hybrid: the VP drafter folder
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Run:
     mean_tree_nodes: float
     accept_lengths: list[int]
     matches_ar: bool | None
+    mean_candidate_rows: float = 0.0  # d2sd: the paper's (K+1)·γ rows per round; else = mean_tree_nodes
 
 
 def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
@@ -65,7 +68,7 @@ def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
     for m in cfg.methods:
         if m == "ar":
             continue
-        if m in ("ddtree",):
+        if m in ("ddtree", "d2sd-hybrid"):
             out += [(f"{m}@{b}", m, b) for b in cfg.budgets]
         else:
             out.append((m, m, 1))
@@ -86,7 +89,7 @@ def read_prompt_file(path: Path, limit: int) -> list[dict]:
     return rows[:limit]
 
 
-def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True) -> dict:
+def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True, vp_drafter=None) -> dict:
     from specdiff.cli import eos_ids
     from specdiff.engine import build_decoder, make_target
 
@@ -104,9 +107,9 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             ar_tokens: dict[str, list[int]] = {}
             for label, method, budget in variants(cfg):
                 dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
-                                  engine=cfg.engine,
+                                  engine=cfg.engine, branches=cfg.branches,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
-                decoder = build_decoder(target, dc, drafter, eos)
+                decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
                 for _, ids in encoded[: cfg.warmup]:
                     decoder.generate(ids)
                 t0 = time.time()
@@ -120,7 +123,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                             mismatches += 1
                             print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar", file=sys.stderr)
                     runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
-                                    r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match))
+                                    r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
+                                    sum(r.candidate_rows) / max(1, len(r.candidate_rows))))
                 done += 1
                 if progress:
                     print(f"[{done}/{total}] {set_name} T={temp} {label}: {len(encoded)} prompts in "
@@ -161,6 +165,7 @@ def summarize(runs: list[Run]) -> list[dict]:
             "tau_mean_per_prompt": statistics.fmean(r.tau for r in rs),
             "ms_per_token": ms,
             "mean_tree_nodes": statistics.fmean(r.mean_tree_nodes for r in rs),
+            "mean_candidate_rows": statistics.fmean(r.mean_candidate_rows for r in rs),
             "mismatches": sum(1 for r in rs if r.matches_ar is False),
         })
     for row in rows:
@@ -206,6 +211,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=32)
     p.add_argument("--temperature", default="0", help="comma-separated temperatures")
     p.add_argument("--budgets", default="16,64,256")
+    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -230,14 +236,20 @@ def run(args: argparse.Namespace) -> int:
         raise SpecdiffError("temperatures must be >= 0")
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
-    from specdiff.engine import NEEDS_DRAFTER
+    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP
 
     model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
+    vp_drafter = None
+    if any(m in NEEDS_VP for m in methods):  # D²SD's second drafter
+        from specdiff.cli import load_vp_drafter
+
+        vp_drafter = load_vp_drafter(args)
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine,
                       device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
-                      drafter=str(args.drafter or "bundled"))
-    result = run_bench(cfg, model, tokenizer, drafter, args.out)
+                      drafter=str(args.drafter or "bundled"), branches=args.branches,
+                      vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
+    result = run_bench(cfg, model, tokenizer, drafter, args.out, vp_drafter=vp_drafter)
     print(report(result))
     return 1 if result["mismatches"] else 0
