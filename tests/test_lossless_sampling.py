@@ -178,3 +178,16 @@ def test_planted_pq_verifier_is_caught(tiny_vocab):
     dec.verifier = PQVerifier(drafter)
     p = gof_pvalue(sample_outputs(dec, SAMPLES), exact_distribution(model, sampling))
     assert p < 1e-6, f"the biased verifier went unnoticed (p={p:.2e})"
+
+
+def test_draw_tree_equals_draw_per_row():
+    """The per-depth noise of a tree's draw gives exactly the per-row draw's tokens."""
+    from specdiff.config import SamplingConfig
+    from specdiff.sampling import draw, draw_tree
+
+    g = torch.Generator().manual_seed(3)
+    depths = torch.tensor([0, 1, 1, 2, 3, 2, 1, 4])
+    logits = torch.randn(8, 50, generator=g) * 3
+    for cfg in (SamplingConfig(temperature=1.0, seed=5), SamplingConfig(temperature=0.7, top_k=10, top_p=0.9, seed=1),
+                SamplingConfig()):
+        assert torch.equal(draw_tree(logits, 40, depths, cfg), draw(logits, depths + 40, cfg))

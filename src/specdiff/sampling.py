@@ -87,6 +87,19 @@ def keyed_uniform(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.
     return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
+def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """`draw` for a tree's rows: row i lands at position first_position + depths[i] ([N] host
+    long). The noise is made once per distinct depth (at most the block size), not per row, and
+    gathered: the same tokens as `draw`, without an [N, V] hash."""
+    logp = process_logits(logits, cfg)
+    if cfg.greedy:
+        return logp.argmax(dim=-1)
+    num_depths = int(depths.max()) + 1
+    positions = torch.arange(first_position, first_position + num_depths, device=logits.device)
+    u = keyed_uniform(cfg.seed, positions, logp.shape[-1])[depths.to(logits.device)]  # [N, V]
+    return (logp - torch.log(-torch.log(u))).argmax(dim=-1)
+
+
 def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """The target's token at each row: [N, V] logits, [N] positions of the drawn tokens -> [N] ids.
 

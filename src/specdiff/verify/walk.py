@@ -13,15 +13,14 @@ from __future__ import annotations
 import torch
 
 from specdiff.config import SamplingConfig
-from specdiff.sampling import draw
+from specdiff.sampling import draw_tree
 from specdiff.types import DraftTree, VerifyResult
 
 
 def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig) -> VerifyResult:
     """tree: N nodes, root at absolute position `start`; logits: [N, V], row i predicts the token
     after node i, at position start + depth_i + 1."""
-    positions = (tree.depths + (start + 1)).to(logits.device)  # [N]
-    draws = draw(logits, positions, cfg).tolist()  # the round's one host sync
+    draws = draw_tree(logits, start + 1, tree.depths, cfg).tolist()  # the round's one host sync
     children = tree.children()
     node, accepted, tokens = 0, [0], []
     while True:
