@@ -219,7 +219,7 @@ def default_demo_prompt() -> str:
 def cmd_plot(args: argparse.Namespace) -> int:
     from specdiff.bench.plots import plot_dir
 
-    if not (args.dir / "results.json").is_file():
+    if not ((args.dir / "results.json").is_file() or (args.dir / "results.json.gz").is_file()):
         raise SpecdiffError(f"no results.json in {args.dir}")
     for path in plot_dir(args.dir):
         print(path)

@@ -8,15 +8,15 @@ else; the measured per-token time over that bound is the loop's own overhead:
     bound = (C_d + C_v(n, l)) / tau          (AR: C_v(1, l), no drafter)
     overhead = measured ms/token / bound - 1
 
-    usage: python -m specdiff.bench.bound RESULTS.json PROFILE.json [--context 512]
+    usage: python -m specdiff.bench.bound RESULTS(.json|.json.gz|DIR) PROFILE.json [--context 512]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from specdiff.bench.harness import load_results
 from specdiff.trees.cost_model import CostProfile
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("profile", type=Path)
     p.add_argument("--context", type=int, default=512, help="context length at which C_v is read")
     args = p.parse_args(argv)
-    result = json.loads(args.results.read_text())
+    result = load_results(args.results)
     print(markdown(bound_table(result, CostProfile.load(args.profile), args.context)), end="")
     return 0
 

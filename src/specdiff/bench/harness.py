@@ -150,6 +150,19 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     return result
 
 
+def load_results(path: Path) -> dict:
+    """A bench's results: `path` is results.json, its gzip (how committed runs are stored), or a
+    folder holding either."""
+    import gzip
+
+    if path.is_dir():
+        path = path / "results.json" if (path / "results.json").is_file() else path / "results.json.gz"
+    if not path.is_file():
+        raise SpecdiffError(f"no bench results at {path}")
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
+
+
 def summarize(runs: list[Run]) -> list[dict]:
     groups: dict[tuple, list[Run]] = {}
     for r in runs:

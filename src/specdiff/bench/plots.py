@@ -4,7 +4,6 @@ skips plots with a note when it is missing, and `specdiff plot DIR` redraws them
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -51,4 +50,6 @@ def plot_results(result: dict, out_dir: Path) -> list[Path]:
 
 
 def plot_dir(out_dir: Path) -> list[Path]:
-    return plot_results(json.loads((out_dir / "results.json").read_text()), out_dir)
+    from specdiff.bench.harness import load_results
+
+    return plot_results(load_results(out_dir), out_dir)
