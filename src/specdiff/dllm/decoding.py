@@ -1,0 +1,116 @@
+"""Reference masked-diffusion decoding: one pure transition function and the baseline loop.
+
+The state is the whole sequence (prompt + answer, [MASK] where undecided) plus the current
+(block, step). `transition(state, logits, cfg)` is one denoising step given the current block's
+logits: draw a token at every position, then commit some of the still-masked ones:
+- low_confidence (LLaDA): the k draws with the highest untempered probability;
+- random (LLaDA): k positions by keyed uniform scores;
+- threshold (Fast-dLLM): every draw with probability > threshold, at least the most probable one.
+k follows LLaDA's fixed schedule (`DLLMConfig.num_transfer`). A block ends when it has no mask.
+
+Draws are Gumbel-max at logits / temperature (argmax at 0), with noise that is a pure function of
+(seed, block, step, position in block, token id), like `specdiff.sampling` keys AR noise by
+position. The baseline and Spiffy call this same function, so they make the same choice from the
+same (state, logits) whatever order or batch the model calls came in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from specdiff.dllm.config import DLLMConfig
+from specdiff.dllm.model import base_visibility
+from specdiff.sampling import _M32, _mix32, keyed_uniform
+
+_DRAW, _REMASK = 0, 1  # noise streams of one step: token draws, random remasking scores
+
+
+@dataclass(eq=False)
+class DLLMState:
+    ids: torch.Tensor  # [L] long: prompt + answer, cfg.mask_id where undecided
+    prompt_len: int
+    block: int = 0  # current semi-AR block; == cfg.num_blocks when done
+    step: int = 0  # step within the block: keys the noise and the schedule
+
+    def block_slice(self, cfg: DLLMConfig) -> slice:
+        start = self.prompt_len + self.block * cfg.block_length
+        return slice(start, start + cfg.block_length)
+
+    def key(self) -> tuple[bytes, int, int]:
+        """Hashable identity, for trajectory comparisons."""
+        return self.ids.numpy().tobytes(), self.block, self.step
+
+
+@dataclass
+class DLLMResult:
+    token_ids: torch.Tensor  # [gen_length] the answer
+    nfe: int  # model forwards
+    steps: int  # transitions taken (= baseline forwards)
+    accepted: int = 0  # Spiffy: steps whose logits came from a draft row (steps = nfe + accepted)
+    trajectory: list[tuple[bytes, int, int]] = field(default_factory=list)  # state keys, start included
+
+
+def step_key(seed: int, block: int, step: int, stream: int) -> int:
+    """A 32-bit noise key, a pure hash of (seed, block, step, stream)."""
+    h = torch.tensor(seed & _M32, dtype=torch.long)
+    for part in (block, step, stream):
+        h = _mix32((_mix32(h) ^ (part & _M32)) & _M32)
+    return int(h)
+
+
+def transition(state: DLLMState, logits: torch.Tensor, cfg: DLLMConfig) -> DLLMState:
+    """One denoising step: logits [block_length, V] of the current block at `state` -> next state."""
+    sl = state.block_slice(cfg)
+    x = state.ids[sl]  # [m]
+    masked = x == cfg.mask_id  # [m]
+    logits = logits.double()
+    offsets = torch.arange(x.shape[0])
+    if cfg.temperature == 0.0:
+        x0 = logits.argmax(dim=-1)  # [m]
+    else:
+        u = keyed_uniform(step_key(cfg.seed, state.block, state.step, _DRAW), offsets, logits.shape[-1])  # [m, V]
+        x0 = (logits / cfg.temperature - torch.log(-torch.log(u.double()))).argmax(dim=-1)
+    if cfg.remasking == "random":
+        conf = keyed_uniform(step_key(cfg.seed, state.block, state.step, _REMASK), offsets, 1)[:, 0].double()
+    else:  # the untempered probability of the drawn token, as LLaDA and Fast-dLLM
+        conf = logits.softmax(dim=-1).gather(-1, x0[:, None])[:, 0]
+    conf = conf.masked_fill(~masked, float("-inf"))  # committed tokens never change
+    commit = torch.zeros_like(masked)
+    if cfg.remasking == "threshold":
+        commit = masked & (conf > cfg.threshold)
+        commit[conf.argmax()] = True  # at least one per step
+    else:
+        k = min(cfg.num_transfer(state.step), int(masked.sum()))
+        commit[torch.topk(conf, k).indices] = True
+    ids = state.ids.clone()
+    ids[sl] = torch.where(commit, x0, x)
+    if (ids[sl] == cfg.mask_id).any():
+        return DLLMState(ids, state.prompt_len, state.block, state.step + 1)
+    return DLLMState(ids, state.prompt_len, state.block + 1, 0)
+
+
+def initial_state(prompt_ids: torch.Tensor, cfg: DLLMConfig) -> DLLMState:
+    cfg.validate()
+    answer = torch.full((cfg.gen_length,), cfg.mask_id, dtype=torch.long)
+    return DLLMState(torch.cat([prompt_ids.long().cpu(), answer]), prompt_ids.shape[0])
+
+
+def block_logits(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig) -> torch.Tensor:
+    """A plain forward over the whole sequence -> [block_length, V] logits of the current block."""
+    L = state.ids.shape[0]
+    logits = model(state.ids[None], visible[None], torch.arange(L)[None])[0]  # [L, V]
+    return logits[state.block_slice(cfg)]
+
+
+def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_causal: bool = True) -> DLLMResult:
+    """Plain decoding: one forward per transition. prompt_ids [P] -> DLLMResult."""
+    state = initial_state(prompt_ids, cfg)
+    visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
+    trajectory, nfe = [state.key()], 0
+    while state.block < cfg.num_blocks:
+        state = transition(state, block_logits(model, state, visible, cfg), cfg)
+        nfe += 1
+        trajectory.append(state.key())
+    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe, 0, trajectory)

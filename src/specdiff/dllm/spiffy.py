@@ -1,0 +1,162 @@
+"""Spiffy: lossless speculative decoding of masked-diffusion LLMs by auto-speculation.
+
+Terms follow the paper (arXiv 2509.18085, research notes section 2):
+- anchor distribution: the block logits that produced the current state. Its still-masked
+  positions are ranked by top-1 probability (position rank i) and each position's vocabulary by
+  probability (vocabulary rank j); c_ij = the j-th most likely token at the i-th ranked position.
+- draft formula (graph node): a set of (i, j) pairs on distinct positions; instantiated, it is
+  the current block with those tokens filled in, a guess at the state some steps ahead.
+- verification: one forward over [real sequence | D draft copies of the block]. Each copy reuses
+  the block's positions and sees what the real block sees, with the real block replaced by
+  itself; real rows never see drafts. A copy's rows therefore give p_DD = the logits a plain
+  forward at the draft state would give (exactly so in block-causal mode).
+- acceptance walk (Algorithm 1): draw the next state from p_TD with the baseline's own
+  `transition`; if it equals a draft state, that draft's logits are the next p_TD, so step again
+  without a forward; stop at the first state no draft matches.
+
+Drafts are never sampled from, only reused when the true transition lands on them, so the state
+chain is the baseline's at any temperature. A draft is looked up by its block contents (the
+multi-parent lookup in its most general form): the model sees no step index, so any draft with
+the same contents has the logits of that state, whichever node it came from.
+
+This first version uses a small fixed graph (`default_graph`); calibration (Algorithm 2) and
+pruning are not here yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdiff.dllm.config import DLLMConfig
+from specdiff.dllm.decoding import DLLMResult, DLLMState, initial_state, transition
+from specdiff.dllm.model import base_visibility
+
+Formula = frozenset  # frozenset[tuple[int, int]]: (position rank i, vocabulary rank j) pairs
+
+
+@dataclass
+class DraftGraph:
+    nodes: list[Formula]  # root (the current state, the empty formula) not included
+
+    def __post_init__(self):
+        for q in self.nodes:
+            ranks = [i for i, _ in q]
+            if len(set(ranks)) != len(ranks) or min(min(p) for p in q) < 0:
+                raise ValueError(f"bad draft formula {sorted(q)}: position ranks must be distinct, ranks >= 0")
+
+    def parents(self, q: Formula, k: int) -> list[Formula]:
+        """Nodes one step of k tokens before q (parent rule, section 2.2): its subsets with k fewer
+        pairs, or the root (empty formula) for a first step. A graph node may have several:
+        with k = 1, {(0,0),(1,0)} has parents {(0,0)} and {(1,0)}."""
+        if len(q) == k:
+            return [frozenset()]
+        return [p for p in self.nodes if len(p) == len(q) - k and p < q]
+
+
+def default_graph(tokens_per_step: int, depth: int, alternatives: bool = True) -> DraftGraph:
+    """The top-1 chain for `depth` steps of k tokens, plus (if asked) two first-step alternatives:
+    the (k+1)-th ranked position instead of the k-th, and the k-th position's second token.
+
+    k = 2: {(0,0),(1,0)} -> {(0,0)..(3,0)} -> ...; alternatives {(0,0),(2,0)}, {(0,0),(1,1)}.
+    """
+    k = tokens_per_step
+    nodes = [frozenset((i, 0) for i in range(level * k)) for level in range(1, depth + 1)]
+    if alternatives:
+        head = {(i, 0) for i in range(k - 1)}
+        nodes += [frozenset(head | {(k, 0)}), frozenset(head | {(k - 1, 1)})]
+    return DraftGraph(nodes)
+
+
+def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> torch.Tensor:
+    """Draft formulas -> [D, block_length] distinct draft blocks, ranked by the anchor [m, V].
+
+    Kept: formulas whose ranks exist, that leave a mask (a finished block has no next step in
+    this block to reuse logits for) and, for fixed schedules, whose size is a whole number of
+    steps from state.step (any other size is unreachable)."""
+    x = state.ids[state.block_slice(cfg)]  # [m]
+    masked_pos = (x == cfg.mask_id).nonzero()[:, 0]  # [M]
+    probs = anchor.double().softmax(dim=-1)[masked_pos]  # [M, V]
+    order = torch.sort(probs.amax(dim=-1), descending=True, stable=True).indices  # position rank -> row
+    vocab = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # [M, V] vocabulary ranks
+    if cfg.remasking == "threshold":
+        reachable = None
+    else:
+        reachable, n = set(), 0
+        for s in range(state.step, cfg.steps_per_block):
+            n += cfg.num_transfer(s)
+            reachable.add(n)
+    drafts, seen = [], set()
+    for q in graph.nodes:
+        if max(i for i, _ in q) >= len(masked_pos) or len(q) >= len(masked_pos):
+            continue
+        if reachable is not None and len(q) not in reachable:
+            continue
+        d = x.clone()
+        for i, j in q:
+            d[masked_pos[order[i]]] = vocab[order[i], j]
+        if d.numpy().tobytes() not in seen:
+            seen.add(d.numpy().tobytes())
+            drafts.append(d)
+    return torch.stack(drafts) if drafts else x.new_zeros(0, x.shape[0])
+
+
+def verify_visibility(visible: torch.Tensor, sl: slice, num_drafts: int) -> torch.Tensor:
+    """[L, L] plain-forward mask -> [L + D*m, L + D*m] mask of the verification forward.
+
+    Draft copy d of the block sees the real columns the block sees, minus the real block, plus its
+    own copy (with the block's internal pattern). Real rows see real columns only."""
+    L = visible.shape[0]
+    m = sl.stop - sl.start
+    N = L + num_drafts * m
+    out = torch.zeros(N, N, dtype=torch.bool)
+    out[:L, :L] = visible
+    ctx = visible[sl].clone()  # [m, L]
+    ctx[:, sl] = False
+    for d in range(num_drafts):
+        rows = slice(L + d * m, L + (d + 1) * m)
+        out[rows, :L] = ctx
+        out[rows, rows] = visible[sl, sl]
+    return out
+
+
+def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch.Tensor,
+                   cfg: DLLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over [real sequence | drafts [D, m]] -> (p_TD logits [m, V], p_DD [D, m, V])."""
+    sl = state.block_slice(cfg)
+    L, (D, m) = state.ids.shape[0], drafts.shape
+    ids = torch.cat([state.ids, drafts.reshape(-1)])  # [L + D*m]
+    pos = torch.cat([torch.arange(L), torch.arange(sl.start, sl.stop).repeat(D)])  # drafts reuse RoPE positions
+    logits = model(ids[None], verify_visibility(visible, sl, D)[None], pos[None])[0]  # [L + D*m, V]
+    return logits[sl], logits[L:].reshape(D, m, logits.shape[-1])
+
+
+def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: DraftGraph,
+                    block_causal: bool = True) -> DLLMResult:
+    """Spiffy decoding: the baseline's state chain in fewer forwards. prompt_ids [P] -> DLLMResult."""
+    state = initial_state(prompt_ids, cfg)
+    visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
+    trajectory, nfe, accepted = [state.key()], 0, 0
+    anchor = None  # [m, V] the logits that produced `state`; None at a block's start
+    while state.block < cfg.num_blocks:
+        # 1. instantiate the draft graph from the anchor (no anchor yet at a block's start)
+        drafts = instantiate(graph, anchor, state, cfg) if anchor is not None else state.ids.new_zeros(0, cfg.block_length)
+        # 2. verify: p_TD at the real state and p_DD at every draft, in one forward
+        p, p_dd = verify_forward(model, state, drafts, visible, cfg)
+        nfe += 1
+        table = {d.numpy().tobytes(): n for n, d in enumerate(drafts)}
+        # 3. acceptance walk: step with the baseline's kernel while the new state is a draft
+        while True:
+            block = state.block
+            state, anchor = transition(state, p, cfg), p
+            trajectory.append(state.key())
+            if state.block != block:
+                anchor = None
+                break
+            n = table.get(state.ids[state.block_slice(cfg)].numpy().tobytes())
+            if n is None:
+                break
+            p = p_dd[n]
+            accepted += 1
+    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe + accepted, accepted, trajectory)
