@@ -60,12 +60,21 @@ def step_key(seed: int, block: int, step: int, stream: int) -> int:
     return int(h)
 
 
+def token_logits(logits: torch.Tensor, cfg: DLLMConfig) -> torch.Tensor:
+    """[m, V] -> float64 [m, V] with [MASK] never drawn: committing it would commit nothing."""
+    logits = logits.double()
+    if cfg.mask_id < logits.shape[-1]:
+        logits = logits.clone()
+        logits[:, cfg.mask_id] = float("-inf")
+    return logits
+
+
 def transition(state: DLLMState, logits: torch.Tensor, cfg: DLLMConfig) -> DLLMState:
     """One denoising step: logits [block_length, V] of the current block at `state` -> next state."""
     sl = state.block_slice(cfg)
     x = state.ids[sl]  # [m]
     masked = x == cfg.mask_id  # [m]
-    logits = logits.double()
+    logits = token_logits(logits, cfg)
     offsets = torch.arange(x.shape[0])
     if cfg.temperature == 0.0:
         x0 = logits.argmax(dim=-1)  # [m]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from specdiff.dllm.config import DLLMConfig
-from specdiff.dllm.decoding import DLLMResult, DLLMState, initial_state, transition
+from specdiff.dllm.decoding import DLLMResult, DLLMState, initial_state, token_logits, transition
 from specdiff.dllm.model import base_visibility
 
 Formula = frozenset  # frozenset[tuple[int, int]]: (position rank i, vocabulary rank j) pairs
@@ -77,7 +77,7 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
     steps from state.step (any other size is unreachable)."""
     x = state.ids[state.block_slice(cfg)]  # [m]
     masked_pos = (x == cfg.mask_id).nonzero()[:, 0]  # [M]
-    probs = anchor.double().softmax(dim=-1)[masked_pos]  # [M, V]
+    probs = token_logits(anchor, cfg).softmax(dim=-1)[masked_pos]  # [M, V]
     order = torch.sort(probs.amax(dim=-1), descending=True, stable=True).indices  # position rank -> row
     vocab = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # [M, V] vocabulary ranks
     if cfg.remasking == "threshold":

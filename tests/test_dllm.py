@@ -1,0 +1,169 @@
+"""Masked-diffusion decoding and Spiffy: keyed transitions, and Spiffy's exactness (same state
+trajectory as the baseline, in fewer forwards) on tiny fp64 models in block-causal mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, tiny_mdm
+from specdiff.dllm import spiffy
+from specdiff.dllm.decoding import DLLMState, block_logits, initial_state, step_key, transition
+from specdiff.errors import SpecdiffError
+
+V, MASK = 64, 63
+PROMPTS = [torch.tensor([1, 2, 3, 4]), torch.tensor([7, 30, 5])]
+
+
+class Biased:
+    """Adds a fixed per-position bias [max_pos, V] to a model's logits (or is the bias alone when
+    inner is None: a context-free model whose drafts from a stale anchor are exactly right)."""
+
+    def __init__(self, inner, scale: float, seed: int = 0):
+        self.inner = inner
+        self.bias = scale * torch.randn(64, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        self.bias[:, MASK] = -1e9  # never draw [MASK]
+
+    def __call__(self, ids, visible, position_ids):
+        bias = self.bias[position_ids]  # [B, N, V]
+        return bias if self.inner is None else self.inner(ids, visible, position_ids) + bias
+
+
+@pytest.fixture(scope="module")
+def mdm():
+    return tiny_mdm(vocab_size=V, seed=0)
+
+
+def cfg_for(remasking: str, temperature: float = 0.0, seed: int = 0, **kw) -> DLLMConfig:
+    base = dict(gen_length=16, block_length=8, steps=8, threshold=0.5, mask_id=MASK)
+    return DLLMConfig(remasking=remasking, temperature=temperature, seed=seed, **{**base, **kw})
+
+
+def test_config_validate():
+    cfg_for("low_confidence").validate()
+    bad = [dict(gen_length=12), dict(steps=7), dict(steps=32), dict(remasking="entropy"), dict(threshold=1.5),
+           dict(temperature=-1.0)]
+    for kw in bad:
+        with pytest.raises(SpecdiffError):
+            cfg_for(**{"remasking": "low_confidence", **kw}).validate()
+
+
+def test_schedule_spreads_block_evenly():
+    cfg = cfg_for("low_confidence", gen_length=10, block_length=5, steps=4)  # 2 steps per block
+    assert [cfg.num_transfer(s) for s in range(2)] == [3, 2]  # LLaDA: the first steps take the extra
+
+
+def test_transition_noise_keyed_by_seed_block_step():
+    cfg = cfg_for("random", temperature=1.0, seed=3)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, V, generator=g, dtype=torch.float64)
+    states = [DLLMState(initial_state(PROMPTS[0], cfg).ids, 4, block=0, step=s) for s in range(3)]
+    first = [transition(s, logits, cfg).key() for s in states]
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = [transition(s, logits, cfg).key() for s in reversed(states)][::-1]
+    assert first == again  # same (seed, block, step) -> same choice, whatever the call order
+    assert len({k[0] for k in first}) == 3  # a different step draws different noise
+    assert step_key(3, 0, 1, 0) != step_key(3, 1, 0, 0) != step_key(4, 1, 0, 0)
+    other_seed = transition(states[0], logits, cfg_for("random", temperature=1.0, seed=4)).key()
+    assert other_seed != first[0]
+
+
+@pytest.mark.parametrize("threshold,nfe", [(1.0, 16), (0.0, 2)])
+def test_threshold_extremes(mdm, threshold, nfe):
+    # nothing clears 1.0: one token per step; everything clears 0.0: one step per block
+    r = generate_baseline(mdm, PROMPTS[0], cfg_for("threshold", threshold=threshold))
+    assert r.nfe == nfe and not (r.token_ids == MASK).any()
+
+
+def test_threshold_commits_at_least_one_and_finishes(mdm):
+    cfg = cfg_for("threshold", temperature=1.0, threshold=0.3)
+    r = generate_baseline(mdm, PROMPTS[0], cfg)
+    masks = [torch.frombuffer(bytearray(k[0]), dtype=torch.long).eq(MASK).sum().item() for k in r.trajectory]
+    steps = [a - b for a, b in zip(masks, masks[1:])]
+    assert min(steps) >= 1 and masks[-1] == 0 and r.nfe == len(steps) < 16  # some steps commit several
+
+
+def test_spiffy_equals_baseline(mdm):
+    model = Biased(mdm, scale=4.0)  # context-dependent, but predictable enough that drafts land
+    accepted = {0.0: 0, 0.7: 0}
+    for remasking in ("low_confidence", "random", "threshold"):
+        graph = default_graph(1 if remasking == "threshold" else 2, depth=3)
+        for temperature in accepted:
+            for seed in (0, 1, 2):
+                for prompt in PROMPTS:
+                    cfg = cfg_for(remasking, temperature, seed)
+                    base = generate_baseline(model, prompt, cfg)
+                    spec = generate_spiffy(model, prompt, cfg, graph)
+                    assert spec.trajectory == base.trajectory
+                    assert torch.equal(spec.token_ids, base.token_ids)
+                    assert spec.steps == base.steps and spec.nfe + spec.accepted == spec.steps
+                    assert spec.nfe <= base.nfe
+                    accepted[temperature] += spec.accepted
+    assert all(a > 0 for a in accepted.values()), accepted  # acceptance was exercised at T=0 and T>0
+
+
+def test_spiffy_fewer_forwards_when_predictable():
+    model = Biased(None, scale=4.0)  # logits depend on position only: the top-1 chain is always right
+    cfg = cfg_for("low_confidence", steps=16)  # one token per step
+    base = generate_baseline(model, PROMPTS[0], cfg)
+    spec = generate_spiffy(model, PROMPTS[0], cfg, default_graph(1, depth=3))
+    assert spec.trajectory == base.trajectory
+    # per block of 8 steps: 1 forward without drafts, then each forward covers 1 + 3 steps
+    assert (base.nfe, spec.nfe, spec.accepted) == (16, 6, 10)
+
+
+def test_junk_drafts_leave_real_rows_unchanged(mdm):
+    cfg = cfg_for("low_confidence")
+    state = initial_state(PROMPTS[0], cfg)
+    state = transition(state, block_logits(mdm, state, base_visibility(4, 16, 8, True), cfg), cfg)
+    visible = base_visibility(4, 16, 8, True)
+    anchor = torch.randn(8, V, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    drafts = spiffy.instantiate(default_graph(2, 3), anchor, state, cfg)  # [D, 8]
+    # 2 committed; chain +2, +4 (the +6 chain node would finish the block: dropped), 2 alternatives
+    assert (drafts != MASK).sum(1).tolist() == [4, 6, 4, 4]
+    junk = torch.randint(0, V, drafts.shape, generator=torch.Generator().manual_seed(2))
+    p, p_dd = spiffy.verify_forward(mdm, state, drafts, visible, cfg)
+    p_junk, _ = spiffy.verify_forward(mdm, state, junk, visible, cfg)
+    assert torch.equal(p, p_junk)  # real rows never see drafts: bit-identical
+    torch.testing.assert_close(p, block_logits(mdm, state, visible, cfg), rtol=0, atol=1e-10)
+    for d, logits in zip(drafts, p_dd):  # each copy = a stand-alone forward at its draft state
+        ids = state.ids.clone()
+        ids[state.block_slice(cfg)] = d
+        alone = block_logits(mdm, DLLMState(ids, state.prompt_len), visible, cfg)
+        torch.testing.assert_close(logits, alone, rtol=0, atol=1e-10)
+
+
+def test_parent_rule_multi_parent():
+    a, b, ab = frozenset({(0, 0)}), frozenset({(1, 0)}), frozenset({(0, 0), (1, 0)})
+    graph = spiffy.DraftGraph([a, b, ab])
+    assert set(graph.parents(ab, k=1)) == {a, b} and graph.parents(a, k=1) == [frozenset()]
+    with pytest.raises(ValueError):
+        spiffy.DraftGraph([frozenset({(0, 0), (0, 1)})])  # two tokens at one position
+
+
+def _leak_into_real(visible, sl, num_drafts):
+    out = _verify_visibility(visible, sl, num_drafts)
+    out[sl, visible.shape[0]:] = True  # planted bug: the real block sees the drafts
+    return out
+
+
+def _draft_sees_real_block(visible, sl, num_drafts):
+    out = _verify_visibility(visible, sl, num_drafts)
+    out[visible.shape[0]:, sl] = True  # planted bug: drafts see the block they replace
+    return out
+
+
+_verify_visibility = spiffy.verify_visibility
+
+
+@pytest.mark.parametrize("bug", [_leak_into_real, _draft_sees_real_block])
+def test_planted_mask_bug_is_caught(mdm, monkeypatch, bug):
+    model = Biased(mdm, scale=4.0)
+    cfg = cfg_for("low_confidence", 0.7, seed=0)
+    graph = default_graph(2, depth=3)
+    assert generate_spiffy(model, PROMPTS[0], cfg, graph).trajectory == generate_baseline(model, PROMPTS[0], cfg).trajectory
+    monkeypatch.setattr(spiffy, "verify_visibility", bug)
+    differs = [generate_spiffy(model, p, cfg_for("low_confidence", t, seed), graph).trajectory
+               != generate_baseline(model, p, cfg_for("low_confidence", t, seed)).trajectory
+               for p in PROMPTS for t in (0.0, 0.7) for seed in (0, 1)]
+    assert any(differs)
