@@ -121,13 +121,18 @@ def verify_visibility(visible: torch.Tensor, sl: slice, num_drafts: int) -> torc
     return out
 
 
+def draft_positions(sl: slice, num_drafts: int) -> torch.Tensor:
+    """[D*m] position ids of the draft rows: each copy reuses the RoPE positions of the block."""
+    return torch.arange(sl.start, sl.stop).repeat(num_drafts)
+
+
 def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch.Tensor,
                    cfg: DLLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over [real sequence | drafts [D, m]] -> (p_TD logits [m, V], p_DD [D, m, V])."""
     sl = state.block_slice(cfg)
     L, (D, m) = state.ids.shape[0], drafts.shape
     ids = torch.cat([state.ids, drafts.reshape(-1)])  # [L + D*m]
-    pos = torch.cat([torch.arange(L), torch.arange(sl.start, sl.stop).repeat(D)])  # drafts reuse RoPE positions
+    pos = torch.cat([torch.arange(L), draft_positions(sl, D)])  # [L + D*m]
     logits = model(ids[None], verify_visibility(visible, sl, D)[None], pos[None])[0]  # [L + D*m, V]
     return logits[sl], logits[L:].reshape(D, m, logits.shape[-1])
 
