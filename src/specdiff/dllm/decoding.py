@@ -113,13 +113,19 @@ def block_logits(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig
     return logits[state.block_slice(cfg)]
 
 
-def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_causal: bool = True) -> DLLMResult:
-    """Plain decoding: one forward per transition. prompt_ids [P] -> DLLMResult."""
+def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_causal: bool = True,
+                      trace: list | None = None) -> DLLMResult:
+    """Plain decoding: one forward per transition. prompt_ids [P] -> DLLMResult.
+
+    trace, if given, receives (state, block logits [m, V]) for every step: calibration's input."""
     state = initial_state(prompt_ids, cfg)
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
     trajectory, nfe = [state.key()], 0
     while state.block < cfg.num_blocks:
-        state = transition(state, block_logits(model, state, visible, cfg), cfg)
+        logits = block_logits(model, state, visible, cfg)
+        if trace is not None:
+            trace.append((state, logits))
+        state = transition(state, logits, cfg)
         nfe += 1
         trajectory.append(state.key())
     return DLLMResult(state.ids[state.prompt_len:], nfe, nfe, 0, trajectory)

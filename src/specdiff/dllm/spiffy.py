@@ -69,6 +69,18 @@ def default_graph(tokens_per_step: int, depth: int, alternatives: bool = True) -
     return DraftGraph(nodes)
 
 
+def rank(anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anchor [m, V]'s ranking of the state's still-masked positions ->
+    (positions [M]: block offset of position rank i, tokens [M, V]: token of vocabulary rank j there).
+    Stable sorts, so a draft formula names one block whatever the ties."""
+    x = state.ids[state.block_slice(cfg)]  # [m]
+    masked_pos = (x == cfg.mask_id).nonzero()[:, 0]  # [M]
+    probs = token_logits(anchor, cfg).softmax(dim=-1)[masked_pos]  # [M, V]
+    order = torch.sort(probs.amax(dim=-1), descending=True, stable=True).indices  # [M] position rank -> row
+    vocab = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # [M, V]
+    return masked_pos[order], vocab[order]
+
+
 def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> torch.Tensor:
     """Draft formulas -> [D, block_length] distinct draft blocks, ranked by the anchor [m, V].
 
@@ -76,10 +88,7 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
     this block to reuse logits for) and, for fixed schedules, whose size is a whole number of
     steps from state.step (any other size is unreachable)."""
     x = state.ids[state.block_slice(cfg)]  # [m]
-    masked_pos = (x == cfg.mask_id).nonzero()[:, 0]  # [M]
-    probs = token_logits(anchor, cfg).softmax(dim=-1)[masked_pos]  # [M, V]
-    order = torch.sort(probs.amax(dim=-1), descending=True, stable=True).indices  # position rank -> row
-    vocab = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # [M, V] vocabulary ranks
+    positions, tokens = rank(anchor, state, cfg)  # [M], [M, V]
     if cfg.remasking == "threshold":
         reachable = None
     else:
@@ -89,13 +98,13 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
             reachable.add(n)
     drafts, seen = [], set()
     for q in graph.nodes:
-        if max(i for i, _ in q) >= len(masked_pos) or len(q) >= len(masked_pos):
+        if max(i for i, _ in q) >= len(positions) or len(q) >= len(positions):
             continue
         if reachable is not None and len(q) not in reachable:
             continue
         d = x.clone()
         for i, j in q:
-            d[masked_pos[order[i]]] = vocab[order[i], j]
+            d[positions[i]] = tokens[i, j]
         if d.numpy().tobytes() not in seen:
             seen.add(d.numpy().tobytes())
             drafts.append(d)
