@@ -8,6 +8,7 @@ import torch
 
 from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, tiny_mdm
 from specdiff.dllm import spiffy
+from specdiff.dllm.calibration import calibrate, formula_of, rewind
 from specdiff.dllm.decoding import DLLMState, block_logits, initial_state, step_key, transition
 from specdiff.errors import SpecdiffError
 
@@ -193,3 +194,57 @@ def test_full_bidirectional_is_only_near_lossless(mdm):
     ids[state.block_slice(cfg)] = drafts[0]
     alone = block_logits(mdm, DLLMState(ids, state.prompt_len), visible, cfg)
     assert (p_dd[0] - alone).abs().max() > 1e-3
+
+
+def _trace(model, cfg, prompts):
+    trace = []
+    for p in prompts:
+        generate_baseline(model, p, cfg, trace=trace)
+    return trace
+
+
+def test_rewind_formulas_instantiate_to_the_recorded_states(mdm):
+    cfg = cfg_for("low_confidence", 0.7, seed=5, steps=16)
+    trace = _trace(Biased(mdm, scale=2.0), cfg, PROMPTS)
+    checked = 0
+    for t in range(1, len(trace) - 2):
+        (prev, anchor), (state, _), (future, _) = trace[t - 1], trace[t], trace[t + 2]
+        if not prev.block == state.block == future.block:
+            continue
+        q = formula_of(anchor, state, future.ids[state.block_slice(cfg)], cfg)
+        draft = spiffy.instantiate(spiffy.DraftGraph([q]), anchor, state, cfg)  # [1, m]
+        assert len(q) == 2 and torch.equal(draft[0], future.ids[state.block_slice(cfg)])
+        checked += 1
+    assert checked >= 8
+    counts = rewind(trace, cfg, depth=2)
+    by_level = [sum(c for (_, lv), c in counts.items() if lv == level) for level in (1, 2)]
+    assert by_level == [checked + 2 * len(PROMPTS), checked]  # one more level-1 pair per block
+
+
+def test_calibration_finds_the_chain_on_a_context_free_model():
+    model = Biased(None, scale=4.0)
+    cfg = cfg_for("low_confidence", steps=16)
+    counts = rewind(_trace(model, cfg, PROMPTS), cfg, depth=4)
+    chain = default_graph(1, 4, alternatives=False).nodes
+    assert {q for q, _ in counts} == set(chain)  # every rewound transition is the top-1 chain
+    graph = calibrate(counts, budget=3)
+    assert graph.nodes == chain[:3]
+    assert generate_spiffy(model, PROMPTS[0], cfg, graph).nfe == 6
+
+
+def test_calibrated_graph_is_connected_and_exact(mdm):
+    model = Biased(mdm, scale=4.0)
+    cfg = cfg_for("low_confidence", 0.7, steps=16)
+    counts = rewind(_trace(model, cfg, [torch.tensor([9, 8, 7]), torch.tensor([5, 6])]), cfg, depth=3)
+    graph = calibrate(counts, budget=6)
+    assert 0 < len(graph.nodes) <= 6
+    for q in graph.nodes:  # connected: a first step, or a chosen parent one step back
+        assert len(q) == 1 or any(p in graph.nodes for p in graph.parents(q, k=1))
+    accepted = 0
+    for seed in (0, 1):
+        for p in PROMPTS:
+            c = cfg_for("low_confidence", 0.7, seed, steps=16)
+            spec, base = generate_spiffy(model, p, c, graph), generate_baseline(model, p, c)
+            assert spec.trajectory == base.trajectory
+            accepted += spec.accepted
+    assert accepted > 0

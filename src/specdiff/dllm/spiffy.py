@@ -19,8 +19,8 @@ chain is the baseline's at any temperature. A draft is looked up by its block co
 multi-parent lookup in its most general form): the model sees no step index, so any draft with
 the same contents has the logits of that state, whichever node it came from.
 
-This first version uses a small fixed graph (`default_graph`); calibration (Algorithm 2) and
-pruning are not here yet.
+The graph is a small fixed one (`default_graph`) or calibrated from baseline traces
+(`calibration.py`, Algorithm 2); v4's dynamic pruning is not here yet.
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""Offline calibration of Spiffy's draft graph (Algorithm 2, reconstructed from the notes 2.6).
+
+1. Decode with the baseline on a few prompts, recording every step's (state, block logits).
+2. Rewind: at each state X_t of a block, with anchor q = the logits that produced X_t, express
+   each later state X_{t+l} of the same block (l = 1, 2, ...; the block's last state excluded,
+   as `instantiate` excludes it) as the draft formula that instantiates to it: the (position
+   rank i, vocabulary rank j) pairs of its new tokens under q. count(formula) = how often a draft
+   with that formula would have been accepted.
+3. Choose D connected nodes by degree-1 accumulation: greedily add the node with the largest
+   gain count(q) + sum of count(p) over its chosen parents p (+ count(q) per chosen child), among
+   nodes whose parent is the root or already chosen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from specdiff.dllm.config import DLLMConfig
+from specdiff.dllm.decoding import DLLMState
+from specdiff.dllm.spiffy import DraftGraph, Formula, rank
+
+
+def formula_of(anchor: torch.Tensor, state: DLLMState, future: torch.Tensor, cfg: DLLMConfig) -> Formula:
+    """The draft formula that instantiates, from (anchor [m, V], state), to the block `future` [m]."""
+    positions, tokens = rank(anchor, state, cfg)  # [M], [M, V]
+    x = state.ids[state.block_slice(cfg)]
+    pairs = []
+    for i, p in enumerate(positions.tolist()):
+        if future[p] != x[p]:
+            pairs.append((i, int((tokens[i] == future[p]).nonzero()[0, 0])))
+    return frozenset(pairs)
+
+
+def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: int) -> Counter:
+    """Baseline trace [(state, logits)] -> Counter {(formula, level): times it would be accepted}."""
+    counts: Counter = Counter()
+    for t in range(1, len(trace)):
+        state, anchor = trace[t][0], trace[t - 1][1]
+        if state.block != trace[t - 1][0].block:
+            continue  # a block's first state has no anchor: Spiffy drafts nothing there
+        for level in range(1, depth + 1):
+            if t + level >= len(trace) or trace[t + level][0].block != state.block:
+                break  # the block's last state is never drafted
+            future = trace[t + level][0].ids[state.block_slice(cfg)]
+            counts[formula_of(anchor, state, future, cfg), level] += 1
+    return counts
+
+
+def calibrate(counts: Counter, budget: int) -> DraftGraph:
+    """Degree-1 accumulation with a connectivity constraint -> a graph of at most `budget` nodes."""
+    count: Counter = Counter()
+    for (q, _), c in counts.items():
+        count[q] += c
+    level = {q: lv for (q, lv), _ in sorted(counts.items(), key=lambda kv: kv[1])}  # the commonest level wins
+
+    def parents(q):
+        return [p for p in count if level[p] == level[q] - 1 and p < q]
+
+    chosen: list[Formula] = []
+    while len(chosen) < budget:
+        best, best_gain = None, 0
+        for q in count:
+            if q in chosen or not (level[q] == 1 or any(p in chosen for p in parents(q))):
+                continue
+            gain = count[q] + sum(count[p] for p in parents(q) if p in chosen)
+            gain += count[q] * sum(1 for c in chosen if q in parents(c))
+            if gain > best_gain:
+                best, best_gain = q, gain
+        if best is None:
+            break
+        chosen.append(best)
+    return DraftGraph(chosen)
