@@ -248,3 +248,25 @@ def test_calibrated_graph_is_connected_and_exact(mdm):
             assert spec.trajectory == base.trajectory
             accepted += spec.accepted
     assert accepted > 0
+
+
+def test_prune_keeps_the_best_connected_nodes():
+    a, ab, c = frozenset({(0, 0)}), frozenset({(0, 0), (1, 0)}), frozenset({(0, 1)})
+    probs = torch.tensor([[0.2, 0.7], [0.9, 0.05]], dtype=torch.float64)  # [M, J] p_ij
+    # scores: ab 0.42, a gmean(0.2, 0.42) = 0.29, c 0.7; ab needs a (its parent) first
+    assert spiffy.prune([a, ab, c], probs, keep=1) == [2]
+    assert spiffy.prune([a, ab, c], probs, keep=2) == [0, 2]
+    assert spiffy.prune([a, ab, c], probs, keep=3) == [0, 1, 2]
+
+
+def test_pruned_spiffy_is_exact_and_narrower(mdm):
+    model = Biased(mdm, scale=4.0)
+    graph = default_graph(1, depth=4)  # 6 nodes
+    for temperature in (0.0, 0.7):
+        cfg = cfg_for("low_confidence", temperature, steps=16)
+        base = generate_baseline(model, PROMPTS[0], cfg)
+        full = generate_spiffy(model, PROMPTS[0], cfg, graph)
+        pruned = generate_spiffy(model, PROMPTS[0], cfg, graph, max_drafts=2)
+        assert pruned.trajectory == full.trajectory == base.trajectory
+        assert pruned.drafted <= 2 * pruned.nfe < full.drafted
+        assert pruned.accepted > 0

@@ -20,11 +20,12 @@ multi-parent lookup in its most general form): the model sees no step index, so 
 the same contents has the logits of that state, whichever node it came from.
 
 The graph is a small fixed one (`default_graph`) or calibrated from baseline traces
-(`calibration.py`, Algorithm 2); v4's dynamic pruning is not here yet.
+(`calibration.py`, Algorithm 2); `prune` keeps the D* best nodes per forward (v4).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,12 +82,14 @@ def rank(anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> tuple[torch
     return masked_pos[order], vocab[order]
 
 
-def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> torch.Tensor:
+def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig,
+                max_drafts: int | None = None) -> torch.Tensor:
     """Draft formulas -> [D, block_length] distinct draft blocks, ranked by the anchor [m, V].
 
     Kept: formulas whose ranks exist, that leave a mask (a finished block has no next step in
     this block to reuse logits for) and, for fixed schedules, whose size is a whole number of
-    steps from state.step (any other size is unreachable)."""
+    steps from state.step (any other size is unreachable). With max_drafts = D*, only the D* best
+    by `prune` remain."""
     x = state.ids[state.block_slice(cfg)]  # [m]
     positions, tokens = rank(anchor, state, cfg)  # [M], [M, V]
     if cfg.remasking == "threshold":
@@ -96,7 +99,7 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
         for s in range(state.step, cfg.steps_per_block):
             n += cfg.num_transfer(s)
             reachable.add(n)
-    drafts, seen = [], set()
+    nodes, drafts, seen = [], [], set()
     for q in graph.nodes:
         if max(i for i, _ in q) >= len(positions) or len(q) >= len(positions):
             continue
@@ -107,8 +110,41 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
             d[positions[i]] = tokens[i, j]
         if d.numpy().tobytes() not in seen:
             seen.add(d.numpy().tobytes())
+            nodes.append(q)
             drafts.append(d)
+    if max_drafts is not None and len(nodes) > max_drafts:
+        J = 1 + max(j for q in nodes for _, j in q)
+        probs = token_logits(anchor, cfg).softmax(dim=-1)[positions].gather(-1, tokens[:, :J])  # [M, J] p_ij
+        keep = prune(nodes, probs, max_drafts)
+        drafts = [drafts[n] for n in keep]
     return torch.stack(drafts) if drafts else x.new_zeros(0, x.shape[0])
+
+
+def prune(nodes: list[Formula], probs: torch.Tensor, keep: int) -> list[int]:
+    """Dynamic pruning (v4, [recon]): indices of the `keep` best nodes, connected.
+
+    probs [M, J]: anchor probability of vocabulary rank j at position rank i. A node's local score
+    is the geometric mean of its p_ij; its score, the geometric mean of its local score and its
+    children's scores (children: the smallest supersets among `nodes`). Best first, a node is
+    taken once it is a first step (no subset among nodes) or one of its subsets was taken."""
+    def gmean(xs):
+        return math.exp(sum(math.log(max(x, 1e-300)) for x in xs) / len(xs))
+
+    local = [gmean([float(probs[i, j]) for i, j in q]) for q in nodes]
+    subsets = [[a for a, b in enumerate(nodes) if b < q] for q in nodes]
+    children = [[c for c, sub in enumerate(subsets) if a in sub and not any(a in subsets[b] for b in sub)]
+                for a in range(len(nodes))]
+    score = [0.0] * len(nodes)
+    for a in sorted(range(len(nodes)), key=lambda a: -len(nodes[a])):  # children first
+        score[a] = gmean([local[a]] + [score[c] for c in children[a]])
+    order = sorted(range(len(nodes)), key=lambda a: -score[a])
+    kept: list[int] = []
+    while len(kept) < keep:
+        new = next((a for a in order if a not in kept and (not subsets[a] or any(b in kept for b in subsets[a]))), None)
+        if new is None:
+            break
+        kept.append(new)
+    return sorted(kept)
 
 
 def verify_visibility(visible: torch.Tensor, sl: slice, num_drafts: int) -> torch.Tensor:
@@ -147,15 +183,21 @@ def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch
 
 
 def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: DraftGraph,
-                    block_causal: bool = True) -> DLLMResult:
-    """Spiffy decoding: the baseline's state chain in fewer forwards. prompt_ids [P] -> DLLMResult."""
+                    block_causal: bool = True, max_drafts: int | None = None) -> DLLMResult:
+    """Spiffy decoding: the baseline's state chain in fewer forwards. prompt_ids [P] -> DLLMResult.
+
+    max_drafts = D* < D prunes the graph per forward (`prune`): a narrower verification forward."""
     state = initial_state(prompt_ids, cfg)
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
-    trajectory, nfe, accepted = [state.key()], 0, 0
+    trajectory, nfe, accepted, drafted = [state.key()], 0, 0, 0
     anchor = None  # [m, V] the logits that produced `state`; None at a block's start
     while state.block < cfg.num_blocks:
         # 1. instantiate the draft graph from the anchor (no anchor yet at a block's start)
-        drafts = instantiate(graph, anchor, state, cfg) if anchor is not None else state.ids.new_zeros(0, cfg.block_length)
+        if anchor is None:
+            drafts = state.ids.new_zeros(0, cfg.block_length)
+        else:
+            drafts = instantiate(graph, anchor, state, cfg, max_drafts)  # [D, m]
+        drafted += drafts.shape[0]
         # 2. verify: p_TD at the real state and p_DD at every draft, in one forward
         p, p_dd = verify_forward(model, state, drafts, visible, cfg)
         nfe += 1
@@ -173,4 +215,4 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
                 break
             p = p_dd[n]
             accepted += 1
-    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe + accepted, accepted, trajectory)
+    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe + accepted, accepted, trajectory, drafted)
