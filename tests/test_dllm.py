@@ -270,3 +270,24 @@ def test_pruned_spiffy_is_exact_and_narrower(mdm):
         assert pruned.trajectory == full.trajectory == base.trajectory
         assert pruned.drafted <= 2 * pruned.nfe < full.drafted
         assert pruned.accepted > 0
+
+
+def test_graph_json_round_trip():
+    graph = default_graph(2, depth=2)
+    again, key = spiffy.DraftGraph.from_json(graph.to_json(block_length=8, remasking="low_confidence"))
+    assert again.nodes == graph.nodes and key == {"block_length": 8, "remasking": "low_confidence"}
+
+
+def test_sampled_tokens_follow_the_tempered_softmax():
+    # threshold 0 commits every draw at once, so the block = the 8 keyed Gumbel-max draws
+    logits = 2.0 * torch.randn(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    counts = torch.zeros(8, 16)
+    n = 2000
+    for seed in range(n):
+        cfg = cfg_for("threshold", temperature=0.5, seed=seed, threshold=0.0)
+        state = DLLMState(initial_state(PROMPTS[0], cfg).ids, 4)
+        x = transition(state, logits, cfg).ids[4:12]
+        counts[torch.arange(8), x] += 1
+    tv = 0.5 * (counts / n - (logits / 0.5).softmax(-1)).abs().sum(-1)  # [8] per position
+    tv_wrong_t = 0.5 * (counts / n - logits.softmax(-1)).abs().sum(-1)
+    assert tv.max() < 0.05 and tv_wrong_t.min() > 0.1, (tv, tv_wrong_t)

@@ -25,6 +25,7 @@ The graph is a small fixed one (`default_graph`) or calibrated from baseline tra
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -46,6 +47,16 @@ class DraftGraph:
             ranks = [i for i, _ in q]
             if len(set(ranks)) != len(ranks) or min(min(p) for p in q) < 0:
                 raise ValueError(f"bad draft formula {sorted(q)}: position ranks must be distinct, ranks >= 0")
+
+    def to_json(self, **key) -> str:
+        """Nodes as sorted [i, j] lists, with `key` (model, block length, remasking, ...) beside them:
+        calibrated graphs are keyed by the decode settings they were measured under."""
+        return json.dumps({"key": key, "nodes": [sorted(q) for q in self.nodes]})
+
+    @staticmethod
+    def from_json(text: str) -> tuple[DraftGraph, dict]:
+        data = json.loads(text)
+        return DraftGraph([frozenset(map(tuple, q)) for q in data["nodes"]]), data["key"]
 
     def parents(self, q: Formula, k: int) -> list[Formula]:
         """Nodes one step of k tokens before q (parent rule, section 2.2): its subsets with k fewer
