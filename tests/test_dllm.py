@@ -9,7 +9,8 @@ import torch
 from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, tiny_mdm
 from specdiff.dllm import spiffy
 from specdiff.dllm.calibration import calibrate, formula_of, rewind
-from specdiff.dllm.decoding import DLLMState, block_logits, initial_state, step_key, transition
+from specdiff.dllm.decoding import (DLLMState, block_context, block_logits, cached_block_logits, initial_state,
+                                    step_key, transition)
 from specdiff.errors import SpecdiffError
 
 V, MASK = 64, 63
@@ -166,19 +167,21 @@ def _shifted_positions(sl, num_drafts):
 _verify_visibility, _draft_positions = spiffy.verify_visibility, spiffy.draft_positions
 
 
+@pytest.mark.parametrize("dual_cache", [False, True])
 @pytest.mark.parametrize("name,bug", [("verify_visibility", _leak_into_real),
                                       ("verify_visibility", _draft_sees_real_block),
                                       ("draft_positions", _shifted_positions)])
-def test_planted_bug_is_caught(mdm, monkeypatch, name, bug):
-    model = Biased(mdm, scale=4.0)
-    cfg = cfg_for("low_confidence", 0.7, seed=0)
-    graph = default_graph(2, depth=3)
-    assert generate_spiffy(model, PROMPTS[0], cfg, graph).trajectory == generate_baseline(model, PROMPTS[0], cfg).trajectory
+def test_planted_bug_is_caught(mdm, monkeypatch, name, bug, dual_cache):
+    model = mdm if dual_cache else Biased(mdm, scale=4.0)  # Biased has no dual cache
+    mode = dict(block_causal=not dual_cache, dual_cache=dual_cache)
+    graph = default_graph(1 if dual_cache else 2, depth=3)
+    runs = [(p, cfg_for("low_confidence", t, seed, steps=16 if dual_cache else 8))
+            for p in PROMPTS for t in (0.0, 0.7) for seed in (0, 1)]
+    assert all(generate_spiffy(model, p, c, graph, **mode).trajectory == generate_baseline(model, p, c, **mode).trajectory
+               for p, c in runs)
     monkeypatch.setattr(spiffy, name, bug)
-    differs = [generate_spiffy(model, p, cfg_for("low_confidence", t, seed), graph).trajectory
-               != generate_baseline(model, p, cfg_for("low_confidence", t, seed)).trajectory
-               for p in PROMPTS for t in (0.0, 0.7) for seed in (0, 1)]
-    assert any(differs)
+    assert any(generate_spiffy(model, p, c, graph, **mode).trajectory != generate_baseline(model, p, c, **mode).trajectory
+               for p, c in runs)
 
 
 def test_full_bidirectional_is_only_near_lossless(mdm):
@@ -291,3 +294,52 @@ def test_sampled_tokens_follow_the_tempered_softmax():
     tv = 0.5 * (counts / n - (logits / 0.5).softmax(-1)).abs().sum(-1)  # [8] per position
     tv_wrong_t = 0.5 * (counts / n - logits.softmax(-1)).abs().sum(-1)
     assert tv.max() < 0.05 and tv_wrong_t.min() > 0.1, (tv, tv_wrong_t)
+
+
+def test_dual_cache_spiffy_equals_baseline(any_mdm):
+    # full bidirectional attention, but prefix and suffix frozen per block (Fast-dLLM dual cache):
+    # a draft copy then sees exactly what a stand-alone cached forward at its state sees
+    accepted = {0.0: 0, 0.7: 0}
+    for remasking in ("low_confidence", "threshold"):
+        for temperature in accepted:
+            for seed in (0, 1):
+                cfg = cfg_for(remasking, temperature, seed, steps=16)
+                base = generate_baseline(any_mdm, PROMPTS[seed], cfg, block_causal=False, dual_cache=True)
+                spec = generate_spiffy(any_mdm, PROMPTS[seed], cfg, default_graph(1, 3), block_causal=False,
+                                       dual_cache=True)
+                assert spec.trajectory == base.trajectory and spec.nfe <= base.nfe
+                accepted[temperature] += spec.accepted
+    assert all(a > 0 for a in accepted.values()), accepted
+
+
+def test_dual_cache_is_exact_only_when_block_causal(mdm):
+    differs = []
+    for seed in (0, 1, 2):
+        cfg = cfg_for("low_confidence", 0.7, seed, steps=16)
+        for block_causal in (True, False):
+            plain = generate_baseline(mdm, PROMPTS[0], cfg, block_causal=block_causal)
+            cached = generate_baseline(mdm, PROMPTS[0], cfg, block_causal=block_causal, dual_cache=True)
+            if block_causal:
+                assert cached.trajectory == plain.trajectory  # nothing later is visible: the cache is exact
+            else:
+                differs.append(cached.trajectory != plain.trajectory)  # stale suffix: an approximation
+    assert any(differs)
+
+
+def test_dual_cache_junk_drafts_leave_real_rows_unchanged(mdm):
+    cfg = cfg_for("low_confidence")
+    visible = base_visibility(4, 16, 8, block_causal=False)
+    state = initial_state(PROMPTS[0], cfg)
+    logits, cache = block_context(mdm, state, visible, cfg)
+    torch.testing.assert_close(logits, block_logits(mdm, state, visible, cfg), rtol=0, atol=1e-10)
+    state = transition(state, logits, cfg)
+    drafts = spiffy.instantiate(default_graph(2, 3), logits, state, cfg)  # [D, 8]
+    junk = torch.randint(0, V, drafts.shape, generator=torch.Generator().manual_seed(2))
+    p, p_dd = spiffy.verify_forward(mdm, state, drafts, visible, cfg, cache)
+    assert torch.equal(p, spiffy.verify_forward(mdm, state, junk, visible, cfg, cache)[0])
+    torch.testing.assert_close(p, cached_block_logits(mdm, state, cache, cfg), rtol=0, atol=1e-10)
+    for d, logits in zip(drafts, p_dd):
+        ids = state.ids.clone()
+        ids[state.block_slice(cfg)] = d
+        alone = cached_block_logits(mdm, DLLMState(ids, state.prompt_len), cache, cfg)
+        torch.testing.assert_close(logits, alone, rtol=0, atol=1e-10)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdiff.dllm.config import DLLMConfig
-from specdiff.dllm.model import base_visibility
+from specdiff.dllm.model import KV, base_visibility
 from specdiff.sampling import _M32, _mix32, keyed_uniform
 
 _DRAW, _REMASK = 0, 1  # noise streams of one step: token draws, random remasking scores
@@ -114,16 +114,42 @@ def block_logits(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig
     return logits[state.block_slice(cfg)]
 
 
+@dataclass
+class DualCache:
+    kv: KV  # per layer [1, H_kv, C, d]: every row outside the block, frozen at the block's first step
+    visible: torch.Tensor  # [m, C + m] bool: what the block's rows see, context columns first
+
+
+def block_context(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig) -> tuple[torch.Tensor, DualCache]:
+    """Dual cache, a block's first step: a plain forward -> (block logits [m, V], the frozen context)."""
+    L, sl = state.ids.shape[0], state.block_slice(cfg)
+    keep = torch.cat([torch.arange(sl.start), torch.arange(sl.stop, L)])  # [C] rows outside the block
+    logits, kv = model.context(state.ids[None], visible[None], torch.arange(L)[None], keep)
+    return logits[0, sl], DualCache(kv, torch.cat([visible[sl][:, keep], visible[sl, sl]], dim=1))
+
+
+def cached_block_logits(model, state: DLLMState, cache: DualCache, cfg: DLLMConfig) -> torch.Tensor:
+    """Dual cache, a later step: only the block's rows, against the frozen context -> [m, V]."""
+    sl = state.block_slice(cfg)
+    return model(state.ids[sl][None], cache.visible[None], torch.arange(sl.start, sl.stop)[None], context=cache.kv)[0]
+
+
 def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_causal: bool = True,
-                      trace: list | None = None) -> DLLMResult:
+                      dual_cache: bool = False, trace: list | None = None) -> DLLMResult:
     """Plain decoding: one forward per transition. prompt_ids [P] -> DLLMResult.
 
-    trace, if given, receives (state, block logits [m, V]) for every step: calibration's input."""
+    dual_cache: Fast-dLLM's frozen prefix and suffix (model.py). trace, if given, receives
+    (state, block logits [m, V]) for every step: calibration's input."""
     state = initial_state(prompt_ids, cfg)
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
     trajectory, nfe = [state.key()], 0
     while state.block < cfg.num_blocks:
-        logits = block_logits(model, state, visible, cfg)
+        if not dual_cache:
+            logits = block_logits(model, state, visible, cfg)
+        elif state.step == 0:
+            logits, cache = block_context(model, state, visible, cfg)
+        else:
+            logits = cached_block_logits(model, state, cache, cfg)
         if trace is not None:
             trace.append((state, logits))
         state = transition(state, logits, cfg)

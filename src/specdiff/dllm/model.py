@@ -7,13 +7,21 @@ this to append draft copies of a block that reuse the block's positions.
 
 `base_visibility` gives the mask of a plain forward over prompt + answer: full bidirectional
 (LLaDA without cache), or block-causal (SDAR-like: a row in block b sees the prompt and blocks
-<= b). Spiffy is exact only in the block-causal mode (research notes, section 2.5).
+<= b). Spiffy is exact in the block-causal mode and with a dual cache, not in the full
+bidirectional mode without one (research notes, section 2.5).
+
+Dual cache (Fast-dLLM): at a block's first step one full forward also returns the keys and
+values of every row outside the block (`MaskedDiffusionModel.context`); the block's later steps
+query only the block's rows against that frozen context (`context=` in `__call__`, with
+`visible` then [B, Q, C + Q]: C context columns first).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen3Config
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [B, H_kv, C, d]
 
 
 def base_visibility(prompt_len: int, gen_length: int, block_length: int, block_causal: bool) -> torch.Tensor:
@@ -33,12 +41,25 @@ class MaskedDiffusionModel:
         self.hf_model = hf_model
         self.dtype = next(hf_model.parameters()).dtype
 
-    @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, visible: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        # additive mask [B, 1, N, N]: 0 = visible, dtype-min = hidden (exp underflows to exactly 0)
+    def _forward(self, ids, visible, position_ids, context: KV | None, use_cache: bool):
+        # additive mask [B, 1, Q, K]: 0 = visible, dtype-min = hidden (exp underflows to exactly 0)
         mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
-        out = self.hf_model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, use_cache=False)
-        return out.logits
+        cache = DynamicCache(ddp_cache_data=context) if context is not None else None  # fresh: forwards append
+        return self.hf_model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids,
+                             past_key_values=cache, use_cache=use_cache)
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, visible: torch.Tensor, position_ids: torch.Tensor,
+                 context: KV | None = None) -> torch.Tensor:
+        return self._forward(ids, visible, position_ids, context, use_cache=context is not None).logits
+
+    @torch.no_grad()
+    def context(self, ids: torch.Tensor, visible: torch.Tensor, position_ids: torch.Tensor,
+                keep: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """A plain forward that also returns the keys and values of the rows `keep` [C]."""
+        out = self._forward(ids, visible, position_ids, None, use_cache=True)
+        kv = [(layer.keys[:, :, keep], layer.values[:, :, keep]) for layer in out.past_key_values.layers]
+        return out.logits, kv
 
 
 def tiny_mdm(arch: str = "qwen3", vocab_size: int = 64, hidden: int = 32, layers: int = 2, seed: int = 0,

@@ -9,7 +9,9 @@ Terms follow the paper (arXiv 2509.18085, research notes section 2):
 - verification: one forward over [real sequence | D draft copies of the block]. Each copy reuses
   the block's positions and sees what the real block sees, with the real block replaced by
   itself; real rows never see drafts. A copy's rows therefore give p_DD = the logits a plain
-  forward at the draft state would give (exactly so in block-causal mode).
+  forward at the draft state would give: exactly in block-causal mode or with a dual cache (the
+  context is then the same frozen keys and values for real and draft rows), not in full
+  bidirectional mode without one (the suffix would attend to the draft).
 - acceptance walk (Algorithm 1): draw the next state from p_TD with the baseline's own
   `transition`; if it equals a draft state, that draft's logits are the next p_TD, so step again
   without a forward; stop at the first state no draft matches.
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from specdiff.dllm.config import DLLMConfig
-from specdiff.dllm.decoding import DLLMResult, DLLMState, initial_state, token_logits, transition
+from specdiff.dllm.decoding import (DLLMResult, DLLMState, DualCache, block_context, initial_state, token_logits,
+                                    transition)
 from specdiff.dllm.model import base_visibility
 
 Formula = frozenset  # frozenset[tuple[int, int]]: (position rank i, vocabulary rank j) pairs
@@ -45,8 +48,8 @@ class DraftGraph:
     def __post_init__(self):
         for q in self.nodes:
             ranks = [i for i, _ in q]
-            if len(set(ranks)) != len(ranks) or min(min(p) for p in q) < 0:
-                raise ValueError(f"bad draft formula {sorted(q)}: position ranks must be distinct, ranks >= 0")
+            if not q or len(set(ranks)) != len(ranks) or min(min(p) for p in q) < 0:
+                raise ValueError(f"bad draft formula {sorted(q)}: non-empty, distinct position ranks, ranks >= 0")
 
     def to_json(self, **key) -> str:
         """Nodes as sorted [i, j] lists, with `key` (model, block length, remasking, ...) beside them:
@@ -183,10 +186,21 @@ def draft_positions(sl: slice, num_drafts: int) -> torch.Tensor:
 
 
 def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch.Tensor,
-                   cfg: DLLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over [real sequence | drafts [D, m]] -> (p_TD logits [m, V], p_DD [D, m, V])."""
+                   cfg: DLLMConfig, cache: DualCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over [real sequence | drafts [D, m]] -> (p_TD logits [m, V], p_DD [D, m, V]).
+
+    With a dual cache the query is [real block | drafts] against the frozen context instead."""
     sl = state.block_slice(cfg)
     L, (D, m) = state.ids.shape[0], drafts.shape
+    if cache is not None:
+        C = cache.visible.shape[1] - m
+        square = torch.ones(C + m, C + m, dtype=torch.bool)  # context rows: not queried
+        square[C:] = cache.visible
+        vis = verify_visibility(square, slice(C, C + m), D)[C:]  # [m + D*m, C + m + D*m]
+        ids = torch.cat([state.ids[sl], drafts.reshape(-1)])
+        pos = torch.cat([torch.arange(sl.start, sl.stop), draft_positions(sl, D)])  # [m + D*m]
+        logits = model(ids[None], vis[None], pos[None], context=cache.kv)[0]
+        return logits[:m], logits[m:].reshape(D, m, logits.shape[-1])
     ids = torch.cat([state.ids, drafts.reshape(-1)])  # [L + D*m]
     pos = torch.cat([torch.arange(L), draft_positions(sl, D)])  # [L + D*m]
     logits = model(ids[None], verify_visibility(visible, sl, D)[None], pos[None])[0]  # [L + D*m, V]
@@ -194,7 +208,7 @@ def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch
 
 
 def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: DraftGraph,
-                    block_causal: bool = True, max_drafts: int | None = None) -> DLLMResult:
+                    block_causal: bool = True, dual_cache: bool = False, max_drafts: int | None = None) -> DLLMResult:
     """Spiffy decoding: the baseline's state chain in fewer forwards. prompt_ids [P] -> DLLMResult.
 
     max_drafts = D* < D prunes the graph per forward (`prune`): a narrower verification forward."""
@@ -210,7 +224,10 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
             drafts = instantiate(graph, anchor, state, cfg, max_drafts)  # [D, m]
         drafted += drafts.shape[0]
         # 2. verify: p_TD at the real state and p_DD at every draft, in one forward
-        p, p_dd = verify_forward(model, state, drafts, visible, cfg)
+        if dual_cache and anchor is None:  # a block's first step refreshes the frozen context
+            (p, cache), p_dd = block_context(model, state, visible, cfg), None
+        else:
+            p, p_dd = verify_forward(model, state, drafts, visible, cfg, cache if dual_cache else None)
         nfe += 1
         table = {d.numpy().tobytes(): n for n, d in enumerate(drafts)}
         # 3. acceptance walk: step with the baseline's kernel while the new state is a draft
