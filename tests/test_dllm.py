@@ -115,8 +115,10 @@ def test_spiffy_fewer_forwards_when_predictable():
     base = generate_baseline(model, PROMPTS[0], cfg)
     spec = generate_spiffy(model, PROMPTS[0], cfg, default_graph(1, depth=3))
     assert spec.trajectory == base.trajectory
-    # per block of 8 steps: 1 forward without drafts, then each forward covers 1 + 3 steps
+    # per block of 8 steps: 1 forward without drafts, then each forward covers 1 + 3 steps, and the
+    # last one 1 + 2 (a draft never finishes the block)
     assert (base.nfe, spec.nfe, spec.accepted) == (16, 6, 10)
+    assert spec.walks == [0, 3, 2] * 2
 
 
 def test_junk_drafts_leave_real_rows_unchanged(mdm):

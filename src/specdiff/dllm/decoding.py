@@ -51,6 +51,7 @@ class DLLMResult:
     accepted: int = 0  # Spiffy: steps whose logits came from a draft row (steps = nfe + accepted)
     trajectory: list[tuple[bytes, int, int]] = field(default_factory=list)  # state keys, start included
     drafted: int = 0  # Spiffy: draft blocks verified in all (the extra width paid)
+    walks: list[int] = field(default_factory=list)  # Spiffy: drafts accepted after each forward
 
 
 def step_key(seed: int, block: int, step: int, stream: int) -> int:

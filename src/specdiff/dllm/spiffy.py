@@ -214,7 +214,7 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
     max_drafts = D* < D prunes the graph per forward (`prune`): a narrower verification forward."""
     state = initial_state(prompt_ids, cfg)
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
-    trajectory, nfe, accepted, drafted = [state.key()], 0, 0, 0
+    trajectory, nfe, accepted, drafted, walks = [state.key()], 0, 0, 0, []
     anchor = None  # [m, V] the logits that produced `state`; None at a block's start
     while state.block < cfg.num_blocks:
         # 1. instantiate the draft graph from the anchor (no anchor yet at a block's start)
@@ -230,6 +230,7 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
             p, p_dd = verify_forward(model, state, drafts, visible, cfg, cache if dual_cache else None)
         nfe += 1
         table = {d.numpy().tobytes(): n for n, d in enumerate(drafts)}
+        walks.append(0)
         # 3. acceptance walk: step with the baseline's kernel while the new state is a draft
         while True:
             block = state.block
@@ -243,4 +244,5 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
                 break
             p = p_dd[n]
             accepted += 1
-    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe + accepted, accepted, trajectory, drafted)
+            walks[-1] += 1
+    return DLLMResult(state.ids[state.prompt_len:], nfe, nfe + accepted, accepted, trajectory, drafted, walks)
