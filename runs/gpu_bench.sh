@@ -5,12 +5,7 @@
 # Everything lands in $OUT/bench.tar (results.json, report.md, plots per run; the profiles; logs).
 #   usage: OUT=dir LIMIT=prompts-per-set bash runs/gpu_bench.sh
 set -uo pipefail
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SPECDIFF_PROFILES=$PWD/out/profiles
-R=$PWD/out; mkdir -p "$R" "$OUT"
-P="--prompts data/prompts/function_completion.jsonl --prompts data/prompts/file_continuation.jsonl"
-L=${LIMIT:-32}
-sd() { python3 -m specdiff.cli "$@"; tar -C "$R" -cf "$OUT/bench.tar" .; }  # pack after every stage
-t0=$SECONDS
+source runs/bench_env.sh
 {
 python3 - <<'PY'
 # exactness across engines: plain HF greedy AR vs the graph engine's ar and ddtree@64 (bf16 and fp32)
@@ -36,21 +31,18 @@ echo "--- profiles ($((SECONDS - t0)) s)"
 for dt in bfloat16 float32; do
   sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024 --reps 10
 done
-for dt in bfloat16; do
-  echo "--- graph $dt ($((SECONDS - t0)) s)"
-  sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
-    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
-done
+graph_bench() {  # every AR-drafter method and budget through the graph engine, T=0 and T=1
+  echo "--- graph $1 ($((SECONDS - t0)) s)"
+  sd bench --device cuda --dtype $1 --engine graph $P --methods ar,dflash,ddtree,caddtree \
+    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$1"
+}
+graph_bench bfloat16
 for e in static hf; do
   echo "--- eager $e bfloat16 ($((SECONDS - t0)) s)"
   sd bench --device cuda --dtype bfloat16 --engine $e --prompts data/prompts/function_completion.jsonl \
     --methods ar,dflash,ddtree --budgets 16,64,256 --temperature 0 --limit 8 --warmup 1 --out "$R/gpu_eager_${e}_bfloat16"
 done
-for dt in float32; do
-  echo "--- graph $dt ($((SECONDS - t0)) s)"
-  sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
-    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
-done
+graph_bench float32
 echo "--- done ($((SECONDS - t0)) s)"
 } 2>&1 | grep -v "it/s]" | tee "$R/gpu_bench.log"
 tar -C "$R" -cf "$OUT/bench.tar" .

@@ -5,12 +5,7 @@
 # plain eager Hugging Face calls; the bf16 bench at T=0. Packed into $OUT/bench.tar after each step.
 #   usage: OUT=dir LIMIT=prompts-per-set bash runs/gpu_final.sh
 set -uo pipefail
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SPECDIFF_PROFILES=$PWD/out/profiles
-R=$PWD/out; mkdir -p "$R" "$OUT"
-P="--prompts data/prompts/function_completion.jsonl --prompts data/prompts/file_continuation.jsonl"
-L=${LIMIT:-32}
-sd() { python3 -m specdiff.cli "$@"; tar -C "$R" -cf "$OUT/bench.tar" .; }  # pack after every step
-t0=$SECONDS
+source runs/bench_env.sh
 {
 for dt in float32 bfloat16; do
   echo "--- profile $dt ($((SECONDS - t0)) s)"

@@ -10,14 +10,20 @@ from specdiff.models.demo import build_demo_models
 from specdiff.train import dflash_train
 
 
-def test_regenerate_and_train(tmp_path):
+def tiny_run_argv(tmp_path, out: str, steps: int, num_sequences: int, regen_batch: int) -> list[str]:
+    """Trainer flags for a tiny CPU run on the demo target and random corpus tokens."""
     target, _ = build_demo_models(tmp_path / "models")
     tokens = np.random.default_rng(0).integers(2, 500, size=5000).astype(np.uint16)
     tokens.tofile(tmp_path / "tokens.bin")
-    argv = ["--target", target, "--tokens", str(tmp_path / "tokens.bin"), "--data", str(tmp_path / "regen.pt"),
-            "--out", str(tmp_path / "drafter"), "--device", "cpu", "--layers", "1", "--num-features", "2",
-            "--block-size", "8", "--anchors", "8", "--batch-size", "4", "--lr", "3e-3", "--steps", "20",
-            "--num-sequences", "40", "--prompt-len", "12", "--response-len", "24", "--regen-batch", "20"]
+    return ["--target", target, "--tokens", str(tmp_path / "tokens.bin"), "--data", str(tmp_path / "regen.pt"),
+            "--out", str(tmp_path / out), "--device", "cpu", "--layers", "1", "--num-features", "2",
+            "--block-size", "8", "--anchors", "8", "--batch-size", "4", "--lr", "3e-3", "--steps", str(steps),
+            "--num-sequences", str(num_sequences), "--prompt-len", "12", "--response-len", "24",
+            "--regen-batch", str(regen_batch)]
+
+
+def test_regenerate_and_train(tmp_path):
+    argv = tiny_run_argv(tmp_path, "drafter", steps=20, num_sequences=40, regen_batch=20)
     assert dflash_train.main(argv) == 0
     blob = torch.load(tmp_path / "regen.pt")
     assert blob["ids"].shape == (40, 36)
@@ -85,14 +91,8 @@ def test_vp_prefix_lengths_follow_beta():
 
 
 def test_vp_objective_trains(tmp_path):
-    target, _ = build_demo_models(tmp_path / "models")
-    tokens = np.random.default_rng(0).integers(2, 500, size=5000).astype(np.uint16)
-    tokens.tofile(tmp_path / "tokens.bin")
-    argv = ["--target", target, "--tokens", str(tmp_path / "tokens.bin"), "--data", str(tmp_path / "regen.pt"),
-            "--out", str(tmp_path / "vp"), "--device", "cpu", "--layers", "1", "--num-features", "2",
-            "--block-size", "8", "--anchors", "8", "--batch-size", "4", "--lr", "3e-3", "--steps", "12",
-            "--num-sequences", "16", "--prompt-len", "12", "--response-len", "24", "--regen-batch", "16",
-            "--objective", "vp", "--vp-beta", "0.8", "--sampled-frac", "0.25"]
+    argv = tiny_run_argv(tmp_path, "vp", steps=12, num_sequences=16, regen_batch=16) + [
+        "--objective", "vp", "--vp-beta", "0.8", "--sampled-frac", "0.25"]
     assert dflash_train.main(argv) == 0
     cfg = json.loads((tmp_path / "vp" / "config.json").read_text())["specdiff"]
     assert cfg["train_config"]["objective"] == "vp" and cfg["train_config"]["vp_beta"] == 0.8

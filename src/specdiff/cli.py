@@ -253,28 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     from specdiff.bench import harness, profile
     from specdiff.train import corpus, dflash_train, pretrain, tokenizer
 
-    b = sub.add_parser("bench", help="methods x budgets x temperatures over prompt sets, ar as baseline")
-    harness.add_arguments(b)
-    b.set_defaults(func=harness.run)
-
-    c = sub.add_parser("corpus", help="build the training corpus and held-out prompt sets")
-    corpus.add_arguments(c)
-    c.set_defaults(func=corpus.run)
-    t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
-    tokenizer.add_arguments(t)
-    t.set_defaults(func=tokenizer.run)
+    # subcommands whose module owns its arguments (`add_arguments`) and its entry point (`run`)
+    for name, module, text in [
+        ("bench", harness, "methods x budgets x temperatures over prompt sets, ar as baseline"),
+        ("corpus", corpus, "build the training corpus and held-out prompt sets"),
+        ("tokenizer", tokenizer, "train the byte-level BPE tokenizer"),
+        ("profile", profile, "measure draft and verify costs on this device (for caddtree)"),
+        ("pretrain", pretrain, "pretrain a Qwen3 target on the corpus"),
+        ("train-drafter", dflash_train, "regenerate data with the target and train a DFlash drafter"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     pl = sub.add_parser("plot", help="draw the PNG plots of a bench output folder")
     pl.add_argument("dir", type=Path)
     pl.set_defaults(func=cmd_plot)
-    pr = sub.add_parser("profile", help="measure draft and verify costs on this device (for caddtree)")
-    profile.add_arguments(pr)
-    pr.set_defaults(func=profile.run)
-    pt = sub.add_parser("pretrain", help="pretrain a Qwen3 target on the corpus")
-    pretrain.add_arguments(pt)
-    pt.set_defaults(func=pretrain.run)
-    td = sub.add_parser("train-drafter", help="regenerate data with the target and train a DFlash drafter")
-    dflash_train.add_arguments(td)
-    td.set_defaults(func=dflash_train.run)
     return parser
 
 

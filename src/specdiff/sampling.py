@@ -97,6 +97,11 @@ def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, c
     num_depths = int(depths.max()) + 1
     positions = torch.arange(first_position, first_position + num_depths, device=logits.device)
     u = keyed_uniform(cfg.seed, positions, logp.shape[-1])[depths.to(logits.device)]  # [N, V]
+    return _gumbel_max(logp, u)
+
+
+def _gumbel_max(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[N, V] log-probs and uniforms -> [N] argmax(logp + Gumbel(u))."""
     return (logp - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
@@ -111,5 +116,4 @@ def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> 
     if cfg.greedy:
         return logp.argmax(dim=-1)
     u = keyed_uniform(cfg.seed, positions, logp.shape[-1])  # [N, V]: same position, same noise
-    gumbel = -torch.log(-torch.log(u))
-    return (logp + gumbel).argmax(dim=-1)
+    return _gumbel_max(logp, u)

@@ -17,7 +17,7 @@ import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.ops import rms_norm
-from specdiff.target.graphed import HEADROOM
+from specdiff.target.graphed import HEADROOM, capture_graph
 
 
 class GraphedDrafter:
@@ -74,7 +74,8 @@ class GraphedDrafter:
             self.feats[:n].copy_(self._pending)
         self.scalars.copy_(torch.tensor([self.inner.ctx_len, n, root]), non_blocking=True)
         if self._graph is None and self.use_graphs:
-            self._capture()
+            # warm-up and capture write context slots at ctx_len.., which are not yet context
+            self._graph = capture_graph(self._step, self.device)
         if self._graph is not None:
             self._graph.replay()
         else:
@@ -112,15 +113,3 @@ class GraphedDrafter:
             x = x + attn.attend(attn.q(h, cos, sin), k, v, visible[None, None])
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
         self.logits = head(rms_norm(d.norm, x[1:]).to(head.weight.dtype))
-
-    def _capture(self) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        # the warm-up and capture write context slots at ctx_len.., which are not yet context
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._step()

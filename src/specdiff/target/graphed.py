@@ -28,6 +28,22 @@ BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512
 HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
 
 
+def capture_graph(fn, device: torch.device) -> "torch.cuda.CUDAGraph":
+    """Warm `fn` up twice on a side stream (lazy inits, autotuning), then capture it. `fn` must
+    touch device tensors only; its writes during warm-up must be harmless (callers aim them at
+    uncommitted slots)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def bucket_for(n: int) -> int:
     for b in BUCKETS:
         if b >= n:
@@ -89,7 +105,7 @@ class GraphedTarget(StaticTarget):
             )
             b.packed[2 * nb] = self.length  # a capture writes only uncommitted slots
             if self.use_graphs:
-                self._capture(b)
+                b.graph = capture_graph(lambda: self._bucket_forward(b), self.device)
             self._buckets[nb] = b
         return b
 
@@ -105,17 +121,6 @@ class GraphedTarget(StaticTarget):
         mask = mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
         slots = start + self._cols[:nb]
         b.logits, b.features = self.decode_layers(ids[None], pos[None], slots, mask)
-
-    def _capture(self, b: _Bucket) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up outside the graph (lazy inits, autotuning)
-            for _ in range(2):
-                self._bucket_forward(b)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        b.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(b.graph):
-            self._bucket_forward(b)
 
     # -- forward -----------------------------------------------------------------------------
     @torch.inference_mode()
