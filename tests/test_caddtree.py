@@ -71,6 +71,33 @@ def test_stops_at_the_best_budget(seed, steepness):
     assert thetas[n] == pytest.approx(max(thetas), rel=1e-6)
 
 
+BUCKETS = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("steepness", [0.002, 0.02, 0.3])
+def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
+    """With a step cost (every tree costs its bucket), the tree is DDTree's at a bucket size, and
+    that bucket maximises theta over all buckets (brute force)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * 3
+    ys = [8 + steepness * n + 1e-4 * n * n for n in BUCKETS]
+    prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
+                       nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    assert tree.num_nodes in BUCKETS
+    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15)
+    assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
+    full = build_ddtree(0, DraftProposal(logits), 511, 15)
+    logp = torch.log_softmax(logits, -1)
+    toks, parents = full.tokens.tolist(), full.parents.tolist()
+    scores = [0.0] * full.num_nodes
+    for i in range(1, full.num_nodes):
+        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
+    assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
+
+
 def test_flat_cost_grows_to_the_cap():
     logits = torch.randn(15, 100, generator=torch.Generator().manual_seed(0))
     prof = profile([[10.0] * len(NODES)])

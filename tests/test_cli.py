@@ -111,3 +111,24 @@ def test_process_exit_status(demo, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "target folder not found" in proc.stderr
+
+
+def test_profile_then_caddtree(capsys, demo, tmp_path):
+    """`specdiff profile` on the graph engine saves a bucketed profile; caddtree reads it, builds
+    trees that fill a bucket, and gives ar's text."""
+    target, drafter = demo
+    path = tmp_path / "prof.json"
+    code, _, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
+                           "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
+                           "--out", str(path))
+    assert code == 0, err
+    prof = json.loads(path.read_text())
+    assert prof["buckets"] and prof["nodes"] == [1, 2, 4, 8, 16, 24, 32] and prof["draft_ms"] > 0
+    texts = []
+    for method in ("ar", "caddtree"):
+        code, out, err = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,
+                                 "--engine", "graph", "--profile", str(path), "--prompt", "import os\n",
+                                 "--max-new-tokens", "20", "--json", "--ignore-eos")
+        assert code == 0, err
+        texts.append(json.loads(out)["text"])
+    assert texts[0] == texts[1]

@@ -7,24 +7,25 @@ import torch
 from specdiff.drafters.graphed import GraphedDrafter
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import StaticTarget
-from specdiff.target.graphed import GraphedTarget, bucket_for
+from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_for
 from specdiff.types import DraftTree
 
 from test_target import path_to, random_tree
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_graph_target_equals_static(target_model, seed):
+@pytest.mark.parametrize("seed,prompt_len", [(0, 11), (1, 11), (2, 240)])
+def test_graph_target_equals_static(target_model, seed, prompt_len):
     """Padded buckets (14 -> 16, 3 -> 4, 37 -> 48 nodes) give the plain forward's logits and taps,
-    and the cache after a commit is the same (the next forward agrees)."""
+    and the cache after a commit is the same (the next forward agrees). The long prompt moves the
+    attention span from the smallest bucket (256 slots) to the next."""
     g = torch.Generator().manual_seed(300 + seed)
     vocab = target_model.config.vocab_size
-    prompt = torch.randint(0, vocab, (11,), generator=g).tolist()
+    prompt = torch.randint(0, vocab, (prompt_len,), generator=g).tolist()
     trees = [random_tree(14, vocab, g), DraftTree.chain(5, [6, 7]), random_tree(37, vocab, g)]
     leaves = [int(torch.randint(1, t.num_nodes, (1,), generator=g)) for t in trees]
     outs = []
     for t in (StaticTarget(target_model, tap_layers=[0, 2]), GraphedTarget(target_model, [0, 2], use_graphs=False)):
-        t.reset(120)
+        t.reset(prompt_len + 120)
         res = [t.prefill(prompt)]
         for tree, leaf in zip(trees, leaves):
             res.append(t.forward(tree))
@@ -38,9 +39,10 @@ def test_graph_target_equals_static(target_model, seed):
         torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=1e-4)
 
 
-def test_graph_drafter_equals_eager(qwen3_model):
+@pytest.mark.parametrize("prompt_len", [20, 250])
+def test_graph_drafter_equals_eager(qwen3_model, prompt_len):
     """Context extension fused into the draft (features padded to a block) gives the eager
-    drafter's logits round after round."""
+    drafter's logits round after round, also when the context outgrows the first span bucket."""
     g = torch.Generator().manual_seed(7)
     emb, head = qwen3_model.get_input_embeddings(), qwen3_model.get_output_embeddings()
     plain = tiny_drafter(qwen3_model, block_size=8)
@@ -49,9 +51,9 @@ def test_graph_drafter_equals_eager(qwen3_model):
     graphed.inner.load_state_dict(plain.state_dict())
     graphed.bind(emb, head)
     feat_dim = plain.fc.in_features
-    prompt_feats = torch.randn(20, feat_dim, generator=g)
-    plain.reset(64)
-    graphed.reset(64)
+    prompt_feats = torch.randn(prompt_len, feat_dim, generator=g)
+    plain.reset(prompt_len + 64)
+    graphed.reset(prompt_len + 64)
     plain.extend_context(prompt_feats)
     graphed.extend_context(prompt_feats)
     for n, root, slots in [(0, 3, 7), (3, 9, 7), (8, 4, 5), (1, 11, 7)]:
@@ -62,3 +64,25 @@ def test_graph_drafter_equals_eager(qwen3_model):
         assert a.shape == b.shape == (slots, qwen3_model.config.vocab_size)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         assert graphed.inner.ctx_len == plain.ctx_len
+
+
+def test_span_and_alloc_buckets():
+    assert [span_for(n, 4096) for n in (1, 256, 257, 600, 1500)] == [256, 256, 512, 1024, 2048]
+    assert span_for(5000, 4096) == 4096
+    assert [alloc_for(n, 1024) for n in (10, 1024, 1025, 3000)] == [1024, 1024, 2048, 4096]
+
+
+def test_prepare_covers_every_bucket_a_decode_uses(target_model):
+    """After `prepare`, forwards of any tree up to the cap at any context up to the prepared
+    length find their (node, span) bucket ready: nothing is allocated or captured while timed."""
+    t = GraphedTarget(target_model, use_graphs=False)
+    t.prepare(max_len=300 + 60, max_nodes=60)
+    ready, alloc = set(t._buckets), t.max_len
+    g = torch.Generator().manual_seed(5)
+    vocab = target_model.config.vocab_size
+    for prompt_len in (3, 200, 300):
+        t.reset(prompt_len + 60)
+        t.length = prompt_len
+        for n in (1, 7, 33, 60):
+            t.forward(random_tree(n, vocab, g))
+    assert set(t._buckets) == ready and t.max_len == alloc

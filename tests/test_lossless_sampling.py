@@ -190,4 +190,13 @@ def test_draw_tree_equals_draw_per_row():
     logits = torch.randn(8, 50, generator=g) * 3
     for cfg in (SamplingConfig(temperature=1.0, seed=5), SamplingConfig(temperature=0.7, top_k=10, top_p=0.9, seed=1),
                 SamplingConfig()):
-        assert torch.equal(draw_tree(logits, 40, depths, cfg), draw(logits, depths + 40, cfg))
+        for first in (0, 40, 60, 127):  # 60 and 127: the tree's positions span two cached noise blocks
+            assert torch.equal(draw_tree(logits, first, depths, cfg), draw(logits, depths + first, cfg))
+
+
+def test_cached_gumbel_blocks_are_the_keyed_noise():
+    from specdiff.sampling import keyed_gumbel, keyed_uniform
+
+    for seed, first, count in [(0, 0, 5), (3, 62, 9), (7, 1000, 16)]:
+        want = -torch.log(-torch.log(keyed_uniform(seed, torch.arange(first, first + count), 30)))
+        assert torch.equal(keyed_gumbel(seed, first, count, 30, torch.device("cpu")), want)

@@ -47,14 +47,27 @@ class SpeculativeDecoder:
                 f"exceeds the target's context of {limit} tokens"
             )
 
+    def _max_len(self, n_prompt: int) -> int:
+        """Cache slots a decode needs: the prompt, the output and one tree past the committed end."""
+        return n_prompt + self.cfg.max_new_tokens + getattr(self.proposer, "max_nodes", max(self.cfg.budget, 16) + 1)
+
+    def prepare(self, max_prompt_len: int) -> None:
+        """Allocate the caches and capture the CUDA graphs (graph engine) that prompts of up to
+        `max_prompt_len` tokens will use, so that a timed decode never pays for either."""
+        max_len = self._max_len(max_prompt_len)
+        if hasattr(self.target, "prepare"):
+            self.target.prepare(max_len, getattr(self.proposer, "max_nodes", 1))
+        for d in getattr(self.proposer, "drafters", ()):
+            if hasattr(d, "prepare"):
+                d.prepare(max_len)
+
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int]) -> GenerationResult:
         cfg, target, proposer = self.cfg, self.target, self.proposer
         prompt = [int(t) for t in prompt_ids]
         self.check_prompt(len(prompt))
         max_new = cfg.max_new_tokens
-        # room for the prompt, the output and one tree written past the committed end
-        max_len = len(prompt) + max_new + getattr(proposer, "max_nodes", max(cfg.budget, 16) + 1)
+        max_len = self._max_len(len(prompt))
         target.reset(max_len)
 
         # 1. prefill: commit everything before the first root

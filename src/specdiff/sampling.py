@@ -30,7 +30,8 @@ def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     scores = logits.float()
     if cfg.greedy:
         return scores
-    scores = scores / cfg.temperature
+    if cfg.temperature != 1.0:  # x / 1.0 == x: skip a kernel
+        scores = scores / cfg.temperature
     if 0 < cfg.top_k < scores.shape[-1]:
         # HF TopKLogitsWarper: drop everything below the k-th largest value (ties are kept)
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
@@ -87,17 +88,36 @@ def keyed_uniform(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.
     return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
+_BLOCK = 64  # positions per cached block of Gumbel noise
+
+
+@functools.lru_cache(maxsize=4)
+def _gumbel_block(seed: int, block: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[_BLOCK, V] Gumbel noise -log(-log(u)) of positions block*_BLOCK.. (a round reads one or
+    two blocks; computing them once saves the ~40 hash kernels per round that decide T>0's cost)."""
+    positions = torch.arange(block * _BLOCK, (block + 1) * _BLOCK, device=device)
+    return -torch.log(-torch.log(keyed_uniform(seed, positions, vocab_size)))
+
+
+def keyed_gumbel(seed: int, first_position: int, count: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[count, V] the Gumbel noise of positions first_position.. (the same values `draw` makes)."""
+    b0, b1 = first_position // _BLOCK, (first_position + count - 1) // _BLOCK
+    blocks = [_gumbel_block(seed, b, vocab_size, device) for b in range(b0, b1 + 1)]
+    rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+    off = first_position - b0 * _BLOCK
+    return rows[off : off + count]
+
+
 def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """`draw` for a tree's rows: row i lands at position first_position + depths[i] ([N] host
-    long). The noise is made once per distinct depth (at most the block size), not per row, and
-    gathered: the same tokens as `draw`, without an [N, V] hash."""
+    long). The noise comes from cached per-position blocks, gathered by depth: the same tokens as
+    `draw`, without hashing [N, V] ids every round."""
     logp = process_logits(logits, cfg)
     if cfg.greedy:
         return logp.argmax(dim=-1)
     num_depths = int(depths.max()) + 1
-    positions = torch.arange(first_position, first_position + num_depths, device=logits.device)
-    u = keyed_uniform(cfg.seed, positions, logp.shape[-1])[depths.to(logits.device)]  # [N, V]
-    return _gumbel_max(logp, u)
+    g = keyed_gumbel(cfg.seed, first_position, num_depths, logp.shape[-1], logits.device)
+    return (logp + g[depths.to(logits.device)]).argmax(dim=-1)
 
 
 def _gumbel_max(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

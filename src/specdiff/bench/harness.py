@@ -110,6 +110,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                                   engine=cfg.engine, branches=cfg.branches,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
+                decoder.prepare(max(len(ids) for _, ids in encoded))  # no allocation or capture while timed
                 for _, ids in encoded[: cfg.warmup]:
                     decoder.generate(ids)
                 t0 = time.time()

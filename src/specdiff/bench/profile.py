@@ -3,7 +3,9 @@
 Each cost is a whole loop step as the decode loop runs it, host work included, because on a fast
 device the host side (tree building, copies, the walk) is a large share of a round:
 - C_v(n, l): build a DDTree of n nodes (root included) from drafter-like marginals on the device,
-  run the target over it at context l, draw and walk (T=0), commit the root;
+  run the target over it at context l (tapping the drafter's layers), draw and walk (T=0), then
+  do what an accepted path costs: gather its taps and commit it (a K/V gather when the path's
+  slots are not contiguous), and roll the context back to l;
 - C_d: fuse 4 committed tokens' features into the drafter's context and draft one block.
 Each is the minimum over `reps` timed runs after warm-up (the minimum is robust to the stalls of
 a shared host; medians let one slow stretch bend the whole fitted curve). Profiles are keyed by
@@ -24,6 +26,7 @@ import torch
 
 from specdiff.config import SamplingConfig
 from specdiff.errors import SpecdiffError
+from specdiff.target.graphed import BUCKETS
 from specdiff.target.hf_causal import HFTarget
 from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
 from specdiff.trees.ddtree import build_ddtree
@@ -48,6 +51,24 @@ def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype:
     engine = target.engine
     key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype, engine)
     return root / f"{key}.json"
+
+
+def default_nodes(engine: str) -> list[int]:
+    if engine == "graph":
+        return [b for b in BUCKETS if b <= 512]
+    return [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def _sample_path(tree) -> list[int]:
+    """An accepted path for timing: root to the last node at depth <= 4 (late pops sit on side
+    branches, so its slots are usually not contiguous, as in real rounds)."""
+    parents, depths = tree.parents.tolist(), tree.depths.tolist()
+    node = max((i for i, d in enumerate(depths) if d <= 4), default=0)
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
@@ -82,12 +103,16 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
         for n in nodes:
             proposal = peaked_proposal(target.vocab_size, 15, g, dev)
 
+            path = _sample_path(build_ddtree(0, proposal, n - 1, 15))
+
             def round_() -> None:
                 tree = build_ddtree(0, proposal, n - 1, 15)
                 out = target.forward(tree)
                 verify_walk(tree, out.logits, ctx, greedy)
-                target.commit([0])
-                target.length -= 1  # keep the context at ctx
+                if out.features is not None:
+                    out.features[path]
+                target.commit(path)
+                target.length -= len(path)  # keep the context at ctx
 
             for _ in range(warmup):
                 round_()
@@ -118,9 +143,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_model_args(p)
     p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
-    p.add_argument("--nodes", default="1,2,4,8,16,32,64,128,256,512", help="tree sizes, root included")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
+                                    "node buckets up to 512, since a tree costs its bucket)")
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
 
 
@@ -129,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         contexts = sorted({int(c) for c in args.contexts.split(",")})
-        nodes = sorted({int(n) for n in args.nodes.split(",")})
+        nodes = sorted({int(n) for n in args.nodes.split(",")}) if args.nodes else default_nodes(args.engine)
     except ValueError as e:
         raise SpecdiffError(f"bad --contexts or --nodes list: {e}") from None
     if min(nodes) < 1 or min(contexts) < 1:
@@ -141,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if max(contexts) + max(nodes) > target.max_positions:
         raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes exceeds the target's {target.max_positions} positions")
     drafter.bind(target.embed_tokens, target.lm_head)
+    target.set_taps(drafter.spec.target_layer_ids)  # a decode's forwards also return these taps
     if args.engine == "graph":
         from specdiff.drafters.graphed import GraphedDrafter
 
@@ -150,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
         verify_ms=[fit_monotone_convex(nodes, row) for row in m["raw"]], raw_verify_ms=m["raw"],
+        buckets=list(BUCKETS) if args.engine == "graph" else [],
     )
     path = args.out or default_profile_path(target.device, target, drafter, args.dtype)
     prof.save(path)

@@ -151,6 +151,9 @@ def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profi
             raise ValueError(f"method {cfg.method} needs a VP drafter")
         return D2SDProposer(drafter, vp_drafter, cfg.branches, cfg.method == "d2sd-hybrid", cfg.budget, cfg.block_size)
     if cfg.method == "caddtree":
-        return DFlashProposer(drafter, "caddtree", cfg.caddtree_max_nodes, cfg.block_size, profile)
+        # the tree never outgrows what the profile measured: beyond it the cost is a guess, and the
+        # cap sizes the caches and the graphs prepared
+        cap = cfg.caddtree_max_nodes if profile is None else min(cfg.caddtree_max_nodes, max(profile.nodes) - 1)
+        return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile)
     tree = "chain" if cfg.method == "dflash" else "ddtree"
     return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size)

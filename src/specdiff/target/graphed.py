@@ -1,16 +1,18 @@
-"""The graph engine: `StaticTarget`'s forward replayed as one CUDA graph per node-count bucket.
+"""The graph engine: `StaticTarget`'s forward replayed as one CUDA graph per (node, span) bucket.
 
-A tree of N nodes runs in the smallest bucket Nb >= N. Everything a forward reads lives in
+A tree of N nodes runs in the smallest node bucket Nb >= N, and its attention reads the smallest
+span bucket (a power of two) of cache slots that holds the committed tokens and the tree. Everything a forward reads lives in
 per-bucket device buffers that the host fills before a replay with two copies (one packed int64
 row: ids, positions, start; one [Nb, Nb] ancestor block); the [Nb, max_len] mask is computed inside
 the graph from `start` and that block, so no mask ever crosses from the host. Padding rows sit at
 the root's position, see only the committed slots and themselves, and write K/V to slots past
 the tree that no real row can see and the next round overwrites.
 
-The K/V buffer has a fixed length (`alloc`, grown only when a longer sequence needs it, which
-drops the graphs): attention always spans all of it under the mask, so every shape is static.
-Graphs are captured lazily, the first time a bucket is needed, with the capture's writes aimed at
-uncommitted slots. Without CUDA the same bucketed code runs eagerly, which is how the CPU tests
+The K/V buffer (`alloc` slots, a power of two) grows only when a longer sequence needs it, which
+drops the graphs; a forward's cost follows its span bucket, not `alloc`, so sizing the buffer for
+a large tree cap costs nothing per round. Graphs are captured the first time a bucket is needed
+(with the capture's writes aimed at uncommitted slots), or all at once by `prepare`, which the
+bench calls before timing so that no capture lands inside a measured decode. Without CUDA the same bucketed code runs eagerly, which is how the CPU tests
 check it against the plain static forward.
 """
 
@@ -26,6 +28,24 @@ from specdiff.types import DraftTree, TargetOutput
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
 HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
+MIN_SPAN = 256  # smallest span bucket; spans double up to the buffer's length
+
+
+def span_for(n: int, alloc: int) -> int:
+    """The smallest span bucket >= n slots (a power of two from MIN_SPAN, at most `alloc`)."""
+    span = MIN_SPAN
+    while span < n:
+        span *= 2
+    return min(span, alloc)
+
+
+def alloc_for(need: int, min_alloc: int) -> int:
+    """Buffer length for `need` slots: a power of two, so a growing workload reallocates (and
+    recaptures) at most log2 times."""
+    alloc = max(min_alloc, MIN_SPAN)
+    while alloc < need:
+        alloc *= 2
+    return alloc
 
 
 def capture_graph(fn, device: torch.device) -> "torch.cuda.CUDAGraph":
@@ -54,6 +74,7 @@ def bucket_for(n: int) -> int:
 @dataclass
 class _Bucket:
     size: int
+    span: int  # cache slots its attention reads
     packed: torch.Tensor  # [2 * Nb + 1] long: ids, positions, start
     anc: torch.Tensor  # [Nb, Nb] bool: tree block (padding rows: diagonal only)
     host_packed: torch.Tensor  # pinned staging copies of the two inputs
@@ -71,7 +92,7 @@ class GraphedTarget(StaticTarget):
         super().__init__(model, tap_layers)
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.min_alloc = min_alloc
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
@@ -82,7 +103,7 @@ class GraphedTarget(StaticTarget):
     def reset(self, max_len: int) -> None:
         need = max_len + HEADROOM
         if self.k is None or self.max_len < need:
-            alloc = max(self.min_alloc, -(-need // 256) * 256)
+            alloc = alloc_for(need, self.min_alloc)
             shape = (self.num_layers, 1, self.num_kv, alloc, self.head_dim)
             self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -91,13 +112,29 @@ class GraphedTarget(StaticTarget):
             self._buckets = {}  # graphs point at the old buffers
         self.length = 0
 
+    def prepare(self, max_len: int, max_nodes: int) -> None:
+        """Size the buffer for sequences of `max_len` slots and capture every bucket a tree of at
+        most `max_nodes` nodes can use there, so that no capture happens inside a timed decode."""
+        self.reset(max_len)
+        top = bucket_for(min(max_nodes, BUCKETS[-1]))
+        for nb in BUCKETS:
+            if nb > top:
+                break
+            span = MIN_SPAN
+            while True:
+                self._bucket(nb, min(span, self.max_len))
+                if span >= min(max_len + nb, self.max_len):
+                    break
+                span *= 2
+
     # -- one bucket ------------------------------------------------------------------------
-    def _bucket(self, nb: int) -> _Bucket:
-        b = self._buckets.get(nb)
+    def _bucket(self, nb: int, span: int) -> _Bucket:
+        b = self._buckets.get((nb, span))
         if b is None:
             pin = self.device.type == "cuda"
             b = _Bucket(
                 size=nb,
+                span=span,
                 packed=torch.zeros(2 * nb + 1, dtype=torch.long, device=self.device),
                 anc=torch.eye(nb, dtype=torch.bool, device=self.device),
                 host_packed=torch.zeros(2 * nb + 1, dtype=torch.long, pin_memory=pin),
@@ -106,17 +143,17 @@ class GraphedTarget(StaticTarget):
             b.packed[2 * nb] = self.length  # a capture writes only uncommitted slots
             if self.use_graphs:
                 b.graph = capture_graph(lambda: self._bucket_forward(b), self.device)
-            self._buckets[nb] = b
+            self._buckets[nb, span] = b
         return b
 
     def _bucket_forward(self, b: _Bucket) -> None:
         """Device tensors only: safe to capture."""
-        nb = b.size
+        nb, cols = b.size, self._cols[: b.span]
         ids, pos, start = b.packed[:nb], b.packed[nb : 2 * nb], b.packed[2 * nb :]
-        rel = self._cols - start  # [alloc] slot relative to the tree's first slot
+        rel = cols - start  # [span] slot relative to the tree's first slot
         in_tree = (rel >= 0) & (rel < nb)
-        tree_vis = b.anc.gather(1, rel.clamp(0, nb - 1).expand(nb, -1)) & in_tree  # [Nb, alloc]
-        visible = tree_vis | (self._cols < start)
+        tree_vis = b.anc.gather(1, rel.clamp(0, nb - 1).expand(nb, -1)) & in_tree  # [Nb, span]
+        visible = tree_vis | (cols < start)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         mask = mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
         slots = start + self._cols[:nb]
@@ -128,10 +165,10 @@ class GraphedTarget(StaticTarget):
         n = tree.num_nodes
         if n > BUCKETS[-1]:  # a prefill longer than any bucket: the plain static forward
             return super().forward(tree)
-        b = self._bucket(bucket_for(n))
-        nb, start = b.size, self.length
+        nb, start = bucket_for(n), self.length
         if start + nb > self.max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({self.max_len})")
+        b = self._bucket(nb, span_for(start + nb, self.max_len))
         hp = b.host_packed
         hp[:n] = tree.tokens
         hp[n:nb] = 0

@@ -73,8 +73,8 @@ class StaticTarget(HFTarget):
 
     def decode_layers(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor,
                       mask: torch.Tensor, cascade_start: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The whole forward: ids/positions [1, N], cache slots [N], additive mask [1, 1, N, max_len]
-        -> logits [N, V], taps [N, T*H]. Device tensors only (graph-capturable) unless
+        """The whole forward: ids/positions [1, N], cache slots [N], additive mask [1, 1, N, S] over
+        the first S cache slots (S <= max_len) -> logits [N, V], taps [N, T*H]. Device tensors only (graph-capturable) unless
         `cascade_start` (the tree's first slot, a host int) asks for cascade attention."""
         n = input_ids.shape[1]
         x = self.decoder.embed_tokens(input_ids)  # [1, N, H]
@@ -101,8 +101,8 @@ class StaticTarget(HFTarget):
                 out = cascade_attention(q, self.k[i][0, :, :c], self.v[i][0, :, :c], self.k[i][:, :, c : c + n],
                                         self.v[i][:, :, c : c + n], tree_mask, scale=attn.scaling)
             else:
-                out = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask,
-                                                     scale=attn.scaling, enable_gqa=True)
+                span = mask.shape[-1]  # the mask says how many cache slots this forward reads
+                out = self._attend(q, self.k[i][:, :, :span], self.v[i][:, :, :span], mask, attn.scaling)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
             if i in self.tap_layers:
@@ -110,6 +110,12 @@ class StaticTarget(HFTarget):
         logits = self.lm_head(rms_norm(self.decoder.norm, x))[0]
         features = torch.cat([taps[i] for i in self.tap_layers], dim=-1) if self.tap_layers else None
         return logits, features
+
+    def _attend(self, q, k, v, mask, scale):
+        """q [1, heads, N, hd], k/v [1, kv_heads, S, hd], additive mask [1, 1, N, S]. (Expanding
+        K/V to reach CUDA's memory-efficient kernel was measured slower: with few query rows it
+        walks all S keys in a handful of blocks; the GEMM-based math path spreads them.)"""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
     @torch.inference_mode()
     def commit(self, accepted: Sequence[int]) -> None:

@@ -8,6 +8,11 @@ expected number of accepted draft tokens. The objective per round is
 
 Phi is concave and non-decreasing, C_v is fitted convex and non-decreasing, so theta is unimodal
 and the first n where theta stops rising is the best budget for this round.
+
+On an engine that pads a tree to a size bucket (the graph engine: one CUDA graph per bucket) the
+real cost is a step function: every tree up to a bucket's size costs that bucket. The profile
+then lists the buckets, theta is compared at bucket sizes only (where it is unimodal again), and
+the chosen tree fills its bucket: the nodes up to the boundary are free.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         return DraftTree.chain(root, [])
     # the cost curve at this context, once per round (the stream asks for it at every pop)
     cost = [profile.draft_ms + c for c in profile.curve(context, max_nodes + 1)]
+    grow = _grow_bucketed if profile.buckets else _grow
     k = min(max_nodes, FIRST_K)
     while True:  # as in build_ddtree: widen the candidates only if the tree used them all
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
-        nodes = _grow(top_logp, cost, max_nodes)
+        nodes = grow(top_logp, cost, max_nodes, profile.buckets)
         if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
         k = max_nodes
 
 
-def _grow(top_logp, cost: list[float], max_nodes: int) -> list[tuple[int, int, float]]:
+def _grow(top_logp, cost: list[float], max_nodes: int, buckets=()) -> list[tuple[int, int, float]]:
     """Pop prefixes while theta rises; cost[n - 1] is C_d + C_v(n) for a tree of n nodes."""
     nodes: list[tuple[int, int, float]] = []
     phi = 0.0
@@ -50,3 +56,27 @@ def _grow(top_logp, cost: list[float], max_nodes: int) -> list[tuple[int, int, f
         best, phi = theta, phi + gain
         nodes.append((parent, rank, score))
     return nodes
+
+
+def _grow_bucketed(top_logp, cost: list[float], max_nodes: int, buckets: list[int]) -> list[tuple[int, int, float]]:
+    """`_grow` for a step cost: theta at each bucket boundary (a tree of b nodes, root included),
+    stopping at the first boundary where it falls; cost[b - 1] is the cost of bucket b."""
+    nodes: list[tuple[int, int, float]] = []
+    phi, best, best_n = 0.0, 1.0 / cost[0], 0
+    bounds = iter(b for b in sorted(buckets) if 1 < b <= max_nodes + 1)
+    bound = next(bounds, None)
+    for parent, rank, score in iter_best_first(top_logp):
+        if bound is None:
+            break
+        phi += math.exp(score)
+        nodes.append((parent, rank, score))
+        if len(nodes) + 1 == bound:
+            theta = (1.0 + phi) / cost[bound - 1]
+            if theta <= best:
+                break
+            best, best_n = theta, len(nodes)
+            bound = next(bounds, None)
+    else:  # the stream ran out inside a bucket: the whole stream costs that bucket
+        if bound is not None and nodes and (1.0 + phi) / cost[bound - 1] > best:
+            best_n = len(nodes)
+    return nodes[:best_n]

@@ -53,7 +53,9 @@ class CostProfile:
     contexts: list[int]  # context lengths measured, increasing
     nodes: list[int]  # tree sizes measured (root included), increasing
     verify_ms: list[list[float]]  # [context][nodes], fitted
-    raw_verify_ms: list[list[float]] = field(default_factory=list)  # medians as measured
+    raw_verify_ms: list[list[float]] = field(default_factory=list)  # minima as measured
+    # node-count buckets the engine pads a tree to (graph engine), or [] when cost is per node
+    buckets: list[int] = field(default_factory=list)
 
     def verify(self, n: int, context: int) -> float:
         """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
