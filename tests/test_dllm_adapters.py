@@ -12,7 +12,8 @@ import torch
 from dllm_fixtures import write_fixture, write_tokenizer
 from transformers import AutoModel, AutoModelForCausalLM
 
-from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, spiffy, tiny_mdm
+from specdiff.dllm import (DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, spiffy,
+                           tiny_mdm)
 from specdiff.dllm import MaskedDiffusionModel
 from specdiff.dllm.adapters import DreamAdapter, LLaDAAdapter, SDARAdapter, load_dllm
 from specdiff.dllm.decoding import DLLMState, block_logits, initial_state, transition

@@ -8,11 +8,14 @@ then the commit rule picks positions, by the untempered probability of the drawn
 (random: every k-subset equally likely). Baseline and Spiffy runs with distinct seeds are then
 independent samples, checked by a chi-square goodness-of-fit test against that law; planted bugs in
 Spiffy must be rejected by the same test. SPECDIFF_DIST_N sets the number of runs per sample.
+
+The coupled check (notes 6a) is cheaper and sharper where it applies: with the same seed, Spiffy's
+state trajectory is the baseline's; the same planted bugs, and a stale context for the drafts under
+the dual cache, must break it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -20,9 +23,10 @@ from collections import Counter
 
 import pytest
 import torch
+from dllm_bugs import accepts_on_positions, draws_at_t1, stale_draft_context
 from scipy.stats import chisquare
 
-from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, spiffy
+from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, tiny_mdm
 from specdiff.dllm.decoding import DLLMState, block_logits, initial_state, token_logits
 
 V, MASK = 2, 2  # two tokens; [MASK] is an input id outside the output vocabulary
@@ -170,37 +174,35 @@ def test_spiffy_follows_the_exact_law(laws, remasking):
     assert p_value(counts, laws[remasking], N) > ALPHA
 
 
-def _draws_at_t1(monkeypatch):
-    real = spiffy.transition
-    monkeypatch.setattr(spiffy, "transition", lambda s, lg, c: real(s, lg, dataclasses.replace(c, temperature=1.0)))
-
-
-def _accepts_on_positions(monkeypatch):
-    # the walk's first step takes a draft whose unmasked positions match the drawn state, tokens unchecked
-    real_instantiate, real_transition, last = spiffy.instantiate, spiffy.transition, {}
-
-    def instantiate(graph, anchor, state, cfg, max_drafts=None):
-        last["state"], last["drafts"] = state, real_instantiate(graph, anchor, state, cfg, max_drafts)
-        return last["drafts"]
-
-    def transition(state, logits, cfg):
-        nxt = real_transition(state, logits, cfg)
-        if state is last.get("state") and nxt.block == state.block:
-            sl = nxt.block_slice(cfg)
-            for d in last["drafts"]:
-                if torch.equal(d == cfg.mask_id, nxt.ids[sl] == cfg.mask_id):
-                    ids = nxt.ids.clone()
-                    ids[sl] = d
-                    return DLLMState(ids, nxt.prompt_len, nxt.block, nxt.step)
-        return nxt
-
-    monkeypatch.setattr(spiffy, "instantiate", instantiate)
-    monkeypatch.setattr(spiffy, "transition", transition)
-
-
-@pytest.mark.parametrize("remasking,bug", [("low_confidence", _draws_at_t1), ("low_confidence", _accepts_on_positions),
-                                           ("random", _accepts_on_positions)])
+@pytest.mark.parametrize("remasking,bug", [("low_confidence", draws_at_t1), ("low_confidence", accepts_on_positions),
+                                           ("random", accepts_on_positions)])
 def test_planted_bugs_are_rejected(laws, monkeypatch, remasking, bug):
     bug(monkeypatch)
     counts, _ = sample(remasking, N_BUG, first_seed=2_000_000, spec=True)
     assert p_value(counts, laws[remasking], N_BUG) < ALPHA
+
+
+def _coupled(model, cfgs, mode: dict, graph=GRAPH, prompt=PROMPT) -> list[bool]:
+    """Per config: does Spiffy take the baseline's state trajectory (same seed, same keyed noise)?"""
+    return [generate_spiffy(model, prompt, c, graph, **mode).trajectory
+            == generate_baseline(model, prompt, c, **mode).trajectory for c in cfgs]
+
+
+@pytest.mark.parametrize("bug", [None, draws_at_t1, accepts_on_positions])
+def test_coupled_trajectories(monkeypatch, bug):
+    cfgs = [cfg_for(r, seed) for r in ("low_confidence", "random") for seed in range(15)]
+    if bug is not None:
+        bug(monkeypatch)
+    same = _coupled(MODEL, cfgs, {})
+    assert all(same) if bug is None else not all(same)
+
+
+@pytest.mark.parametrize("bug", [None, stale_draft_context])
+def test_coupled_trajectories_dual_cache(monkeypatch, bug):
+    model = tiny_mdm(vocab_size=8, hidden=16, seed=2)  # [MASK] = 7, inside the vocabulary
+    cfgs = [DLLMConfig(gen_length=8, block_length=4, steps=8, temperature=0.7, seed=s, mask_id=7) for s in range(6)]
+    if bug is not None:
+        bug(monkeypatch)
+    mode = dict(block_causal=False, dual_cache=True)
+    same = _coupled(model, cfgs, mode, default_graph(1, 2), torch.tensor([1, 2, 3]))
+    assert all(same) if bug is None else not all(same)

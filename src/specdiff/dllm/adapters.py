@@ -5,14 +5,14 @@
 row i's logits predicting the token at row i's own position, with `.context(...)` for the dual
 cache (model.py). What each architecture needs to get there:
 
-| kind     | config.json                   | mask id                  | visibility mask, positions          | dual cache |
-|----------|-------------------------------|--------------------------|-------------------------------------|------------|
-| specdiff | qwen3 (etc.) + mask_token_id  | config                   | additive 4-D mask, position_ids     | yes        |
-| llada    | model_type llada              | config mask_token_id     | its attention ignores masks and its | yes        |
-|          |                               |                          | RoPE takes no positions: patched    |            |
-| dream    | model_type Dream              | config mask_token_id     | bool 4-D mask, position_ids;        | yes        |
-|          |                               |                          | row i-1 predicts token i: undone    |            |
-| sdar     | model_type sdar               | config, else tokenizer   | bool 4-D mask, position_ids         | no         |
+| kind     | config.json                  | mask id                | visibility, positions              | dual cache |
+|----------|------------------------------|------------------------|------------------------------------|------------|
+| specdiff | qwen3 (etc.) + mask_token_id | config                 | additive 4-D mask, position_ids    | yes        |
+| llada    | model_type llada             | config mask_token_id   | ignored by its attention, and its  | yes        |
+|          |                              |                        | RoPE takes no positions: patched   |            |
+| dream    | model_type Dream             | config mask_token_id   | bool 4-D mask, position_ids; row   | yes        |
+|          |                              |                        | i-1 predicts token i: undone       |            |
+| sdar     | model_type sdar              | config, else tokenizer | bool 4-D mask, position_ids        | no         |
 
 LLaDA, Dream and SDAR load their own modeling code (`auto_map`, trust_remote_code), so what is
 relied on is their calling convention, named where it is used below.
@@ -20,7 +20,6 @@ relied on is their calling convention, named where it is used below.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from transformers import DynamicCache
 
 from specdiff.dllm.model import KV, MaskedDiffusionModel
 from specdiff.errors import SpecdiffError
-from specdiff.target.hf_causal import _first_line
+from specdiff.target.hf_causal import _first_line, read_model_folder
 
 KINDS = ("specdiff", "llada", "dream", "sdar")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -114,10 +113,11 @@ class LLaDAAdapter(_Adapter):
     def __init__(self, hf_model: torch.nn.Module):
         super().__init__(hf_model)
         self.hooks = _Hooks()
-        blocks = [m for m in hf_model.modules() if hasattr(m, "_scaled_dot_product_attention") and hasattr(m, "rotary_emb")]
+        blocks = [m for m in hf_model.modules()
+                  if hasattr(m, "_scaled_dot_product_attention") and hasattr(m, "rotary_emb")]
         if not blocks:
-            raise SpecdiffError(f"LLaDA model {type(hf_model).__name__} has no blocks with _scaled_dot_product_attention "
-                                "and rotary_emb: not the LLaDA modeling code specdiff knows")
+            raise SpecdiffError(f"LLaDA model {type(hf_model).__name__} has no blocks with "
+                                "_scaled_dot_product_attention and rotary_emb: not LLaDA modeling code specdiff knows")
         for layer, block in enumerate(blocks):
             _patch_llada_block(block, layer, self.hooks)
 
@@ -240,7 +240,7 @@ def _kind(config: dict, folder: Path) -> str:
 def _auto_class(config: dict, folder: Path, kind: str, prefer: str) -> str:
     """The Auto* name whose auto_map entry to load, after checking its module is in the folder."""
     auto_map = config.get("auto_map") or {}
-    name = prefer if prefer in auto_map else next((a for a in ("AutoModel", "AutoModelForCausalLM") if a in auto_map), None)
+    name = next((a for a in (prefer, "AutoModel", "AutoModelForCausalLM") if a in auto_map), None)
     if name is None:
         raise SpecdiffError(f"{folder}: a {kind} config.json needs auto_map.{prefer} naming its modeling code")
     for ref in (auto_map[name], auto_map.get("AutoConfig", "")):
@@ -280,19 +280,8 @@ def load_dllm(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = 
 
     Raises SpecdiffError with one line for anything wrong with the folder."""
     from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SpecdiffError(f"dLLM folder not found: {folder}")
-    if not (folder / "config.json").is_file():
-        raise SpecdiffError(f"dLLM folder has no config.json: {folder}")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecdiffError(f"dLLM config.json is not valid JSON: {folder / 'config.json'} ({e})") from None
+    folder, config = read_model_folder(path, "dLLM")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise SpecdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -314,7 +303,8 @@ def load_dllm(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = 
     hf = hf.to(device).eval()
     if kind == "specdiff" and not 0 <= mask_id < hf.get_output_embeddings().weight.shape[0]:
         raise SpecdiffError(f"{folder}: mask_token_id {mask_id} is not a row of the model's vocabulary")
-    model = {"specdiff": MaskedDiffusionModel, "llada": LLaDAAdapter, "dream": DreamAdapter, "sdar": SDARAdapter}[kind](hf)
+    adapter = {"specdiff": MaskedDiffusionModel, "llada": LLaDAAdapter, "dream": DreamAdapter, "sdar": SDARAdapter}
+    model = adapter[kind](hf)
     return DLLMBundle(model=model, mask_id=mask_id, tokenizer=tokenizer, kind=kind, logit_shift=kind == "dream",
                       supports_block_causal=True, supports_dual_cache=kind != "sdar",
                       native_block_causal=kind == "sdar", config=config)
