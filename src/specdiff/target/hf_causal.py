@@ -129,19 +129,8 @@ class HFTarget:
 def load_target(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[torch.nn.Module, object]:
     """Load an `AutoModelForCausalLM` and its tokenizer from a local folder (exit 2 if unusable)."""
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our stdout/stderr belong to the CLI contract
-    hf_logging.set_verbosity_error()
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SpecdiffError(f"target folder not found: {folder}")
-    if not (folder / "config.json").is_file():
-        raise SpecdiffError(f"target folder has no config.json: {folder}")
-    try:
-        json.loads((folder / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecdiffError(f"target config.json is not valid JSON: {folder / 'config.json'} ({e})") from None
+    folder, _ = read_model_folder(path, "target")
     if dtype not in DTYPES:
         raise SpecdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     try:
@@ -153,6 +142,24 @@ def load_target(path: str | Path, device: str = "cpu", dtype: str = "float32") -
     except Exception as e:
         raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {_first_line(e)}") from None
     return model.to(device), tokenizer
+
+
+def read_model_folder(path: str | Path, what: str) -> tuple[Path, dict]:
+    """A local model folder -> (folder, its config.json), quieting transformers' progress output;
+    SpecdiffError naming `what` ("target", "dLLM") if the folder or its config is missing or broken."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our stdout/stderr belong to the CLI contract
+    hf_logging.set_verbosity_error()
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SpecdiffError(f"{what} folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise SpecdiffError(f"{what} folder has no config.json: {folder}")
+    try:
+        return folder, json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecdiffError(f"{what} config.json is not valid JSON: {folder / 'config.json'} ({e})") from None
 
 
 def _first_line(e: Exception) -> str:
