@@ -50,24 +50,29 @@ def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: 
     return counts
 
 
-def calibrate(counts: Counter, budget: int) -> DraftGraph:
-    """Degree-1 accumulation with a connectivity constraint -> a graph of at most `budget` nodes."""
+def calibrate(counts: Counter, budget: int, pool: int = 2000) -> DraftGraph:
+    """Degree-1 accumulation with a connectivity constraint -> a graph of at most `budget` nodes.
+
+    Only the `pool` most frequent formulas compete (long traces give thousands of one-off deep
+    formulas); parent lists are built once, within adjacent levels."""
     count: Counter = Counter()
     for (q, _), c in counts.items():
         count[q] += c
     level = {q: lv for (q, lv), _ in sorted(counts.items(), key=lambda kv: kv[1])}  # the commonest level wins
-
-    def parents(q):
-        return [p for p in count if level[p] == level[q] - 1 and p < q]
+    candidates = [q for q, _ in count.most_common(pool)]
+    by_level: dict[int, list[Formula]] = {}
+    for q in candidates:
+        by_level.setdefault(level[q], []).append(q)
+    parents = {q: [p for p in by_level.get(level[q] - 1, []) if p < q] for q in candidates}
 
     chosen: list[Formula] = []
     while len(chosen) < budget:
         best, best_gain = None, 0
-        for q in count:
-            if q in chosen or not (level[q] == 1 or any(p in chosen for p in parents(q))):
+        for q in candidates:
+            if q in chosen or not (level[q] == 1 or any(p in chosen for p in parents[q])):
                 continue
-            gain = count[q] + sum(count[p] for p in parents(q) if p in chosen)
-            gain += count[q] * sum(1 for c in chosen if q in parents(c))
+            gain = count[q] + sum(count[p] for p in parents[q] if p in chosen)
+            gain += count[q] * sum(1 for c in chosen if q in parents[c])
             if gain > best_gain:
                 best, best_gain = q, gain
         if best is None:

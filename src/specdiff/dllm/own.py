@@ -30,6 +30,9 @@ class LoadedDLLM:
 def load_dllm(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedDLLM:
     """A specdiff dLLM folder -> LoadedDLLM; every bad folder is one SpecdiffError line."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per error, no loading bars
 
     path = Path(path)
     config_file = path / "config.json"
