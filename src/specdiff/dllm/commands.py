@@ -64,6 +64,8 @@ def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) ->
     positions is an error, or (truncate) loses its oldest tokens."""
     ids = loaded.tokenizer.encode(text).ids
     limit = max_positions(loaded)
+    if limit is not None and cfg.gen_length >= limit:
+        raise SpecdiffError(f"gen_length {cfg.gen_length} leaves no room for a prompt in the model's {limit} positions")
     if limit is not None and len(ids) + cfg.gen_length > limit:
         if not truncate:
             raise SpecdiffError(f"prompt of {len(ids)} tokens + gen_length {cfg.gen_length} exceeds the model's "

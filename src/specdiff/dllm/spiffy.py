@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from specdiff.dllm.config import DLLMConfig
@@ -109,10 +110,10 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
     this block to reuse logits for) and, for fixed schedules, whose size is a whole number of
     steps from state.step (any other size is unreachable). With max_drafts = D*, only the D* best
     by `prune` remain."""
-    x = state.ids[state.block_slice(cfg)]  # [m]
     J = 1 + max((j for q in graph.nodes for _, j in q), default=0)
-    positions, tokens, probs = (t.cpu() for t in rank(anchor, state, cfg, J))  # [M], [M, J], [M, J]: host work
-    x = x.cpu()
+    positions, tokens, probs = (t.cpu() for t in rank(anchor, state, cfg, J))  # [M], [M, J], [M, J]
+    pos, tok = positions.numpy(), tokens.numpy()  # host work in numpy: microseconds per draft
+    x = state.ids[state.block_slice(cfg)].cpu().numpy()  # [m]
     if cfg.remasking == "threshold":
         reachable = None
     else:
@@ -122,22 +123,22 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
             reachable.add(n)
     nodes, drafts, seen = [], [], set()
     for q in graph.nodes:
-        if max(i for i, _ in q) >= len(positions) or len(q) >= len(positions):
+        if max(i for i, _ in q) >= len(pos) or len(q) >= len(pos):
             continue
         if reachable is not None and len(q) not in reachable:
             continue
-        d = x.clone()
-        for i, j in q:
-            d[positions[i]] = tokens[i, j]
-        if d.numpy().tobytes() not in seen:
-            seen.add(d.numpy().tobytes())
+        i, j = np.array(sorted(q)).T  # [|q|] position ranks, vocabulary ranks
+        d = x.copy()
+        d[pos[i]] = tok[i, j]
+        if d.tobytes() not in seen:
+            seen.add(d.tobytes())
             nodes.append(q)
             drafts.append(d)
     if max_drafts is not None and len(nodes) > max_drafts:
         keep = prune(nodes, probs, max_drafts)
         drafts = [drafts[n] for n in keep]
-    out = torch.stack(drafts) if drafts else x.new_zeros(0, x.shape[0])
-    return out.to(state.ids.device)
+    out = np.stack(drafts) if drafts else np.zeros((0, x.shape[0]), dtype=x.dtype)
+    return torch.from_numpy(out).to(state.ids.device)
 
 
 def prune(nodes: list[Formula], probs: torch.Tensor, keep: int) -> list[int]:
