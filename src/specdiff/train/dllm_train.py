@@ -366,9 +366,16 @@ def train(cfg: DLLMTrainConfig, data: TokenSplits, tokenizer_dir: Path, out: Pat
             group["lr"] = lr
         x0 = sample_windows(data.train, cfg.batch_size, cfg.seq_len, rng).to(rt.device, non_blocking=True)
         batch = diffusion_batch(x0, cfg, g)
-        with rt.autocast():
-            loss, _ = diffusion_loss(diffusion_logits(fwd, batch), batch)
-        loss.backward()
+        try:
+            loss = _forward_backward(fwd, batch, rt)
+        except Exception as e:  # a failed torch.compile must not cost the run: fall back to eager once
+            if fwd is model or step > 0:
+                raise
+            print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "training eager", file=sys.stderr, flush=True)
+            fwd = model
+            optimizer.zero_grad(set_to_none=True)
+            loss = _forward_backward(fwd, batch, rt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -407,6 +414,13 @@ def train(cfg: DLLMTrainConfig, data: TokenSplits, tokenizer_dir: Path, out: Pat
     stats["weights_mb"] = save_model(out, model, cfg, tokenizer_dir, stats)
     stats["wall_time_s"] = round(time.perf_counter() - t_wall, 2)
     return stats
+
+
+def _forward_backward(fwd: torch.nn.Module, batch: DiffusionBatch, rt: pt.Runtime) -> torch.Tensor:
+    with rt.autocast():
+        loss, _ = diffusion_loss(diffusion_logits(fwd, batch), batch)
+    loss.backward()
+    return loss
 
 
 def _log_eval(model, data: TokenSplits, cfg: DLLMTrainConfig, rt: pt.Runtime, out: Path, step: int) -> EvalResult:
