@@ -1,7 +1,8 @@
 """The `specdiff` command: thin argument parsing over the library.
 
 Subcommands: `generate` (one completion), `demo` (AR vs DDTree side by side on the default models),
-`corpus` and `tokenizer` (training data). A `SpecdiffError` (bad input) becomes one line on stderr
+`corpus` and `tokenizer` (training data), `dllm` (masked-diffusion decoding and Spiffy: generate,
+calibrate, bench) and the trainers. A `SpecdiffError` (bad input) becomes one line on stderr
 and exit status 2; argparse's own errors are shortened to one line too.
 """
 
@@ -251,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo, engine="static")
 
     from specdiff.bench import harness, profile
-    from specdiff.train import corpus, dflash_train, pretrain, tokenizer
+    from specdiff.dllm import commands as dllm
+    from specdiff.train import corpus, dflash_train, dllm_train, pretrain, tokenizer
 
     # subcommands whose module owns its arguments (`add_arguments`) and its entry point (`run`)
     for name, module, text in [
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("profile", profile, "measure draft and verify costs on this device (for caddtree)"),
         ("pretrain", pretrain, "pretrain a Qwen3 target on the corpus"),
         ("train-drafter", dflash_train, "regenerate data with the target and train a DFlash drafter"),
+        ("train-dllm", dllm_train, "train specdiff's own masked-diffusion LM (for Spiffy)"),
+        ("dllm", dllm, "masked-diffusion LM: generate, calibrate Spiffy graphs, bench"),
     ]:
         p = sub.add_parser(name, help=text)
         module.add_arguments(p)

@@ -22,15 +22,16 @@ from specdiff.dllm.decoding import DLLMState
 from specdiff.dllm.spiffy import DraftGraph, Formula, rank
 
 
-def formula_of(anchor: torch.Tensor, state: DLLMState, future: torch.Tensor, cfg: DLLMConfig) -> Formula:
-    """The draft formula that instantiates, from (anchor [m, V], state), to the block `future` [m]."""
-    positions, tokens = rank(anchor, state, cfg)  # [M], [M, V]
+def formula_of(anchor: torch.Tensor, state: DLLMState, future: torch.Tensor, cfg: DLLMConfig,
+               ranking: tuple[torch.Tensor, ...] | None = None) -> Formula:
+    """The draft formula that instantiates, from (anchor [m, V], state), to the block `future` [m].
+    ranking: `rank(anchor, state, cfg)`, when the caller already has it."""
+    positions, tokens, _ = ranking if ranking is not None else rank(anchor, state, cfg)  # [M], [M, V]
     x = state.ids[state.block_slice(cfg)]
-    pairs = []
-    for i, p in enumerate(positions.tolist()):
-        if future[p] != x[p]:
-            pairs.append((i, int((tokens[i] == future[p]).nonzero()[0, 0])))
-    return frozenset(pairs)
+    new = (future != x).cpu()[positions.cpu()]  # [M] by position rank
+    idx = new.nonzero()[:, 0]  # position ranks i whose token was committed
+    j = (tokens[idx] == future[positions[idx]][:, None]).int().argmax(dim=-1)  # vocabulary rank of that token
+    return frozenset(zip(idx.tolist(), j.tolist()))
 
 
 def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: int) -> Counter:
@@ -40,32 +41,38 @@ def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: 
         state, anchor = trace[t][0], trace[t - 1][1]
         if state.block != trace[t - 1][0].block:
             continue  # a block's first state has no anchor: Spiffy drafts nothing there
+        ranking = rank(anchor, state, cfg)
         for level in range(1, depth + 1):
             if t + level >= len(trace) or trace[t + level][0].block != state.block:
                 break  # the block's last state is never drafted
             future = trace[t + level][0].ids[state.block_slice(cfg)]
-            counts[formula_of(anchor, state, future, cfg), level] += 1
+            counts[formula_of(anchor, state, future, cfg, ranking), level] += 1
     return counts
 
 
-def calibrate(counts: Counter, budget: int) -> DraftGraph:
-    """Degree-1 accumulation with a connectivity constraint -> a graph of at most `budget` nodes."""
+def calibrate(counts: Counter, budget: int, pool: int = 2000) -> DraftGraph:
+    """Degree-1 accumulation with a connectivity constraint -> a graph of at most `budget` nodes.
+
+    Only the `pool` most frequent formulas compete (long traces give thousands of one-off deep
+    formulas); parent lists are built once, within adjacent levels."""
     count: Counter = Counter()
     for (q, _), c in counts.items():
         count[q] += c
     level = {q: lv for (q, lv), _ in sorted(counts.items(), key=lambda kv: kv[1])}  # the commonest level wins
-
-    def parents(q):
-        return [p for p in count if level[p] == level[q] - 1 and p < q]
+    candidates = [q for q, _ in count.most_common(pool)]
+    by_level: dict[int, list[Formula]] = {}
+    for q in candidates:
+        by_level.setdefault(level[q], []).append(q)
+    parents = {q: [p for p in by_level.get(level[q] - 1, []) if p < q] for q in candidates}
 
     chosen: list[Formula] = []
     while len(chosen) < budget:
         best, best_gain = None, 0
-        for q in count:
-            if q in chosen or not (level[q] == 1 or any(p in chosen for p in parents(q))):
+        for q in candidates:
+            if q in chosen or not (level[q] == 1 or any(p in chosen for p in parents[q])):
                 continue
-            gain = count[q] + sum(count[p] for p in parents(q) if p in chosen)
-            gain += count[q] * sum(1 for c in chosen if q in parents(c))
+            gain = count[q] + sum(count[p] for p in parents[q] if p in chosen)
+            gain += count[q] * sum(1 for c in chosen if q in parents[c])
             if gain > best_gain:
                 best, best_gain = q, gain
         if best is None:

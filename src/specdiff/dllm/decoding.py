@@ -40,7 +40,7 @@ class DLLMState:
 
     def key(self) -> tuple[bytes, int, int]:
         """Hashable identity, for trajectory comparisons."""
-        return self.ids.numpy().tobytes(), self.block, self.step
+        return self.ids.cpu().numpy().tobytes(), self.block, self.step
 
 
 @dataclass
@@ -77,7 +77,7 @@ def transition(state: DLLMState, logits: torch.Tensor, cfg: DLLMConfig) -> DLLMS
     x = state.ids[sl]  # [m]
     masked = x == cfg.mask_id  # [m]
     logits = token_logits(logits, cfg)
-    offsets = torch.arange(x.shape[0])
+    offsets = torch.arange(x.shape[0], device=x.device)
     if cfg.temperature == 0.0:
         x0 = logits.argmax(dim=-1)  # [m]
     else:
@@ -102,16 +102,22 @@ def transition(state: DLLMState, logits: torch.Tensor, cfg: DLLMConfig) -> DLLMS
     return DLLMState(ids, state.prompt_len, state.block + 1, 0)
 
 
-def initial_state(prompt_ids: torch.Tensor, cfg: DLLMConfig) -> DLLMState:
+def initial_state(prompt_ids: torch.Tensor, cfg: DLLMConfig, device: torch.device | str = "cpu") -> DLLMState:
+    """The prompt and gen_length masks, on `device` (the model's: decoding then stays there)."""
     cfg.validate()
-    answer = torch.full((cfg.gen_length,), cfg.mask_id, dtype=torch.long)
-    return DLLMState(torch.cat([prompt_ids.long().cpu(), answer]), prompt_ids.shape[0])
+    answer = torch.full((cfg.gen_length,), cfg.mask_id, dtype=torch.long, device=device)
+    return DLLMState(torch.cat([prompt_ids.long().to(device), answer]), prompt_ids.shape[0])
+
+
+def model_device(model) -> torch.device:
+    """Where a model computes (a MaskedDiffusionModel's device; CPU for plain callables)."""
+    return torch.device(getattr(model, "device", "cpu"))
 
 
 def block_logits(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig) -> torch.Tensor:
     """A plain forward over the whole sequence -> [block_length, V] logits of the current block."""
     L = state.ids.shape[0]
-    logits = model(state.ids[None], visible[None], torch.arange(L)[None])[0]  # [L, V]
+    logits = model(state.ids[None], visible[None], torch.arange(L, device=state.ids.device)[None])[0]  # [L, V]
     return logits[state.block_slice(cfg)]
 
 
@@ -124,15 +130,17 @@ class DualCache:
 def block_context(model, state: DLLMState, visible: torch.Tensor, cfg: DLLMConfig) -> tuple[torch.Tensor, DualCache]:
     """Dual cache, a block's first step: a plain forward -> (block logits [m, V], the frozen context)."""
     L, sl = state.ids.shape[0], state.block_slice(cfg)
-    keep = torch.cat([torch.arange(sl.start), torch.arange(sl.stop, L)])  # [C] rows outside the block
-    logits, kv = model.context(state.ids[None], visible[None], torch.arange(L)[None], keep)
+    dev = state.ids.device
+    keep = torch.cat([torch.arange(sl.start, device=dev), torch.arange(sl.stop, L, device=dev)])  # [C] outside the block
+    logits, kv = model.context(state.ids[None], visible[None], torch.arange(L, device=dev)[None], keep)
     return logits[0, sl], DualCache(kv, torch.cat([visible[sl][:, keep], visible[sl, sl]], dim=1))
 
 
 def cached_block_logits(model, state: DLLMState, cache: DualCache, cfg: DLLMConfig) -> torch.Tensor:
     """Dual cache, a later step: only the block's rows, against the frozen context -> [m, V]."""
     sl = state.block_slice(cfg)
-    return model(state.ids[sl][None], cache.visible[None], torch.arange(sl.start, sl.stop)[None], context=cache.kv)[0]
+    pos = torch.arange(sl.start, sl.stop, device=state.ids.device)
+    return model(state.ids[sl][None], cache.visible[None], pos[None], context=cache.kv)[0]
 
 
 def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_causal: bool = True,
@@ -141,8 +149,9 @@ def generate_baseline(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, block_ca
 
     dual_cache: Fast-dLLM's frozen prefix and suffix (model.py). trace, if given, receives
     (state, block logits [m, V]) for every step: calibration's input."""
-    state = initial_state(prompt_ids, cfg)
+    state = initial_state(prompt_ids, cfg, model_device(model))
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
+    visible = visible.to(state.ids.device)
     trajectory, nfe = [state.key()], 0
     while state.block < cfg.num_blocks:
         if not dual_cache:

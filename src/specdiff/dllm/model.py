@@ -39,11 +39,14 @@ class MaskedDiffusionModel:
 
     def __init__(self, hf_model: torch.nn.Module):
         self.hf_model = hf_model
-        self.dtype = next(hf_model.parameters()).dtype
+        first = next(hf_model.parameters())
+        self.dtype, self.device = first.dtype, first.device
 
     def _forward(self, ids, visible, position_ids, context: KV | None, use_cache: bool):
+        ids, visible, position_ids = ids.to(self.device), visible.to(self.device), position_ids.to(self.device)
         # additive mask [B, 1, Q, K]: 0 = visible, dtype-min = hidden (exp underflows to exactly 0)
-        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
         cache = DynamicCache(ddp_cache_data=context) if context is not None else None  # fresh: forwards append
         return self.hf_model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids,
                              past_key_values=cache, use_cache=use_cache)
@@ -58,6 +61,7 @@ class MaskedDiffusionModel:
                 keep: torch.Tensor) -> tuple[torch.Tensor, KV]:
         """A plain forward that also returns the keys and values of the rows `keep` [C]."""
         out = self._forward(ids, visible, position_ids, None, use_cache=True)
+        keep = keep.to(self.device)
         kv = [(layer.keys[:, :, keep], layer.values[:, :, keep]) for layer in out.past_key_values.layers]
         return out.logits, kv
 

@@ -31,11 +31,12 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from specdiff.dllm.config import DLLMConfig
-from specdiff.dllm.decoding import (DLLMResult, DLLMState, DualCache, block_context, initial_state, token_logits,
-                                    transition)
+from specdiff.dllm.decoding import (DLLMResult, DLLMState, DualCache, block_context, initial_state, model_device,
+                                    token_logits, transition)
 from specdiff.dllm.model import base_visibility
 
 Formula = frozenset  # frozenset[tuple[int, int]]: (position rank i, vocabulary rank j) pairs
@@ -84,16 +85,21 @@ def default_graph(tokens_per_step: int, depth: int, alternatives: bool = True) -
     return DraftGraph(nodes)
 
 
-def rank(anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The anchor [m, V]'s ranking of the state's still-masked positions ->
-    (positions [M]: block offset of position rank i, tokens [M, V]: token of vocabulary rank j there).
-    Stable sorts, so a draft formula names one block whatever the ties."""
+def rank(anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig,
+         depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The anchor [m, V]'s ranking of the state's still-masked positions -> (positions [M]: block
+    offset of position rank i, tokens [M, J]: token of vocabulary rank j there, probs [M, J]: its
+    anchor probability p_ij), J = depth or V. Stable sorts (a formula names one block whatever the
+    ties); with a depth, top-k (ties in float64 probabilities only move which draft is tried)."""
     x = state.ids[state.block_slice(cfg)]  # [m]
     masked_pos = (x == cfg.mask_id).nonzero()[:, 0]  # [M]
     probs = token_logits(anchor, cfg).softmax(dim=-1)[masked_pos]  # [M, V]
     order = torch.sort(probs.amax(dim=-1), descending=True, stable=True).indices  # [M] position rank -> row
-    vocab = torch.sort(probs, dim=-1, descending=True, stable=True).indices  # [M, V]
-    return masked_pos[order], vocab[order]
+    if depth is None:
+        p, vocab = torch.sort(probs[order], dim=-1, descending=True, stable=True)  # [M, V]
+    else:
+        p, vocab = torch.topk(probs[order], min(depth, probs.shape[-1]), dim=-1)  # [M, J]
+    return masked_pos[order], vocab, p
 
 
 def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: DLLMConfig,
@@ -104,8 +110,10 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
     this block to reuse logits for) and, for fixed schedules, whose size is a whole number of
     steps from state.step (any other size is unreachable). With max_drafts = D*, only the D* best
     by `prune` remain."""
-    x = state.ids[state.block_slice(cfg)]  # [m]
-    positions, tokens = rank(anchor, state, cfg)  # [M], [M, V]
+    J = 1 + max((j for q in graph.nodes for _, j in q), default=0)
+    positions, tokens, probs = (t.cpu() for t in rank(anchor, state, cfg, J))  # [M], [M, J], [M, J]
+    pos, tok = positions.numpy(), tokens.numpy()  # host work in numpy: microseconds per draft
+    x = state.ids[state.block_slice(cfg)].cpu().numpy()  # [m]
     if cfg.remasking == "threshold":
         reachable = None
     else:
@@ -115,23 +123,22 @@ def instantiate(graph: DraftGraph, anchor: torch.Tensor, state: DLLMState, cfg: 
             reachable.add(n)
     nodes, drafts, seen = [], [], set()
     for q in graph.nodes:
-        if max(i for i, _ in q) >= len(positions) or len(q) >= len(positions):
+        if max(i for i, _ in q) >= len(pos) or len(q) >= len(pos):
             continue
         if reachable is not None and len(q) not in reachable:
             continue
-        d = x.clone()
-        for i, j in q:
-            d[positions[i]] = tokens[i, j]
-        if d.numpy().tobytes() not in seen:
-            seen.add(d.numpy().tobytes())
+        i, j = np.array(sorted(q)).T  # [|q|] position ranks, vocabulary ranks
+        d = x.copy()
+        d[pos[i]] = tok[i, j]
+        if d.tobytes() not in seen:
+            seen.add(d.tobytes())
             nodes.append(q)
             drafts.append(d)
     if max_drafts is not None and len(nodes) > max_drafts:
-        J = 1 + max(j for q in nodes for _, j in q)
-        probs = token_logits(anchor, cfg).softmax(dim=-1)[positions].gather(-1, tokens[:, :J])  # [M, J] p_ij
         keep = prune(nodes, probs, max_drafts)
         drafts = [drafts[n] for n in keep]
-    return torch.stack(drafts) if drafts else x.new_zeros(0, x.shape[0])
+    out = np.stack(drafts) if drafts else np.zeros((0, x.shape[0]), dtype=x.dtype)
+    return torch.from_numpy(out).to(state.ids.device)
 
 
 def prune(nodes: list[Formula], probs: torch.Tensor, keep: int) -> list[int]:
@@ -169,7 +176,7 @@ def verify_visibility(visible: torch.Tensor, sl: slice, num_drafts: int) -> torc
     L = visible.shape[0]
     m = sl.stop - sl.start
     N = L + num_drafts * m
-    out = torch.zeros(N, N, dtype=torch.bool)
+    out = torch.zeros(N, N, dtype=torch.bool, device=visible.device)
     out[:L, :L] = visible
     ctx = visible[sl].clone()  # [m, L]
     ctx[:, sl] = False
@@ -186,24 +193,36 @@ def draft_positions(sl: slice, num_drafts: int) -> torch.Tensor:
 
 
 def verify_forward(model, state: DLLMState, drafts: torch.Tensor, visible: torch.Tensor,
-                   cfg: DLLMConfig, cache: DualCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   cfg: DLLMConfig, cache: DualCache | None = None,
+                   plans: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over [real sequence | drafts [D, m]] -> (p_TD logits [m, V], p_DD [D, m, V]).
 
-    With a dual cache the query is [real block | drafts] against the frozen context instead."""
+    With a dual cache the query is [real block | drafts] against the frozen context instead.
+    plans: a per-decode dict that keeps each (block, D)'s mask and positions, built once."""
     sl = state.block_slice(cfg)
     L, (D, m) = state.ids.shape[0], drafts.shape
+    dev = state.ids.device
+    key = (sl.start, D, cache is not None)  # one dual cache per block: its mask depends on the block only
+    if plans is None or key not in plans:
+        if cache is not None:
+            C = cache.visible.shape[1] - m
+            square = torch.ones(C + m, C + m, dtype=torch.bool, device=dev)  # context rows: not queried
+            square[C:] = cache.visible
+            vis = verify_visibility(square, slice(C, C + m), D)[C:]  # [m + D*m, C + m + D*m]
+            first = torch.arange(sl.start, sl.stop)
+        else:
+            vis = verify_visibility(visible, sl, D)  # [L + D*m, L + D*m]
+            first = torch.arange(L)
+        plan = vis, torch.cat([first, draft_positions(sl, D)]).to(dev)  # positions [rows]
+        if plans is not None:
+            plans[key] = plan
+    vis, pos = plans[key] if plans is not None else plan
     if cache is not None:
-        C = cache.visible.shape[1] - m
-        square = torch.ones(C + m, C + m, dtype=torch.bool)  # context rows: not queried
-        square[C:] = cache.visible
-        vis = verify_visibility(square, slice(C, C + m), D)[C:]  # [m + D*m, C + m + D*m]
-        ids = torch.cat([state.ids[sl], drafts.reshape(-1)])
-        pos = torch.cat([torch.arange(sl.start, sl.stop), draft_positions(sl, D)])  # [m + D*m]
+        ids = torch.cat([state.ids[sl], drafts.reshape(-1)])  # [m + D*m]
         logits = model(ids[None], vis[None], pos[None], context=cache.kv)[0]
         return logits[:m], logits[m:].reshape(D, m, logits.shape[-1])
     ids = torch.cat([state.ids, drafts.reshape(-1)])  # [L + D*m]
-    pos = torch.cat([torch.arange(L), draft_positions(sl, D)])  # [L + D*m]
-    logits = model(ids[None], verify_visibility(visible, sl, D)[None], pos[None])[0]  # [L + D*m, V]
+    logits = model(ids[None], vis[None], pos[None])[0]  # [L + D*m, V]
     return logits[sl], logits[L:].reshape(D, m, logits.shape[-1])
 
 
@@ -212,9 +231,10 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
     """Spiffy decoding: the baseline's state chain in fewer forwards. prompt_ids [P] -> DLLMResult.
 
     max_drafts = D* < D prunes the graph per forward (`prune`): a narrower verification forward."""
-    state = initial_state(prompt_ids, cfg)
+    state = initial_state(prompt_ids, cfg, model_device(model))
     visible = base_visibility(state.prompt_len, cfg.gen_length, cfg.block_length, block_causal)  # [L, L]
-    trajectory, nfe, accepted, drafted, walks = [state.key()], 0, 0, 0, []
+    visible = visible.to(state.ids.device)
+    trajectory, nfe, accepted, drafted, walks, plans = [state.key()], 0, 0, 0, [], {}
     anchor = None  # [m, V] the logits that produced `state`; None at a block's start
     while state.block < cfg.num_blocks:
         # 1. instantiate the draft graph from the anchor (no anchor yet at a block's start)
@@ -227,9 +247,9 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
         if dual_cache and anchor is None:  # a block's first step refreshes the frozen context
             (p, cache), p_dd = block_context(model, state, visible, cfg), None
         else:
-            p, p_dd = verify_forward(model, state, drafts, visible, cfg, cache if dual_cache else None)
+            p, p_dd = verify_forward(model, state, drafts, visible, cfg, cache if dual_cache else None, plans)
         nfe += 1
-        table = {d.numpy().tobytes(): n for n, d in enumerate(drafts)}
+        table = {d.numpy().tobytes(): n for n, d in enumerate(drafts.cpu())}
         walks.append(0)
         # 3. acceptance walk: step with the baseline's kernel while the new state is a draft
         while True:
@@ -239,7 +259,7 @@ def generate_spiffy(model, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: Dra
             if state.block != block:
                 anchor = None
                 break
-            n = table.get(state.ids[state.block_slice(cfg)].numpy().tobytes())
+            n = table.get(state.ids[state.block_slice(cfg)].cpu().numpy().tobytes())
             if n is None:
                 break
             p = p_dd[n]

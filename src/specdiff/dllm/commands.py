@@ -1,0 +1,335 @@
+"""`specdiff dllm generate | calibrate | bench`: decoding a dLLM folder with the baseline or
+Spiffy, calibrating Spiffy's draft graphs on held-out prompts, and the benchmark
+(`specdiff.bench.dllm`). Argument parsing sits here; the work is in the library functions.
+
+Graphs are JSON files (`DraftGraph.to_json`) keyed by the decode settings they were calibrated
+under (`graph_key`). `specdiff dllm calibrate --out DIR` writes one per budget D; `--graph` names
+one file or a folder to search, and without it `generate` and the bench look in the model's own
+`graphs/` folder, falling back to `default_graph` (the top-1 chain plus two alternatives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specdiff.dllm.calibration import calibrate, rewind
+from specdiff.dllm.config import REMASKING, DLLMConfig
+from specdiff.dllm.decoding import DLLMResult, generate_baseline
+from specdiff.dllm.spiffy import DraftGraph, default_graph, generate_spiffy
+from specdiff.errors import SpecdiffError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+REPO = Path(__file__).resolve().parents[3]
+PROMPT_SETS = REPO / "data" / "prompts"
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="dLLM folder (default: the bundled models/dllm)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="float32 (default) keeps Spiffy's rows bit-comparable with the baseline's")
+
+
+def load_model(args: argparse.Namespace):
+    """The dLLM folder of --model (or the bundled one) on --device in --dtype."""
+    from specdiff.dllm.own import load_dllm
+    from specdiff.models.bundled import default_path
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SpecdiffError("--device cuda was asked for, but no CUDA device is available")
+    folder = args.model if args.model is not None else default_path("dllm")
+    if args.model is None and not (folder / "config.json").is_file():
+        raise SpecdiffError(f"no bundled dLLM at {folder}; pass --model DIR (train one with `specdiff train-dllm`)")
+    return load_dllm(folder, args.device, DTYPES[args.dtype])
+
+
+def max_positions(loaded) -> int | None:
+    config = getattr(getattr(loaded.model, "hf_model", None), "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) -> torch.Tensor:
+    """Prompt text -> [P] ids. A prompt that leaves no room for gen_length tokens in the model's
+    positions is an error, or (truncate) loses its oldest tokens."""
+    ids = loaded.tokenizer.encode(text).ids
+    limit = max_positions(loaded)
+    if limit is not None and cfg.gen_length >= limit:
+        raise SpecdiffError(f"gen_length {cfg.gen_length} leaves no room for a prompt in the model's {limit} positions")
+    if limit is not None and len(ids) + cfg.gen_length > limit:
+        if not truncate:
+            raise SpecdiffError(f"prompt of {len(ids)} tokens + gen_length {cfg.gen_length} exceeds the model's "
+                                f"{limit} positions")
+        ids = ids[len(ids) + cfg.gen_length - limit:]
+    if not ids:
+        raise SpecdiffError("empty prompt: a dLLM answer needs at least one prompt token")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def answer_text(loaded, token_ids: torch.Tensor) -> str:
+    """The answer up to its first end-of-text token."""
+    ids = token_ids.tolist()
+    eos = loaded.tokenizer.token_to_id("<|endoftext|>")
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return loaded.tokenizer.decode(ids)
+
+
+def read_prompts(files: list[Path], offset: int, num: int) -> list[tuple[str, str]]:
+    """(id, prompt) pairs: prompts offset..offset+num of each JSONL file (fields `id`, `prompt`)."""
+    out = []
+    for f in files:
+        if not Path(f).is_file():
+            raise SpecdiffError(f"prompt file not found: {f}")
+        rows = [json.loads(line) for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not rows or "prompt" not in rows[0]:
+            raise SpecdiffError(f"{f}: expected JSONL rows with a 'prompt' field")
+        out += [(r.get("id", f"{Path(f).stem}-{i}"), r["prompt"]) for i, r in enumerate(rows)][offset: offset + num]
+    if not out:
+        raise SpecdiffError(f"no prompts in {', '.join(map(str, files))} from offset {offset}")
+    return out
+
+
+# -- decode settings ----------------------------------------------------------------------------
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    d = DLLMConfig()
+    p.add_argument("--gen-length", type=int, default=d.gen_length)
+    p.add_argument("--block-length", type=int, default=d.block_length)
+    p.add_argument("--steps", type=int, help="fixed schedules: total steps (default gen-length: one token per step)")
+    p.add_argument("--remasking", default=d.remasking, choices=REMASKING)
+    p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache", default="none", choices=["none", "dual"],
+                   help="none: block-causal attention (exact, the mode the own dLLM is trained for); "
+                        "dual: full bidirectional with Fast-dLLM's dual cache")
+
+
+def decode_config(args: argparse.Namespace, mask_id: int, **override) -> DLLMConfig:
+    settings = dict(gen_length=args.gen_length, block_length=args.block_length,
+                    steps=args.steps if args.steps is not None else args.gen_length, remasking=args.remasking,
+                    threshold=args.threshold, temperature=args.temperature, seed=args.seed, mask_id=mask_id)
+    cfg = DLLMConfig(**{**settings, **override})
+    cfg.validate()
+    return cfg
+
+
+def decode(loaded, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: DraftGraph | None, cache: str,
+           trace: list | None = None) -> DLLMResult:
+    """The baseline (graph None) or Spiffy, in the attention mode `cache` names."""
+    mode = dict(block_causal=cache == "none", dual_cache=cache == "dual")
+    if graph is None:
+        return generate_baseline(loaded.model, prompt_ids, cfg, trace=trace, **mode)
+    return generate_spiffy(loaded.model, prompt_ids, cfg, graph, **mode)
+
+
+# -- graphs -------------------------------------------------------------------------------------
+
+
+def graph_key(model: str, cfg: DLLMConfig, cache: str, budget: int) -> dict:
+    """What a calibrated graph depends on: the unmasking rule and its step size, the block, the
+    temperature, the attention mode and the budget D."""
+    key = dict(model=model, block_length=cfg.block_length, remasking=cfg.remasking, temperature=cfg.temperature,
+               cache=cache, budget=budget)
+    if cfg.remasking == "threshold":
+        key["threshold"] = cfg.threshold
+    else:
+        key["steps_per_block"] = cfg.steps_per_block
+    return key
+
+
+def graph_file_name(key: dict) -> str:
+    rule = f"t{key['threshold']:g}" if "threshold" in key else f"s{key['steps_per_block']}"
+    return f"graph-{key['remasking']}-{rule}-b{key['block_length']}-T{key['temperature']:g}-{key['cache']}-D{key['budget']}.json"
+
+
+def find_graph(folder: Path, key: dict) -> tuple[DraftGraph, Path] | None:
+    """The graph in `folder` calibrated under `key` (the model name aside); at another temperature
+    only when none matches it, the nearest."""
+    fixed = {k: v for k, v in key.items() if k not in ("model", "temperature")}
+    found = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            graph, saved = DraftGraph.from_json(path.read_text(encoding="utf-8"))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if all(saved.get(k) == v for k, v in fixed.items()):
+            found.append((abs(saved.get("temperature", 0.0) - key["temperature"]), path.name, graph, path))
+    if not found:
+        return None
+    _, _, graph, path = min(found)
+    return graph, path
+
+
+def fallback_graph(cfg: DLLMConfig, budget: int) -> DraftGraph:
+    """`default_graph` with `budget` nodes: the chain plus two alternatives (a bare chain below 3)."""
+    k = 1 if cfg.remasking == "threshold" else max(1, cfg.block_length // cfg.steps_per_block)
+    if budget < 3:
+        return default_graph(k, budget, alternatives=False)
+    return default_graph(k, budget - 2)
+
+
+def resolve_graph(graph_arg: Path | None, loaded, cfg: DLLMConfig, cache: str, budget: int) -> tuple[DraftGraph, str]:
+    """-> (graph, where it came from): --graph FILE, --graph DIR, the model's graphs/, or the default."""
+    key = graph_key(loaded.path.name, cfg, cache, budget)
+    if graph_arg is not None and Path(graph_arg).is_file():
+        try:
+            return DraftGraph.from_json(Path(graph_arg).read_text(encoding="utf-8"))[0], str(graph_arg)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SpecdiffError(f"{graph_arg} is not a draft graph JSON: {e}") from None
+    if graph_arg is not None and not Path(graph_arg).is_dir():
+        raise SpecdiffError(f"graph file or folder not found: {graph_arg}")
+    folder = Path(graph_arg) if graph_arg is not None else loaded.path / "graphs"
+    found = find_graph(folder, key) if folder.is_dir() else None
+    if found is not None:
+        return found[0], str(found[1])
+    return fallback_graph(cfg, budget), "default_graph"
+
+
+# -- generate -----------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from specdiff.cli import read_prompt
+
+    if args.budget < 1:
+        raise SpecdiffError(f"--budget must be >= 1, got {args.budget}")
+    text = read_prompt(args)
+    loaded = load_model(args)
+    cfg = decode_config(args, loaded.mask_id)
+    ids = encode_prompt(loaded, text, cfg)
+    graph, source = (None, None)
+    if args.method == "spiffy":
+        graph, source = resolve_graph(args.graph, loaded, cfg, args.cache, args.budget)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    result = decode(loaded, ids, cfg, graph, args.cache)
+    sync()
+    seconds = time.perf_counter() - t0
+    answer = answer_text(loaded, result.token_ids)
+    settings = dict(cfg.to_dict(), method=args.method, cache=args.cache, budget=args.budget, graph=source,
+                    model=str(loaded.path), device=args.device, dtype=args.dtype, prompt_tokens=len(ids))
+    if args.json:
+        print(json.dumps(dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
+                              accepted=result.accepted, seconds=round(seconds, 4), settings=settings)))
+    else:
+        print(text + answer)
+        print(f"[{args.method}] {cfg.gen_length} tokens, {result.steps} steps in {result.nfe} forwards "
+              f"({result.accepted} accepted), {seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+# -- calibrate ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    graphs: dict[int, DraftGraph]  # budget -> graph
+    prompts: int
+    steps: int  # baseline transitions recorded
+    formulas: int  # distinct (formula, level) pairs
+    seconds: float
+
+
+def calibrate_graphs(loaded, prompt_ids: list[torch.Tensor], cfg: DLLMConfig, cache: str,
+                     budgets: list[int]) -> Calibration:
+    """Algorithm 2: baseline traces, rewound one prompt at a time (a trace holds [m, V] logits per
+    step), then degree-1 accumulation for each budget."""
+    t0 = time.perf_counter()
+    counts: Counter = Counter()
+    steps = 0
+    for ids in prompt_ids:
+        trace: list = []
+        decode(loaded, ids, cfg, None, cache, trace=trace)
+        counts.update(rewind(trace, cfg, depth=max(budgets)))
+        steps += len(trace)
+    graphs = {d: calibrate(counts, d) for d in budgets}
+    return Calibration(graphs, len(prompt_ids), steps, len(counts), time.perf_counter() - t0)
+
+
+def parse_budgets(text: str) -> list[int]:
+    try:
+        budgets = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise SpecdiffError(f"--budgets takes comma-separated integers, got {text!r}") from None
+    if not budgets or budgets[0] < 1:
+        raise SpecdiffError(f"--budgets must be positive integers, got {text!r}")
+    return budgets
+
+
+def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for budget, graph in calib.graphs.items():
+        key = key_of(budget)
+        path = out / graph_file_name(key)
+        path.write_text(graph.to_json(**key, calibration=dict(prompts=calib.prompts, steps=calib.steps)) + "\n",
+                        encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    budgets = parse_budgets(args.budgets)
+    loaded = load_model(args)
+    cfg = decode_config(args, loaded.mask_id)
+    prompts = read_prompts(args.prompts or [PROMPT_SETS / "function_completion.jsonl"], args.offset, args.num_prompts)
+    ids = [encode_prompt(loaded, text, cfg, truncate=True) for _, text in prompts]
+    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets)
+    paths = write_graphs(args.out, calib, lambda d: graph_key(loaded.path.name, cfg, args.cache, d))
+    print(f"calibrated on {calib.prompts} prompts ({calib.steps} steps, {calib.formulas} formulas) in "
+          f"{calib.seconds:.1f}s", file=sys.stderr)
+    for path in paths:
+        print(path)
+    return 0
+
+
+# -- the `specdiff dllm` command ----------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from specdiff.bench import dllm as bench
+
+    sub = parser.add_subparsers(dest="dllm_command", required=True, parser_class=type(parser))
+    g = sub.add_parser("generate", help="one answer with the baseline or Spiffy")
+    add_model_args(g)
+    add_decode_args(g)
+    g.add_argument("--prompt")
+    g.add_argument("--prompt-file")
+    g.add_argument("--method", default="spiffy", choices=["baseline", "spiffy"])
+    g.add_argument("--budget", type=int, default=5, help="spiffy: draft blocks per forward (D)")
+    g.add_argument("--graph", type=Path, help="graph JSON or folder (default: the model's graphs/, else default_graph)")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.set_defaults(dllm_func=cmd_generate)
+
+    c = sub.add_parser("calibrate", help="draft graphs from baseline traces on held-out prompts")
+    add_model_args(c)
+    add_decode_args(c)
+    c.add_argument("--prompts", type=Path, action="append",
+                   help="JSONL prompt set, repeatable (default data/prompts/function_completion.jsonl)")
+    c.add_argument("--offset", type=int, default=128, help="first prompt of each set (the bench uses 0..)")
+    c.add_argument("--num-prompts", type=int, default=24, help="prompts per set")
+    c.add_argument("--budgets", default="3,5,8,10")
+    c.add_argument("--out", type=Path, required=True, help="folder for the graph JSONs")
+    c.set_defaults(dllm_func=cmd_calibrate)
+
+    b = sub.add_parser("bench", help="baseline vs Spiffy: NFE, tokens/s, exactness")
+    bench.add_arguments(b)
+    b.set_defaults(dllm_func=bench.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.dllm_func(args)
