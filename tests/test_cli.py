@@ -132,3 +132,27 @@ def test_profile_then_caddtree(capsys, demo, tmp_path):
         assert code == 0, err
         texts.append(json.loads(out)["text"])
     assert texts[0] == texts[1]
+
+
+def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
+    """`specdiff bench` writes results.json and report.md with every method on every prompt, AR
+    first on each prompt and the others in rotated order, outputs compared with AR's (0 here)."""
+    target, drafter = demo
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
+                               for i, p in enumerate(["import os\n", "def f(x):\n", "class A:\n"])))
+    out = tmp_path / "bench"
+    code, stdout, err = run_cli(capsys, "bench", "--target", target, "--drafter", drafter, "--engine", "static",
+                                "--methods", "ar,dflash,ddtree", "--budgets", "4,8", "--prompts", str(prompts),
+                                "--temperature", "0,1", "--max-new-tokens", "10", "--warmup", "1", "--out", str(out))
+    assert code == 0, err
+    result = json.loads((out / "results.json").read_text())
+    assert result["mismatches"] == 0 and (out / "report.md").is_file() and "| ddtree@8 |" in stdout
+    methods = ["ar", "dflash", "ddtree@4", "ddtree@8"]
+    for temp in (0.0, 1.0):
+        runs = [r for r in result["runs"] if r["temperature"] == temp]
+        orders = [[r["method"] for r in runs if r["prompt_id"] == f"p{i}"] for i in range(3)]
+        assert all(o[0] == "ar" and sorted(o) == sorted(methods) for o in orders)
+        assert len({tuple(o) for o in orders}) == 3  # rotated from prompt to prompt
+        assert all(r["matches_ar"] for r in runs if r["method"] != "ar")
+    assert {(r["method"], r["prompts"]) for r in result["summary"]} == {(m, 3) for m in methods}

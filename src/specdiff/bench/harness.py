@@ -1,7 +1,9 @@
 """`specdiff bench`: runs methods over prompt sets in one process and records what they did.
 
-For every (prompt set, temperature) the AR baseline runs first on the same prompts; every other
-method's output is checked against it on the fly (at any temperature: sampling noise is keyed by
+For every (prompt set, temperature) each prompt is decoded by AR first and then by every other
+method, in an order rotated from prompt to prompt (methods interleaved, so that drift of the
+machine during a run does not favour whichever method ran in a quiet stretch); every other
+method's output is checked against AR's on the fly (at any temperature: sampling noise is keyed by
 position, so a lossless method reproduces AR's tokens exactly). A mismatch is counted and printed,
 never hidden. Per-token time excludes prefill; speed-up is AR ms/token over the method's, from
 the same run.
@@ -97,24 +99,32 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     eos = eos_ids(model, tokenizer)
     runs: list[Run] = []
     mismatches = 0
-    total = len(cfg.prompt_files) * len(cfg.temperatures) * len(variants(cfg))
+    total = len(cfg.prompt_files) * len(cfg.temperatures)
     done = 0
     for pfile in cfg.prompt_files:
         set_name = Path(pfile).stem
         prompts = read_prompt_file(Path(pfile), cfg.limit)
         encoded = [(p["id"], list(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])) for p in prompts]
+        longest = max(len(ids) for _, ids in encoded)
         for temp in cfg.temperatures:
-            ar_tokens: dict[str, list[int]] = {}
+            decoders = []
             for label, method, budget in variants(cfg):
                 dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
                                   engine=cfg.engine, branches=cfg.branches,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
-                decoder.prepare(max(len(ids) for _, ids in encoded))  # no allocation or capture while timed
+                decoder.prepare(longest)  # no allocation or graph capture while timed
                 for _, ids in encoded[: cfg.warmup]:
                     decoder.generate(ids)
-                t0 = time.time()
-                for pid, ids in encoded:
+                decoders.append((label, method, decoder))
+            t0 = time.time()
+            ar_tokens: dict[str, list[int]] = {}
+            for i, (pid, ids) in enumerate(encoded):
+                # ar first (its tokens are the reference), then the others in an order rotated per
+                # prompt: a slow drift of the machine (clocks, other load) lands on every method alike
+                others = decoders[1:]
+                k = i % max(1, len(others))
+                for label, method, decoder in decoders[:1] + others[k:] + others[:k]:
                     r = decoder.generate(ids)
                     if method == "ar":
                         ar_tokens[pid], match = r.token_ids, None
@@ -126,10 +136,10 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                     runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
                                     r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
                                     sum(r.candidate_rows) / max(1, len(r.candidate_rows))))
-                done += 1
-                if progress:
-                    print(f"[{done}/{total}] {set_name} T={temp} {label}: {len(encoded)} prompts in "
-                          f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+            done += 1
+            if progress:
+                print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts in "
+                      f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
     summary = summarize(runs)
     result = {
         "config": dataclasses.asdict(cfg),
