@@ -12,7 +12,7 @@ from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import HFTarget
 from specdiff.trees.caddtree import build_caddtree
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
+from specdiff.trees.cost_model import CostProfile, fit_monotone_convex, fit_verify_row
 from specdiff.trees.ddtree import build_ddtree
 from specdiff.types import DraftProposal
 
@@ -33,6 +33,35 @@ def test_fit_is_monotone_and_convex(seed):
     assert (slopes >= -1e-12).all() and (np.diff(slopes) >= -1e-12).all()
     clean = [3 + 0.02 * n + 1e-4 * n * n for n in NODES]  # already monotone convex: unchanged
     np.testing.assert_allclose(fit_monotone_convex(NODES, clean), clean, rtol=1e-9)
+
+
+def test_fit_keeps_the_root_alone_step():
+    """The 1-node step is kept as measured below a convex fit of the tree steps (2 nodes up)."""
+    y = [0.8, 1.1, 1.35, 1.37, 1.44, 1.52, 1.9, 2.3, 3.0, 4.4, 6.0]
+    f = fit_verify_row(NODES, y)
+    assert f[0] == 0.8
+    np.testing.assert_allclose(f[1:], fit_monotone_convex(NODES[1:], y[1:]))
+    assert fit_monotone_convex(NODES, y)[0] > 1.0  # what a fit through all of them would say
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("jump", [0.5, 3.0, 30.0])
+def test_root_alone_is_weighed_after_the_peak(seed, jump):
+    """With a cheap root-alone step (a jump from 1 to 2 nodes), the tree is still the global best
+    over every size, root alone included, by brute force."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * 3
+    ys = [8.0] + [8 + jump + 0.02 * n + 1e-4 * n * n for n in NODES[1:]]
+    prof = profile([fit_verify_row(NODES, ys)])
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    full = build_ddtree(0, DraftProposal(logits), 600, 15)
+    logp = torch.log_softmax(logits, -1)
+    toks, parents = full.tokens.tolist(), full.parents.tolist()
+    scores = [0.0] * full.num_nodes
+    for i in range(1, full.num_nodes):
+        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
+    assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
 
 
 def test_verify_interpolates():

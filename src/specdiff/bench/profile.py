@@ -28,7 +28,7 @@ from specdiff.config import SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import BUCKETS
 from specdiff.target.hf_causal import HFTarget
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
+from specdiff.trees.cost_model import CostProfile, fit_verify_row
 from specdiff.trees.ddtree import build_ddtree
 from specdiff.types import DraftProposal
 from specdiff.verify import verify_walk
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     prof = CostProfile(
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
-        verify_ms=[fit_monotone_convex(nodes, row) for row in m["raw"]], raw_verify_ms=m["raw"],
+        verify_ms=[fit_verify_row(nodes, row) for row in m["raw"]], raw_verify_ms=m["raw"],
         buckets=list(BUCKETS) if args.engine == "graph" else [],
     )
     path = args.out or default_profile_path(target.device, target, drafter, args.dtype)

@@ -42,10 +42,11 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
 
 
 def _grow(top_logp, cost: list[float], max_nodes: int, buckets=()) -> list[tuple[int, int, float]]:
-    """Pop prefixes while theta rises; cost[n - 1] is C_d + C_v(n) for a tree of n nodes."""
+    """Pop prefixes while theta rises; cost[n - 1] is C_d + C_v(n) for a tree of n nodes. The
+    root alone is weighed last: its step has no tree to build or walk, so the measured curve
+    jumps from 1 to 2 nodes and theta is unimodal only from one draft node on."""
     nodes: list[tuple[int, int, float]] = []
-    phi = 0.0
-    best = 1.0 / cost[0]  # theta(0): the root alone
+    phi, best = 0.0, 0.0
     for parent, rank, score in iter_best_first(top_logp):
         if len(nodes) >= max_nodes:
             break
@@ -55,14 +56,14 @@ def _grow(top_logp, cost: list[float], max_nodes: int, buckets=()) -> list[tuple
             break
         best, phi = theta, phi + gain
         nodes.append((parent, rank, score))
-    return nodes
+    return nodes if best > 1.0 / cost[0] else []
 
 
 def _grow_bucketed(top_logp, cost: list[float], max_nodes: int, buckets: list[int]) -> list[tuple[int, int, float]]:
     """`_grow` for a step cost: theta at each bucket boundary (a tree of b nodes, root included),
     stopping at the first boundary where it falls; cost[b - 1] is the cost of bucket b."""
     nodes: list[tuple[int, int, float]] = []
-    phi, best, best_n = 0.0, 1.0 / cost[0], 0
+    phi, best, best_n = 0.0, 0.0, 0
     bounds = iter(b for b in sorted(buckets) if 1 < b <= max_nodes + 1)
     bound = next(bounds, None)
     for parent, rank, score in iter_best_first(top_logp):
@@ -78,5 +79,5 @@ def _grow_bucketed(top_logp, cost: list[float], max_nodes: int, buckets: list[in
             bound = next(bounds, None)
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
         if bound is not None and nodes and (1.0 + phi) / cost[bound - 1] > best:
-            best_n = len(nodes)
-    return nodes[:best_n]
+            best, best_n = (1.0 + phi) / cost[bound - 1], len(nodes)
+    return nodes[:best_n] if best > 1.0 / cost[0] else []
