@@ -4,6 +4,8 @@
 # prompt sets); D²SD beside dflash and ddtree@64 after the first dtype. bf16 first (what users
 # run), then fp32 (token-for-token comparable with AR). Packed into $OUT/bench.tar after each step.
 #   usage: OUT=dir LIMIT=prompts-per-set [DTYPES="bfloat16 float32"] bash runs/gpu_issue4.sh
+#   (the bundled models exceed what the device tool sends: `bash runs/device_tree.sh hide models/dllm`
+#   before the call, `bash runs/device_tree.sh restore` after)
 set -uo pipefail
 source runs/bench_env.sh
 {
