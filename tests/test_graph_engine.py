@@ -4,7 +4,7 @@ GPU) against the plain static target and the plain drafter."""
 import pytest
 import torch
 
-from specdiff.drafters.graphed import GraphedDrafter
+from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import StaticTarget
 from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_for
@@ -39,29 +39,55 @@ def test_graph_target_equals_static(target_model, seed, prompt_len):
         torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=1e-4)
 
 
+def plain_and_graphed(model, wrap, prompt_len, g):
+    """An eager drafter and a graphed copy of it, both holding the same prompt context."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    plain = tiny_drafter(model, block_size=8)
+    plain.bind(emb, head)
+    graphed = wrap(tiny_drafter(model, block_size=8))
+    graphed.inner.load_state_dict(plain.state_dict())
+    graphed.bind(emb, head)
+    prompt_feats = torch.randn(prompt_len, plain.fc.in_features, generator=g)
+    for d in (plain, graphed):
+        d.reset(prompt_len + 64)
+        d.extend_context(prompt_feats)
+    return plain, graphed
+
+
 @pytest.mark.parametrize("prompt_len", [20, 250])
 def test_graph_drafter_equals_eager(qwen3_model, prompt_len):
     """Context extension fused into the draft (features padded to a block) gives the eager
     drafter's logits round after round, also when the context outgrows the first span bucket."""
     g = torch.Generator().manual_seed(7)
-    emb, head = qwen3_model.get_input_embeddings(), qwen3_model.get_output_embeddings()
-    plain = tiny_drafter(qwen3_model, block_size=8)
-    plain.bind(emb, head)
-    graphed = GraphedDrafter(tiny_drafter(qwen3_model, block_size=8), use_graphs=False)
-    graphed.inner.load_state_dict(plain.state_dict())
-    graphed.bind(emb, head)
-    feat_dim = plain.fc.in_features
-    prompt_feats = torch.randn(prompt_len, feat_dim, generator=g)
-    plain.reset(prompt_len + 64)
-    graphed.reset(prompt_len + 64)
-    plain.extend_context(prompt_feats)
-    graphed.extend_context(prompt_feats)
+    plain, graphed = plain_and_graphed(qwen3_model, lambda d: GraphedDrafter(d, use_graphs=False), prompt_len, g)
     for n, root, slots in [(0, 3, 7), (3, 9, 7), (8, 4, 5), (1, 11, 7)]:
-        feats = torch.randn(n, feat_dim, generator=g)
+        feats = torch.randn(n, plain.fc.in_features, generator=g)
         plain.extend_context(feats)
         graphed.extend_context(feats)
         a, b = plain.draft(root, slots), graphed.draft(root, slots)
         assert a.shape == b.shape == (slots, qwen3_model.config.vocab_size)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert graphed.inner.ctx_len == plain.ctx_len
+
+
+@pytest.mark.parametrize("prompt_len,branches", [(20, 1), (245, 3)])
+def test_graph_vp_drafter_equals_eager(qwen3_model, prompt_len, branches):
+    """D²SD's VP pass with the context extension fused in, padded to `branches` rows over a
+    masked span bucket, gives the eager `draft_rows` logits round after round (as many rows as
+    `branches` or fewer; the long prompt crosses the 256-slot bucket); a row shorter than a block
+    takes the eager path."""
+    g = torch.Generator().manual_seed(8)
+    plain, graphed = plain_and_graphed(qwen3_model, lambda d: GraphedVPDrafter(d, branches, use_graphs=False),
+                                       prompt_len, g)
+    mask, vocab = plain.spec.mask_token_id, qwen3_model.config.vocab_size
+    for n, k, width in [(0, 1, 8), (3, branches, 8), (8, 1, 8), (5, branches, 8), (2, 1, 5)]:
+        feats = torch.randn(n, plain.fc.in_features, generator=g)
+        rows = torch.randint(0, vocab, (k, width), generator=g)
+        rows[:, 1:] = torch.where(torch.rand(k, width - 1, generator=g) < 0.5, mask, rows[:, 1:])
+        plain.extend_context(feats)
+        graphed.extend_context(feats)
+        a, b = plain.draft_rows(rows), graphed.draft_rows(rows)
+        assert a.shape == b.shape == (k, width - 1, vocab)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         assert graphed.inner.ctx_len == plain.ctx_len
 

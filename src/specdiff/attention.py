@@ -54,20 +54,22 @@ def merge_states(o_a: torch.Tensor, s_a: torch.Tensor, o_b: torch.Tensor, s_b: t
 
 
 def cascade_attention(q: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, k_tree: torch.Tensor,
-                      v_tree: torch.Tensor, tree_mask: torch.Tensor | None = None, scale: float | None = None
-                      ) -> torch.Tensor:
+                      v_tree: torch.Tensor, tree_mask: torch.Tensor | None = None, scale: float | None = None,
+                      ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Queries of one or many trees over a shared context, as a two-level cascade.
 
     q: [..., Hq, T, d], any leading dims (a batch of rows shares the context);
     k_ctx, v_ctx: [Hkv, C, d], the committed context, visible to every query;
     k_tree, v_tree: [..., Hkv, N, d], each tree's (row's) own keys;
-    tree_mask: bool [..., T, N] (True = visible: the ancestor mask) or None (all visible).
-    -> [..., Hq, T, d], equal to `masked_attention` up to float rounding.
+    tree_mask: bool [..., T, N] (True = visible: the ancestor mask) or None (all visible);
+    ctx_mask: bool [C], the context slots in use (a static-shape buffer holding a shorter context),
+    or None (all).
+    -> [..., Hq, T, d], equal to `masked_attention` (on the context slots in use) up to float rounding.
     """
     *batch, hq, t, d = q.shape
-    # level 1: every query of every row against the shared context, no mask, one pass
+    # level 1: every query of every row against the shared context, one pass
     flat = q.movedim(-3, 0).reshape(hq, -1, d)  # [Hq, batch*T, d]
-    o_ctx, s_ctx = attention_with_lse(flat, k_ctx, v_ctx, None, scale)
+    o_ctx, s_ctx = attention_with_lse(flat, k_ctx, v_ctx, ctx_mask, scale)
     o_ctx = o_ctx.reshape(hq, *batch, t, d).movedim(0, -3)  # [..., Hq, T, d]
     s_ctx = s_ctx.reshape(hq, *batch, t).movedim(0, -2)  # [..., Hq, T]
     # level 2: each row against its own keys, under its mask

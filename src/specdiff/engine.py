@@ -10,7 +10,7 @@ import torch
 from specdiff.config import DecodeConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.drafters.dflash import DFlashDrafter, check_fits, check_pair
-from specdiff.drafters.graphed import GraphedDrafter
+from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 from specdiff.drafters.proposers import make_proposer
 from specdiff.errors import SpecdiffError
 from specdiff.target.hf_causal import HFTarget
@@ -46,6 +46,8 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
         vp_drafter.bind(target.embed_tokens, target.lm_head)
     if cfg.engine == "graph" and drafter is not None and cfg.method in NEEDS_DRAFTER:
         drafter = GraphedDrafter(drafter)
+        if cfg.method in NEEDS_VP:
+            vp_drafter = GraphedVPDrafter(vp_drafter, cfg.branches)
     profile = None
     if cfg.method == "caddtree":
         from specdiff.bench.profile import default_profile_path

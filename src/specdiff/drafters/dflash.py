@@ -92,7 +92,10 @@ class DFlashAttention(nn.Module):
         [..., heads, Tq, Tk], or None (all visible) -> [..., Tq, H]."""
         groups = self.num_heads // self.num_kv
         k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """Attention output [..., heads, T, hd] -> [..., T, H] through o_proj."""
         return self.o_proj(out.transpose(-3, -2).flatten(-2))
 
 
@@ -153,14 +156,17 @@ class DFlashDrafter(nn.Module):
         n = features.shape[0]
         if n == 0:
             return
-        pos = torch.arange(self.ctx_len, self.ctx_len + n, device=features.device)
-        ctx = rms_norm(self.hidden_norm, self.fc(features.to(self.fc.weight.dtype)))  # [n, H]
-        cos, sin = self.rope(pos)
-        for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.kv(ctx, cos, sin)
-            self.ctx_k[i, :, self.ctx_len : self.ctx_len + n] = k
-            self.ctx_v[i, :, self.ctx_len : self.ctx_len + n] = v
+        self.fuse(features, torch.arange(self.ctx_len, self.ctx_len + n, device=features.device))
         self.ctx_len += n
+
+    def fuse(self, features: torch.Tensor, slots: torch.Tensor) -> None:
+        """Target features [n, T*H] -> every layer's context K/V at cache slots [n] (= positions)."""
+        ctx = rms_norm(self.hidden_norm, self.fc(features.to(self.fc.weight.dtype)))  # [n, H]
+        cos, sin = self.rope(slots)
+        for i, layer in enumerate(self.layers):
+            k, v = layer.self_attn.kv(ctx, cos, sin)  # [kv_heads, n, hd]
+            self.ctx_k[i].index_copy_(1, slots, k)
+            self.ctx_v[i].index_copy_(1, slots, v)
 
     @torch.inference_mode()
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
@@ -175,45 +181,46 @@ class DFlashDrafter(nn.Module):
     @torch.inference_mode()
     def draft_block(self, block: torch.Tensor) -> torch.Tensor:
         """One block [Bk] (root, then tokens or MASK) at positions ctx_len.. -> logits [Bk-1, V] for
-        slots 1..Bk-1. The block sees all context and itself, both directions: one attention over
-        [context ; block] per layer (the plain path)."""
-        embed, head = self._io
-        x = embed(block).to(self.fc.weight.dtype)  # [Bk, H]
-        pos = torch.arange(self.ctx_len, self.ctx_len + block.shape[0], device=block.device)
-        cos, sin = self.rope(pos)
-        c = self.ctx_len
-        for i, layer in enumerate(self.layers):
-            h = rms_norm(layer.input_layernorm, x)
-            attn = layer.self_attn
-            kb, vb = attn.kv(h, cos, sin)
-            k = torch.cat([self.ctx_k[i, :, :c], kb], dim=1)
-            v = torch.cat([self.ctx_v[i, :, :c], vb], dim=1)
-            x = x + attn.attend(attn.q(h, cos, sin), k, v, None)
-            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
-        return head(rms_norm(self.norm, x[1:]).to(head.weight.dtype))
+        slots 1..Bk-1. The block sees all context and itself, both directions."""
+        return self.run_blocks(block, self._block_positions(block.shape[-1]), self.ctx_len)
 
     @torch.inference_mode()
     def draft_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """K blocks in one pass (D²SD's VP branches): rows [K, Bk], each at positions ctx_len..,
-        -> logits [K, Bk-1, V]; equal to `draft_block` on each row.
+        -> logits [K, Bk-1, V]; equal to `draft_block` on each row."""
+        rows = rows.to(self.fc.weight.device)
+        return self.run_blocks(rows, self._block_positions(rows.shape[-1]), self.ctx_len)
 
-        Cascade attention: all K*Bk queries read the cached context K/V once, unmasked; each row
-        attends to its own block keys (both directions, never another row's); the two parts merge
-        by log-sum-exp."""
+    def _block_positions(self, bk: int) -> torch.Tensor:
+        return torch.arange(self.ctx_len, self.ctx_len + bk, device=self.fc.weight.device)
+
+    def run_blocks(self, ids: torch.Tensor, positions: torch.Tensor, span: int,
+                   seen: torch.Tensor | None = None) -> torch.Tensor:
+        """The drafting forward. ids: one block [Bk] or K rows [K, Bk], at `positions` [Bk]; every
+        query reads context slots [0, span), those where `seen` [span] is True (None: all), and its
+        own block, both directions -> logits [..., Bk-1, V] for slots 1..Bk-1.
+
+        One block: one attention over [context ; block] per layer (the plain path). Rows: cascade
+        attention, all K*Bk queries read the context once, each row its own block keys (never
+        another row's), the two parts merged by log-sum-exp. Shapes depend on `span` only, so the
+        graph engine runs this with a dynamic context length in `seen`."""
         embed, head = self._io
-        k_rows, bk = rows.shape
-        x = embed(rows).to(self.fc.weight.dtype)  # [K, Bk, H]
-        pos = torch.arange(self.ctx_len, self.ctx_len + bk, device=rows.device)
-        cos, sin = self.rope(pos)  # [Bk, hd], shared by the rows
-        c = self.ctx_len
+        bk = ids.shape[-1]
+        x = embed(ids).to(self.fc.weight.dtype)  # [..., Bk, H]
+        cos, sin = self.rope(positions)  # [Bk, hd], shared by the rows
+        if ids.dim() == 1 and seen is not None:
+            seen = torch.cat([seen, torch.ones(bk, dtype=torch.bool, device=seen.device)])[None, None]
         for i, layer in enumerate(self.layers):
             h = rms_norm(layer.input_layernorm, x)
             attn = layer.self_attn
-            kb, vb = attn.kv(h, cos, sin)  # [K, kv_heads, Bk, hd]
-            out = cascade_attention(attn.q(h, cos, sin), self.ctx_k[i, :, :c], self.ctx_v[i, :, :c], kb, vb)
-            x = x + attn.o_proj(out.transpose(-3, -2).flatten(-2))
+            kb, vb = attn.kv(h, cos, sin)  # [..., kv_heads, Bk, hd]
+            q, k_ctx, v_ctx = attn.q(h, cos, sin), self.ctx_k[i, :, :span], self.ctx_v[i, :, :span]
+            if ids.dim() == 1:
+                x = x + attn.attend(q, torch.cat([k_ctx, kb], dim=1), torch.cat([v_ctx, vb], dim=1), seen)
+            else:
+                x = x + attn.merge_heads(cascade_attention(q, k_ctx, v_ctx, kb, vb, ctx_mask=seen))
             x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
-        return head(rms_norm(self.norm, x[:, 1:]).to(head.weight.dtype))
+        return head(rms_norm(self.norm, x[..., 1:, :]).to(head.weight.dtype))
 
     def forward_blocks(self, features: torch.Tensor, block_ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Training forward: many blocks per sequence in one pass (DFlash's block attention mask).

@@ -1,22 +1,26 @@
-"""The graph engine's drafter round: extend the context and draft a block, as one CUDA graph.
+"""The graph engine's drafter rounds: extend the context and draft, as one CUDA graph.
 
-A DFlash round does two things with the drafter: fuse the target features of the tokens committed
-last round (at most one block) into the drafter's context K/V, then draft the next block. Both
-have static shapes once the features are padded to a block and attention spans a power-of-two
-bucket of the context buffer under a mask computed on the device from two scalars (ctx_len,
-n_new), so they run as one graph per span bucket. Padding rows write K/V past the new context end, where the mask hides them and the next
-round overwrites them. Longer extensions (the prompt) take the eager path of `DFlashDrafter`.
+A DFlash round does two things with a drafter: fuse the target features of the tokens committed
+last round (at most one block) into the drafter's context K/V, then draft. Both have static
+shapes once the features are padded to a block and attention spans a power-of-two bucket of the
+context buffer under a mask computed on the device from two scalars (ctx_len, n_new), so they run
+as one graph per span bucket. Padding rows write K/V past the new context end, where the mask
+hides them and the next round overwrites them. Longer extensions (the prompt) take the eager path
+of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, n_new, ids...].
 
-`GraphedDrafter` keeps `DFlashDrafter`'s inference interface (`reset`, `extend_context`, `draft`),
-so proposers do not know which engine runs them. Without CUDA it runs the same code eagerly.
+`GraphedDrafter` drafts one block (`draft`, the DFlash chain); `GraphedVPDrafter` drafts D²SD's
+K branch rows (`draft_rows`, cascade attention), padded to `branches` rows. Both keep
+`DFlashDrafter`'s inference interface, so proposers do not know which engine runs them. Without
+CUDA they run the same code eagerly.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
-from specdiff.ops import rms_norm
 from specdiff.target.graphed import HEADROOM, MIN_SPAN, alloc_for, capture_graph, span_for
 
 
@@ -30,12 +34,17 @@ class GraphedDrafter:
         bk = drafter.spec.block_size
         feat_dim = drafter.fc.weight.shape[1]
         self.feats = torch.zeros(bk, feat_dim, dtype=drafter.fc.weight.dtype, device=self.device)
-        self.scalars = torch.zeros(3, dtype=torch.long, device=self.device)  # ctx_len, n_new, root
-        self._outs: dict[int, torch.Tensor] = {}  # span -> logits [Bk-1, V] after a step
+        shape = self._ids_shape()
+        self.packed = torch.zeros(2 + math.prod(shape), dtype=torch.long, device=self.device)  # ctx_len, n_new, ids
+        self.ids = self.packed[2:].view(shape)
+        self._outs: dict[int, torch.Tensor] = {}  # span -> logits [..., Bk-1, V] after a step
         self._graphs: dict[int, "torch.cuda.CUDAGraph"] = {}  # span -> graph
         self._pending: torch.Tensor | None = None
         self._cols: torch.Tensor | None = None
         self._bound_to: torch.Tensor | None = None  # the context buffer the graph was captured on
+
+    def _ids_shape(self) -> tuple[int, ...]:
+        return (self.spec.block_size,)  # the block [root, MASK x (Bk-1)]
 
     @property
     def block_size(self) -> int:
@@ -73,10 +82,17 @@ class GraphedDrafter:
     @torch.inference_mode()
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
         """Same contract as `DFlashDrafter.draft`: logits [num_slots, V] for the slots after root."""
+        block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long)
+        block[0] = root
+        return self._round(block)[:num_slots]
+
+    def _round(self, ids: torch.Tensor) -> torch.Tensor:
+        """Fuse the pending features and draft `ids` (host tensor, shaped like `self.ids`) at the
+        end of the context -> this span's output buffer."""
         n = 0 if self._pending is None else self._pending.shape[0]
         if n:
             self.feats[:n].copy_(self._pending)
-        self.scalars.copy_(torch.tensor([self.inner.ctx_len, n, root]), non_blocking=True)
+        self.packed.copy_(torch.cat([torch.tensor([self.inner.ctx_len, n]), ids.flatten()]), non_blocking=True)
         span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
         if self.use_graphs:
             # warm-up and capture write context slots at ctx_len.., which are not yet context
@@ -85,7 +101,7 @@ class GraphedDrafter:
             self._step(span)
         self.inner.ctx_len += n
         self._pending = None
-        return self._outs[span][:num_slots]
+        return self._outs[span]
 
     def _graph(self, span: int) -> "torch.cuda.CUDAGraph":
         g = self._graphs.get(span)
@@ -106,30 +122,31 @@ class GraphedDrafter:
 
     def _step(self, span: int) -> None:
         """Device tensors only: safe to capture. Attention reads context slots [0, span)."""
-        d = self.inner
-        embed, head = d._io
         bk = self.block_size
-        ctx_len, n_new, root = self.scalars[0:1], self.scalars[1:2], self.scalars[2:3]
-        # 1. the pending features become context K/V at slots ctx_len + [0, Bk)
-        slots = ctx_len + self._cols[:bk]
-        ctx = rms_norm(d.hidden_norm, d.fc(self.feats))  # [Bk, H]
-        cos, sin = d.rope(slots)
-        for i, layer in enumerate(d.layers):
-            k, v = layer.self_attn.kv(ctx, cos, sin)  # [kv_heads, Bk, hd]
-            d.ctx_k[i].index_copy_(1, slots, k)
-            d.ctx_v[i].index_copy_(1, slots, v)
-        # 2. the block [root, MASK x (Bk-1)] at positions L .. L+Bk-1, L = ctx_len + n_new
-        length = ctx_len + n_new
-        block = torch.cat([root, torch.full((bk - 1,), d.spec.mask_token_id, device=self.device)])
-        x = embed(block).to(d.fc.weight.dtype)  # [Bk, H]
-        cos, sin = d.rope(length + self._cols[:bk])
-        visible = torch.cat([self._cols[:span] < length, torch.ones(bk, dtype=torch.bool, device=self.device)])
-        for i, layer in enumerate(d.layers):
-            attn = layer.self_attn
-            h = rms_norm(layer.input_layernorm, x)
-            kb, vb = attn.kv(h, cos, sin)
-            k = torch.cat([d.ctx_k[i, :, :span], kb], dim=1)  # [kv_heads, span + Bk, hd]
-            v = torch.cat([d.ctx_v[i, :, :span], vb], dim=1)
-            x = x + attn.attend(attn.q(h, cos, sin), k, v, visible[None, None])
-            x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
-        self._outs[span] = head(rms_norm(d.norm, x[1:]).to(head.weight.dtype))  # [Bk-1, V]
+        ctx_len, n_new = self.packed[0:1], self.packed[1:2]
+        self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
+        length = ctx_len + n_new  # 2. the block(s) at positions length .. length+Bk-1
+        self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
+
+
+class GraphedVPDrafter(GraphedDrafter):
+    """D²SD's VP drafter: `draft_rows` of up to `branches` rows as one graph per span bucket.
+    Fewer rows are padded by repeating the first (its result is dropped); rows shorter than a
+    block (the last rounds of a decode) or more than `branches` take the eager path."""
+
+    def __init__(self, drafter: DFlashDrafter, branches: int, use_graphs: bool | None = None, min_alloc: int = 1024):
+        self.branches = branches
+        super().__init__(drafter, use_graphs, min_alloc)
+
+    def _ids_shape(self) -> tuple[int, ...]:
+        return (self.branches, self.spec.block_size)
+
+    @torch.inference_mode()
+    def draft_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Same contract as `DFlashDrafter.draft_rows`: rows [k, Bk] -> logits [k, Bk-1, V]."""
+        k, bk = rows.shape
+        if k > self.branches or bk != self.block_size:
+            self._flush()
+            return self.inner.draft_rows(rows)
+        rows = rows.cpu()
+        return self._round(torch.cat([rows, rows[:1].expand(self.branches - k, -1)]))[:k]

@@ -129,7 +129,7 @@ class D2SDProposer(DFlashProposer):
         chain = logits.argmax(dim=-1).tolist()
         selection = select_branches(slot_confidences(logits), self.branches)  # 2. top-K prefixes by r(i)
         rows = branch_rows(state.root, chain, selection, self.vp_drafter.spec.mask_token_id)
-        vp_logits = self.vp_drafter.draft_rows(rows.to(logits.device))  # [K, L, V]  3. second draft (VP)
+        vp_logits = self.vp_drafter.draft_rows(rows)  # [K, L, V]  3. second draft (VP)
         cands = fill_branches(state.root, chain, selection, vp_logits)
         if self.hybrid:
             return build_d2sd_hybrid(cands, DraftProposal(logits, source="dflash"), self.budget)
