@@ -49,9 +49,9 @@ def stale_draft_context(monkeypatch):
         contexts.append(cache)
         return logits, cache
 
-    def verify_forward(model, state, drafts, visible, cfg, cache=None):
-        p, p_dd = real_verify(model, state, drafts, visible, cfg, cache)
-        if cache is not None and len(contexts) > 1:
+    def verify_forward(model, state, drafts, visible, cfg, cache=None, plans=None):
+        p, p_dd = real_verify(model, state, drafts, visible, cfg, cache, plans)
+        if cache is not None and len(contexts) > 1:  # no plan cache: the stale context's mask is its own
             p_dd = real_verify(model, state, drafts, visible, cfg, contexts[-2])[1]
         return p, p_dd
 
