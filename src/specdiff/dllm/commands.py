@@ -35,15 +35,16 @@ PROMPT_SETS = REPO / "data" / "prompts"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="dLLM folder (default: the bundled models/dllm)")
+    p.add_argument("--model", type=Path,
+                   help="dLLM folder: specdiff's own, LLaDA, Dream or SDAR (default: the bundled models/dllm)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="float32 (default) keeps Spiffy's rows bit-comparable with the baseline's")
 
 
 def load_model(args: argparse.Namespace):
-    """The dLLM folder of --model (or the bundled one) on --device in --dtype."""
-    from specdiff.dllm.own import load_dllm
+    """The dLLM folder of --model (or the bundled one) on --device in --dtype -> adapters.DLLMBundle."""
+    from specdiff.dllm.adapters import load_dllm
     from specdiff.models.bundled import default_path
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -51,7 +52,21 @@ def load_model(args: argparse.Namespace):
     folder = args.model if args.model is not None else default_path("dllm")
     if args.model is None and not (folder / "config.json").is_file():
         raise SpecdiffError(f"no bundled dLLM at {folder}; pass --model DIR (train one with `specdiff train-dllm`)")
-    return load_dllm(folder, args.device, DTYPES[args.dtype])
+    loaded = load_dllm(folder, args.device, DTYPES[args.dtype])
+    if loaded.tokenizer is None:
+        raise SpecdiffError(f"{folder} has no tokenizer (tokenizer.json or tokenizer_config.json): cannot encode prompts")
+    return loaded
+
+
+def resolve_cache(cache: str, loaded) -> str:
+    """--cache auto -> the exact mode the model was trained for: block-causal ("none") for specdiff's
+    own dLLM and SDAR, the dual cache for LLaDA and Dream (bidirectional). Unsupported pairs are errors."""
+    if cache == "auto":
+        return "dual" if loaded.kind in ("llada", "dream") else "none"
+    if cache == "dual" and not loaded.supports_dual_cache:
+        raise SpecdiffError(f"{loaded.kind} has no dual cache in specdiff; use --cache none "
+                            f"(block-causal, as it was trained)")
+    return cache
 
 
 def max_positions(loaded) -> int | None:
@@ -59,10 +74,22 @@ def max_positions(loaded) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def _encode(tokenizer, text: str) -> list[int]:
+    """tokenizers.Tokenizer (own folders) or a Hugging Face tokenizer (LLaDA, Dream, SDAR) -> ids."""
+    out = tokenizer.encode(text)
+    return list(out.ids) if hasattr(out, "ids") else list(out)
+
+
+def _eos_id(tokenizer) -> int | None:
+    if hasattr(tokenizer, "token_to_id"):
+        return tokenizer.token_to_id("<|endoftext|>")
+    return getattr(tokenizer, "eos_token_id", None)
+
+
 def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) -> torch.Tensor:
     """Prompt text -> [P] ids. A prompt that leaves no room for gen_length tokens in the model's
     positions is an error, or (truncate) loses its oldest tokens."""
-    ids = loaded.tokenizer.encode(text).ids
+    ids = _encode(loaded.tokenizer, text)
     limit = max_positions(loaded)
     if limit is not None and cfg.gen_length >= limit:
         raise SpecdiffError(f"gen_length {cfg.gen_length} leaves no room for a prompt in the model's {limit} positions")
@@ -79,7 +106,7 @@ def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) ->
 def answer_text(loaded, token_ids: torch.Tensor) -> str:
     """The answer up to its first end-of-text token."""
     ids = token_ids.tolist()
-    eos = loaded.tokenizer.token_to_id("<|endoftext|>")
+    eos = _eos_id(loaded.tokenizer)
     if eos is not None and eos in ids:
         ids = ids[: ids.index(eos)]
     return loaded.tokenizer.decode(ids)
@@ -112,9 +139,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--cache", default="none", choices=["none", "dual"],
-                   help="none: block-causal attention (exact, the mode the own dLLM is trained for); "
-                        "dual: full bidirectional with Fast-dLLM's dual cache")
+    p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
+                   help="none: block-causal attention (exact; how specdiff's dLLM and SDAR are trained); "
+                        "dual: full bidirectional with Fast-dLLM's dual cache (not SDAR); "
+                        "auto (default): dual for LLaDA and Dream, none otherwise")
 
 
 def decode_config(args: argparse.Namespace, mask_id: int, **override) -> DLLMConfig:
@@ -208,6 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"--budget must be >= 1, got {args.budget}")
     text = read_prompt(args)
     loaded = load_model(args)
+    args.cache = resolve_cache(args.cache, loaded)
     cfg = decode_config(args, loaded.mask_id)
     ids = encode_prompt(loaded, text, cfg)
     graph, source = (None, None)
@@ -221,7 +250,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     answer = answer_text(loaded, result.token_ids)
     settings = dict(cfg.to_dict(), method=args.method, cache=args.cache, budget=args.budget, graph=source,
-                    model=str(loaded.path), device=args.device, dtype=args.dtype, prompt_tokens=len(ids))
+                    model=str(loaded.path), kind=loaded.kind, device=args.device, dtype=args.dtype,
+                    prompt_tokens=len(ids))
     if args.json:
         print(json.dumps(dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
                               accepted=result.accepted, seconds=round(seconds, 4), settings=settings)))
@@ -285,6 +315,7 @@ def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budgets)
     loaded = load_model(args)
+    args.cache = resolve_cache(args.cache, loaded)
     cfg = decode_config(args, loaded.mask_id)
     prompts = read_prompts(args.prompts or [PROMPT_SETS / "function_completion.jsonl"], args.offset, args.num_prompts)
     ids = [encode_prompt(loaded, text, cfg, truncate=True) for _, text in prompts]
