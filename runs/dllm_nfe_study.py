@@ -21,81 +21,25 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from specdiff.dllm import commands as dc
-from specdiff.dllm.calibration import calibrate, formula_of, rank
+from specdiff.dllm.calibration import calibrate, counts_of, futures, replay_nfe, search
 from specdiff.dllm.spiffy import DraftGraph
 
 
-def record(loaded, files, offset, num, cfg, depth: int) -> list[list[list]]:
-    """-> per prompt, per anchored state: the formulas of the next `depth` states of its block."""
+def record(loaded, files, offset, num, cfg, depth: int) -> list:
+    """-> per prompt, `futures` of its baseline trace (per block, per state: next states' formulas)."""
     out = []
     for n, (_, text) in enumerate(dc.read_prompts(files, offset, num)):
         print(f"  trace {offset + n}", file=sys.stderr, flush=True)
         ids = dc.encode_prompt(loaded, text, cfg, truncate=True)
         trace: list = []
         dc.decode(loaded, ids, cfg, None, "none", trace=trace)
-        blocks: list[list] = []  # per block: [None (first state), formulas of state 1, ...]
-        for t, (state, _) in enumerate(trace):
-            if t == 0 or state.block != trace[t - 1][0].block:
-                blocks.append([None])
-                continue
-            anchor, ranking = trace[t - 1][1], rank(trace[t - 1][1], state, cfg)
-            fs = []
-            for level in range(1, depth + 1):
-                if t + level >= len(trace) or trace[t + level][0].block != state.block:
-                    break
-                future = trace[t + level][0].ids[state.block_slice(cfg)]
-                fs.append(formula_of(anchor, state, future, cfg, ranking))
-            blocks[-1].append(fs)
-        out.append(blocks)
+        out.append(futures(trace, cfg, depth))
     return out
 
 
-def replay_nfe(prompts, graph: set) -> tuple[int, int]:
-    """(forwards, steps) of Spiffy with node set `graph` over recorded prompts."""
-    nfe = steps = 0
-    for blocks in prompts:
-        for states in blocks:
-            n, s = len(states), 0
-            steps += n
-            while s < n:
-                nfe += 1
-                m = 0
-                if states[s] is not None:
-                    for f in states[s]:
-                        if f not in graph:
-                            break
-                        m += 1
-                s += 1 + m
-    return nfe, steps
-
-
-def counts_of(prompts) -> Counter:
-    counts: Counter = Counter()
-    for blocks in prompts:
-        for states in blocks:
-            for fs in states[1:]:
-                for level, f in enumerate(fs, 1):
-                    counts[f, level] += 1
-    return counts
-
-
-def greedy_nfe(prompts, budget: int, pool: int = 300) -> list:
-    """Nodes added one at a time, each the one that lowers the replayed NFE most (ties: commoner)."""
-    count: Counter = Counter()
-    for (f, _), c in counts_of(prompts).items():
-        count[f] += c
-    candidates = [f for f, _ in count.most_common(pool)]
-    chosen: list = []
-    for _ in range(budget):
-        base = replay_nfe(prompts, set(chosen))[0]
-        best = min(candidates, key=lambda f: (replay_nfe(prompts, set(chosen) | {f})[0] if f not in chosen else 1e18))
-        if replay_nfe(prompts, set(chosen) | {best})[0] >= base:
-            break
-        chosen.append(best)
-    return chosen
+def flat(prompts: list) -> list:
+    return [states for blocks in prompts for states in blocks]
 
 
 def main() -> int:
@@ -125,12 +69,12 @@ def main() -> int:
                 "calib": record(loaded, [fc], 128, args.calib, cfg, args.depth)}
         cache.write_bytes(pickle.dumps(sets))
         print(f"traces in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    calib16, calib = sets["calib"][:16], sets["calib"]
-    valid = sets["valid"]
+    calib16, calib = flat(sets["calib"][:16]), flat(sets["calib"])
+    valid, prompts = flat(sets["valid"]), len(sets["valid"])
     report: dict = {"setting": args.setting, "gen_length": args.gen_length, "calib": args.calib, "valid": args.valid}
 
     # 1. how often the stale anchor's formulas name the next states
-    level1 = Counter(fs[0] for blocks in valid for states in blocks for fs in states[1:] if fs)
+    level1 = Counter(fs[0] for states in valid for fs in states[1:] if fs)
     total = sum(level1.values())
     top = [(sorted(f), c / total) for f, c in level1.most_common(8)]
     report["level1_top"] = top
@@ -144,30 +88,30 @@ def main() -> int:
         g, key = DraftGraph.from_json(f.read_text())
         if key["remasking"] == cfg.remasking:
             bundled[key["budget"]] = g.nodes
-    base_nfe, steps = replay_nfe(valid, set())
-    report["valid_baseline_nfe_per_prompt"] = base_nfe / len(valid)
+    base_nfe = replay_nfe(valid, set())
+    report["valid_baseline_nfe_per_prompt"] = base_nfe / prompts
     rows = []
     variants = {"bundled (16 prompts, degree-1)": lambda d: bundled[d],
                 "degree-1, 16 prompts": lambda d: calibrate(counts_of(calib16), d).nodes,
-                f"degree-1, {len(calib)} prompts": lambda d: calibrate(counts_of(calib), d).nodes,
-                "greedy replay, 16 prompts": lambda d: greedy_nfe(calib16, d),
-                f"greedy replay, {len(calib)} prompts": lambda d: greedy_nfe(calib, d)}
+                f"degree-1, {len(sets['calib'])} prompts": lambda d: calibrate(counts_of(calib), d).nodes,
+                "greedy replay, 16 prompts": lambda d: search(calib16, d).nodes,
+                f"greedy replay, {len(sets['calib'])} prompts": lambda d: search(calib, d).nodes}
     graphs = {}
     for name, make in variants.items():
         for d in (3, 5, 8, 10):
             nodes = make(d)
             graphs[name, d] = nodes
-            nfe, _ = replay_nfe(valid, set(nodes))
-            rows.append({"graph": name, "D": d, "nfe_per_prompt": nfe / len(valid), "ratio": base_nfe / nfe,
+            nfe = replay_nfe(valid, set(nodes))
+            rows.append({"graph": name, "D": d, "nfe_per_prompt": nfe / prompts, "ratio": base_nfe / nfe,
                          "nodes": [sorted(q) for q in nodes]})
-            print(f"{name:32} D={d:2}: valid NFE {nfe / len(valid):6.1f}  x{base_nfe / nfe:.2f}", file=sys.stderr)
+            print(f"{name:32} D={d:2}: valid NFE {nfe / prompts:6.1f}  x{base_nfe / nfe:.2f}", file=sys.stderr)
     report["graphs"] = rows
     # 3. optimistic ceiling: the greedy graph fitted on the validation traces themselves (in-sample)
     for d in (8, 10):
-        nfe, _ = replay_nfe(valid, set(greedy_nfe(valid, d)))
+        nfe = replay_nfe(valid, set(search(valid, d).nodes))
         report[f"in_sample_greedy_D{d}_ratio"] = base_nfe / nfe
     # 4. the same replay on the calibration prompts with the bundled graph (in-sample check of the replay)
-    report["bundled_D8_ratio_on_calib16"] = replay_nfe(calib16, set())[0] / replay_nfe(calib16, set(bundled[8]))[0]
+    report["bundled_D8_ratio_on_calib16"] = replay_nfe(calib16, set()) / replay_nfe(calib16, set(bundled[8]))
     (args.out / f"study-{args.setting}-{args.gen_length}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"graphs-{args.setting}-{args.gen_length}.pkl").write_bytes(pickle.dumps(graphs))
     print(json.dumps({k: v for k, v in report.items() if k != "graphs"}, indent=1))

@@ -14,13 +14,12 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from specdiff.dllm.calibration import calibrate, rewind
+from specdiff.dllm.calibration import calibrate, counts_of, futures, search
 from specdiff.dllm.config import REMASKING, DLLMConfig
 from specdiff.dllm.decoding import DLLMResult, generate_baseline
 from specdiff.dllm.spiffy import DraftGraph, default_graph, generate_spiffy
@@ -272,22 +271,25 @@ class Calibration:
     steps: int  # baseline transitions recorded
     formulas: int  # distinct (formula, level) pairs
     seconds: float
+    method: str = "degree1"
 
 
 def calibrate_graphs(loaded, prompt_ids: list[torch.Tensor], cfg: DLLMConfig, cache: str,
-                     budgets: list[int]) -> Calibration:
+                     budgets: list[int], method: str = "degree1") -> Calibration:
     """Algorithm 2: baseline traces, rewound one prompt at a time (a trace holds [m, V] logits per
-    step), then degree-1 accumulation for each budget."""
+    step), then for each budget degree-1 accumulation, or (method "replay") the search that
+    minimises the replayed NFE (calibration.search)."""
     t0 = time.perf_counter()
-    counts: Counter = Counter()
+    walks: list = []
     steps = 0
     for ids in prompt_ids:
         trace: list = []
         decode(loaded, ids, cfg, None, cache, trace=trace)
-        counts.update(rewind(trace, cfg, depth=max(budgets)))
+        walks += futures(trace, cfg, depth=max(budgets))
         steps += len(trace)
-    graphs = {d: calibrate(counts, d) for d in budgets}
-    return Calibration(graphs, len(prompt_ids), steps, len(counts), time.perf_counter() - t0)
+    counts = counts_of(walks)
+    graphs = {d: calibrate(counts, d) if method == "degree1" else search(walks, d) for d in budgets}
+    return Calibration(graphs, len(prompt_ids), steps, len(counts), time.perf_counter() - t0, method)
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -306,8 +308,8 @@ def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
     for budget, graph in calib.graphs.items():
         key = key_of(budget)
         path = out / graph_file_name(key)
-        path.write_text(graph.to_json(**key, calibration=dict(prompts=calib.prompts, steps=calib.steps)) + "\n",
-                        encoding="utf-8")
+        path.write_text(graph.to_json(**key, calibration=dict(prompts=calib.prompts, steps=calib.steps,
+                                                              method=calib.method)) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
 
@@ -319,7 +321,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = decode_config(args, loaded.mask_id)
     prompts = read_prompts(args.prompts or [PROMPT_SETS / "function_completion.jsonl"], args.offset, args.num_prompts)
     ids = [encode_prompt(loaded, text, cfg, truncate=True) for _, text in prompts]
-    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets)
+    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets, args.search)
     paths = write_graphs(args.out, calib, lambda d: graph_key(loaded.path.name, cfg, args.cache, d))
     print(f"calibrated on {calib.prompts} prompts ({calib.steps} steps, {calib.formulas} formulas) in "
           f"{calib.seconds:.1f}s", file=sys.stderr)
@@ -354,6 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--offset", type=int, default=128, help="first prompt of each set (the bench uses 0..)")
     c.add_argument("--num-prompts", type=int, default=24, help="prompts per set")
     c.add_argument("--budgets", default="3,5,8,10")
+    c.add_argument("--search", default="degree1", choices=["degree1", "replay"],
+                   help="degree1: the paper's degree-1 accumulation; replay: add the node that lowers the NFE "
+                        "replayed on the traces most")
     c.add_argument("--out", type=Path, required=True, help="folder for the graph JSONs")
     c.set_defaults(dllm_func=cmd_calibrate)
 
