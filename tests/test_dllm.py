@@ -8,7 +8,7 @@ import torch
 
 from specdiff.dllm import DLLMConfig, base_visibility, default_graph, generate_baseline, generate_spiffy, tiny_mdm
 from specdiff.dllm import spiffy
-from specdiff.dllm.calibration import calibrate, formula_of, rewind
+from specdiff.dllm.calibration import calibrate, formula_of, futures, replay_nfe, rewind, search
 from specdiff.dllm.decoding import (DLLMState, block_context, block_logits, cached_block_logits, initial_state,
                                     step_key, transition)
 from specdiff.errors import SpecdiffError
@@ -253,6 +253,23 @@ def test_calibrated_graph_is_connected_and_exact(mdm):
             assert spec.trajectory == base.trajectory
             accepted += spec.accepted
     assert accepted > 0
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "threshold"])
+def test_replayed_nfe_equals_spiffy_and_search_graph_is_exact(mdm, remasking):
+    # the baseline's trajectory does not depend on the graph, so NFE replayed from its trace must
+    # equal a real Spiffy run's, for a degree-1 graph and for the replay search's graph
+    model = Biased(mdm, scale=4.0)
+    cfg = cfg_for(remasking, 0.7, steps=16)
+    trace = _trace(model, cfg, PROMPTS)
+    walks = futures(trace, cfg, depth=4)
+    nfe = {}
+    for name, graph in (("degree1", calibrate(rewind(trace, cfg, depth=4), 4)), ("replay", search(walks, 4))):
+        spec = [generate_spiffy(model, p, cfg, graph) for p in PROMPTS]
+        nfe[name] = replay_nfe(walks, set(graph.nodes))
+        assert nfe[name] == sum(r.nfe for r in spec)
+        assert all(r.trajectory == generate_baseline(model, p, cfg).trajectory for r, p in zip(spec, PROMPTS))
+    assert nfe["replay"] <= nfe["degree1"] < replay_nfe(walks, set())
 
 
 def test_prune_keeps_the_best_connected_nodes():

@@ -102,9 +102,9 @@ def _broken_copy(model_dir: Path, tmp_path: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("missing", "no dLLM folder"),
-    ("no_mask", "no valid mask_token_id"),
-    ("corrupt", "cannot load the weights"),
+    ("missing", "dLLM folder not found"),
+    ("no_mask", "no integer mask_token_id"),
+    ("corrupt", "cannot load specdiff model"),
     ("gen_length", "not a multiple of block_length"),
     ("temperature", "temperature must be >= 0"),
     ("long_prompt", "exceeds the model's 96 positions"),
@@ -125,6 +125,35 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, case, message
         argv.remove("def f():")
     code, _, err = run_cli(capsys, *argv, *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def dream_dir(tmp_path_factory) -> Path:
+    from dllm_fixtures import write_fixture
+
+    return write_fixture("dream", tmp_path_factory.mktemp("dream") / "dream", mask_id=63)
+
+
+def test_generate_json_on_a_dream_folder(dream_dir, capsys):
+    # a remote-code (trust_remote_code) stand-in for Dream: --cache auto picks the dual cache
+    runs = {}
+    for method in ("baseline", "spiffy"):
+        code, out, err = run_cli(capsys, "generate", "--model", dream_dir, "--prompt", "t3 t5 t7", *SHORT,
+                                 "--method", method, "--budget", "3", "--json")
+        assert code == 0, err
+        runs[method] = json.loads(out)
+    base, spec = runs["baseline"], runs["spiffy"]
+    assert base["settings"]["kind"] == "dream" and base["settings"]["cache"] == "dual"
+    assert spec["token_ids"] == base["token_ids"] and len(base["token_ids"]) == 16
+    assert base["nfe"] == 16 and spec["nfe"] + spec["accepted"] == 16
+
+
+def test_sdar_dual_cache_is_one_line_exit_2(tmp_path, capsys):
+    from dllm_fixtures import write_fixture
+
+    sdar = write_fixture("sdar", tmp_path / "sdar", mask_id=63)
+    code, _, err = run_cli(capsys, "generate", "--model", sdar, "--prompt", "t3 t5 t7", *SHORT, "--cache", "dual")
+    assert code == 2 and "sdar has no dual cache" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_calibrate_bad_budgets(model_dir, tmp_path, capsys):

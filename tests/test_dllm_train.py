@@ -12,7 +12,7 @@ import torch
 
 from specdiff.dllm import base_visibility
 from specdiff.dllm.model import MaskedDiffusionModel
-from specdiff.dllm.own import load_dllm
+from specdiff.dllm.adapters import load_dllm
 from specdiff.train import dllm_train as dt
 
 TINY = ["--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "2", "--head-dim", "16",

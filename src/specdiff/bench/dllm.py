@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="none", choices=["none", "dual"])
+    p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
+                   help="auto: dual cache for LLaDA and Dream, block-causal (none) otherwise")
     p.add_argument("--settings", default=",".join(SETTINGS), help="fixed, threshold or both")
     p.add_argument("--budgets", default="3,5,8,10")
     p.add_argument("--graphs", type=Path, help="folder of calibrated graphs (default: the model's graphs/)")
@@ -100,6 +101,7 @@ def bench(args: argparse.Namespace) -> dict:
     budgets = dc.parse_budgets(args.budgets)
     settings = _settings(args.settings)
     loaded = dc.load_model(args)
+    args.cache = dc.resolve_cache(args.cache, loaded)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     files = args.prompts or [dc.PROMPT_SETS / "function_completion.jsonl"]
     rows, t_start = [], time.perf_counter()

@@ -46,6 +46,7 @@ class DLLMBundle:
     supports_dual_cache: bool  # `model.context` exists
     native_block_causal: bool = False  # trained block-causal (SDAR): decode with block_causal=True
     config: dict = field(default_factory=dict, repr=False)  # config.json as read
+    path: Path | None = None  # the folder it was loaded from (its graphs/ hold calibrated draft graphs)
 
 
 class _Adapter:
@@ -250,9 +251,12 @@ def _auto_class(config: dict, folder: Path, kind: str, prefer: str) -> str:
     return name
 
 
-def _load_tokenizer(folder: Path):
+def _load_tokenizer(folder: Path, kind: str):
+    """specdiff's own folders: the `tokenizers` file the trainer copied (no special tokens added);
+    the others: their Hugging Face tokenizer, else tokenizer.json."""
+    own = kind == "specdiff" and (folder / "tokenizer.json").is_file()
     try:
-        if (folder / "tokenizer_config.json").is_file():
+        if (folder / "tokenizer_config.json").is_file() and not own:
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
@@ -287,7 +291,7 @@ def load_dllm(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = 
             raise SpecdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     kind = _kind(config, folder)
-    tokenizer = _load_tokenizer(folder)
+    tokenizer = _load_tokenizer(folder, kind)
     mask_id = _mask_id(config, tokenizer, kind, folder)
     try:
         if kind == "specdiff":
@@ -307,4 +311,4 @@ def load_dllm(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = 
     model = adapter[kind](hf)
     return DLLMBundle(model=model, mask_id=mask_id, tokenizer=tokenizer, kind=kind, logit_shift=kind == "dream",
                       supports_block_causal=True, supports_dual_cache=kind != "sdar",
-                      native_block_causal=kind == "sdar", config=config)
+                      native_block_causal=kind == "sdar", config=config, path=folder)

@@ -9,6 +9,12 @@
 3. Choose D connected nodes by degree-1 accumulation: greedily add the node with the largest
    gain count(q) + sum of count(p) over its chosen parents p (+ count(q) per chosen child), among
    nodes whose parent is the root or already chosen.
+
+Or (`search`, ours, not the paper's): since the baseline's trajectory does not depend on the graph
+(keyed noise), Spiffy's NFE with any graph can be replayed exactly from the traces (`replay_nfe`);
+add, one at a time, the node that lowers the replayed NFE most. On the bundled dLLM this also takes
+first-step alternatives ({(1,0)}, {(0,1)}) that degree-1 accumulation never reaches
+(docs/spiffy.md).
 """
 
 from __future__ import annotations
@@ -34,20 +40,75 @@ def formula_of(anchor: torch.Tensor, state: DLLMState, future: torch.Tensor, cfg
     return frozenset(zip(idx.tolist(), j.tolist()))
 
 
-def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: int) -> Counter:
-    """Baseline trace [(state, logits)] -> Counter {(formula, level): times it would be accepted}."""
-    counts: Counter = Counter()
-    for t in range(1, len(trace)):
-        state, anchor = trace[t][0], trace[t - 1][1]
-        if state.block != trace[t - 1][0].block:
-            continue  # a block's first state has no anchor: Spiffy drafts nothing there
-        ranking = rank(anchor, state, cfg)
+Walks = list[list[list[Formula] | None]]  # per block, per state: formulas of its next states
+
+
+def futures(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: int) -> Walks:
+    """Baseline trace [(state, logits)] -> per block, per state: the formulas, under the state's
+    anchor, of the block's next `depth` states (None for a block's first state: no anchor)."""
+    blocks: Walks = []
+    for t, (state, _) in enumerate(trace):
+        if t == 0 or state.block != trace[t - 1][0].block:
+            blocks.append([None])  # a block's first state has no anchor: Spiffy drafts nothing there
+            continue
+        anchor = trace[t - 1][1]
+        ranking, formulas = rank(anchor, state, cfg), []
         for level in range(1, depth + 1):
             if t + level >= len(trace) or trace[t + level][0].block != state.block:
                 break  # the block's last state is never drafted
             future = trace[t + level][0].ids[state.block_slice(cfg)]
-            counts[formula_of(anchor, state, future, cfg, ranking), level] += 1
+            formulas.append(formula_of(anchor, state, future, cfg, ranking))
+        blocks[-1].append(formulas)
+    return blocks
+
+
+def rewind(trace: list[tuple[DLLMState, torch.Tensor]], cfg: DLLMConfig, depth: int) -> Counter:
+    """Baseline trace [(state, logits)] -> Counter {(formula, level): times it would be accepted}."""
+    return counts_of(futures(trace, cfg, depth))
+
+
+def counts_of(walks: Walks) -> Counter:
+    counts: Counter = Counter()
+    for states in walks:
+        for formulas in states[1:]:
+            for level, q in enumerate(formulas, 1):
+                counts[q, level] += 1
     return counts
+
+
+def replay_nfe(walks: Walks, nodes: set) -> int:
+    """Spiffy's forwards over the traced blocks with graph `nodes`: a forward at state s accepts
+    states s+1, s+2, ... while each one's formula is a node (exact: the trajectory is fixed)."""
+    nfe = 0
+    for states in walks:
+        s = 0
+        while s < len(states):
+            nfe += 1
+            accepted = 0
+            for q in states[s] or ():
+                if q not in nodes:
+                    break
+                accepted += 1
+            s += 1 + accepted
+    return nfe
+
+
+def search(walks: Walks, budget: int, pool: int = 300) -> DraftGraph:
+    """Up to `budget` nodes, each the one among the `pool` commonest formulas that lowers
+    `replay_nfe` most (ties: the commoner); stops when no node helps."""
+    count: Counter = Counter()
+    for (q, _), c in counts_of(walks).items():
+        count[q] += c
+    candidates = [q for q, _ in count.most_common(pool)]
+    chosen: list[Formula] = []
+    nfe = replay_nfe(walks, set())
+    while len(chosen) < budget:
+        trials = [(replay_nfe(walks, {*chosen, q}), n, q) for n, q in enumerate(candidates) if q not in chosen]
+        if not trials or min(trials)[0] >= nfe:
+            break
+        nfe, _, best = min(trials)
+        chosen.append(best)
+    return DraftGraph(chosen)
 
 
 def calibrate(counts: Counter, budget: int, pool: int = 2000) -> DraftGraph:

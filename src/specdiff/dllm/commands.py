@@ -14,13 +14,12 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from specdiff.dllm.calibration import calibrate, rewind
+from specdiff.dllm.calibration import calibrate, counts_of, futures, search
 from specdiff.dllm.config import REMASKING, DLLMConfig
 from specdiff.dllm.decoding import DLLMResult, generate_baseline
 from specdiff.dllm.spiffy import DraftGraph, default_graph, generate_spiffy
@@ -35,15 +34,16 @@ PROMPT_SETS = REPO / "data" / "prompts"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="dLLM folder (default: the bundled models/dllm)")
+    p.add_argument("--model", type=Path,
+                   help="dLLM folder: specdiff's own, LLaDA, Dream or SDAR (default: the bundled models/dllm)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="float32 (default) keeps Spiffy's rows bit-comparable with the baseline's")
 
 
 def load_model(args: argparse.Namespace):
-    """The dLLM folder of --model (or the bundled one) on --device in --dtype."""
-    from specdiff.dllm.own import load_dllm
+    """The dLLM folder of --model (or the bundled one) on --device in --dtype -> adapters.DLLMBundle."""
+    from specdiff.dllm.adapters import load_dllm
     from specdiff.models.bundled import default_path
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -51,7 +51,21 @@ def load_model(args: argparse.Namespace):
     folder = args.model if args.model is not None else default_path("dllm")
     if args.model is None and not (folder / "config.json").is_file():
         raise SpecdiffError(f"no bundled dLLM at {folder}; pass --model DIR (train one with `specdiff train-dllm`)")
-    return load_dllm(folder, args.device, DTYPES[args.dtype])
+    loaded = load_dllm(folder, args.device, DTYPES[args.dtype])
+    if loaded.tokenizer is None:
+        raise SpecdiffError(f"{folder} has no tokenizer (tokenizer.json or tokenizer_config.json): cannot encode prompts")
+    return loaded
+
+
+def resolve_cache(cache: str, loaded) -> str:
+    """--cache auto -> the exact mode the model was trained for: block-causal ("none") for specdiff's
+    own dLLM and SDAR, the dual cache for LLaDA and Dream (bidirectional). Unsupported pairs are errors."""
+    if cache == "auto":
+        return "dual" if loaded.kind in ("llada", "dream") else "none"
+    if cache == "dual" and not loaded.supports_dual_cache:
+        raise SpecdiffError(f"{loaded.kind} has no dual cache in specdiff; use --cache none "
+                            f"(block-causal, as it was trained)")
+    return cache
 
 
 def max_positions(loaded) -> int | None:
@@ -59,10 +73,22 @@ def max_positions(loaded) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def _encode(tokenizer, text: str) -> list[int]:
+    """tokenizers.Tokenizer (own folders) or a Hugging Face tokenizer (LLaDA, Dream, SDAR) -> ids."""
+    out = tokenizer.encode(text)
+    return list(out.ids) if hasattr(out, "ids") else list(out)
+
+
+def _eos_id(tokenizer) -> int | None:
+    if hasattr(tokenizer, "token_to_id"):
+        return tokenizer.token_to_id("<|endoftext|>")
+    return getattr(tokenizer, "eos_token_id", None)
+
+
 def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) -> torch.Tensor:
     """Prompt text -> [P] ids. A prompt that leaves no room for gen_length tokens in the model's
     positions is an error, or (truncate) loses its oldest tokens."""
-    ids = loaded.tokenizer.encode(text).ids
+    ids = _encode(loaded.tokenizer, text)
     limit = max_positions(loaded)
     if limit is not None and cfg.gen_length >= limit:
         raise SpecdiffError(f"gen_length {cfg.gen_length} leaves no room for a prompt in the model's {limit} positions")
@@ -79,7 +105,7 @@ def encode_prompt(loaded, text: str, cfg: DLLMConfig, truncate: bool = False) ->
 def answer_text(loaded, token_ids: torch.Tensor) -> str:
     """The answer up to its first end-of-text token."""
     ids = token_ids.tolist()
-    eos = loaded.tokenizer.token_to_id("<|endoftext|>")
+    eos = _eos_id(loaded.tokenizer)
     if eos is not None and eos in ids:
         ids = ids[: ids.index(eos)]
     return loaded.tokenizer.decode(ids)
@@ -112,9 +138,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--cache", default="none", choices=["none", "dual"],
-                   help="none: block-causal attention (exact, the mode the own dLLM is trained for); "
-                        "dual: full bidirectional with Fast-dLLM's dual cache")
+    p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
+                   help="none: block-causal attention (exact; how specdiff's dLLM and SDAR are trained); "
+                        "dual: full bidirectional with Fast-dLLM's dual cache (not SDAR); "
+                        "auto (default): dual for LLaDA and Dream, none otherwise")
 
 
 def decode_config(args: argparse.Namespace, mask_id: int, **override) -> DLLMConfig:
@@ -208,6 +235,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"--budget must be >= 1, got {args.budget}")
     text = read_prompt(args)
     loaded = load_model(args)
+    args.cache = resolve_cache(args.cache, loaded)
     cfg = decode_config(args, loaded.mask_id)
     ids = encode_prompt(loaded, text, cfg)
     graph, source = (None, None)
@@ -221,7 +249,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     answer = answer_text(loaded, result.token_ids)
     settings = dict(cfg.to_dict(), method=args.method, cache=args.cache, budget=args.budget, graph=source,
-                    model=str(loaded.path), device=args.device, dtype=args.dtype, prompt_tokens=len(ids))
+                    model=str(loaded.path), kind=loaded.kind, device=args.device, dtype=args.dtype,
+                    prompt_tokens=len(ids))
     if args.json:
         print(json.dumps(dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
                               accepted=result.accepted, seconds=round(seconds, 4), settings=settings)))
@@ -242,22 +271,25 @@ class Calibration:
     steps: int  # baseline transitions recorded
     formulas: int  # distinct (formula, level) pairs
     seconds: float
+    method: str = "degree1"
 
 
 def calibrate_graphs(loaded, prompt_ids: list[torch.Tensor], cfg: DLLMConfig, cache: str,
-                     budgets: list[int]) -> Calibration:
+                     budgets: list[int], method: str = "degree1") -> Calibration:
     """Algorithm 2: baseline traces, rewound one prompt at a time (a trace holds [m, V] logits per
-    step), then degree-1 accumulation for each budget."""
+    step), then for each budget degree-1 accumulation, or (method "replay") the search that
+    minimises the replayed NFE (calibration.search)."""
     t0 = time.perf_counter()
-    counts: Counter = Counter()
+    walks: list = []
     steps = 0
     for ids in prompt_ids:
         trace: list = []
         decode(loaded, ids, cfg, None, cache, trace=trace)
-        counts.update(rewind(trace, cfg, depth=max(budgets)))
+        walks += futures(trace, cfg, depth=max(budgets))
         steps += len(trace)
-    graphs = {d: calibrate(counts, d) for d in budgets}
-    return Calibration(graphs, len(prompt_ids), steps, len(counts), time.perf_counter() - t0)
+    counts = counts_of(walks)
+    graphs = {d: calibrate(counts, d) if method == "degree1" else search(walks, d) for d in budgets}
+    return Calibration(graphs, len(prompt_ids), steps, len(counts), time.perf_counter() - t0, method)
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -276,8 +308,8 @@ def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
     for budget, graph in calib.graphs.items():
         key = key_of(budget)
         path = out / graph_file_name(key)
-        path.write_text(graph.to_json(**key, calibration=dict(prompts=calib.prompts, steps=calib.steps)) + "\n",
-                        encoding="utf-8")
+        path.write_text(graph.to_json(**key, calibration=dict(prompts=calib.prompts, steps=calib.steps,
+                                                              method=calib.method)) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
 
@@ -285,10 +317,11 @@ def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budgets)
     loaded = load_model(args)
+    args.cache = resolve_cache(args.cache, loaded)
     cfg = decode_config(args, loaded.mask_id)
     prompts = read_prompts(args.prompts or [PROMPT_SETS / "function_completion.jsonl"], args.offset, args.num_prompts)
     ids = [encode_prompt(loaded, text, cfg, truncate=True) for _, text in prompts]
-    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets)
+    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets, args.search)
     paths = write_graphs(args.out, calib, lambda d: graph_key(loaded.path.name, cfg, args.cache, d))
     print(f"calibrated on {calib.prompts} prompts ({calib.steps} steps, {calib.formulas} formulas) in "
           f"{calib.seconds:.1f}s", file=sys.stderr)
@@ -323,6 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--offset", type=int, default=128, help="first prompt of each set (the bench uses 0..)")
     c.add_argument("--num-prompts", type=int, default=24, help="prompts per set")
     c.add_argument("--budgets", default="3,5,8,10")
+    c.add_argument("--search", default="degree1", choices=["degree1", "replay"],
+                   help="degree1: the paper's degree-1 accumulation; replay: add the node that lowers the NFE "
+                        "replayed on the traces most")
     c.add_argument("--out", type=Path, required=True, help="folder for the graph JSONs")
     c.set_defaults(dllm_func=cmd_calibrate)
 

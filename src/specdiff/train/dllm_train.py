@@ -34,7 +34,7 @@ FILE.bin` (one flat uint16 stream, e.g. runs/gpu_target.sh's tokens_sample.bin; 
 Output folder (`--out`): a Hugging Face folder (`config.json` with `"mask_token_id"` and
 `"specdiff_dllm": true`, bf16 safetensors in shards under 16 MiB, `tokenizer.json` and
 `tokenizer_config.json`), `specdiff_dllm.json` (`DLLMTrainConfig` and the run's statistics),
-`train_log.jsonl` and a model card `README.md`. Load it with `specdiff.dllm.own.load_dllm`.
+`train_log.jsonl` and a model card `README.md`. Load it with `specdiff.dllm.load_dllm`.
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def model_card(cfg: DLLMTrainConfig, stats: dict[str, Any], weights_mb: float) -
 A `Qwen3ForCausalLM`-shaped transformer trained from scratch by `specdiff train-dllm` with LLaDA's
 masked-diffusion loss, used bidirectionally (block-causal over 32-token answer blocks) through
 `specdiff.dllm.MaskedDiffusionModel`. It is *not* a causal LM: `AutoModelForCausalLM` loads the
-weights, but only `specdiff.dllm.own.load_dllm` (or `specdiff dllm generate`) decodes it.
+weights, but only `specdiff.dllm.load_dllm` (or `specdiff dllm generate`) decodes it.
 
 | | |
 |---|---|
