@@ -55,11 +55,7 @@ def test_root_alone_is_weighed_after_the_peak(seed, jump):
     prof = profile([fit_verify_row(NODES, ys)])
     tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
     full = build_ddtree(0, DraftProposal(logits), 600, 15)
-    logp = torch.log_softmax(logits, -1)
-    toks, parents = full.tokens.tolist(), full.parents.tolist()
-    scores = [0.0] * full.num_nodes
-    for i in range(1, full.num_nodes):
-        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    scores = prefix_scores(full, logits)
     thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
     assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
 
@@ -72,6 +68,16 @@ def test_verify_interpolates():
     assert p.verify(2048, 0) == pytest.approx(10 + 2048)  # linear beyond the grid
     for ctx in (0, 300, 1000, 1500):  # the per-round vector form agrees with verify()
         assert p.curve(ctx, 1100) == pytest.approx([p.verify(n, ctx) for n in range(1, 1101)])
+
+
+def prefix_scores(tree, logits) -> list[float]:
+    """Each node's path log-probability under the drafter's marginals (root: 0), in pop order."""
+    logp = torch.log_softmax(logits, -1)
+    toks, parents = tree.tokens.tolist(), tree.parents.tolist()
+    scores = [0.0] * tree.num_nodes
+    for i in range(1, tree.num_nodes):
+        scores[i] = scores[parents[i]] + float(logp[tree.depths[i] - 1, toks[i]])
+    return scores
 
 
 def theta(tree_logp, n, prof, context):
@@ -91,11 +97,7 @@ def test_stops_at_the_best_budget(seed, steepness):
     assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
     # and n maximises theta over every budget (brute force over DDTree's pop order)
     full = build_ddtree(0, DraftProposal(logits), 600, 15)
-    logp = torch.log_softmax(logits, -1)
-    toks, parents = full.tokens.tolist(), full.parents.tolist()
-    scores = [0.0] * full.num_nodes
-    for i in range(1, full.num_nodes):
-        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    scores = prefix_scores(full, logits)
     thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
     assert thetas[n] == pytest.approx(max(thetas), rel=1e-6)
 
@@ -118,11 +120,7 @@ def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
     ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15)
     assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
     full = build_ddtree(0, DraftProposal(logits), 511, 15)
-    logp = torch.log_softmax(logits, -1)
-    toks, parents = full.tokens.tolist(), full.parents.tolist()
-    scores = [0.0] * full.num_nodes
-    for i in range(1, full.num_nodes):
-        scores[i] = scores[parents[i]] + float(logp[full.depths[i] - 1, toks[i]])
+    scores = prefix_scores(full, logits)
     thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
 

@@ -7,7 +7,7 @@ import torch
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import StaticTarget
-from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_for
+from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_for, spans_up_to
 from specdiff.types import DraftTree
 
 from test_target import path_to, random_tree
@@ -96,6 +96,7 @@ def test_span_and_alloc_buckets():
     assert [span_for(n, 4096) for n in (1, 256, 257, 600, 1500)] == [256, 256, 512, 1024, 2048]
     assert span_for(5000, 4096) == 4096
     assert [alloc_for(n, 1024) for n in (10, 1024, 1025, 3000)] == [1024, 1024, 2048, 4096]
+    assert spans_up_to(600, 4096) == [256, 512, 1024] and spans_up_to(5000, 2048) == [256, 512, 1024, 2048]
 
 
 def test_prepare_covers_every_bucket_a_decode_uses(target_model):

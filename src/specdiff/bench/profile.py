@@ -110,7 +110,7 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
                 out = target.forward(tree)
                 verify_walk(tree, out.logits, ctx, greedy)
                 if out.features is not None:
-                    out.features[path]
+                    _ = out.features[path]  # the proposer's gather of the path's taps, timed with the rest
                 target.commit(path)
                 target.length -= len(path)  # keep the context at ctx
 

@@ -21,7 +21,7 @@ import math
 import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
-from specdiff.target.graphed import HEADROOM, MIN_SPAN, alloc_for, capture_graph, span_for
+from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
 
 
 class GraphedDrafter:
@@ -113,12 +113,8 @@ class GraphedDrafter:
         """Size the context buffer for `max_len` slots and capture every span bucket up to it."""
         self.reset(max_len)
         if self.use_graphs:
-            alloc, span = self._cols.shape[0], MIN_SPAN
-            while True:
-                self._graph(min(span, alloc))
-                if span >= min(max_len + self.block_size, alloc):
-                    break
-                span *= 2
+            for span in spans_up_to(max_len + self.block_size, self._cols.shape[0]):
+                self._graph(span)
 
     def _step(self, span: int) -> None:
         """Device tensors only: safe to capture. Attention reads context slots [0, span)."""

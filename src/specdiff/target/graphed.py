@@ -1,10 +1,11 @@
 """The graph engine: `StaticTarget`'s forward replayed as one CUDA graph per (node, span) bucket.
 
 A tree of N nodes runs in the smallest node bucket Nb >= N, and its attention reads the smallest
-span bucket (a power of two) of cache slots that holds the committed tokens and the tree. Everything a forward reads lives in
-per-bucket device buffers that the host fills before a replay with two copies (one packed int64
-row: ids, positions, start; one [Nb, Nb] ancestor block); the [Nb, max_len] mask is computed inside
-the graph from `start` and that block, so no mask ever crosses from the host. Padding rows sit at
+span bucket (a power of two) of cache slots that holds the committed tokens and the tree.
+Everything a forward reads lives in per-bucket device buffers that the host fills before a replay
+with two copies (one packed int64 row: ids, positions, start; one [Nb, Nb] ancestor block); the
+[Nb, span] mask is computed inside the graph from `start` and that block, so no mask ever crosses
+from the host. Padding rows sit at
 the root's position, see only the committed slots and themselves, and write K/V to slots past
 the tree that no real row can see and the next round overwrites.
 
@@ -12,8 +13,9 @@ The K/V buffer (`alloc` slots, a power of two) grows only when a longer sequence
 drops the graphs; a forward's cost follows its span bucket, not `alloc`, so sizing the buffer for
 a large tree cap costs nothing per round. Graphs are captured the first time a bucket is needed
 (with the capture's writes aimed at uncommitted slots), or all at once by `prepare`, which the
-bench calls before timing so that no capture lands inside a measured decode. Without CUDA the same bucketed code runs eagerly, which is how the CPU tests
-check it against the plain static forward.
+bench calls before timing so that no capture lands inside a measured decode. Without CUDA the
+same bucketed code runs eagerly, which is how the CPU tests check it against the plain static
+forward.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def span_for(n: int, alloc: int) -> int:
     while span < n:
         span *= 2
     return min(span, alloc)
+
+
+def spans_up_to(n: int, alloc: int) -> list[int]:
+    """Every span bucket a forward reading at most n slots can use."""
+    spans = [min(MIN_SPAN, alloc)]
+    while spans[-1] < span_for(n, alloc):
+        spans.append(min(2 * spans[-1], alloc))
+    return spans
 
 
 def alloc_for(need: int, min_alloc: int) -> int:
@@ -117,15 +127,9 @@ class GraphedTarget(StaticTarget):
         most `max_nodes` nodes can use there, so that no capture happens inside a timed decode."""
         self.reset(max_len)
         top = bucket_for(min(max_nodes, BUCKETS[-1]))
-        for nb in BUCKETS:
-            if nb > top:
-                break
-            span = MIN_SPAN
-            while True:
-                self._bucket(nb, min(span, self.max_len))
-                if span >= min(max_len + nb, self.max_len):
-                    break
-                span *= 2
+        for nb in (b for b in BUCKETS if b <= top):
+            for span in spans_up_to(max_len + nb, self.max_len):
+                self._bucket(nb, span)
 
     # -- one bucket ------------------------------------------------------------------------
     def _bucket(self, nb: int, span: int) -> _Bucket:

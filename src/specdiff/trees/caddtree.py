@@ -31,40 +31,25 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         return DraftTree.chain(root, [])
     # the cost curve at this context, once per round (the stream asks for it at every pop)
     cost = [profile.draft_ms + c for c in profile.curve(context, max_nodes + 1)]
-    grow = _grow_bucketed if profile.buckets else _grow
+    # tree sizes (root included) theta is compared at: every size, or the engine's buckets
+    sizes = [b for b in profile.buckets if 1 < b <= max_nodes + 1] if profile.buckets else range(2, max_nodes + 2)
     k = min(max_nodes, FIRST_K)
     while True:  # as in build_ddtree: widen the candidates only if the tree used them all
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
-        nodes = grow(top_logp, cost, max_nodes, profile.buckets)
+        nodes = _grow(top_logp, cost, sizes)
         if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
         k = max_nodes
 
 
-def _grow(top_logp, cost: list[float], max_nodes: int, buckets=()) -> list[tuple[int, int, float]]:
-    """Pop prefixes while theta rises; cost[n - 1] is C_d + C_v(n) for a tree of n nodes. The
+def _grow(top_logp, cost: list[float], sizes) -> list[tuple[int, int, float]]:
+    """Pop prefixes in best-first order and compare theta at each size in `sizes` (increasing,
+    root included; cost[n - 1] is C_d + C_v(n)), stopping at the first size where it falls. The
     root alone is weighed last: its step has no tree to build or walk, so the measured curve
     jumps from 1 to 2 nodes and theta is unimodal only from one draft node on."""
     nodes: list[tuple[int, int, float]] = []
-    phi, best = 0.0, 0.0
-    for parent, rank, score in iter_best_first(top_logp):
-        if len(nodes) >= max_nodes:
-            break
-        gain = math.exp(score)
-        theta = (1.0 + phi + gain) / cost[len(nodes) + 1]
-        if theta <= best:
-            break
-        best, phi = theta, phi + gain
-        nodes.append((parent, rank, score))
-    return nodes if best > 1.0 / cost[0] else []
-
-
-def _grow_bucketed(top_logp, cost: list[float], max_nodes: int, buckets: list[int]) -> list[tuple[int, int, float]]:
-    """`_grow` for a step cost: theta at each bucket boundary (a tree of b nodes, root included),
-    stopping at the first boundary where it falls; cost[b - 1] is the cost of bucket b."""
-    nodes: list[tuple[int, int, float]] = []
     phi, best, best_n = 0.0, 0.0, 0
-    bounds = iter(b for b in sorted(buckets) if 1 < b <= max_nodes + 1)
+    bounds = iter(sizes)
     bound = next(bounds, None)
     for parent, rank, score in iter_best_first(top_logp):
         if bound is None:
