@@ -3,13 +3,13 @@
 # graph-engine cost profile and the bench of every AR-drafter method and budget (T=0/1, both
 # prompt sets); D²SD beside dflash and ddtree@64 after the first dtype. bf16 first (what users
 # run), then fp32 (token-for-token comparable with AR). Packed into $OUT/bench.tar after each step.
-#   usage: OUT=dir LIMIT=prompts-per-set [DTYPES="bfloat16 float32"] bash runs/gpu_issue4.sh
+#   usage: OUT=dir LIMIT=prompts-per-set [DTYPES="bfloat16 float32"] [D2SD=0] bash runs/gpu_issue4.sh
 #   (the bundled models exceed what the device tool sends: `bash runs/device_tree.sh hide models/dllm`
 #   before the call, `bash runs/device_tree.sh restore` after)
 set -uo pipefail
 source runs/bench_env.sh
 {
-first=1
+first=${D2SD:-1}  # D2SD=0: no D²SD step
 for dt in ${DTYPES:-bfloat16 float32}; do
   echo "--- profile $dt ($((SECONDS - t0)) s)"
   sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024

@@ -12,7 +12,7 @@ from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import HFTarget
 from specdiff.trees.caddtree import build_caddtree
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex, fit_verify_row
+from specdiff.trees.cost_model import CostProfile, RoundOverhead, fit_monotone_convex, fit_verify_row
 from specdiff.trees.ddtree import build_ddtree
 from specdiff.types import DraftProposal
 
@@ -80,8 +80,8 @@ def prefix_scores(tree, logits) -> list[float]:
     return scores
 
 
-def theta(tree_logp, n, prof, context):
-    return (1 + sum(math.exp(s) for s in tree_logp[:n])) / (prof.draft_ms + prof.verify(n + 1, context))
+def theta(tree_logp, n, prof, context, overhead=0.0):
+    return (1 + sum(math.exp(s) for s in tree_logp[:n])) / (prof.draft_ms + overhead + prof.verify(n + 1, context))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -125,6 +125,37 @@ def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("overhead", [0.5, 4.0, 20.0])
+def test_round_overhead_is_part_of_the_cost(seed, overhead):
+    """A per-round overhead is paid by every tree alike: the chosen size maximises theta with it
+    added (brute force), and it never makes the tree smaller."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * 3
+    prof = profile([fit_monotone_convex(NODES, [1 + 0.05 * n + 1e-4 * n * n for n in NODES])])
+    plain = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600,
+                          overhead_ms=overhead)
+    assert tree.num_nodes >= plain.num_nodes
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15), logits)
+    thetas = [theta(scores[1:], k, prof, 128, overhead) for k in range(0, 601)]
+    assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
+
+
+def test_round_overhead_estimate():
+    """A plain mean at first, then a moving average; one stalled round moves it at most by its
+    weight times the predicted cost."""
+    est = RoundOverhead(weight=0.1)
+    for wall in (3.0, 3.2, 2.8):
+        est.observe(wall, predicted_ms=2.0)
+    assert est.ms == pytest.approx(1.0) and est.rounds == 3
+    for _ in range(200):
+        est.observe(2.5, predicted_ms=2.0)
+    assert est.ms == pytest.approx(0.5, abs=1e-6)
+    est.observe(500.0, predicted_ms=2.0)  # a GC pause
+    assert est.ms == pytest.approx(0.5 + 0.1 * (2.0 - 0.5))
+
+
 def test_flat_cost_grows_to_the_cap():
     logits = torch.randn(15, 100, generator=torch.Generator().manual_seed(0))
     prof = profile([[10.0] * len(NODES)])
@@ -145,3 +176,5 @@ def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
         r = cad.generate(prompt)
         assert r.token_ids == ar.token_ids
         assert max(r.tree_sizes) > 1
+        # every round after the first was timed against its predicted cost
+        assert cad.proposer.overhead.rounds == r.rounds - 1

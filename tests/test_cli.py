@@ -113,17 +113,20 @@ def test_process_exit_status(demo, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "target folder not found" in proc.stderr
 
 
-def test_profile_then_caddtree(capsys, demo, tmp_path):
-    """`specdiff profile` on the graph engine saves a bucketed profile; caddtree reads it, builds
-    trees that fill a bucket, and gives ar's text."""
+@pytest.mark.parametrize("measure", ["steps", "rounds"])
+def test_profile_then_caddtree(capsys, demo, tmp_path, measure):
+    """`specdiff profile` on the graph engine saves a bucketed profile (either way of measuring);
+    caddtree reads it, builds trees that fill a bucket, and gives ar's text."""
     target, drafter = demo
     path = tmp_path / "prof.json"
-    code, _, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
-                           "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
-                           "--out", str(path))
+    code, out, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
+                             "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
+                             "--measure", measure, "--out", str(path))
     assert code == 0, err
     prof = json.loads(path.read_text())
     assert prof["buckets"] and prof["nodes"] == [1, 2, 4, 8, 16, 24, 32] and prof["draft_ms"] > 0
+    assert prof["measure"] == measure and ("whole rounds" in out) == (measure == "rounds")
+    assert all(len(row) == 7 and min(row) > 0 for row in prof["raw_verify_ms"])
     texts = []
     for method in ("ar", "caddtree"):
         code, out, err = run_cli(capsys, "generate", "--target", target, "--drafter", drafter, "--method", method,

@@ -47,6 +47,7 @@ class DecodeConfig:
     pld_max_draft: int = 15
     profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
     caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
+    caddtree_measure_overhead: bool = True  # caddtree: add the measured per-round host cost to the profile's
     stop_at_eos: bool = True
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)

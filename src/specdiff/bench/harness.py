@@ -62,6 +62,7 @@ class Run:
     accept_lengths: list[int]
     matches_ar: bool | None
     mean_candidate_rows: float = 0.0  # d2sd: the paper's (K+1)·γ rows per round; else = mean_tree_nodes
+    round_overhead_ms: float | None = None  # caddtree: its measured per-round cost beyond the profile, after this run
 
 
 def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
@@ -133,9 +134,11 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                         if not match:
                             mismatches += 1
                             print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar", file=sys.stderr)
+                    overhead = getattr(decoder.proposer, "overhead", None)
                     runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
                                     r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
-                                    sum(r.candidate_rows) / max(1, len(r.candidate_rows))))
+                                    sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
+                                    overhead.ms if overhead is not None else None))
             done += 1
             if progress:
                 print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts in "

@@ -1,15 +1,26 @@
 """`specdiff profile`: measure round costs on this device and fit the cost model (cost_model.py).
 
-Each cost is a whole loop step as the decode loop runs it, host work included, because on a fast
-device the host side (tree building, copies, the walk) is a large share of a round:
+Two ways to measure, both with host work included, because on a fast device the host side (tree
+building, copies, the walk, the loop's bookkeeping) is a large share of a round.
+
+`--measure steps` (the default) times the drafter step and the target step apart, each at its
+fastest; what a round pays between them, caddtree learns online (`cost_model.RoundOverhead`):
 - C_v(n, l): build a DDTree of n nodes (root included) from drafter-like marginals on the device,
   run the target over it at context l (tapping the drafter's layers), draw and walk (T=0), then
   do what an accepted path costs: gather its taps and commit it (a K/V gather when the path's
   slots are not contiguous), and roll the context back to l;
 - C_d: fuse 4 committed tokens' features into the drafter's context and draft one block.
 Each is the minimum over `reps` timed runs after warm-up (the minimum is robust to the stalls of
-a shared host; medians let one slow stretch bend the whole fitted curve). Profiles are keyed by
-device, engine, dtype and the target/drafter configs, so `caddtree` finds the one for where it runs.
+a shared host; medians let one slow stretch bend the whole fitted curve).
+
+`--measure rounds` times whole decode rounds instead: the real decode loop with DDTree at each
+profiled size (AR for the root alone) decodes from a random context of each length; a size's cost
+is its mean round time (the minimum over `reps` decodes), and C_v(n, l) = round(n, l) - C_d. On an
+H100 it gave noisier curves than steps (random contexts: acceptance, and so the commit work, vary)
+and caddtree did no better with them (docs/benchmarks/README.md).
+
+Profiles are keyed by device, engine, dtype and the target/drafter configs, so `caddtree` finds the
+one for where it runs.
 """
 
 from __future__ import annotations
@@ -96,7 +107,7 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
     dev = target.device
     raw = []
     greedy = SamplingConfig()
-    for ctx in contexts:
+    for ctx in contexts if nodes else []:
         target.reset(ctx + max(nodes) + 1)
         target.prefill(torch.randint(0, target.vocab_size, (ctx,), generator=g).tolist())
         row = []
@@ -138,6 +149,37 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
     return {"raw": raw, "draft_ms": draft_ms}
 
 
+ROUND_TOKENS = 32  # tokens each timed decode of `measure_rounds` produces
+
+
+@torch.inference_mode()
+def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int,
+                   engine: str, new_tokens: int = ROUND_TOKENS) -> dict:
+    """Mean whole-round time [context][size] of the real decode loop, DDTree at size - 1 draft
+    nodes (AR at size 1), from a random context of each length. `drafter` is the plain drafter
+    (the decoder wraps it for the graph engine)."""
+    from specdiff.config import DecodeConfig
+    from specdiff.engine import build_decoder
+
+    g = torch.Generator().manual_seed(0)
+    raw = []
+    for ctx in contexts:
+        prompt = torch.randint(0, target.vocab_size, (ctx,), generator=g).tolist()
+        row = []
+        for n in nodes:
+            cfg = DecodeConfig(method="ddtree" if n > 1 else "ar", budget=max(1, n - 1), max_new_tokens=new_tokens,
+                               engine=engine, stop_at_eos=False)
+            decoder = build_decoder(target, cfg, drafter if n > 1 else None)
+            decoder.prepare(ctx)
+            for _ in range(warmup):
+                decoder.generate(prompt)
+            row.append(min(1000 * r.decode_s / r.rounds for r in (decoder.generate(prompt) for _ in range(reps))))
+        raw.append(row)
+        print(f"profile: context {ctx}: whole rounds " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row))
+              + " ms", flush=True)
+    return {"raw": raw}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from specdiff.cli import add_model_args
 
@@ -145,7 +187,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
     p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
                                     "node buckets up to 512, since a tree costs its bucket)")
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--measure", default="steps", choices=["steps", "rounds"],
+                   help="steps: the drafter and target steps apart, each at its fastest (default); rounds: whole "
+                        "decode rounds per tree size")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 5 decodes "
+                                                          "per size for rounds)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
 
@@ -164,19 +210,31 @@ def run(args: argparse.Namespace) -> int:
 
     model, _, drafter = load_models(args, need_drafter=True)
     target = make_target(model, args.engine)
-    if max(contexts) + max(nodes) > target.max_positions:
-        raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes exceeds the target's {target.max_positions} positions")
+    reps = args.reps or (5 if args.measure == "rounds" else 30)
+    if reps < 1:
+        raise SpecdiffError("--reps must be >= 1")
+    if max(contexts) + max(nodes) + ROUND_TOKENS > target.max_positions:
+        raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes + {ROUND_TOKENS} decoded tokens exceeds "
+                            f"the target's {target.max_positions} positions")
     drafter.bind(target.embed_tokens, target.lm_head)
     target.set_taps(drafter.spec.target_layer_ids)  # a decode's forwards also return these taps
+    plain = drafter
     if args.engine == "graph":
         from specdiff.drafters.graphed import GraphedDrafter
 
         drafter = GraphedDrafter(drafter)
-    m = measure(target, drafter, contexts, nodes, args.reps, args.warmup)
+    # the drafter step alone (and, for steps, the target step per size)
+    m = measure(target, drafter, contexts, nodes if args.measure == "steps" else [], reps if args.measure == "steps"
+                else 30, args.warmup)
+    raw = m["raw"]
+    if args.measure == "rounds":
+        rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine)["raw"]
+        # C_v(n) = round(n) - C_d for trees; the root-alone (AR) round ran no drafter
+        raw = [[ms if n == 1 else ms - m["draft_ms"] for n, ms in zip(nodes, row)] for row in rounds]
     prof = CostProfile(
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
-        verify_ms=[fit_verify_row(nodes, row) for row in m["raw"]], raw_verify_ms=m["raw"],
+        verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=args.measure,
         buckets=list(BUCKETS) if args.engine == "graph" else [],
     )
     path = args.out or default_profile_path(target.device, target, drafter, args.dtype)

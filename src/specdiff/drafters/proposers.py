@@ -3,6 +3,8 @@ D²SD (DFlash chain + VP branches, as one trie or inside DDTree's budget)."""
 
 from __future__ import annotations
 
+import time
+
 from specdiff.config import DecodeConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.drafters.dflash import DFlashDrafter
@@ -11,7 +13,7 @@ from specdiff.trees.caddtree import build_caddtree
 from specdiff.trees.d2sd import (
     branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, select_branches, slot_confidences,
 )
-from specdiff.trees.cost_model import CostProfile
+from specdiff.trees.cost_model import CostProfile, RoundOverhead
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
@@ -59,8 +61,12 @@ class DFlashProposer:
     "caddtree" (as many prefixes as pay for their measured cost, from `profile`)."""
 
     def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None,
-                 profile: CostProfile | None = None):
+                 profile: CostProfile | None = None, measure_overhead: bool = True):
         self.drafter, self.tree, self.budget, self.profile = drafter, tree, budget, profile
+        # caddtree: the per-round cost the profile misses, measured from one propose call to the
+        # next (one whole round: draft, target forward, verify, commit, update; each ends in a sync)
+        self.overhead = RoundOverhead() if tree == "caddtree" and measure_overhead else None
+        self._round: tuple[float, float] | None = None  # (start of the last round, its predicted ms)
         self.name = {"chain": "dflash"}.get(tree, tree)
         self.num_slots = (block_size or drafter.block_size) - 1
         self.tap_layers = tuple(drafter.spec.target_layer_ids)
@@ -76,6 +82,7 @@ class DFlashProposer:
         for d in self.drafters:
             d.reset(max_len)
         self._pending = prefill.features
+        self._round = None  # the gap since the last decode's final round is not a round
 
     def _catch_up(self) -> None:
         if self._pending is not None:
@@ -84,6 +91,16 @@ class DFlashProposer:
             self._pending = None
 
     def propose(self, state: DecodeState) -> DraftTree:
+        if self.overhead is None:
+            return self._propose(state)
+        now = time.perf_counter()
+        if self._round is not None:
+            self.overhead.observe(1000 * (now - self._round[0]), self._round[1])
+        tree = self._propose(state)
+        self._round = (now, self.profile.draft_ms + self.profile.verify(tree.num_nodes, state.start))
+        return tree
+
+    def _propose(self, state: DecodeState) -> DraftTree:
         self._catch_up()
         depth = min(self.num_slots, state.max_depth)
         if depth <= 0:
@@ -92,7 +109,8 @@ class DFlashProposer:
         if self.tree == "chain":
             return build_chain(state.root, proposal, depth)
         if self.tree == "caddtree":
-            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget)
+            overhead = self.overhead.ms if self.overhead is not None else 0.0
+            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead)
         return build_ddtree(state.root, proposal, self.budget, depth)
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None:
@@ -120,7 +138,7 @@ class D2SDProposer(DFlashProposer):
     def drafters(self) -> tuple[DFlashDrafter, ...]:
         return (self.drafter, self.vp_drafter)
 
-    def propose(self, state: DecodeState) -> DraftTree:
+    def _propose(self, state: DecodeState) -> DraftTree:
         self._catch_up()
         depth = min(self.num_slots, state.max_depth)
         if depth <= 0:
@@ -154,6 +172,6 @@ def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profi
         # the tree never outgrows what the profile measured: beyond it the cost is a guess, and the
         # cap sizes the caches and the graphs prepared
         cap = cfg.caddtree_max_nodes if profile is None else min(cfg.caddtree_max_nodes, max(profile.nodes) - 1)
-        return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile)
+        return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile, cfg.caddtree_measure_overhead)
     tree = "chain" if cfg.method == "dflash" else "ddtree"
     return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size)

@@ -13,6 +13,9 @@ On an engine that pads a tree to a size bucket (the graph engine: one CUDA graph
 real cost is a step function: every tree up to a bucket's size costs that bucket. The profile
 then lists the buckets, theta is compared at bucket sizes only (where it is unimodal again), and
 the chosen tree fills its bucket: the nodes up to the boundary are free.
+
+The cost of a round is the profile's plus `overhead_ms`, the per-round host work the profile does
+not see, which the proposer measures while decoding (`cost_model.RoundOverhead`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from specdiff.types import DraftProposal, DraftTree
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
-                   max_nodes: int = 1024) -> DraftTree:
+                   max_nodes: int = 1024, overhead_ms: float = 0.0) -> DraftTree:
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
         return DraftTree.chain(root, [])
-    # the cost curve at this context, once per round (the stream asks for it at every pop)
-    cost = [profile.draft_ms + c for c in profile.curve(context, max_nodes + 1)]
+    # the cost curve at this context, once per round, as an array: _grow reads a few of its entries
+    cost = profile.curve_array(context, max_nodes + 1) + (profile.draft_ms + overhead_ms)
     # tree sizes (root included) theta is compared at: every size, or the engine's buckets
     sizes = [b for b in profile.buckets if 1 < b <= max_nodes + 1] if profile.buckets else range(2, max_nodes + 2)
     k = min(max_nodes, FIRST_K)
@@ -39,14 +42,18 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         nodes = _grow(top_logp, cost, sizes)
         if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
-        k = max_nodes
+        k = min(2 * k, max_nodes)  # the cap can be 511: fetch no more candidates than the tree may use
 
 
-def _grow(top_logp, cost: list[float], sizes) -> list[tuple[int, int, float]]:
+def _grow(top_logp, cost, sizes) -> list[tuple[int, int, float]]:
     """Pop prefixes in best-first order and compare theta at each size in `sizes` (increasing,
     root included; cost[n - 1] is C_d + C_v(n)), stopping at the first size where it falls. The
     root alone is weighed last: its step has no tree to build or walk, so the measured curve
-    jumps from 1 to 2 nodes and theta is unimodal only from one draft node on."""
+    jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
+
+    Pops come in non-increasing delta, so the nodes still to pop before the next size add at most
+    delta of the last pop each: once even that cannot lift theta there above the best, the search
+    stops without popping them (the same tree, less host work per round)."""
     nodes: list[tuple[int, int, float]] = []
     phi, best, best_n = 0.0, 0.0, 0
     bounds = iter(sizes)
@@ -54,15 +61,19 @@ def _grow(top_logp, cost: list[float], sizes) -> list[tuple[int, int, float]]:
     for parent, rank, score in iter_best_first(top_logp):
         if bound is None:
             break
-        phi += math.exp(score)
+        delta = math.exp(score)
+        phi += delta
         nodes.append((parent, rank, score))
-        if len(nodes) + 1 == bound:
-            theta = (1.0 + phi) / cost[bound - 1]
+        n = len(nodes)
+        if n + 1 == bound:
+            theta = (1.0 + phi) / float(cost[bound - 1])
             if theta <= best:
                 break
-            best, best_n = theta, len(nodes)
+            best, best_n = theta, n
             bound = next(bounds, None)
+        elif best_n and (1.0 + phi + (bound - 1 - n) * delta) <= best * float(cost[bound - 1]):
+            break
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
-        if bound is not None and nodes and (1.0 + phi) / cost[bound - 1] > best:
-            best, best_n = (1.0 + phi) / cost[bound - 1], len(nodes)
-    return nodes[:best_n] if best > 1.0 / cost[0] else []
+        if bound is not None and nodes and (1.0 + phi) / float(cost[bound - 1]) > best:
+            best, best_n = (1.0 + phi) / float(cost[bound - 1]), len(nodes)
+    return nodes[:best_n] if best > 1.0 / float(cost[0]) else []

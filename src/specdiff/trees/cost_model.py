@@ -18,6 +18,29 @@ import numpy as np
 from specdiff.errors import SpecdiffError
 
 
+class RoundOverhead:
+    """What a whole decode round costs beyond the profile's C_d + C_v(n), measured online.
+
+    The profile times the drafter step and the target step apart, each at its fastest; a real
+    round also pays the loop's own host work between them (the proposer's update, the bookkeeping
+    of the decode loop, the gaps between syncs). That part is about constant per round (0.6 ms on
+    an H100 host, a quarter of a round), and a constant added to every tree size favours larger
+    trees, so caddtree adds it. `observe` takes each round's wall time against its predicted cost;
+    the estimate is an exponential moving average of the residual, each residual clipped to the
+    predicted cost so that one stalled round (a GC pause) moves it little."""
+
+    def __init__(self, weight: float = 0.05):
+        self.weight = weight
+        self.ms = 0.0  # current estimate
+        self.rounds = 0  # rounds observed
+
+    def observe(self, wall_ms: float, predicted_ms: float) -> None:
+        residual = min(max(wall_ms - predicted_ms, -0.5 * predicted_ms), predicted_ms)
+        w = max(self.weight, 1.0 / (self.rounds + 1))  # a plain mean until the EMA's horizon
+        self.ms += w * (residual - self.ms)
+        self.rounds += 1
+
+
 def fit_monotone_convex(n: list[float], y: list[float]) -> list[float]:
     """Least-squares-ish projection of (n, y) onto non-decreasing convex curves.
 
@@ -67,6 +90,8 @@ class CostProfile:
     raw_verify_ms: list[list[float]] = field(default_factory=list)  # minima as measured
     # node-count buckets the engine pads a tree to (graph engine), or [] when cost is per node
     buckets: list[int] = field(default_factory=list)
+    # "rounds": C_d + C_v(n) is a whole decode round as measured; "steps": the two steps timed apart
+    measure: str = "steps"
 
     def verify(self, n: int, context: int) -> float:
         """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
@@ -84,8 +109,12 @@ class CostProfile:
         return rows[i - 1] * (1 - t) + rows[i] * t
 
     def curve(self, context: int, max_n: int) -> list[float]:
-        """[C_v(n, context) for n = 1..max_n], as `verify` gives them, from cached dense rows
-        (one round asks for many n; this keeps that a vector operation)."""
+        """[C_v(n, context) for n = 1..max_n], as `verify` gives them."""
+        return self.curve_array(context, max_n).tolist()
+
+    def curve_array(self, context: int, max_n: int) -> np.ndarray:
+        """`curve` as a float64 array [max_n], from cached dense rows (one round asks for many n;
+        this keeps that a vector operation)."""
         dense = self.__dict__.setdefault("_dense", {})
         if dense.get("max_n", 0) < max_n:
             dense["rows"] = [np.array([self._at_n(row, n) for n in range(1, max_n + 1)]) for row in self.verify_ms]
@@ -100,7 +129,7 @@ class CostProfile:
             i = bisect.bisect_right(cs, context)
             t = (context - cs[i - 1]) / (cs[i] - cs[i - 1])
             out = rows[i - 1] * (1 - t) + rows[i] * t
-        return out.tolist()
+        return out
 
     def _at_n(self, row: list[float], n: int) -> float:
         xs = self.nodes

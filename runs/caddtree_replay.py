@@ -1,0 +1,131 @@
+"""Offline replay of caddtree's per-round choice against fixed budgets, without timing noise.
+
+Decodes held-out prompts with DDTree (CPU, fp32, static engine) and keeps, per round, the
+drafter's top-32 marginals per depth and the realised greedy continuation (the output, which is
+the target's own greedy text). For every round and every tree size n it then knows the predicted
+accepted tokens Phi(n) (the sum of the top-n prefix probabilities) and the realised ones (the
+deepest node of the top-n tree on the greedy path). Scored with a cost profile (+ a per-round
+overhead), it compares tokens per ms of caddtree's choice with every fixed budget, and prints how
+well the marginals predict acceptance.
+
+    python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdiff.bench.harness import read_prompt_file
+from specdiff.config import DecodeConfig
+from specdiff.drafters.dflash import load_drafter
+from specdiff.engine import build_decoder
+from specdiff.models.bundled import default_path
+from specdiff.target.hf_causal import load_target
+from specdiff.trees.cost_model import CostProfile
+from specdiff.trees.ddtree import iter_best_first
+
+SETS = ["data/prompts/function_completion.jsonl", "data/prompts/file_continuation.jsonl"]
+MAX_NODES = 512
+
+
+def collect(path: str, limit: int, model, tok, drafter) -> list[dict]:
+    """Per round: top-32 log-probs and ids per depth, and the tokens that followed the root."""
+    rounds: list[dict] = []
+    plain_draft = type(drafter).draft.__get__(drafter)
+    for p in read_prompt_file(Path(path), limit):
+        ids = list(tok(p["prompt"], add_special_tokens=False)["input_ids"])
+        decoder = build_decoder(model, DecodeConfig(method="ddtree", budget=64, max_new_tokens=128, engine="static"),
+                                drafter, [])
+        seen: list[tuple[int, torch.Tensor]] = []
+        state_tokens: list[int] = []
+
+        def draft(root, depth):
+            logits = plain_draft(root, depth)
+            seen.append((len(state_tokens), logits.float()))
+            return logits
+
+        def propose(state, _propose=decoder.proposer.propose):
+            state_tokens[:] = state.tokens
+            return _propose(state)
+
+        drafter.draft, decoder.proposer.propose = draft, propose
+        out = decoder.generate(ids)
+        full = ids + out.token_ids
+        for n_tok, logits in seen:
+            top = torch.topk(torch.log_softmax(logits, -1), 32, -1)
+            rounds.append({"logp": top.values, "ids": top.indices.tolist(), "future": full[n_tok:n_tok + len(logits)]})
+    drafter.__dict__.pop("draft", None)
+    return rounds
+
+
+def stream(r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (cumulative deltas) and realised accepted draft tokens for n = 1..len."""
+    depths, on_path, deepest = [0], {0}, 0
+    delta, realised = [], []
+    for j, (parent, rank, score) in enumerate(itertools.islice(iter_best_first(r["logp"]), MAX_NODES), 1):
+        d = depths[parent] + 1
+        depths.append(d)
+        if parent in on_path and d <= len(r["future"]) and r["future"][d - 1] == r["ids"][d - 1][rank]:
+            on_path.add(j)
+            deepest = max(deepest, d)
+        delta.append(math.exp(score))
+        realised.append(deepest)
+    return np.asarray(delta), np.asarray(realised)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", type=Path, required=True)
+    ap.add_argument("--overhead", type=float, default=0.0, help="ms added to every round's profiled cost")
+    ap.add_argument("--context", type=int, default=512, help="context the costs are read at")
+    ap.add_argument("--limit", type=int, default=12)
+    args = ap.parse_args()
+    prof = CostProfile.load(args.profile)
+    buckets = [b for b in (prof.buckets or range(1, MAX_NODES + 2)) if b <= MAX_NODES + 1]
+
+    def cost(n: int) -> float:  # a tree of n nodes (root included) costs its bucket
+        b = next((b for b in buckets if b >= n), n)
+        return prof.draft_ms + args.overhead + prof.verify(b, args.context)
+
+    torch.manual_seed(0)
+    model, tok = load_target(default_path("target"), "cpu", "float32")
+    drafter = load_drafter(default_path("dflash"), "cpu", torch.float32)
+    for path in SETS:
+        streams = [stream(r) for r in collect(path, args.limit, model, tok, drafter)]
+        print(f"{Path(path).stem}: {len(streams)} rounds")
+        for n in (1, 4, 16, 32, 64, 128, 512):
+            pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _ in streams])
+            real = np.mean([a[min(n, len(a)) - 1] for _, a in streams])
+            print(f"  {n:4d} nodes: predicted {pred:.2f}, realised {real:.2f} accepted draft tokens ({real / pred:.2f}x)")
+        fixed = {}
+        for n in (16, 32, 64, 128, 256, 512):
+            fixed[n] = sum(1 + a[min(n, len(a)) - 1] for _, a in streams) / (len(streams) * cost(n + 1))
+        tokens = ms = 0.0
+        sizes = []
+        for d, a in streams:
+            phi = np.cumsum(d)
+            best, chosen = 1.0 / cost(1), 0
+            for b in buckets:
+                if b < 2 or b - 1 > len(phi):
+                    continue
+                theta = (1 + phi[b - 2]) / cost(b)
+                if theta <= best:
+                    break
+                best, chosen = theta, b - 1
+            tokens += 1 + (a[chosen - 1] if chosen else 0)
+            ms += cost(chosen + 1)
+            sizes.append(chosen)
+        top = max(fixed, key=fixed.get)
+        print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items())
+              + f"; caddtree {tokens / ms:.3f} ({tokens / ms / fixed[top] - 1:+.1%} vs ddtree@{top}, "
+              f"{np.mean(sizes):.1f} nodes)")
+
+
+if __name__ == "__main__":
+    main()
