@@ -1,14 +1,15 @@
 """Offline replay of caddtree's per-round choice against fixed budgets, without timing noise.
 
 Decodes held-out prompts with DDTree (CPU, fp32, static engine) and keeps, per round, the
-drafter's top-32 marginals per depth and the realised greedy continuation (the output, which is
-the target's own greedy text). For every round and every tree size n it then knows the predicted
+drafter's top-32 marginals per depth and the realised continuation: the output, which is the
+target's own greedy text (T=0) or its own sample (T>0; the draws are keyed by position, so the
+walk accepts, in any tree, the longest prefix of that sample that the tree holds). For every round and every tree size n it then knows the predicted
 accepted tokens Phi(n) (the sum of the top-n prefix probabilities) and the realised ones (the
 deepest node of the top-n tree on the greedy path). Scored with a cost profile (+ a per-round
 overhead), it compares tokens per ms of caddtree's choice with every fixed budget, and prints how
 well the marginals predict acceptance.
 
-    python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12]
+    python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12] [--temperature 1]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from specdiff.bench.harness import read_prompt_file
-from specdiff.config import DecodeConfig
+from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.drafters.dflash import load_drafter
 from specdiff.engine import build_decoder
 from specdiff.models.bundled import default_path
@@ -34,14 +35,15 @@ SETS = ["data/prompts/function_completion.jsonl", "data/prompts/file_continuatio
 MAX_NODES = 512
 
 
-def collect(path: str, limit: int, model, tok, drafter) -> list[dict]:
+def collect(path: str, limit: int, model, tok, drafter, temperature: float) -> list[dict]:
     """Per round: top-32 log-probs and ids per depth, and the tokens that followed the root."""
     rounds: list[dict] = []
     plain_draft = type(drafter).draft.__get__(drafter)
     for p in read_prompt_file(Path(path), limit):
         ids = list(tok(p["prompt"], add_special_tokens=False)["input_ids"])
-        decoder = build_decoder(model, DecodeConfig(method="ddtree", budget=64, max_new_tokens=128, engine="static"),
-                                drafter, [])
+        cfg = DecodeConfig(method="ddtree", budget=64, max_new_tokens=128, engine="static",
+                           sampling=SamplingConfig(temperature=temperature))
+        decoder = build_decoder(model, cfg, drafter, [])
         seen: list[tuple[int, torch.Tensor]] = []
         state_tokens: list[int] = []
 
@@ -64,8 +66,9 @@ def collect(path: str, limit: int, model, tok, drafter) -> list[dict]:
     return rounds
 
 
-def stream(r: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted (cumulative deltas) and realised accepted draft tokens for n = 1..len."""
+def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pop n = 1..len: its delta, its depth, and the realised accepted draft tokens of the
+    tree of the first n pops."""
     depths, on_path, deepest = [0], {0}, 0
     delta, realised = [], []
     for j, (parent, rank, score) in enumerate(itertools.islice(iter_best_first(r["logp"]), MAX_NODES), 1):
@@ -76,7 +79,34 @@ def stream(r: dict) -> tuple[np.ndarray, np.ndarray]:
             deepest = max(deepest, d)
         delta.append(math.exp(score))
         realised.append(deepest)
-    return np.asarray(delta), np.asarray(realised)
+    return np.asarray(delta), np.asarray(depths[1:]), np.asarray(realised)
+
+
+def replay_caddtree(streams, cost, buckets, calibrate: bool) -> tuple[float, float]:
+    """caddtree's choice per round (theta compared at the buckets), in round order; with
+    `calibrate`, each depth's deltas are scaled by realised / predicted acceptance at that depth
+    over the rounds before (prior: 2 rounds' worth at 1x). Returns (tokens per ms, mean nodes)."""
+    pred, real = np.full(17, 2.0), np.full(17, 2.0)  # per depth, summed over past rounds
+    tokens = ms = 0.0
+    sizes = []
+    for delta, depth, realised in streams:
+        weight = real / pred if calibrate else np.ones(17)
+        phi = np.cumsum(weight[depth] * delta)
+        best, chosen = 1.0 / cost(1), 0
+        for b in buckets:
+            if b < 2 or b - 1 > len(phi):
+                continue
+            theta = (1 + phi[b - 2]) / cost(b)
+            if theta <= best:
+                break
+            best, chosen = theta, b - 1
+        accepted = realised[chosen - 1] if chosen else 0
+        np.add.at(pred, depth[:chosen], delta[:chosen])
+        real[1:accepted + 1] += 1
+        tokens += 1 + accepted
+        ms += cost(chosen + 1)
+        sizes.append(chosen)
+    return tokens / ms, float(np.mean(sizes))
 
 
 def main() -> None:
@@ -85,6 +115,7 @@ def main() -> None:
     ap.add_argument("--overhead", type=float, default=0.0, help="ms added to every round's profiled cost")
     ap.add_argument("--context", type=int, default=512, help="context the costs are read at")
     ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--temperature", type=float, default=0.0)
     args = ap.parse_args()
     prof = CostProfile.load(args.profile)
     buckets = [b for b in (prof.buckets or range(1, MAX_NODES + 2)) if b <= MAX_NODES + 1]
@@ -97,34 +128,21 @@ def main() -> None:
     model, tok = load_target(default_path("target"), "cpu", "float32")
     drafter = load_drafter(default_path("dflash"), "cpu", torch.float32)
     for path in SETS:
-        streams = [stream(r) for r in collect(path, args.limit, model, tok, drafter)]
-        print(f"{Path(path).stem}: {len(streams)} rounds")
+        streams = [stream(r) for r in collect(path, args.limit, model, tok, drafter, args.temperature)]
+        print(f"{Path(path).stem}, T={args.temperature:g}: {len(streams)} rounds")
         for n in (1, 4, 16, 32, 64, 128, 512):
-            pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _ in streams])
-            real = np.mean([a[min(n, len(a)) - 1] for _, a in streams])
+            pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _, _ in streams])
+            real = np.mean([a[min(n, len(a)) - 1] for _, _, a in streams])
             print(f"  {n:4d} nodes: predicted {pred:.2f}, realised {real:.2f} accepted draft tokens ({real / pred:.2f}x)")
         fixed = {}
         for n in (16, 32, 64, 128, 256, 512):
-            fixed[n] = sum(1 + a[min(n, len(a)) - 1] for _, a in streams) / (len(streams) * cost(n + 1))
-        tokens = ms = 0.0
-        sizes = []
-        for d, a in streams:
-            phi = np.cumsum(d)
-            best, chosen = 1.0 / cost(1), 0
-            for b in buckets:
-                if b < 2 or b - 1 > len(phi):
-                    continue
-                theta = (1 + phi[b - 2]) / cost(b)
-                if theta <= best:
-                    break
-                best, chosen = theta, b - 1
-            tokens += 1 + (a[chosen - 1] if chosen else 0)
-            ms += cost(chosen + 1)
-            sizes.append(chosen)
+            fixed[n] = sum(1 + a[min(n, len(a)) - 1] for _, _, a in streams) / (len(streams) * cost(n + 1))
         top = max(fixed, key=fixed.get)
-        print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items())
-              + f"; caddtree {tokens / ms:.3f} ({tokens / ms / fixed[top] - 1:+.1%} vs ddtree@{top}, "
-              f"{np.mean(sizes):.1f} nodes)")
+        print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items()))
+        for calibrate in (False, True):
+            rate, nodes = replay_caddtree(streams, cost, buckets, calibrate)
+            print(f"  caddtree{' (calibrated by depth)' if calibrate else ''}: {rate:.3f} "
+                  f"({rate / fixed[top] - 1:+.1%} vs ddtree@{top}, {nodes:.1f} nodes)")
 
 
 if __name__ == "__main__":
