@@ -42,7 +42,7 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         nodes = _grow(top_logp, cost, sizes)
         if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
-        k = min(2 * k, max_nodes)  # the cap can be 511: fetch no more candidates than the tree may use
+        k = min(2 * k, max_nodes)  # doubling: a jump to the cap (up to 511) would copy 511 x depth to the host
 
 
 def _grow(top_logp, cost, sizes) -> list[tuple[int, int, float]]:
