@@ -159,3 +159,21 @@ def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
         assert len({tuple(o) for o in orders}) == 3  # rotated from prompt to prompt
         assert all(r["matches_ar"] for r in runs if r["method"] != "ar")
     assert {(r["method"], r["prompts"]) for r in result["summary"]} == {(m, 3) for m in methods}
+    # every round's size and wall time are kept, and they add up to the run's
+    for r in result["runs"]:
+        assert len(r["tree_sizes"]) == len(r["round_ms"]) == r["rounds"] and r["prompt_tokens"] > 1
+        assert sum(r["tree_sizes"]) / r["rounds"] == pytest.approx(r["mean_tree_nodes"])
+        assert sum(r["round_ms"]) == pytest.approx(1000 * r["decode_s"], rel=0.2, abs=2.0)
+    # which bench.round_costs groups by bucket and prices with a profile
+    from specdiff.bench.round_costs import round_cost_table
+    from specdiff.trees.cost_model import CostProfile
+
+    prof = CostProfile(device="t", target="t", drafter="d", dtype="float32", draft_ms=3.0, contexts=[1, 1000],
+                       nodes=[1, 64], verify_ms=[[1.0, 1.0], [1.0, 1.0]])
+    rows = round_cost_table(result, prof)
+    assert sum(r["rounds"] for r in rows) == sum(r["rounds"] for r in result["runs"])
+    top = {"ar": 1, "dflash": 16, "ddtree@4": 8, "ddtree@8": 16}  # the last rounds of a decode draft less
+    for method, bucket in top.items():
+        mine = [r for r in rows if r["method"] == method]
+        assert max(r["bucket"] for r in mine) == bucket and all(r["bucket"] & (r["bucket"] - 1) == 0 for r in mine)
+    assert all(r["predicted_ms"] == (1.0 if r["bucket"] == 1 else 4.0) for r in rows)  # a root alone: no drafter

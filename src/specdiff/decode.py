@@ -85,6 +85,8 @@ class SpeculativeDecoder:
 
         new: list[int] = []
         accept_lengths: list[int] = []
+        round_ms: list[float] = []  # wall time per round: each round ends in the walk's host sync
+        t_round = t1
         tree_sizes: list[int] = []
         candidate_rows: list[int] = []
         stop = "length"
@@ -105,6 +107,9 @@ class SpeculativeDecoder:
             accept_lengths.append(len(emitted))
             tree_sizes.append(tree.num_nodes)
             candidate_rows.append(tree.candidate_rows or tree.num_nodes)
+            now = time.perf_counter()
+            round_ms.append(1000 * (now - t_round))
+            t_round = now
             if stop == "eos":
                 break
         self._sync()
@@ -118,4 +123,5 @@ class SpeculativeDecoder:
             prefill_s=t1 - t0,
             decode_s=t2 - t1,
             stop_reason=stop,
+            round_ms=round_ms,
         )

@@ -9,7 +9,7 @@ loop the same `DraftTree`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -139,6 +139,7 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     stop_reason: str  # "length" | "eos"
+    round_ms: list[float] = field(default_factory=list)  # wall time of each round (the last one's ends before the final sync)
 
     @property
     def num_new_tokens(self) -> int:

@@ -63,6 +63,9 @@ class Run:
     matches_ar: bool | None
     mean_candidate_rows: float = 0.0  # d2sd: the paper's (K+1)·γ rows per round; else = mean_tree_nodes
     round_overhead_ms: float | None = None  # caddtree: its measured per-round cost beyond the profile, after this run
+    prompt_tokens: int = 0  # the first round's root sits at position prompt_tokens - 1
+    tree_sizes: list[int] = field(default_factory=list)  # per round: nodes verified (root included)
+    round_ms: list[float] = field(default_factory=list)  # per round: wall time (`bench.round_costs` reads both)
 
 
 def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
@@ -138,7 +141,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                     runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
                                     r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
                                     sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
-                                    overhead.ms if overhead is not None else None))
+                                    overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
+                                    [round(ms, 4) for ms in r.round_ms]))
             done += 1
             if progress:
                 print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts in "

@@ -1,0 +1,64 @@
+"""Measured round costs against the profile's prediction, per method and tree-size bucket.
+
+The bench records every round's wall time and tree size. Grouped by the bucket a tree pads to
+(the profile's buckets; where it has none, powers of two, each round priced at its own size), the median round of each method is set
+against what the profile predicts for it at the round's context, C_d + C_v(bucket, context) (AR:
+C_v(1, context)). A ratio that drifts with the bucket is what caddtree's choice cannot see: its
+constant measured overhead (`cost_model.RoundOverhead`) shifts every size alike.
+
+    usage: python -m specdiff.bench.round_costs RESULTS(.json|.json.gz|DIR) PROFILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from specdiff.bench.harness import load_results
+from specdiff.trees.cost_model import CostProfile
+
+
+def bucket_of(n: int, buckets: list[int]) -> int:
+    return next((b for b in buckets if b >= n), 1 << (n - 1).bit_length())
+
+
+def round_cost_table(result: dict, profile: CostProfile) -> list[dict]:
+    """One row per (prompt set, T, method, bucket): rounds, median measured and predicted ms."""
+    buckets = profile.buckets or [1 << k for k in range(12)]
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for run in result["runs"]:
+        context = run.get("prompt_tokens", 0) - 1
+        for size, ms, accepted in zip(run.get("tree_sizes", []), run.get("round_ms", []), run["accept_lengths"]):
+            b = bucket_of(size, buckets)
+            # a padded engine runs the bucket; otherwise the tree as it is. A root-alone round ran no
+            # drafter (AR, or a decode's last token; caddtree's rare root-alone choice did)
+            draft = 0.0 if size == 1 else profile.draft_ms
+            predicted = draft + profile.verify(b if profile.buckets else size, max(1, context))
+            groups.setdefault((run["prompt_set"], run["temperature"], run["method"], b), []).append((ms, predicted))
+            context += accepted
+    rows = []
+    for (pset, temp, method, b), pairs in groups.items():
+        measured = statistics.median(ms for ms, _ in pairs)
+        predicted = statistics.median(p for _, p in pairs)
+        rows.append({"prompt_set": pset, "temperature": temp, "method": method, "bucket": b, "rounds": len(pairs),
+                     "measured_ms": measured, "predicted_ms": predicted, "ratio": measured / predicted})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("profile", type=Path)
+    args = ap.parse_args(argv)
+    rows = round_cost_table(load_results(args.results), CostProfile.load(args.profile))
+    print("| prompt set | T | method | bucket | rounds | measured ms | profile ms | measured / profile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['bucket']} | {r['rounds']} | "
+              f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['ratio']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
