@@ -10,6 +10,7 @@ overhead), it compares tokens per ms of caddtree's choice with every fixed budge
 well the marginals predict acceptance.
 
     python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12] [--temperature 1]
+        [--root-alone-ms 1.2]
 """
 
 from __future__ import annotations
@@ -82,17 +83,21 @@ def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(delta), np.asarray(depths[1:]), np.asarray(realised)
 
 
-def replay_caddtree(streams, cost, buckets, calibrate: bool) -> tuple[float, float]:
+def replay_caddtree(streams, cost, root_cost: float, buckets, calibrate: bool = False,
+                    root_price: float | None = None) -> tuple[float, float, float]:
     """caddtree's choice per round (theta compared at the buckets), in round order; with
     `calibrate`, each depth's deltas are scaled by realised / predicted acceptance at that depth
-    over the rounds before (prior: 2 rounds' worth at 1x). Returns (tokens per ms, mean nodes)."""
+    over the rounds before (prior: 2 rounds' worth at 1x). A root-alone round costs `root_cost`;
+    the choice prices it at `root_price` (default: the same). Returns (tokens per ms, mean nodes,
+    share of root-alone rounds)."""
+    root_price = root_cost if root_price is None else root_price
     pred, real = np.full(17, 2.0), np.full(17, 2.0)  # per depth, summed over past rounds
     tokens = ms = 0.0
     sizes = []
     for delta, depth, realised in streams:
         weight = real / pred if calibrate else np.ones(17)
         phi = np.cumsum(weight[depth] * delta)
-        best, chosen = 1.0 / cost(1), 0
+        best, chosen = 1.0 / root_price, 0
         for b in buckets:
             if b < 2 or b - 1 > len(phi):
                 continue
@@ -104,9 +109,9 @@ def replay_caddtree(streams, cost, buckets, calibrate: bool) -> tuple[float, flo
         np.add.at(pred, depth[:chosen], delta[:chosen])
         real[1:accepted + 1] += 1
         tokens += 1 + accepted
-        ms += cost(chosen + 1)
+        ms += cost(chosen + 1) if chosen else root_cost
         sizes.append(chosen)
-    return tokens / ms, float(np.mean(sizes))
+    return tokens / ms, float(np.mean(sizes)), float(np.mean(np.asarray(sizes) == 0))
 
 
 def main() -> None:
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=512, help="context the costs are read at")
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--root-alone-ms", type=float, help="the root-alone step's cost (default: the profile's)")
     args = ap.parse_args()
     prof = CostProfile.load(args.profile)
     buckets = [b for b in (prof.buckets or range(1, MAX_NODES + 2)) if b <= MAX_NODES + 1]
@@ -139,10 +145,14 @@ def main() -> None:
             fixed[n] = sum(1 + a[min(n, len(a)) - 1] for _, _, a in streams) / (len(streams) * cost(n + 1))
         top = max(fixed, key=fixed.get)
         print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items()))
-        for calibrate in (False, True):
-            rate, nodes = replay_caddtree(streams, cost, buckets, calibrate)
-            print(f"  caddtree{' (calibrated by depth)' if calibrate else ''}: {rate:.3f} "
-                  f"({rate / fixed[top] - 1:+.1%} vs ddtree@{top}, {nodes:.1f} nodes)")
+        root_step = prof.root_alone(args.context) if args.root_alone_ms is None else args.root_alone_ms
+        root_cost = prof.draft_ms + args.overhead + root_step
+        ar_price = prof.draft_ms + args.overhead + prof.verify(1, args.context)
+        for label, kwargs in [("", {}), (" (calibrated by depth)", {"calibrate": True}),
+                              (" (root alone priced as AR's step)", {"root_price": ar_price})]:
+            rate, nodes, alone = replay_caddtree(streams, cost, root_cost, buckets, **kwargs)
+            print(f"  caddtree{label}: {rate:.3f} ({rate / fixed[top] - 1:+.1%} vs ddtree@{top}, {nodes:.1f} nodes, "
+                  f"root alone in {alone:.0%} of rounds)")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,24 @@ def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("root_ms", [2.0, 8.0, 12.0])
+def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms):
+    """The root-alone choice costs what the profile measured for it (after the candidate fetch),
+    not AR's step: the choice maximises theta with that price (brute force), and a price at or
+    above the 2-node round's never keeps the root alone."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * (1 + seed)  # from flat to peaked marginals
+    prof = profile([fit_verify_row(NODES, [8.0] + [8.5 + 0.05 * n for n in NODES[1:]])])
+    prof.root_alone_ms = [root_ms]
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15), logits)
+    thetas = [1 / (prof.draft_ms + root_ms)] + [theta(scores[1:], k, prof, 128) for k in range(1, 601)]
+    assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
+    if root_ms >= prof.verify(2, 128):
+        assert tree.num_nodes > 1
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("overhead", [0.5, 4.0, 20.0])
 def test_round_overhead_is_part_of_the_cost(seed, overhead):

@@ -40,8 +40,8 @@ from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import BUCKETS
 from specdiff.target.hf_causal import HFTarget
 from specdiff.trees.cost_model import CostProfile, fit_verify_row
-from specdiff.trees.ddtree import build_ddtree
-from specdiff.types import DraftProposal
+from specdiff.trees.ddtree import FIRST_K, build_ddtree, top_k_marginals
+from specdiff.types import DraftProposal, DraftTree
 from specdiff.verify import verify_walk
 
 
@@ -105,7 +105,7 @@ def peaked_proposal(vocab: int, depth: int, g: torch.Generator, device) -> Draft
 def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int) -> dict:
     g = torch.Generator().manual_seed(0)
     dev = target.device
-    raw = []
+    raw, root_alone = [], []
     greedy = SamplingConfig()
     for ctx in contexts if nodes else []:
         target.reset(ctx + max(nodes) + 1)
@@ -129,7 +129,10 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
                 round_()
             row.append(_timed(round_, reps, dev))
         raw.append(row)
-        print(f"profile: context {ctx}: " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row)) + " ms", flush=True)
+        root_alone.append(_timed_root_alone(target, peaked_proposal(target.vocab_size, 15, g, dev), ctx, reps,
+                                            warmup))
+        print(f"profile: context {ctx}: " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row))
+              + f" ms; root alone after the candidate fetch {root_alone[-1]:.2f} ms", flush=True)
     draft_ms = 0.0
     if drafter is not None:
         # a round's drafter work: fuse 4 committed tokens' features, then draft one block
@@ -146,7 +149,26 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
             round_()
         draft_ms = _timed(round_, reps, dev)
         print(f"profile: drafter pass {draft_ms:.2f} ms", flush=True)
-    return {"raw": raw, "draft_ms": draft_ms}
+    return {"raw": raw, "draft_ms": draft_ms, "root_alone": root_alone}
+
+
+def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps: int, warmup: int) -> float:
+    """caddtree's root-alone round as it takes it: the candidates are fetched and searched before
+    the choice, then the root alone is forwarded, walked and committed. Unlike AR's step (C_v(1)),
+    it pays the fetch (a top-k and a sync on the device)."""
+    greedy = SamplingConfig()
+    root = DraftTree.chain(0, [])
+
+    def round_() -> None:
+        top_k_marginals(proposal, FIRST_K, proposal.logits.shape[0])
+        out = target.forward(root)
+        verify_walk(root, out.logits, ctx, greedy)
+        target.commit([0])
+        target.length -= 1
+
+    for _ in range(warmup):
+        round_()
+    return _timed(round_, reps, target.device)
 
 
 ROUND_TOKENS = 32  # tokens each timed decode of `measure_rounds` produces
@@ -235,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
         verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=args.measure,
+        root_alone_ms=m["root_alone"],
         buckets=list(BUCKETS) if args.engine == "graph" else [],
     )
     path = args.out or default_profile_path(target.device, target, drafter, args.dtype)

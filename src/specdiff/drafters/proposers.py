@@ -97,7 +97,9 @@ class DFlashProposer:
         if self._round is not None:
             self.overhead.observe(1000 * (now - self._round[0]), self._round[1])
         tree = self._propose(state)
-        self._round = (now, self.profile.draft_ms + self.profile.verify(tree.num_nodes, state.start))
+        n, ctx = tree.num_nodes, state.start
+        step = self.profile.verify(n, ctx) if n > 1 else self.profile.root_alone(ctx)
+        self._round = (now, self.profile.draft_ms + step)
         return tree
 
     def _propose(self, state: DecodeState) -> DraftTree:

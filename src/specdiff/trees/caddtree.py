@@ -15,7 +15,11 @@ then lists the buckets, theta is compared at bucket sizes only (where it is unim
 the chosen tree fills its bucket: the nodes up to the boundary are free.
 
 The cost of a round is the profile's plus `overhead_ms`, the per-round host work the profile does
-not see, which the proposer measures while decoding (`cost_model.RoundOverhead`).
+not see, which the proposer measures while decoding (`cost_model.RoundOverhead`). Keeping the root
+alone is priced as caddtree takes it, after fetching and searching the candidates
+(`CostProfile.root_alone`), not as AR's step: in the H100 profiles the step rose by 0.3 ms from 1
+to 2 nodes, mostly that fetch and the tree's host work, so AR's price made the root alone look
+that much cheaper.
 """
 
 from __future__ import annotations
@@ -34,22 +38,23 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         return DraftTree.chain(root, [])
     # the cost curve at this context, once per round, as an array: _grow reads a few of its entries
     cost = profile.curve_array(context, max_nodes + 1) + (profile.draft_ms + overhead_ms)
+    root_cost = profile.draft_ms + overhead_ms + profile.root_alone(context)
     # tree sizes (root included) theta is compared at: every size, or the engine's buckets
     sizes = [b for b in profile.buckets if 1 < b <= max_nodes + 1] if profile.buckets else range(2, max_nodes + 2)
     k = min(max_nodes, FIRST_K)
     while True:  # as in build_ddtree: widen the candidates only if the tree used them all
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
-        nodes = _grow(top_logp, cost, sizes)
+        nodes = _grow(top_logp, cost, sizes, root_cost)
         if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
         k = min(2 * k, max_nodes)  # doubling: a jump to the cap (up to 511) would copy 511 x depth to the host
 
 
-def _grow(top_logp, cost, sizes) -> list[tuple[int, int, float]]:
+def _grow(top_logp, cost, sizes, root_cost: float) -> list[tuple[int, int, float]]:
     """Pop prefixes in best-first order and compare theta at each size in `sizes` (increasing,
     root included; cost[n - 1] is C_d + C_v(n)), stopping at the first size where it falls. The
-    root alone is weighed last: its step has no tree to build or walk, so the measured curve
-    jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
+    root alone (a round of cost `root_cost`) is weighed last: its step has no tree to walk, so the
+    curve jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
 
     Pops come in non-increasing delta, so the nodes still to pop before the next size add at most
     delta of the last pop each: once even that cannot lift theta there above the best, the search
@@ -76,4 +81,4 @@ def _grow(top_logp, cost, sizes) -> list[tuple[int, int, float]]:
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
         if bound is not None and nodes and (1.0 + phi) / float(cost[bound - 1]) > best:
             best, best_n = (1.0 + phi) / float(cost[bound - 1]), len(nodes)
-    return nodes[:best_n] if best > 1.0 / float(cost[0]) else []
+    return nodes[:best_n] if best > 1.0 / root_cost else []

@@ -92,6 +92,9 @@ class CostProfile:
     buckets: list[int] = field(default_factory=list)
     # "rounds": C_d + C_v(n) is a whole decode round as measured; "steps": the two steps timed apart
     measure: str = "steps"
+    # [context]: caddtree's root-alone step, which fetched candidates before choosing (steps only;
+    # [] = priced as C_v(1))
+    root_alone_ms: list[float] = field(default_factory=list)
 
     def verify(self, n: int, context: int) -> float:
         """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
@@ -107,6 +110,13 @@ class CostProfile:
         c0, c1 = self.contexts[i - 1], self.contexts[i]
         t = (context - c0) / (c1 - c0)
         return rows[i - 1] * (1 - t) + rows[i] * t
+
+    def root_alone(self, context: int) -> float:
+        """The step of a round that keeps the root alone after searching the candidates, in ms
+        (linear in context between the measured ones, flat outside them)."""
+        if len(self.root_alone_ms) != len(self.contexts):
+            return self.verify(1, context)
+        return float(np.interp(context, self.contexts, self.root_alone_ms))
 
     def curve(self, context: int, max_n: int) -> list[float]:
         """[C_v(n, context) for n = 1..max_n], as `verify` gives them."""
