@@ -2,8 +2,8 @@
 
 The bench records every round's wall time and tree size. Grouped by the bucket a tree pads to
 (the profile's buckets; where it has none, powers of two, each round priced at its own size), the median round of each method is set
-against what the profile predicts for it at the round's context, C_d + C_v(bucket, context) (AR:
-C_v(1, context)). A ratio that drifts with the bucket is what caddtree's choice cannot see: its
+against what the profile predicts for it at the round's context, C_d + C_v(bucket, context) (AR
+and a decode's last token: C_v(1, context); caddtree's root alone: C_d + its root-alone step). A ratio that drifts with the bucket is what caddtree's choice cannot see: its
 constant measured overhead (`cost_model.RoundOverhead`) shifts every size alike.
 
     usage: python -m specdiff.bench.round_costs RESULTS(.json|.json.gz|DIR) PROFILE.json
@@ -29,12 +29,16 @@ def round_cost_table(result: dict, profile: CostProfile) -> list[dict]:
     groups: dict[tuple, list[tuple[float, float]]] = {}
     for run in result["runs"]:
         context = run.get("prompt_tokens", 0) - 1
-        for size, ms, accepted in zip(run.get("tree_sizes", []), run.get("round_ms", []), run["accept_lengths"]):
+        sizes = run.get("tree_sizes", [])
+        for i, (size, ms, accepted) in enumerate(zip(sizes, run.get("round_ms", []), run["accept_lengths"])):
             b = bucket_of(size, buckets)
-            # a padded engine runs the bucket; otherwise the tree as it is. A root-alone round ran no
-            # drafter (AR, or a decode's last token; caddtree's rare root-alone choice did)
-            draft = 0.0 if size == 1 else profile.draft_ms
-            predicted = draft + profile.verify(b if profile.buckets else size, max(1, context))
+            ctx = max(1, context)
+            if run["method"] == "ar" or (size == 1 and i == len(sizes) - 1):
+                predicted = profile.verify(1, ctx)  # no drafter: AR, or a decode's last token
+            elif size == 1:  # caddtree kept the root alone after drafting and fetching candidates
+                predicted = profile.draft_ms + profile.root_alone(ctx)
+            else:  # a padded engine runs the bucket; otherwise the tree as it is
+                predicted = profile.draft_ms + profile.verify(b if profile.buckets else size, ctx)
             groups.setdefault((run["prompt_set"], run["temperature"], run["method"], b), []).append((ms, predicted))
             context += accepted
     rows = []
