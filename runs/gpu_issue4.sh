@@ -12,14 +12,17 @@ source runs/bench_env.sh
 first=${D2SD:-1}  # D2SD=0: no D²SD step
 for dt in ${DTYPES:-bfloat16 float32}; do
   echo "--- profile $dt ($((SECONDS - t0)) s)"
-  sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024
+  sd profile --device cuda --dtype $dt --engine graph --contexts 128,512,1024 --out "$R/profile_$dt.json"
   echo "--- graph $dt, all budgets ($((SECONDS - t0)) s)"
   sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,caddtree \
-    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --out "$R/gpu_graph_$dt"
+    --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --profile "$R/profile_$dt.json" \
+    --out "$R/gpu_graph_$dt"
+  echo "--- measured rounds against the profile, $dt"  # where the profile misprices a bucket
+  python3 -m specdiff.bench.round_costs "$R/gpu_graph_$dt" "$R/profile_$dt.json" | grep -E "caddtree|ddtree@(16|32|64) "
   if [ $first = 1 ]; then
     echo "--- graph $dt, d2sd ($((SECONDS - t0)) s)"
     sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,d2sd,d2sd-hybrid \
-      --budgets 64 --temperature 0,1 --limit "$L" --out "$R/gpu_d2sd_$dt"
+      --budgets 64 --temperature 0,1 --limit "$L" --profile "$R/profile_$dt.json" --out "$R/gpu_d2sd_$dt"
     first=0
   fi
 done
