@@ -19,6 +19,9 @@ is its mean round time (the minimum over `reps` decodes), and C_v(n, l) = round(
 H100 it gave noisier curves than steps (random contexts: acceptance, and so the commit work, vary)
 and caddtree did no better with them (docs/benchmarks/README.md).
 
+Both also time caddtree's root-alone step as it takes it: the candidates fetched, then the root
+forwarded alone (`root_alone_ms`; AR's step C_v(1) fetches nothing).
+
 Profiles are keyed by device, engine, dtype and the target/drafter configs, so `caddtree` finds the
 one for where it runs.
 """
@@ -107,8 +110,8 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
     dev = target.device
     raw, root_alone = [], []
     greedy = SamplingConfig()
-    for ctx in contexts if nodes else []:
-        target.reset(ctx + max(nodes) + 1)
+    for ctx in contexts:
+        target.reset(ctx + max(nodes, default=1) + 1)
         target.prefill(torch.randint(0, target.vocab_size, (ctx,), generator=g).tolist())
         row = []
         for n in nodes:
@@ -128,11 +131,13 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
             for _ in range(warmup):
                 round_()
             row.append(_timed(round_, reps, dev))
-        raw.append(row)
+        if nodes:
+            raw.append(row)
         root_alone.append(_timed_root_alone(target, peaked_proposal(target.vocab_size, 15, g, dev), ctx, reps,
                                             warmup))
-        print(f"profile: context {ctx}: " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row))
-              + f" ms; root alone after the candidate fetch {root_alone[-1]:.2f} ms", flush=True)
+        steps = ", ".join(f"{n}:{ms:.2f} ms" for n, ms in zip(nodes, row))
+        print(f"profile: context {ctx}: {steps + '; ' if steps else ''}root alone after the candidate fetch "
+              f"{root_alone[-1]:.2f} ms", flush=True)
     draft_ms = 0.0
     if drafter is not None:
         # a round's drafter work: fuse 4 committed tokens' features, then draft one block
@@ -153,7 +158,7 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
 
 
 def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps: int, warmup: int) -> float:
-    """caddtree's root-alone round as it takes it: the candidates are fetched and searched before
+    """caddtree's root-alone step as it takes it: the candidates are fetched and searched before
     the choice, then the root alone is forwarded, walked and committed. Unlike AR's step (C_v(1)),
     it pays the fetch (a top-k and a sync on the device)."""
     greedy = SamplingConfig()
@@ -245,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         from specdiff.drafters.graphed import GraphedDrafter
 
         drafter = GraphedDrafter(drafter)
-    # the drafter step alone (and, for steps, the target step per size)
+    # the drafter step and the root-alone step (and, for steps, the target step per size)
     m = measure(target, drafter, contexts, nodes if args.measure == "steps" else [], reps if args.measure == "steps"
                 else 30, args.warmup)
     raw = m["raw"]

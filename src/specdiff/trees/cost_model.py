@@ -92,8 +92,8 @@ class CostProfile:
     buckets: list[int] = field(default_factory=list)
     # "rounds": C_d + C_v(n) is a whole decode round as measured; "steps": the two steps timed apart
     measure: str = "steps"
-    # [context]: caddtree's root-alone step, which fetched candidates before choosing (steps only;
-    # [] = priced as C_v(1))
+    # [context]: caddtree's root-alone step, which fetched candidates before choosing ([] in
+    # profiles made before it was measured: priced as C_v(1))
     root_alone_ms: list[float] = field(default_factory=list)
 
     def verify(self, n: int, context: int) -> float:
