@@ -67,7 +67,7 @@ def test_verify_interpolates():
     assert p.verify(3, 0) == pytest.approx(13.0)
     assert p.verify(2048, 0) == pytest.approx(10 + 2048)  # linear beyond the grid
     for ctx in (0, 300, 1000, 1500):  # the per-round vector form agrees with verify()
-        assert p.curve(ctx, 1100) == pytest.approx([p.verify(n, ctx) for n in range(1, 1101)])
+        assert p.curve_array(ctx, 1100).tolist() == pytest.approx([p.verify(n, ctx) for n in range(1, 1101)])
 
 
 def prefix_scores(tree, logits) -> list[float]:

@@ -240,8 +240,9 @@ def run(args: argparse.Namespace) -> int:
     reps = args.reps or (5 if args.measure == "rounds" else 30)
     if reps < 1:
         raise SpecdiffError("--reps must be >= 1")
-    if max(contexts) + max(nodes) + ROUND_TOKENS > target.max_positions:
-        raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes + {ROUND_TOKENS} decoded tokens exceeds "
+    decoded = ROUND_TOKENS if args.measure == "rounds" else 0  # a rounds profile decodes past the context
+    if max(contexts) + max(nodes) + decoded > target.max_positions:
+        raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes + {decoded} decoded tokens exceeds "
                             f"the target's {target.max_positions} positions")
     drafter.bind(target.embed_tokens, target.lm_head)
     target.set_taps(drafter.spec.target_layer_ids)  # a decode's forwards also return these taps
@@ -251,10 +252,10 @@ def run(args: argparse.Namespace) -> int:
 
         drafter = GraphedDrafter(drafter)
     # the drafter step and the root-alone step (and, for steps, the target step per size)
-    m = measure(target, drafter, contexts, nodes if args.measure == "steps" else [], reps if args.measure == "steps"
-                else 30, args.warmup)
+    steps = args.measure == "steps"
+    m = measure(target, drafter, contexts, nodes if steps else [], reps if steps else 30, args.warmup)
     raw = m["raw"]
-    if args.measure == "rounds":
+    if not steps:
         rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine)["raw"]
         # C_v(n) = round(n) - C_d for trees; the root-alone (AR) round ran no drafter
         raw = [[ms if n == 1 else ms - m["draft_ms"] for n, ms in zip(nodes, row)] for row in rounds]

@@ -63,6 +63,7 @@ def _grow(top_logp, cost, sizes, root_cost: float) -> list[tuple[int, int, float
     phi, best, best_n = 0.0, 0.0, 0
     bounds = iter(sizes)
     bound = next(bounds, None)
+    bound_cost = float(cost[bound - 1]) if bound is not None else 0.0
     for parent, rank, score in iter_best_first(top_logp):
         if bound is None:
             break
@@ -71,14 +72,15 @@ def _grow(top_logp, cost, sizes, root_cost: float) -> list[tuple[int, int, float
         nodes.append((parent, rank, score))
         n = len(nodes)
         if n + 1 == bound:
-            theta = (1.0 + phi) / float(cost[bound - 1])
+            theta = (1.0 + phi) / bound_cost
             if theta <= best:
                 break
             best, best_n = theta, n
             bound = next(bounds, None)
-        elif best_n and (1.0 + phi + (bound - 1 - n) * delta) <= best * float(cost[bound - 1]):
+            bound_cost = float(cost[bound - 1]) if bound is not None else 0.0
+        elif best_n and (1.0 + phi + (bound - 1 - n) * delta) <= best * bound_cost:
             break
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
-        if bound is not None and nodes and (1.0 + phi) / float(cost[bound - 1]) > best:
-            best, best_n = (1.0 + phi) / float(cost[bound - 1]), len(nodes)
+        if bound is not None and nodes and (1.0 + phi) / bound_cost > best:
+            best, best_n = (1.0 + phi) / bound_cost, len(nodes)
     return nodes[:best_n] if best > 1.0 / root_cost else []

@@ -118,13 +118,9 @@ class CostProfile:
             return self.verify(1, context)
         return float(np.interp(context, self.contexts, self.root_alone_ms))
 
-    def curve(self, context: int, max_n: int) -> list[float]:
-        """[C_v(n, context) for n = 1..max_n], as `verify` gives them."""
-        return self.curve_array(context, max_n).tolist()
-
     def curve_array(self, context: int, max_n: int) -> np.ndarray:
-        """`curve` as a float64 array [max_n], from cached dense rows (one round asks for many n;
-        this keeps that a vector operation)."""
+        """[C_v(n, context) for n = 1..max_n] as `verify` gives them, float64 [max_n], from cached
+        dense rows (one round asks for many n; this keeps that a vector operation)."""
         dense = self.__dict__.setdefault("_dense", {})
         if dense.get("max_n", 0) < max_n:
             dense["rows"] = [np.array([self._at_n(row, n) for n in range(1, max_n + 1)]) for row in self.verify_ms]
