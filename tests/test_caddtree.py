@@ -66,8 +66,12 @@ def test_verify_interpolates():
     assert p.verify(4, 500) == pytest.approx(0.5 * 14 + 0.5 * 28)
     assert p.verify(3, 0) == pytest.approx(13.0)
     assert p.verify(2048, 0) == pytest.approx(10 + 2048)  # linear beyond the grid
-    for ctx in (0, 300, 1000, 1500):  # the per-round vector form agrees with verify()
-        assert p.curve_array(ctx, 1100).tolist() == pytest.approx([p.verify(n, ctx) for n in range(1, 1101)])
+    assert p.verify(4, 1500) == pytest.approx(28 + 0.5 * (28 - 14))  # linear past the last context
+    sizes = tuple(range(1, 1101))
+    for ctx in (0, 300, 1000, 1500):  # the per-round form at many sizes agrees with verify()
+        assert p.costs_at(ctx, sizes) == pytest.approx([p.verify(n, ctx) for n in sizes])
+    p.root_alone_ms = [5.0, 7.0]
+    assert [p.root_alone(c) for c in (-10, 250, 2000)] == pytest.approx([5.0, 5.5, 7.0])  # flat outside
 
 
 def prefix_scores(tree, logits) -> list[float]:
@@ -196,3 +200,22 @@ def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
         assert max(r.tree_sizes) > 1
         # every round after the first was timed against its predicted cost
         assert cad.proposer.overhead.rounds == r.rounds - 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, scale):
+    """Near-flat marginals (a T=1 prompt the drafter is unsure of) make the search pop a depth's
+    last fetched candidate past the size it keeps. The decision still equals the brute-force best
+    bucket over all candidates: popping past a truncated candidate list would undercount the larger
+    sizes and keep too small a tree."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 300, generator=g) * scale
+    ys = [8 + 0.002 * n + 1e-5 * n * n for n in BUCKETS]
+    prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
+                       nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 511, 15), logits)
+    thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
+    assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
+    assert tree.num_nodes > 64  # past the first fetch: the case this guards

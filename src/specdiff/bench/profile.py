@@ -43,7 +43,8 @@ from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import BUCKETS
 from specdiff.target.hf_causal import HFTarget
 from specdiff.trees.cost_model import CostProfile, fit_verify_row
-from specdiff.trees.ddtree import FIRST_K, build_ddtree, top_k_marginals
+from specdiff.trees.caddtree import FIRST_K
+from specdiff.trees.ddtree import build_ddtree, top_k_marginals
 from specdiff.types import DraftProposal, DraftTree
 from specdiff.verify import verify_walk
 

@@ -27,8 +27,13 @@ from __future__ import annotations
 import math
 
 from specdiff.trees.cost_model import CostProfile
-from specdiff.trees.ddtree import FIRST_K, iter_best_first, saturated, top_k_marginals, tree_from_pops
+from specdiff.trees.ddtree import iter_best_first, top_k_marginals, tree_from_pops
 from specdiff.types import DraftProposal, DraftTree
+
+# candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared
+# size, so it needs more than DDTree at a like budget: with 32, 28% of the rounds of a T=1 file
+# prompt fetched again (another top-k and sync); with 64, under 1%.
+FIRST_K = 64
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
@@ -36,51 +41,66 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
         return DraftTree.chain(root, [])
-    # the cost curve at this context, once per round, as an array: _grow reads a few of its entries
-    cost = profile.curve_array(context, max_nodes + 1) + (profile.draft_ms + overhead_ms)
-    root_cost = profile.draft_ms + overhead_ms + profile.root_alone(context)
-    # tree sizes (root included) theta is compared at: every size, or the engine's buckets
-    sizes = [b for b in profile.buckets if 1 < b <= max_nodes + 1] if profile.buckets else range(2, max_nodes + 2)
+    # tree sizes (root included) theta is compared at: every size, or the engine's buckets; and
+    # the cost of a round at each (C_d + C_v + overhead), read once per round
+    sizes = tuple(b for b in profile.buckets if 1 < b <= max_nodes + 1) if profile.buckets else \
+        tuple(range(2, max_nodes + 2))
+    fixed = profile.draft_ms + overhead_ms
+    size_cost = [fixed + c for c in profile.costs_at(context, sizes)]
+    root_cost = fixed + profile.root_alone(context)
     k = min(max_nodes, FIRST_K)
-    while True:  # as in build_ddtree: widen the candidates only if the tree used them all
+    while True:  # as in build_ddtree: widen the candidates only if the decision needs more of them
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
-        nodes = _grow(top_logp, cost, sizes, root_cost)
-        if k >= min(max_nodes, proposal.logits.shape[-1]) or not saturated(nodes, k):
+        # with k >= max_nodes no search pops past a depth's last candidate before it ends
+        complete = k >= min(max_nodes, proposal.logits.shape[-1])
+        nodes = _grow(top_logp, sizes, size_cost, root_cost, last_rank=None if complete else k - 1)
+        if nodes is not None:
             return tree_from_pops(root, nodes, top_ids)
         k = min(2 * k, max_nodes)  # doubling: a jump to the cap (up to 511) would copy 511 x depth to the host
 
 
-def _grow(top_logp, cost, sizes, root_cost: float) -> list[tuple[int, int, float]]:
+def _grow(top_logp, sizes, size_cost, root_cost: float,
+          last_rank: int | None = None) -> list[tuple[int, int, float]] | None:
     """Pop prefixes in best-first order and compare theta at each size in `sizes` (increasing,
-    root included; cost[n - 1] is C_d + C_v(n)), stopping at the first size where it falls. The
-    root alone (a round of cost `root_cost`) is weighed last: its step has no tree to walk, so the
-    curve jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
+    root included; a round of size sizes[i] costs size_cost[i]), stopping at the first size where
+    it falls. The root alone (a round of cost `root_cost`) is weighed last: its step has no tree
+    to walk, so the curve jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
 
     Pops come in non-increasing delta, so the nodes still to pop before the next size add at most
     delta of the last pop each: once even that cannot lift theta there above the best, the search
-    stops without popping them (the same tree, less host work per round)."""
+    stops without popping them (the same tree, less host work per round).
+
+    `last_rank`: the rank of a depth's last fetched candidate. The stream is exact up to the first
+    pop of that rank and not past it (the next sibling was never fetched), but every node past it
+    still has at most its delta, so the bound above can still settle the decision there. When it
+    cannot, None: the caller fetches more candidates."""
     nodes: list[tuple[int, int, float]] = []
     phi, best, best_n = 0.0, 0.0, 0
-    bounds = iter(sizes)
-    bound = next(bounds, None)
-    bound_cost = float(cost[bound - 1]) if bound is not None else 0.0
+    i, last = 0, len(sizes)
+    # per pop, theta(size) > best  <=>  phi > need = best * cost(size) - 1 (no division)
+    bound, need = (sizes[0] - 1, -1.0) if last else (0, 0.0)
+    exp = math.exp
     for parent, rank, score in iter_best_first(top_logp):
-        if bound is None:
+        if i == last:
             break
-        delta = math.exp(score)
+        delta = exp(score)
         phi += delta
         nodes.append((parent, rank, score))
         n = len(nodes)
-        if n + 1 == bound:
-            theta = (1.0 + phi) / bound_cost
-            if theta <= best:
+        if n == bound:
+            if phi <= need:
                 break
-            best, best_n = theta, n
-            bound = next(bounds, None)
-            bound_cost = float(cost[bound - 1]) if bound is not None else 0.0
-        elif best_n and (1.0 + phi + (bound - 1 - n) * delta) <= best * bound_cost:
-            break
+            best, best_n = (1.0 + phi) / size_cost[i], n
+            i += 1
+            if i < last:
+                bound, need = sizes[i] - 1, best * size_cost[i] - 1.0
+        if i < last and best_n and phi + (bound - n) * delta <= need:
+            break  # no size up to and including the next can beat the best: theta has peaked
+        if rank == last_rank:
+            if i == last:
+                break
+            return None  # the decision needs nodes past the fetched candidates
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
-        if bound is not None and nodes and (1.0 + phi) / bound_cost > best:
-            best, best_n = (1.0 + phi) / bound_cost, len(nodes)
+        if i < last and nodes and (1.0 + phi) / size_cost[i] > best:
+            best, best_n = (1.0 + phi) / size_cost[i], len(nodes)
     return nodes[:best_n] if best > 1.0 / root_cost else []

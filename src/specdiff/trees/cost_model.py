@@ -98,44 +98,38 @@ class CostProfile:
 
     def verify(self, n: int, context: int) -> float:
         """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
-        rows = [self._at_n(row, n) for row in self.verify_ms]
-        if context <= self.contexts[0]:
-            return rows[0]
-        if context >= self.contexts[-1]:
-            if len(self.contexts) == 1:
-                return rows[-1]
-            slope = (rows[-1] - rows[-2]) / (self.contexts[-1] - self.contexts[-2])
-            return rows[-1] + slope * (context - self.contexts[-1])
-        i = bisect.bisect_right(self.contexts, context)
-        c0, c1 = self.contexts[i - 1], self.contexts[i]
-        t = (context - c0) / (c1 - c0)
-        return rows[i - 1] * (1 - t) + rows[i] * t
+        cache = self.__dict__.setdefault("_at_n_cache", {})  # n -> [C_v(n) per context]
+        rows = cache.get(n)
+        if rows is None:
+            rows = cache[n] = [self._at_n(row, n) for row in self.verify_ms]
+        return _along_context(self.contexts, rows, context)
 
     def root_alone(self, context: int) -> float:
         """The step of a round that keeps the root alone after searching the candidates, in ms
         (linear in context between the measured ones, flat outside them)."""
         if len(self.root_alone_ms) != len(self.contexts):
             return self.verify(1, context)
-        return float(np.interp(context, self.contexts, self.root_alone_ms))
+        cs = self.contexts
+        return _along_context(cs, self.root_alone_ms, min(max(context, cs[0]), cs[-1]))
 
-    def curve_array(self, context: int, max_n: int) -> np.ndarray:
-        """[C_v(n, context) for n = 1..max_n] as `verify` gives them, float64 [max_n], from cached
-        dense rows (one round asks for many n; this keeps that a vector operation)."""
-        dense = self.__dict__.setdefault("_dense", {})
-        if dense.get("max_n", 0) < max_n:
-            dense["rows"] = [np.array([self._at_n(row, n) for n in range(1, max_n + 1)]) for row in self.verify_ms]
-            dense["max_n"] = max_n
-        rows = [r[:max_n] for r in dense["rows"]]
+    def costs_at(self, context: int, sizes: tuple[int, ...]) -> list[float]:
+        """[C_v(n, context) for n in sizes] as `verify` gives them. caddtree asks once per round for
+        the sizes it compares; the rows at those sizes are cached and interpolated in plain Python
+        (a round's host time is round time on a GPU, and small numpy calls cost more there than
+        the arithmetic: about 0.1 ms per round on the H100 host for the 512-wide version)."""
+        cache = self.__dict__.setdefault("_sizes_cache", {})
+        rows = cache.get(sizes)
+        if rows is None:
+            rows = cache[sizes] = [[self._at_n(row, n) for n in sizes] for row in self.verify_ms]
         cs = self.contexts
         if len(cs) == 1 or context <= cs[0]:
-            out = rows[0]
-        elif context >= cs[-1]:
-            out = rows[-1] + (rows[-1] - rows[-2]) * (context - cs[-1]) / (cs[-1] - cs[-2])
+            return list(rows[0])
+        if context >= cs[-1]:
+            i, t = len(cs) - 1, 1 + (context - cs[-1]) / (cs[-1] - cs[-2])
         else:
             i = bisect.bisect_right(cs, context)
             t = (context - cs[i - 1]) / (cs[i] - cs[i - 1])
-            out = rows[i - 1] * (1 - t) + rows[i] * t
-        return out
+        return [a + (b - a) * t for a, b in zip(rows[i - 1], rows[i])]
 
     def _at_n(self, row: list[float], n: int) -> float:
         xs = self.nodes
@@ -157,3 +151,15 @@ class CostProfile:
             return CostProfile(**json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as e:
             raise SpecdiffError(f"cost profile {path} is not a specdiff profile ({e})") from None
+
+
+def _along_context(contexts: list[int], rows: list, context: int):
+    """A value per measured context, at `context`: linear between measured contexts, extrapolated
+    linearly past the last, flat before the first."""
+    if len(contexts) == 1 or context <= contexts[0]:
+        return rows[0]
+    if context >= contexts[-1]:
+        return rows[-1] + (rows[-1] - rows[-2]) * ((context - contexts[-1]) / (contexts[-1] - contexts[-2]))
+    i = bisect.bisect_right(contexts, context)
+    t = (context - contexts[i - 1]) / (contexts[i] - contexts[i - 1])
+    return rows[i - 1] * (1 - t) + rows[i] * t

@@ -29,20 +29,23 @@ def iter_best_first(logp: torch.Tensor) -> Iterator[tuple[int, int, float]]:
     depth_max, k = logp.shape
     if depth_max == 0 or k == 0:
         return
-    rows = logp.tolist()
+    neg = (-logp).tolist()  # per depth, minus the sorted log-probs: heap keys are minus scores
     # heap entries: (-score, tie, depth, rank, parent_node); tie keeps pops deterministic
-    heap = [(-rows[0][0], 0, 0, 0, 0)]
-    tie, node = 1, 0
+    heap = [(neg[0][0], 0, 0, 0, 0)]
+    push, replace, pop = heapq.heappush, heapq.heapreplace, heapq.heappop
+    tie, node, last_rank, last_depth = 1, 0, k - 1, depth_max - 1
     while heap:
-        neg, _, d, r, parent = heapq.heappop(heap)
-        score = -neg
+        key, _, d, r, parent = heap[0]
         node += 1  # this prefix's index in the tree (root = 0)
-        yield parent, r, score
-        if r + 1 < k:  # next sibling: same parent, next rank at this depth
-            heapq.heappush(heap, (-(score - rows[d][r] + rows[d][r + 1]), tie, d, r + 1, parent))
+        yield parent, r, -key
+        row = neg[d]
+        if r < last_rank:  # next sibling (same parent, next rank) takes the popped entry's place
+            replace(heap, (key - row[r] + row[r + 1], tie, d, r + 1, parent))
             tie += 1
-        if d + 1 < depth_max:  # first child: best token at the next depth
-            heapq.heappush(heap, (-(score + rows[d + 1][0]), tie, d + 1, 0, node))
+        else:
+            pop(heap)
+        if d < last_depth:  # first child: best token at the next depth
+            push(heap, (key + neg[d + 1][0], tie, d + 1, 0, node))
             tie += 1
 
 

@@ -1,0 +1,109 @@
+"""Where a decode round's time goes, per method: each part of the loop timed on its own.
+
+Wraps the drafter pass, the tree build (candidate fetch + search), the target forward, the walk,
+the commit and the drafter's update with a device sync on each side, and reports the median ms per
+part and the rounds' tree-size buckets. The syncs serialise host and device, so the parts add up
+to more than an unwrapped round: compare methods with each other, not with the bench.
+    usage: python runs/round_anatomy.py --device cuda --dtype bfloat16 --profile P.json \
+        --methods ddtree@32,caddtree --prompts data/prompts/file_continuation.jsonl --limit 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from specdiff import decode as decode_mod
+from specdiff.bench.harness import read_prompt_file
+from specdiff.cli import eos_ids, load_models
+from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.drafters import proposers
+from specdiff.engine import build_decoder, make_target
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--engine", default="graph")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--methods", default="ddtree@32,caddtree")
+    p.add_argument("--prompts", default="data/prompts/file_continuation.jsonl")
+    p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--target", default=None)
+    p.add_argument("--drafter", default=None)
+    args = p.parse_args()
+    model, tok, drafter = load_models(args, need_drafter=True)
+    target = make_target(model, args.engine)
+    dev = target.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    parts: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    current = [""]  # the method decoding now
+    inner = [0.0]  # ms of timed parts inside the current propose call
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            sync()
+            t = time.perf_counter()
+            before = inner[0]
+            out = fn(*a, **k)
+            sync()
+            ms = 1000 * (time.perf_counter() - t)
+            parts[current[0]][name].append(ms)
+            if name == "propose":  # the proposer's own work around its timed parts
+                parts[current[0]]["propose rest"].append(ms - (inner[0] - before))
+                inner[0] = 0.0
+            else:
+                inner[0] += ms
+            return out
+        return wrapper
+
+    proposers.build_ddtree = timed("tree", proposers.build_ddtree)
+    proposers.build_caddtree = timed("tree", proposers.build_caddtree)
+    prompts = read_prompt_file(Path(args.prompts), args.limit)
+    encoded = [list(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in prompts]
+    decoders = []
+    for spec in args.methods.split(","):
+        method, _, budget = spec.partition("@")
+        cfg = DecodeConfig(method=method, budget=int(budget or 64), max_new_tokens=args.max_new_tokens,
+                           profile=args.profile, engine=args.engine,
+                           sampling=SamplingConfig(temperature=args.temperature, seed=0))
+        dec = build_decoder(target, cfg, drafter, eos_ids(model, tok))
+        dec.prepare(max(len(e) for e in encoded))
+        prop = dec.proposer
+        for name in ("_catch_up", "propose", "update"):
+            setattr(prop, name, timed(name.strip("_"), getattr(prop, name)))
+        if not hasattr(prop.drafter.draft, "timed"):  # drafters shared by decoders: wrap once
+            prop.drafter.draft = timed("draft", prop.drafter.draft)
+            prop.drafter.draft.timed = True
+        decoders.append((spec, dec))
+    target.forward, target.commit = timed("forward", target.forward), timed("commit", target.commit)
+    decode_mod.verify_walk = timed("walk", decode_mod.verify_walk)
+    for _, dec in decoders:
+        dec.verifier = decode_mod.verify_walk
+    stats = collections.defaultdict(lambda: ([], []))  # method -> (tau per prompt, round ms)
+    for i, ids in enumerate([encoded[0]] + encoded):  # the first prompt again: a warm-up, dropped
+        k = i % len(decoders)  # rotated order, as the bench: a drift lands on every method alike
+        for spec, dec in decoders[k:] + decoders[:k]:
+            current[0] = spec if i else "warm-up"
+            r = dec.generate(ids)
+            if i:
+                stats[spec][0].append(r.tau)
+                stats[spec][1].extend(r.round_ms)
+    for spec, _ in decoders:
+        med = {k: statistics.median(v) for k, v in parts[spec].items()}
+        tau, rounds = stats[spec]
+        print(f"{spec}: tau {statistics.mean(tau):.2f}, round (synced parts) {statistics.median(rounds):.3f} ms | "
+              + " | ".join(f"{k} {med[k]:.3f}" for k in
+                           ("catch_up", "draft", "tree", "propose rest", "forward", "walk", "commit", "update")))
+
+
+if __name__ == "__main__":
+    main()
