@@ -31,8 +31,9 @@ from specdiff.trees.ddtree import iter_best_first, top_k_marginals, tree_from_po
 from specdiff.types import DraftProposal, DraftTree
 
 # candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared
-# size, so it needs more than DDTree at a like budget: with 32, 28% of the rounds of a T=1 file
-# prompt fetched again (another top-k and sync); with 64, under 1%.
+# size, so it needs more than DDTree at a like budget. Replaying the drafter's marginals from 6
+# T=1 file prompts against an H100 profile: with 32, 35% of the rounds fetched again (another
+# top-k and sync, and the search redone); with 48, 13%; with 64, 1%.
 FIRST_K = 64
 
 
@@ -75,32 +76,31 @@ def _grow(top_logp, sizes, size_cost, root_cost: float,
     still has at most its delta, so the bound above can still settle the decision there. When it
     cannot, None: the caller fetches more candidates."""
     nodes: list[tuple[int, int, float]] = []
-    phi, best, best_n = 0.0, 0.0, 0
+    if not sizes:
+        return nodes
+    append, exp = nodes.append, math.exp  # the loop below runs per pop: host time is round time
+    phi, best, best_n, n = 0.0, 0.0, 0, 0
     i, last = 0, len(sizes)
     # per pop, theta(size) > best  <=>  phi > need = best * cost(size) - 1 (no division)
-    bound, need = (sizes[0] - 1, -1.0) if last else (0, 0.0)
-    exp = math.exp
-    for parent, rank, score in iter_best_first(top_logp):
-        if i == last:
-            break
-        delta = exp(score)
+    bound, need = sizes[0] - 1, -1.0
+    for node in iter_best_first(top_logp):  # node = (parent, rank, score)
+        append(node)
+        n += 1
+        delta = exp(node[2])
         phi += delta
-        nodes.append((parent, rank, score))
-        n = len(nodes)
         if n == bound:
             if phi <= need:
                 break
             best, best_n = (1.0 + phi) / size_cost[i], n
             i += 1
-            if i < last:
-                bound, need = sizes[i] - 1, best * size_cost[i] - 1.0
-        if i < last and best_n and phi + (bound - n) * delta <= need:
-            break  # no size up to and including the next can beat the best: theta has peaked
-        if rank == last_rank:
             if i == last:
-                break
+                break  # every size compared
+            bound, need = sizes[i] - 1, best * size_cost[i] - 1.0
+        if best_n and phi + (bound - n) * delta <= need:
+            break  # no size up to and including the next can beat the best: theta has peaked
+        if node[1] == last_rank:
             return None  # the decision needs nodes past the fetched candidates
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
-        if i < last and nodes and (1.0 + phi) / size_cost[i] > best:
-            best, best_n = (1.0 + phi) / size_cost[i], len(nodes)
+        if n and (1.0 + phi) / size_cost[i] > best:
+            best, best_n = (1.0 + phi) / size_cost[i], n
     return nodes[:best_n] if best > 1.0 / root_cost else []
