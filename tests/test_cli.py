@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -178,3 +179,33 @@ def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
         mine = [r for r in rows if r["method"] == method]
         assert max(r["bucket"] for r in mine) == bucket and all(r["bucket"] & (r["bucket"] - 1) == 0 for r in mine)
     assert all(r["predicted_ms"] == (1.0 if r["bucket"] == 1 else 4.0) for r in rows)  # a root alone: no drafter
+
+
+def _runs(method: str, seconds: list[float]) -> list[dict]:
+    return [{"prompt_set": "s", "temperature": 0.0, "method": method, "prompt_id": f"p{i}",
+             "num_new_tokens": 100, "decode_s": s} for i, s in enumerate(seconds)]
+
+
+def test_versus_picks_the_best_fixed_budget_and_bounds_the_gap(capsys, tmp_path):
+    """`bench.versus`: caddtree against the fastest ddtree@B of the run, paired over prompts. A
+    uniform 10% gain is +10% with a tight interval; a tie with prompt noise has an interval that
+    holds 0; without a caddtree run beside a ddtree@B run it is bad input (exit 2)."""
+    from specdiff.bench.versus import main as versus_main, versus_best_fixed
+
+    rng = np.random.default_rng(0)
+    base = list(rng.uniform(0.5, 2.0, size=40))  # prompts differ a lot; the pairing cancels that
+    result = {"runs": _runs("ddtree@16", [1.3 * s for s in base]) + _runs("ddtree@32", base)
+              + _runs("caddtree", [s / 1.1 for s in base])}
+    (row,) = versus_best_fixed(result)
+    assert row["best_fixed"] == "ddtree@32" and row["prompts"] == 40
+    assert row["advantage"] == pytest.approx(0.10) and row["ci95"] == pytest.approx([0.10, 0.10], abs=1e-9)
+    pairs = [s for s in base[:20] for _ in (0, 1)]  # each prompt twice: one 5% faster, one 5% slower
+    noisy = [s * (1.05 if i % 2 else 0.95) for i, s in enumerate(pairs)]
+    (row,) = versus_best_fixed({"runs": _runs("ddtree@32", pairs) + _runs("caddtree", noisy)})
+    lo, hi = row["ci95"]
+    assert row["advantage"] == pytest.approx(0.0, abs=1e-12) and lo < 0.0 < hi and hi - lo < 0.1
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(result))
+    assert versus_main([str(path)]) == 0 and "| s | 0 | ddtree@32 |" in capsys.readouterr().out
+    path.write_text(json.dumps({"runs": _runs("ddtree@32", base)}))
+    assert versus_main([str(path)]) == 2 and "no caddtree run" in capsys.readouterr().err

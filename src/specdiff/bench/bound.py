@@ -40,15 +40,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m specdiff.bench.bound", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path)
     p.add_argument("profile", type=Path)
     p.add_argument("--context", type=int, default=512, help="context length at which C_v is read")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     result = load_results(args.results)
     print(markdown(bound_table(result, CostProfile.load(args.profile), args.context)), end="")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from specdiff.cli import standalone
+
+    return standalone("python -m specdiff.bench.bound", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,11 @@ def report(result: dict) -> str:
     for r in result["summary"]:
         lines.append(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['tau']:.2f} | "
                      f"{r['mean_tree_nodes']:.1f} | {r['ms_per_token']:.2f} | {r['speedup_vs_ar']:.2f} |")
+    from specdiff.bench.versus import versus_best_fixed, versus_table
+
+    versus = versus_best_fixed(result)
+    if versus:  # the cost-aware tree against the budget it was not told (paired bootstrap over prompts)
+        lines += ["", "caddtree against the best fixed DDTree budget of this run:", ""] + versus_table(versus)
     return "\n".join(lines) + "\n"
 
 

@@ -50,11 +50,12 @@ def round_cost_table(result: dict, profile: CostProfile) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path)
-    ap.add_argument("profile", type=Path)
-    args = ap.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path)
+    p.add_argument("profile", type=Path)
+
+
+def run(args: argparse.Namespace) -> int:
     rows = round_cost_table(load_results(args.results), CostProfile.load(args.profile))
     print("| prompt set | T | method | bucket | rounds | measured ms | profile ms | measured / profile |")
     print("|---|---|---|---|---|---|---|---|")
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['bucket']} | {r['rounds']} | "
               f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['ratio']:.2f} |")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from specdiff.cli import standalone
+
+    return standalone("python -m specdiff.bench.round_costs", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
