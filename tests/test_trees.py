@@ -98,6 +98,22 @@ def test_ancestor_mask():
         DraftTree.from_lists([1, 2], [-1, 1])
 
 
+@pytest.mark.parametrize("n", [2, 7, 8, 9, 48, 128, 129, 300])
+def test_ancestor_mask_paths_agree_with_walking_up(n):
+    """Both ways of building the mask (an int per row up to BITSET_NODES nodes, the per-depth loop
+    past it) equal walking each node's parents up to the root, at byte edges too."""
+    g = torch.Generator().manual_seed(n)
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+    tree = DraftTree.from_lists(list(range(n)), parents)
+    ref = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            ref[i, j] = True
+            j = parents[j]
+    assert torch.equal(tree.ancestor_mask(), ref)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_ddtree_refetches_when_candidates_run_out(seed):
     """Near-flat marginals need more siblings per depth than the first fetch (FIRST_K): the tree
