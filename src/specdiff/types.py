@@ -73,7 +73,7 @@ class DraftTree:
             return torch.ones(n, n, dtype=torch.bool).tril_()
         if n <= BITSET_NODES:
             # a node's row is its parent's row plus itself, as one Python int per row (parents come
-            # first), unpacked once: a third of the level loop's host time at 16-96 nodes
+            # first), unpacked once: a third to a half of the level loop's host time at 16-96 nodes
             par = self.parents.tolist()
             rows = [1]
             for i in range(1, n):
