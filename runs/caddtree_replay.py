@@ -1,16 +1,17 @@
 """Offline replay of caddtree's per-round choice against fixed budgets, without timing noise.
 
 Decodes held-out prompts with DDTree (CPU, fp32, static engine) and keeps, per round, the
-drafter's top-32 marginals per depth and the realised continuation: the output, which is the
-target's own greedy text (T=0) or its own sample (T>0; the draws are keyed by position, so the
-walk accepts, in any tree, the longest prefix of that sample that the tree holds). For every round and every tree size n it then knows the predicted
+drafter's top-512 marginals per depth (every tree up to 512 nodes is then exact) and the realised
+continuation: the output, which is the target's own greedy text (T=0) or its own sample (T>0;
+the draws are keyed by position, so the walk accepts, in any tree, the longest prefix of that
+sample that the tree holds). For every round and every tree size n it then knows the predicted
 accepted tokens Phi(n) (the sum of the top-n prefix probabilities) and the realised ones (the
 deepest node of the top-n tree on the greedy path). Scored with a cost profile (+ a per-round
 overhead), it compares tokens per ms of caddtree's choice with every fixed budget, and prints how
 well the marginals predict acceptance.
 
     python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12] [--temperature 1]
-        [--root-alone-ms 1.2]
+        [--root-alone-ms 1.2] [--context 512] [--extra-ms 0,0.07]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ MAX_NODES = 512
 
 
 def collect(path: str, limit: int, model, tok, drafter, temperature: float) -> list[dict]:
-    """Per round: top-32 log-probs and ids per depth, and the tokens that followed the root."""
+    """Per round: top-MAX_NODES log-probs and ids per depth, and the tokens that followed the root."""
     rounds: list[dict] = []
     plain_draft = type(drafter).draft.__get__(drafter)
     for p in read_prompt_file(Path(path), limit):
@@ -61,15 +62,16 @@ def collect(path: str, limit: int, model, tok, drafter, temperature: float) -> l
         out = decoder.generate(ids)
         full = ids + out.token_ids
         for n_tok, logits in seen:
-            top = torch.topk(torch.log_softmax(logits, -1), 32, -1)
-            rounds.append({"logp": top.values, "ids": top.indices.tolist(), "future": full[n_tok:n_tok + len(logits)]})
+            top = torch.topk(torch.log_softmax(logits, -1), min(MAX_NODES, logits.shape[-1]), -1)
+            rounds.append({"logp": top.values, "ids": top.indices.tolist(), "future": full[n_tok:n_tok + len(logits)],
+                           "context": n_tok - 1})  # the root's slot, as caddtree reads its costs
     drafter.__dict__.pop("draft", None)
     return rounds
 
 
-def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per pop n = 1..len: its delta, its depth, and the realised accepted draft tokens of the
-    tree of the first n pops."""
+    tree of the first n pops; and the round's context."""
     depths, on_path, deepest = [0], {0}, 0
     delta, realised = [], []
     for j, (parent, rank, score) in enumerate(itertools.islice(iter_best_first(r["logp"]), MAX_NODES), 1):
@@ -80,36 +82,39 @@ def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             deepest = max(deepest, d)
         delta.append(math.exp(score))
         realised.append(deepest)
-    return np.asarray(delta), np.asarray(depths[1:]), np.asarray(realised)
+    return np.asarray(delta), np.asarray(depths[1:]), np.asarray(realised), r["context"]
 
 
-def replay_caddtree(streams, cost, root_cost: float, buckets, calibrate: bool = False,
-                    root_price: float | None = None) -> tuple[float, float, float]:
+def replay_caddtree(streams, cost, root_cost, buckets, calibrate: bool = False,
+                    root_price=None, extra_ms: float = 0.0) -> tuple[float, float, float]:
     """caddtree's choice per round (theta compared at the buckets), in round order; with
     `calibrate`, each depth's deltas are scaled by realised / predicted acceptance at that depth
-    over the rounds before (prior: 2 rounds' worth at 1x). A root-alone round costs `root_cost`;
-    the choice prices it at `root_price` (default: the same). Returns (tokens per ms, mean nodes,
+    over the rounds before (prior: 2 rounds' worth at 1x). A round of n nodes costs cost(n, context),
+    a root-alone round root_cost(context); the choice prices that at root_price(context) (default:
+    the same); every round also pays `extra_ms` (its own host work). Returns (tokens per ms, mean nodes,
     share of root-alone rounds)."""
     root_price = root_cost if root_price is None else root_price
     pred, real = np.full(17, 2.0), np.full(17, 2.0)  # per depth, summed over past rounds
     tokens = ms = 0.0
     sizes = []
-    for delta, depth, realised in streams:
+    for delta, depth, realised, ctx in streams:
         weight = real / pred if calibrate else np.ones(17)
         phi = np.cumsum(weight[depth] * delta)
-        best, chosen = 1.0 / root_price, 0
-        for b in buckets:
+        best, chosen = 0.0, 0
+        for b in buckets:  # theta from one draft node on, as caddtree; the root alone weighed last
             if b < 2 or b - 1 > len(phi):
                 continue
-            theta = (1 + phi[b - 2]) / cost(b)
+            theta = (1 + phi[b - 2]) / cost(b, ctx)
             if theta <= best:
                 break
             best, chosen = theta, b - 1
+        if best <= 1.0 / root_price(ctx):
+            chosen = 0
         accepted = realised[chosen - 1] if chosen else 0
         np.add.at(pred, depth[:chosen], delta[:chosen])
         real[1:accepted + 1] += 1
         tokens += 1 + accepted
-        ms += cost(chosen + 1) if chosen else root_cost
+        ms += (cost(chosen + 1, ctx) if chosen else root_cost(ctx)) + extra_ms
         sizes.append(chosen)
     return tokens / ms, float(np.mean(sizes)), float(np.mean(np.asarray(sizes) == 0))
 
@@ -118,17 +123,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", type=Path, required=True)
     ap.add_argument("--overhead", type=float, default=0.0, help="ms added to every round's profiled cost")
-    ap.add_argument("--context", type=int, default=512, help="context the costs are read at")
+    ap.add_argument("--context", type=int, help="read every cost at this context (default: each round's own)")
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--root-alone-ms", type=float, help="the root-alone step's cost (default: the profile's)")
+    ap.add_argument("--extra-ms", default="0",
+                    help="what a caddtree round costs beyond a fixed budget's round of its size (its search); "
+                         "a comma-separated list replays each")
     args = ap.parse_args()
     prof = CostProfile.load(args.profile)
     buckets = [b for b in (prof.buckets or range(1, MAX_NODES + 2)) if b <= MAX_NODES + 1]
 
-    def cost(n: int) -> float:  # a tree of n nodes (root included) costs its bucket
+    def at(ctx: int) -> int:
+        return ctx if args.context is None else args.context
+
+    def cost(n: int, ctx: int) -> float:  # a tree of n nodes (root included) costs its bucket
         b = next((b for b in buckets if b >= n), n)
-        return prof.draft_ms + args.overhead + prof.verify(b, args.context)
+        return prof.draft_ms + args.overhead + prof.verify(b, at(ctx))
+
+    def root_cost(ctx: int) -> float:
+        step = prof.root_alone(at(ctx)) if args.root_alone_ms is None else args.root_alone_ms
+        return prof.draft_ms + args.overhead + step
+
+    def ar_price(ctx: int) -> float:
+        return prof.draft_ms + args.overhead + prof.verify(1, at(ctx))
 
     torch.manual_seed(0)
     model, tok = load_target(default_path("target"), "cpu", "float32")
@@ -137,22 +155,21 @@ def main() -> None:
         streams = [stream(r) for r in collect(path, args.limit, model, tok, drafter, args.temperature)]
         print(f"{Path(path).stem}, T={args.temperature:g}: {len(streams)} rounds")
         for n in (1, 4, 16, 32, 64, 128, 512):
-            pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _, _ in streams])
-            real = np.mean([a[min(n, len(a)) - 1] for _, _, a in streams])
+            pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _, _, _ in streams])
+            real = np.mean([a[min(n, len(a)) - 1] for _, _, a, _ in streams])
             print(f"  {n:4d} nodes: predicted {pred:.2f}, realised {real:.2f} accepted draft tokens ({real / pred:.2f}x)")
         fixed = {}
         for n in (16, 32, 64, 128, 256, 512):
-            fixed[n] = sum(1 + a[min(n, len(a)) - 1] for _, _, a in streams) / (len(streams) * cost(n + 1))
+            fixed[n] = (sum(1 + a[min(n, len(a)) - 1] for _, _, a, _ in streams)
+                        / sum(cost(n + 1, ctx) for _, _, _, ctx in streams))
         top = max(fixed, key=fixed.get)
         print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items()))
-        root_step = prof.root_alone(args.context) if args.root_alone_ms is None else args.root_alone_ms
-        root_cost = prof.draft_ms + args.overhead + root_step
-        ar_price = prof.draft_ms + args.overhead + prof.verify(1, args.context)
-        for label, kwargs in [("", {}), (" (calibrated by depth)", {"calibrate": True}),
-                              (" (root alone priced as AR's step)", {"root_price": ar_price})]:
-            rate, nodes, alone = replay_caddtree(streams, cost, root_cost, buckets, **kwargs)
-            print(f"  caddtree{label}: {rate:.3f} ({rate / fixed[top] - 1:+.1%} vs ddtree@{top}, {nodes:.1f} nodes, "
-                  f"root alone in {alone:.0%} of rounds)")
+        for extra in (float(x) for x in args.extra_ms.split(",")):
+            for label, kwargs in [("", {}), (" (calibrated by depth)", {"calibrate": True}),
+                                  (" (root alone priced as AR's step)", {"root_price": ar_price})]:
+                rate, nodes, alone = replay_caddtree(streams, cost, root_cost, buckets, extra_ms=extra, **kwargs)
+                print(f"  caddtree{label}, +{extra:g} ms a round: {rate:.3f} ({rate / fixed[top] - 1:+.1%} vs "
+                      f"ddtree@{top}, {nodes:.1f} nodes, root alone in {alone:.0%} of rounds)")
 
 
 if __name__ == "__main__":
