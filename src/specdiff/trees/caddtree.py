@@ -17,9 +17,12 @@ the chosen tree fills its bucket: the nodes up to the boundary are free.
 The cost of a round is the profile's plus `overhead_ms`, the per-round host work the profile does
 not see, which the proposer measures while decoding (`cost_model.RoundOverhead`). Keeping the root
 alone is priced as caddtree takes it, after fetching and searching the candidates
-(`CostProfile.root_alone`), not as AR's step: in the H100 profiles the step rose by 0.3 ms from 1
-to 2 nodes, mostly that fetch and the tree's host work, so AR's price made the root alone look
-that much cheaper.
+(`CostProfile.root_alone`), not as AR's step: on an H100 that fetch adds about 0.1 ms.
+
+Host time is round time on a GPU, where the forward is launch-bound: the search past the kept
+size, its per-pop bookkeeping and the wider candidate fetch cost caddtree about 0.07 ms a round
+more than DDTree at the same size on an H100 host, about as much as its better choice gains
+(docs/benchmarks/README.md, fourth session).
 """
 
 from __future__ import annotations
