@@ -102,34 +102,28 @@ class CostProfile:
         rows = cache.get(n)
         if rows is None:
             rows = cache[n] = [self._at_n(row, n) for row in self.verify_ms]
-        return _along_context(self.contexts, rows, context)
+        i0, i1, t = _blend(self.contexts, context)
+        return rows[i0] + (rows[i1] - rows[i0]) * t
 
     def root_alone(self, context: int) -> float:
         """The step of a round that keeps the root alone after searching the candidates, in ms
         (linear in context between the measured ones, flat outside them)."""
         if len(self.root_alone_ms) != len(self.contexts):
             return self.verify(1, context)
-        cs = self.contexts
-        return _along_context(cs, self.root_alone_ms, min(max(context, cs[0]), cs[-1]))
+        cs, ys = self.contexts, self.root_alone_ms
+        i0, i1, t = _blend(cs, min(max(context, cs[0]), cs[-1]))
+        return ys[i0] + (ys[i1] - ys[i0]) * t
 
     def costs_at(self, context: int, sizes: tuple[int, ...]) -> list[float]:
         """[C_v(n, context) for n in sizes] as `verify` gives them. caddtree asks once per round for
-        the sizes it compares; the rows at those sizes are cached and interpolated in plain Python
-        (a round's host time is round time on a GPU, and small numpy calls cost more there than
-        the arithmetic: about 0.1 ms per round on the H100 host for the 512-wide version)."""
+        the sizes it compares (a round's host time is round time on a GPU): the rows at those
+        sizes are cached, and a round pays one interpolation in context over len(sizes) values."""
         cache = self.__dict__.setdefault("_sizes_cache", {})
         rows = cache.get(sizes)
         if rows is None:
             rows = cache[sizes] = [[self._at_n(row, n) for n in sizes] for row in self.verify_ms]
-        cs = self.contexts
-        if len(cs) == 1 or context <= cs[0]:
-            return list(rows[0])
-        if context >= cs[-1]:
-            i, t = len(cs) - 1, 1 + (context - cs[-1]) / (cs[-1] - cs[-2])
-        else:
-            i = bisect.bisect_right(cs, context)
-            t = (context - cs[i - 1]) / (cs[i] - cs[i - 1])
-        return [a + (b - a) * t for a, b in zip(rows[i - 1], rows[i])]
+        i0, i1, t = _blend(self.contexts, context)
+        return [a + (b - a) * t for a, b in zip(rows[i0], rows[i1])]
 
     def _at_n(self, row: list[float], n: int) -> float:
         xs = self.nodes
@@ -153,13 +147,12 @@ class CostProfile:
             raise SpecdiffError(f"cost profile {path} is not a specdiff profile ({e})") from None
 
 
-def _along_context(contexts: list[int], rows: list, context: int):
-    """A value per measured context, at `context`: linear between measured contexts, extrapolated
-    linearly past the last, flat before the first."""
+def _blend(contexts: list[int], context: int) -> tuple[int, int, float]:
+    """(i0, i1, t): a value measured per context, v, is v[i0] + (v[i1] - v[i0]) * t at `context`:
+    linear between measured contexts, extrapolated linearly past the last, flat before the first."""
     if len(contexts) == 1 or context <= contexts[0]:
-        return rows[0]
+        return 0, 0, 0.0
     if context >= contexts[-1]:
-        return rows[-1] + (rows[-1] - rows[-2]) * ((context - contexts[-1]) / (contexts[-1] - contexts[-2]))
+        return len(contexts) - 2, len(contexts) - 1, 1 + (context - contexts[-1]) / (contexts[-1] - contexts[-2])
     i = bisect.bisect_right(contexts, context)
-    t = (context - contexts[i - 1]) / (contexts[i] - contexts[i - 1])
-    return rows[i - 1] * (1 - t) + rows[i] * t
+    return i - 1, i, (context - contexts[i - 1]) / (contexts[i] - contexts[i - 1])
