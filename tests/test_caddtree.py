@@ -72,6 +72,10 @@ def test_verify_interpolates():
         assert p.costs_at(ctx, sizes) == pytest.approx([p.verify(n, ctx) for n in sizes])
     p.root_alone_ms = [5.0, 7.0]
     assert [p.root_alone(c) for c in (-10, 250, 2000)] == pytest.approx([5.0, 5.5, 7.0])  # flat outside
+    # a drafted round's step: the root alone as profiled; a tree at its own size, or its bucket
+    assert p.tree_step(1, 250) == p.root_alone(250) and p.tree_step(5, 250) == p.verify(5, 250)
+    p.buckets = [1, 2, 4, 8]
+    assert p.tree_step(5, 250) == p.verify(8, 250)
 
 
 def prefix_scores(tree, logits) -> list[float]:

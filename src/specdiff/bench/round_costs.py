@@ -1,10 +1,11 @@
 """Measured round costs against the profile's prediction, per method and tree-size bucket.
 
 The bench records every round's wall time and tree size. Grouped by the bucket a tree pads to
-(the profile's buckets; where it has none, powers of two, each round priced at its own size), the median round of each method is set
-against what the profile predicts for it at the round's context, C_d + C_v(bucket, context) (AR
-and a decode's last token: C_v(1, context); caddtree's root alone: C_d + its root-alone step). A ratio that drifts with the bucket is what caddtree's choice cannot see: its
-constant measured overhead (`cost_model.RoundOverhead`) shifts every size alike.
+(the profile's buckets; where it has none, powers of two, each round priced at its own size), the
+median round of each method is set against what the profile predicts for it at the round's
+context: C_d + `CostProfile.tree_step` (AR and a decode's last token: C_v(1, context)). A ratio
+that drifts with the bucket is what caddtree's choice cannot see: its constant measured overhead
+(`cost_model.RoundOverhead`) shifts every size alike.
 
     usage: python -m specdiff.bench.round_costs RESULTS(.json|.json.gz|DIR) PROFILE.json
 """
@@ -35,10 +36,8 @@ def round_cost_table(result: dict, profile: CostProfile) -> list[dict]:
             ctx = max(1, context)
             if run["method"] == "ar" or (size == 1 and i == len(sizes) - 1):
                 predicted = profile.verify(1, ctx)  # no drafter: AR, or a decode's last token
-            elif size == 1:  # caddtree kept the root alone after drafting and fetching candidates
-                predicted = profile.draft_ms + profile.root_alone(ctx)
-            else:  # a padded engine runs the bucket; otherwise the tree as it is
-                predicted = profile.draft_ms + profile.verify(b if profile.buckets else size, ctx)
+            else:  # drafted: a tree at its bucket, or caddtree's root alone after the candidate fetch
+                predicted = profile.draft_ms + profile.tree_step(size, ctx)
             groups.setdefault((run["prompt_set"], run["temperature"], run["method"], b), []).append((ms, predicted))
             context += accepted
     rows = []

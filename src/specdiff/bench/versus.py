@@ -34,11 +34,7 @@ def versus_best_fixed(result: dict, method: str = "caddtree", seed: int = 0) -> 
         fixed = {m: d for m, d in per_method.items() if m.startswith("ddtree@")}
         if method not in per_method or not fixed:
             continue
-
-        def tps(d: dict[str, tuple[int, float]]) -> float:
-            return sum(t for t, _ in d.values()) / max(1e-12, sum(s for _, s in d.values()))
-
-        best = max(fixed, key=lambda m: tps(fixed[m]))
+        best = max(fixed, key=lambda m: _tokens_per_s(fixed[m]))
         ids = sorted(set(per_method[method]) & set(fixed[best]))
         a = np.array([per_method[method][i] for i in ids], dtype=float)  # [P, 2]: tokens, seconds
         b = np.array([fixed[best][i] for i in ids], dtype=float)
@@ -47,9 +43,14 @@ def versus_best_fixed(result: dict, method: str = "caddtree", seed: int = 0) -> 
         boot = (a[picks, 0].sum(1) / a[picks, 1].sum(1)) / (b[picks, 0].sum(1) / b[picks, 1].sum(1))
         lo, hi = np.percentile(boot, [2.5, 97.5])
         rows.append({"prompt_set": pset, "temperature": temp, "best_fixed": best, "prompts": len(ids),
-                     "best_tokens_per_s": tps(fixed[best]), "tokens_per_s": tps(per_method[method]),
+                     "best_tokens_per_s": _tokens_per_s(fixed[best]), "tokens_per_s": _tokens_per_s(per_method[method]),
                      "advantage": float(ratio - 1), "ci95": [float(lo - 1), float(hi - 1)]})
     return rows
+
+
+def _tokens_per_s(decodes: dict[str, tuple[int, float]]) -> float:
+    """Total new tokens over total decode seconds of {prompt id: (tokens, seconds)}."""
+    return sum(t for t, _ in decodes.values()) / max(1e-12, sum(s for _, s in decodes.values()))
 
 
 def versus_table(rows: list[dict], method: str = "caddtree") -> list[str]:

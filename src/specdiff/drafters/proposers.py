@@ -97,9 +97,7 @@ class DFlashProposer:
         if self._round is not None:
             self.overhead.observe(1000 * (now - self._round[0]), self._round[1])
         tree = self._propose(state)
-        n, ctx = tree.num_nodes, state.start
-        step = self.profile.verify(n, ctx) if n > 1 else self.profile.root_alone(ctx)
-        self._round = (now, self.profile.draft_ms + step)
+        self._round = (now, self.profile.draft_ms + self.profile.tree_step(tree.num_nodes, state.start))
         return tree
 
     def _propose(self, state: DecodeState) -> DraftTree:

@@ -114,6 +114,14 @@ class CostProfile:
         i0, i1, t = _blend(cs, min(max(context, cs[0]), cs[-1]))
         return ys[i0] + (ys[i1] - ys[i0]) * t
 
+    def tree_step(self, n: int, context: int) -> float:
+        """The target step of a drafted round whose tree has n nodes (root included), as the engine
+        runs it: the root alone after the candidate fetch, else C_v at the bucket the tree pads to
+        (or at n itself on an unpadded engine)."""
+        if n == 1:
+            return self.root_alone(context)
+        return self.verify(next((b for b in self.buckets if b >= n), n), context)
+
     def costs_at(self, context: int, sizes: tuple[int, ...]) -> list[float]:
         """[C_v(n, context) for n in sizes] as `verify` gives them. caddtree asks once per round for
         the sizes it compares (a round's host time is round time on a GPU): the rows at those
