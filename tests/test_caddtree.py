@@ -223,3 +223,23 @@ def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, sca
     thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
     assert tree.num_nodes > 64  # past the first fetch: the case this guards
+
+
+def test_caddtree_sampling_gives_ars_tokens_for_the_same_seed(qwen3_model, tmp_path):
+    """At T>0 the draws are keyed by position, so a lossless caddtree emits AR's very tokens for
+    the same seed, whatever trees it chose (the walk's distribution test covers DDTree's trees)."""
+    from specdiff.config import SamplingConfig
+
+    drafter = tiny_drafter(qwen3_model, block_size=16)
+    path = tmp_path / "profile.json"
+    profile([fit_monotone_convex(NODES, [1 + 0.05 * n for n in NODES])]).save(path)
+    target = HFTarget(qwen3_model)
+    g = torch.Generator().manual_seed(3)
+    for seed in range(4):
+        prompt = torch.randint(0, 95, (8,), generator=g).tolist()
+        sampling = SamplingConfig(temperature=1.0, seed=seed)
+        ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30, sampling=sampling)).generate(prompt)
+        cfg = DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path),
+                           sampling=SamplingConfig(**vars(sampling)))
+        r = build_decoder(target, cfg, drafter).generate(prompt)
+        assert r.token_ids == ar.token_ids and max(r.tree_sizes) > 1
