@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run under its interpreter, on the CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from specdiff.drafters.base import DecodeState
 from specdiff.models.tiny import tiny_drafter, tiny_target
@@ -16,6 +21,20 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session", params=["qwen3", "llama"])
 def target_model(request):
     return tiny_target(request.param, seed=0)
+
+
+@pytest.fixture(params=["native", "python"])
+def tree_search(request, monkeypatch):
+    """Run a tree test with the C best-first search and with the Python heap (as on a machine
+    without a C compiler)."""
+    from specdiff import native
+
+    if request.param == "python":
+        monkeypatch.setattr(native, "_lib", None)
+        monkeypatch.setattr(native, "_tried", True)
+    elif not native.available():
+        pytest.skip("no C compiler")
+    return request.param
 
 
 @pytest.fixture(scope="session")

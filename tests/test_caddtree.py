@@ -94,7 +94,7 @@ def theta(tree_logp, n, prof, context, overhead=0.0):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("steepness", [0.001, 0.02, 0.3])
-def test_stops_at_the_best_budget(seed, steepness):
+def test_stops_at_the_best_budget(seed, steepness, tree_search):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * 3
     prof = profile([fit_monotone_convex(NODES, [8 + steepness * n + 1e-4 * n * n for n in NODES])])
@@ -115,7 +115,7 @@ BUCKETS = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("steepness", [0.002, 0.02, 0.3])
-def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
+def test_bucketed_cost_fills_the_best_bucket(seed, steepness, tree_search):
     """With a step cost (every tree costs its bucket), the tree is DDTree's at a bucket size, and
     that bucket maximises theta over all buckets (brute force)."""
     g = torch.Generator().manual_seed(seed)
@@ -135,7 +135,7 @@ def test_bucketed_cost_fills_the_best_bucket(seed, steepness):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("root_ms", [2.0, 8.0, 12.0])
-def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms):
+def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms, tree_search):
     """The root-alone choice costs what the profile measured for it (after the candidate fetch),
     not AR's step: the choice maximises theta with that price (brute force), and a price at or
     above the 2-node round's never keeps the root alone."""
@@ -153,7 +153,7 @@ def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms):
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("overhead", [0.5, 4.0, 20.0])
-def test_round_overhead_is_part_of_the_cost(seed, overhead):
+def test_round_overhead_is_part_of_the_cost(seed, overhead, tree_search):
     """A per-round overhead is paid by every tree alike: the chosen size maximises theta with it
     added (brute force), and it never makes the tree smaller."""
     g = torch.Generator().manual_seed(seed)
@@ -208,7 +208,7 @@ def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
-def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, scale):
+def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, scale, tree_search):
     """Near-flat marginals (a T=1 prompt the drafter is unsure of) make the search pop a depth's
     last fetched candidate past the size it keeps. The decision still equals the brute-force best
     bucket over all candidates: popping past a truncated candidate list would undercount the larger

@@ -3,11 +3,15 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from specdiff import native
+from specdiff.config import SamplingConfig
 from specdiff.trees import best_first_prefixes, build_chain, build_ddtree
 from specdiff.types import DraftProposal, DraftTree
+from specdiff.verify import verify_walk
 
 
 def brute_force_top(logp: torch.Tensor, budget: int) -> list[tuple[int, ...]]:
@@ -100,8 +104,9 @@ def test_ancestor_mask():
 
 @pytest.mark.parametrize("n", [2, 7, 8, 9, 48, 128, 129, 300])
 def test_ancestor_mask_paths_agree_with_walking_up(n):
-    """Both ways of building the mask (an int per row up to BITSET_NODES nodes, the per-depth loop
-    past it) equal walking each node's parents up to the root, at byte edges too."""
+    """Every way of building the mask (C; in Python an int per row up to BITSET_NODES nodes, the
+    per-depth loop past it; C into a padded graph bucket) equals walking each node's parents up to
+    the root, at byte edges too."""
     g = torch.Generator().manual_seed(n)
     parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
     tree = DraftTree.from_lists(list(range(n)), parents)
@@ -112,6 +117,31 @@ def test_ancestor_mask_paths_agree_with_walking_up(n):
             ref[i, j] = True
             j = parents[j]
     assert torch.equal(tree.ancestor_mask(), ref)
+    assert torch.equal(tree.ancestor_mask_reference(), ref)
+    if native.available():  # a bucket of n + 5 rows, left dirty by a bigger tree before
+        bucket = np.ones((n + 5, n + 5), dtype=bool)
+        native.ancestor_mask(np.array(parents, dtype=np.int64), bucket)
+        padded = torch.eye(n + 5, dtype=torch.bool)
+        padded[:n, :n] = ref
+        assert torch.equal(torch.from_numpy(bucket), padded)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_walk_in_c_equals_the_python_walk(seed, monkeypatch):
+    """The C walk accepts the same nodes as the children-table walk, on random trees whose
+    siblings repeat tokens (the first child holding a token wins) and random draws."""
+    if not native.available():
+        pytest.skip("no C compiler")
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 60, (1,), generator=g))
+    parents = [-1] + [int(torch.randint(max(0, i - 4), i, (1,), generator=g)) for i in range(1, n)]
+    tree = DraftTree.from_lists(torch.randint(0, 3, (n,), generator=g).tolist(), parents)
+    logits = torch.randn(n, 3, generator=g)
+    fast = verify_walk(tree, logits, 10, SamplingConfig())
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", True)
+    slow = verify_walk(tree, logits, 10, SamplingConfig())
+    assert fast == slow and len(fast.tokens) == len(fast.accepted)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -35,6 +35,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="hf", choices=["hf", "static", "graph"],
                    help="forwards: the model's own (hf), the static-cache path (static), or that path "
                         "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
+    p.add_argument("--tree-search", default="host", choices=["host", "device"],
+                   help="ddtree/caddtree with --engine graph: best-first search on the host (C) or on the "
+                        "device inside the drafter's graph (Triton)")
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
-        stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine,
+        stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()

@@ -52,6 +52,10 @@ class DecodeConfig:
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)
     engine: str = "hf"
+    # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
+    # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
+    # CUDA GPU with Triton only). On an H200 the host search is the faster (docs/benchmarks).
+    tree_search: str = "host"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
@@ -59,6 +63,8 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.engine not in ENGINES:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.tree_search not in ("host", "device"):
+            raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.branches < 1:

@@ -69,6 +69,17 @@ class DraftTree:
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i."""
         n = self.num_nodes
+        from specdiff import native  # (native builds on these types)
+
+        if native.available():
+            mask = np.empty((n, n), dtype=bool)
+            native.ancestor_mask(np.ascontiguousarray(self.parents.numpy()), mask)
+            return torch.from_numpy(mask)
+        return self.ancestor_mask_reference()
+
+    def ancestor_mask_reference(self) -> torch.Tensor:
+        """`ancestor_mask` in Python (no C compiler): a chain, one int per row, or level by level."""
+        n = self.num_nodes
         if torch.equal(self.parents, torch.arange(-1, n - 1)):  # a chain: plain causal
             return torch.ones(n, n, dtype=torch.bool).tril_()
         if n <= BITSET_NODES:
@@ -109,6 +120,49 @@ class DraftProposal:
 
     logits: torch.Tensor  # [L, V] on the device
     source: str = "dflash"
+    prefixes: TopPrefixes | None = None  # the top prefixes of `logits`, when the device searched them
+    # host [L, k] top log-probs (float32, rows sorted) and their ids (int64), when the drafter's
+    # graph took them (one copy instead of an eager top-k and two)
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TopPrefixes:
+    """The top prefixes of a proposal's marginals in best-first order, from the C search
+    (`native.py`) or the device's (`trees/device_search.py`). Column c of `table` is tree node c
+    (column 0 the root), so any first n + 1 columns form a tree."""
+
+    table: np.ndarray  # [3, 1 + n] int64: token, parent, depth per node; the root's token is unset
+    phi: np.ndarray  # [n] float64: phi[k] = the sum of the probabilities of nodes 1..k+1 (Phi(k + 1))
+    logp: np.ndarray  # [n] float64: each node's prefix log-probability, non-increasing
+    depth: int  # the drafter slots searched
+    searched: int  # the prefixes searched for: fewer are listed only where fewer are possible
+
+    @property
+    def width(self) -> int:
+        return self.table.shape[1] - 1
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.table[0, 1:].tolist()
+
+    @property
+    def parents(self) -> list[int]:
+        return self.table[1, 1:].tolist()
+
+    @property
+    def depths(self) -> list[int]:
+        return self.table[2, 1:].tolist()
+
+    def covers(self, nodes: int, depth: int) -> bool:
+        """Whether the first `nodes` nodes here are the top `nodes` prefixes over `depth` slots."""
+        return depth == self.depth and nodes <= self.searched
+
+    def tree(self, root: int, n: int) -> DraftTree:
+        """The first n nodes (the top n prefixes) under `root`."""
+        t = torch.from_numpy(self.table[:, : min(n, self.width) + 1].copy())
+        t[0, 0] = root
+        return DraftTree(t[0], t[1], t[2])
 
 
 @dataclass

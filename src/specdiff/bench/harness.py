@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from specdiff import native
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.errors import SpecdiffError
 
@@ -41,6 +42,7 @@ class BenchConfig:
     device: str = "cpu"
     dtype: str = "float32"
     engine: str = "hf"
+    tree_search: str = "host"  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
     target: str = ""
     drafter: str = ""
     branches: int = 4  # d2sd, d2sd-hybrid: K
@@ -114,7 +116,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             decoders = []
             for label, method, budget in variants(cfg):
                 dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
-                                  engine=cfg.engine, branches=cfg.branches,
+                                  engine=cfg.engine, tree_search=cfg.tree_search, branches=cfg.branches,
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
                 decoder.prepare(longest)  # no allocation or graph capture while timed
@@ -210,7 +212,8 @@ def environment(device: str) -> dict:
     import transformers
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "platform": platform.platform(), "device": device}
+           "platform": platform.platform(), "device": device,
+           "host_tree_search": "c" if native.available() else "python"}  # the same trees, not the same host time
     if device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
@@ -282,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         vp_drafter = load_vp_drafter(args)
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
-                      profile=args.profile, engine=args.engine,
+                      profile=args.profile, engine=args.engine, tree_search=args.tree_search,
                       device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))

@@ -8,7 +8,9 @@ as one graph per span bucket. Padding rows write K/V past the new context end, w
 hides them and the next round overwrites them. Longer extensions (the prompt) take the eager path
 of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, n_new, ids...].
 
-`GraphedDrafter` drafts one block (`draft`, the DFlash chain); `GraphedVPDrafter` drafts D²SD's
+`GraphedDrafter` drafts one block (`draft`, the DFlash chain); with a prefix search enabled
+(DDTree, caddtree) its graph also searches the block's top prefixes on the device
+(`trees/device_search.py`), and `last_prefixes` reads them in one copy. `GraphedVPDrafter` drafts D²SD's
 K branch rows (`draft_rows`, cascade attention), padded to `branches` rows. Both keep
 `DFlashDrafter`'s inference interface, so proposers do not know which engine runs them. Without
 CUDA they run the same code eagerly.
@@ -22,6 +24,8 @@ import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
+from specdiff.trees import device_search
+from specdiff.types import TopPrefixes
 
 
 class GraphedDrafter:
@@ -42,6 +46,8 @@ class GraphedDrafter:
         self._pending: torch.Tensor | None = None
         self._cols: torch.Tensor | None = None
         self._bound_to: torch.Tensor | None = None  # the context buffer the graph was captured on
+        self._search: device_search.PrefixSearch | None = None
+        self._candidates: device_search.TopCandidates | None = None
 
     def _ids_shape(self) -> tuple[int, ...]:
         return (self.spec.block_size,)  # the block [root, MASK x (Bk-1)]
@@ -49,6 +55,39 @@ class GraphedDrafter:
     @property
     def block_size(self) -> int:
         return self.spec.block_size
+
+    def enable_prefix_search(self, width: int) -> int:
+        """Search each drafted block's top `width` prefixes inside the graph; the width enabled
+        (0 where the device search cannot run: no CUDA graphs, no Triton, too wide)."""
+        width = device_search.search_width(width)
+        if not (width and self.use_graphs and device_search.available(self.device)):
+            return 0
+        self._search = device_search.PrefixSearch(width, self.block_size - 1, self.device)
+        self._graphs = {}
+        return width
+
+    def enable_candidates(self, k: int) -> int:
+        """Take each drafted block's top-k candidates per slot inside the graph (eagerly without
+        CUDA: the same code); the k enabled (0 where k exceeds the vocabulary)."""
+        vocab = self.inner.config.vocab_size
+        if not 1 <= k <= vocab:
+            return 0
+        self._candidates = device_search.TopCandidates(k, self.block_size - 1, self.device)
+        self._graphs = {}
+        return k
+
+    def last_candidates(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last `draft`'s top candidates on the host (one copy), if taken over these slots."""
+        if self._candidates is None or num_slots != self._candidates.depth:
+            return None
+        return self._candidates.fetch()
+
+    def last_prefixes(self, num_slots: int) -> TopPrefixes | None:
+        """The top prefixes of the last `draft` (one device-to-host copy), if it searched them
+        over these `num_slots`."""
+        if self._search is None or num_slots != self._search.depth:
+            return None
+        return device_search.fetch(self._search.out, num_slots, self._search.width)
 
     def bind(self, embed_tokens, lm_head) -> None:
         self.inner.bind(embed_tokens, lm_head)
@@ -123,6 +162,10 @@ class GraphedDrafter:
         self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
         length = ctx_len + n_new  # 2. the block(s) at positions length .. length+Bk-1
         self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
+        if self._search is not None:  # 3. the drafted slots' top prefixes (DDTree, caddtree)
+            self._search.run(self._outs[span])
+        if self._candidates is not None:  # 3'. or their top candidates, for the host's search
+            self._candidates.run(self._outs[span])
 
 
 class GraphedVPDrafter(GraphedDrafter):

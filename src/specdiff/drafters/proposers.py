@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import time
 
+from specdiff import native
 from specdiff.config import DecodeConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.trees import build_chain, build_ddtree
-from specdiff.trees.caddtree import build_caddtree
+from specdiff.trees.caddtree import CANDIDATES, build_caddtree
 from specdiff.trees.d2sd import (
     branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, select_branches, slot_confidences,
 )
 from specdiff.trees.cost_model import CostProfile, RoundOverhead
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
+
+# caddtree's device search (--tree-search device): sizes past it are compared, when the delta
+# bound cannot rule them out, by a search on the host (see `caddtree._choose`)
+CADDTREE_WIDTH = 96
 
 
 class ARProposer:
@@ -61,7 +66,7 @@ class DFlashProposer:
     "caddtree" (as many prefixes as pay for their measured cost, from `profile`)."""
 
     def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None,
-                 profile: CostProfile | None = None, measure_overhead: bool = True):
+                 profile: CostProfile | None = None, measure_overhead: bool = True, device_search: bool = False):
         self.drafter, self.tree, self.budget, self.profile = drafter, tree, budget, profile
         # caddtree: the per-round cost the profile misses, measured from one propose call to the
         # next (one whole round: draft, target forward, verify, commit, update; each ends in a sync)
@@ -72,6 +77,14 @@ class DFlashProposer:
         self.tap_layers = tuple(drafter.spec.target_layer_ids)
         self.max_nodes = 1 + (self.num_slots if tree == "chain" else budget)
         self._pending = None  # target features of tokens committed since the last draft
+        # device_search: trees from the top prefixes the drafter's graph searched, where it can
+        want = {"ddtree": budget, "caddtree": min(budget, CADDTREE_WIDTH)}.get(tree, 0) if device_search else 0
+        enable = getattr(drafter, "enable_prefix_search", None)
+        self.prefix_width = enable(want) if want and enable is not None else 0
+        # otherwise, for the host's C search: the candidates it needs, taken in the drafter's graph
+        k = {"ddtree": budget, "caddtree": min(budget, CANDIDATES)}.get(tree, 0) if native.available() else 0
+        take = getattr(drafter, "enable_candidates", None)
+        self.candidates_k = take(k) if k and not self.prefix_width and take is not None else 0
 
     @property
     def drafters(self) -> tuple[DFlashDrafter, ...]:
@@ -105,7 +118,10 @@ class DFlashProposer:
         depth = min(self.num_slots, state.max_depth)
         if depth <= 0:
             return DraftTree.chain(state.root, [])
-        proposal = DraftProposal(self.drafter.draft(state.root, depth), source=self.name)
+        logits = self.drafter.draft(state.root, depth)
+        prefixes = self.drafter.last_prefixes(depth) if self.prefix_width else None
+        candidates = self.drafter.last_candidates(depth) if self.candidates_k else None
+        proposal = DraftProposal(logits, source=self.name, prefixes=prefixes, candidates=candidates)
         if self.tree == "chain":
             return build_chain(state.root, proposal, depth)
         if self.tree == "caddtree":
@@ -172,6 +188,8 @@ def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profi
         # the tree never outgrows what the profile measured: beyond it the cost is a guess, and the
         # cap sizes the caches and the graphs prepared
         cap = cfg.caddtree_max_nodes if profile is None else min(cfg.caddtree_max_nodes, max(profile.nodes) - 1)
-        return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile, cfg.caddtree_measure_overhead)
+        return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile, cfg.caddtree_measure_overhead,
+                              device_search=cfg.tree_search == "device")
     tree = "chain" if cfg.method == "dflash" else "ddtree"
-    return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size)
+    return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size,
+                          device_search=cfg.tree_search == "device")

@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from specdiff import native
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
 
@@ -179,9 +181,12 @@ class GraphedTarget(StaticTarget):
         hp[nb : nb + n] = tree.depths + start
         hp[nb + n : 2 * nb] = start
         hp[2 * nb] = start
-        b.host_anc[:n, :n] = tree.ancestor_mask()
-        b.host_anc[n:, :n] = False
-        b.host_anc[:n, n:] = False
+        if native.available():  # straight into the pinned buffer, padding rows included
+            native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc.numpy())
+        else:
+            b.host_anc[:n, :n] = tree.ancestor_mask()
+            b.host_anc[n:, :n] = False
+            b.host_anc[:n, n:] = False
         b.packed.copy_(hp, non_blocking=True)
         b.anc.copy_(b.host_anc, non_blocking=True)
         if b.graph is not None:

@@ -30,14 +30,22 @@ from __future__ import annotations
 import math
 
 from specdiff.trees.cost_model import CostProfile
-from specdiff.trees.ddtree import iter_best_first, top_k_marginals, tree_from_pops
-from specdiff.types import DraftProposal, DraftTree
+from specdiff import native
+from specdiff.trees.ddtree import iter_best_first, candidates, top_k_marginals, tree_from_pops
+from specdiff.types import DraftProposal, DraftTree, TopPrefixes
 
 # candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared
 # size, so it needs more than DDTree at a like budget. Replaying the drafter's marginals from 6
 # T=1 file prompts against an H100 profile: with 32, 35% of the rounds fetched again (another
 # top-k and sync, and the search redone); with 48, 13%; with 64, 1%.
 FIRST_K = 64
+# The C search takes CANDIDATES per depth, from the drafter's graph. Its pops are exact until one
+# uses a depth's last candidate, which needs that many siblings popped first: rare with 128, and
+# then it fetches them all. The graph's top-k costs 67 us up to k = 128 and 80 us past it on an
+# H200, and a refetch costs an eager top-k and a sync: with 64 candidates doubling on demand,
+# caddtree's rounds at the 160-node bucket cost 0.3 ms more than DDTree's there
+# (docs/benchmarks, fifth session).
+CANDIDATES = 128
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
@@ -45,13 +53,23 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
         return DraftTree.chain(root, [])
-    # tree sizes (root included) theta is compared at: every size, or the engine's buckets; and
-    # the cost of a round at each (C_d + C_v + overhead), read once per round
-    sizes = tuple(b for b in profile.buckets if 1 < b <= max_nodes + 1) if profile.buckets else \
-        tuple(range(2, max_nodes + 2))
-    fixed = profile.draft_ms + overhead_ms
-    size_cost = [fixed + c for c in profile.costs_at(context, sizes)]
-    root_cost = fixed + profile.root_alone(context)
+    # tree sizes (root included) theta is compared at, C_v at each and the root-alone step
+    costs = _step_costs(profile, context, max_nodes)
+    sizes, steps, root_step = costs.sizes, costs.steps, costs.root_step
+    fixed = profile.draft_ms + overhead_ms  # a round costs fixed + its step
+    if proposal.prefixes is not None and proposal.prefixes.depth == depth:
+        n = _choose(proposal.prefixes, sizes, steps, fixed, root_step)
+        if n is not None:
+            return proposal.prefixes.tree(root, n)
+    if native.available() and sizes:  # `_grow` in C: the same tree
+        k, vocab = min(max_nodes, CANDIDATES), proposal.logits.shape[-1]
+        while True:
+            top_logp, top_ids = candidates(proposal, k, depth)
+            prefixes, n = native.caddtree_search(top_logp, top_ids, k >= min(max_nodes, vocab), costs, fixed)
+            if n is not None:
+                return prefixes.tree(root, n)
+            k = max_nodes  # a pop used a depth's last candidate before the decision: all of them
+    size_cost, root_cost = [fixed + c for c in steps], fixed + root_step
     k = min(max_nodes, FIRST_K)
     while True:  # as in build_ddtree: widen the candidates only if the decision needs more of them
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
@@ -61,6 +79,50 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         if nodes is not None:
             return tree_from_pops(root, nodes, top_ids)
         k = min(2 * k, max_nodes)  # doubling: a jump to the cap (up to 511) would copy 511 x depth to the host
+
+
+CONTEXT_STEP = 8  # contexts this close share a round's costs (C_v's slope in context is tiny)
+_costs: dict[tuple, tuple[CostProfile, native.StepCosts]] = {}
+
+
+def _step_costs(profile: CostProfile, context: int, max_nodes: int) -> native.StepCosts:
+    """The sizes theta is compared at for a round at `context` (every size, or the engine's
+    buckets; root included), C_v at each and the root-alone step. Cached per profile, cap and
+    context step: every round asks, and a round's host time is round time on a GPU."""
+    key = (id(profile), max_nodes, context // CONTEXT_STEP)
+    hit = _costs.get(key)
+    if hit is None or hit[0] is not profile:
+        if len(_costs) > 4096:
+            _costs.clear()
+        sizes = tuple(b for b in profile.buckets if 1 < b <= max_nodes + 1) if profile.buckets else \
+            tuple(range(2, max_nodes + 2))
+        at = context - context % CONTEXT_STEP
+        hit = _costs[key] = (profile, native.StepCosts(sizes, profile.costs_at(at, sizes), profile.root_alone(at)))
+    return hit[1]
+
+
+def _choose(prefixes: TopPrefixes, sizes, steps, fixed: float, root_step: float) -> int | None:
+    """`_grow`'s decision read off the top prefixes (C search or the device's): Phi at each
+    compared size is one lookup. A round of size sizes[i] costs fixed + steps[i]. None when it
+    needs sizes past the prefixes searched that the delta bound cannot rule out (the caller then
+    searches wider)."""
+    phi, logp, width, searched = prefixes.phi, prefixes.logp, prefixes.width, prefixes.searched
+    best, best_n = 0.0, 0
+    for size, step in zip(sizes, steps):
+        n, cost = size - 1, fixed + step
+        if n > width and width < searched:  # every possible prefix is listed: the whole stream
+            if width and (1.0 + phi[-1]) / cost > best:
+                best, best_n = (1.0 + phi[-1]) / cost, width
+            break
+        if n > searched:  # past the search: each node still to come adds at most the last delta
+            if (1.0 + phi[-1] + (n - width) * math.exp(logp[-1])) / cost <= best:
+                break
+            return None
+        theta = (1.0 + phi[n - 1]) / cost
+        if theta <= best:
+            break
+        best, best_n = theta, n
+    return best_n if best > 1.0 / (fixed + root_step) else 0
 
 
 def _grow(top_logp, sizes, size_cost, root_cost: float,

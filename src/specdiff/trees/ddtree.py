@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from specdiff import native
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -54,11 +55,27 @@ def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[tuple[int, int,
     return list(itertools.islice(iter_best_first(logp), max(0, budget)))
 
 
-def top_k_marginals(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, list[list[int]]]:
-    """Per-depth top-k log-probs [D, k] (host, sorted) and their token ids (the one host copy)."""
+def top_k_tensors(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-depth top-k log-probs [D, k] (host float32, rows sorted) and token ids [D, k] (host int64)."""
     logp = torch.log_softmax(proposal.logits[:depth].float(), dim=-1)
     top_logp, top_ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-    return top_logp.cpu(), top_ids.cpu().tolist()
+    return top_logp.cpu(), top_ids.cpu()
+
+
+def candidates(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_tensors`, from the candidates the drafter's graph took when they cover k and depth."""
+    c = proposal.candidates
+    if c is not None and c[0].shape[0] == depth and c[0].shape[1] >= min(k, proposal.logits.shape[-1]):
+        if c[0].shape[1] == k:
+            return c
+        return c[0][:, :k].contiguous(), c[1][:, :k].contiguous()
+    return top_k_tensors(proposal, k, depth)
+
+
+def top_k_marginals(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """`top_k_tensors` with the ids as lists, for the Python heap."""
+    top_logp, top_ids = top_k_tensors(proposal, k, depth)
+    return top_logp, top_ids.tolist()
 
 
 def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list[list[int]]) -> DraftTree:
@@ -88,11 +105,19 @@ def saturated(nodes: list[tuple[int, int, float]], k: int) -> bool:
 def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
     """The `budget` most probable prefixes (plus the root) of the drafter's marginals.
 
-    Fetches FIRST_K candidates per depth and refetches `budget` only if the tree used them all:
-    moving budget x depth candidates to the host every round would cost more than the search."""
+    With the C search, `budget` candidates per depth in one fetch: a top-k costs about the same
+    for any k here, a refetch costs another one and a sync. The Python heap fetches FIRST_K and
+    refetches `budget` only if the tree used them all: its host copy of budget x depth candidates
+    as lists would cost more than the search."""
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0 or budget <= 0:
         return DraftTree.chain(root, [])
+    if proposal.prefixes is not None and proposal.prefixes.covers(budget, depth):
+        return proposal.prefixes.tree(root, budget)
+    if native.available():  # the same pops, in C; with k = budget every pop is exact
+        top_logp, top_ids = candidates(proposal, budget, depth)
+        exact = native.top_prefixes(top_logp, top_ids, budget, complete=budget >= proposal.logits.shape[-1])
+        return exact.tree(root, budget)
     k = min(budget, FIRST_K)
     while True:
         top_logp, top_ids = top_k_marginals(proposal, k, depth)

@@ -10,8 +10,10 @@ target's distribution exactly. The min(1, p/q) rule must not be used here: the t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from specdiff import native
 from specdiff.config import SamplingConfig
 from specdiff.sampling import draw_tree
 from specdiff.types import DraftTree, VerifyResult
@@ -20,7 +22,13 @@ from specdiff.types import DraftTree, VerifyResult
 def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig) -> VerifyResult:
     """tree: N nodes, root at absolute position `start`; logits: [N, V], row i predicts the token
     after node i, at position start + depth_i + 1."""
-    draws = draw_tree(logits, start + 1, tree.depths, cfg).tolist()  # the round's one host sync
+    draws = draw_tree(logits, start + 1, tree.depths, cfg).cpu()  # the round's one host sync
+    if native.available():
+        parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
+        drawn = draws.numpy()
+        accepted = native.walk(parents, tokens, drawn)
+        return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist())  # each node's draw
+    draws = draws.tolist()
     children = tree.children()
     node, accepted, tokens = 0, [0], []
     while True:
