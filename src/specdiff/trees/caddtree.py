@@ -19,10 +19,12 @@ not see, which the proposer measures while decoding (`cost_model.RoundOverhead`)
 alone is priced as caddtree takes it, after fetching and searching the candidates
 (`CostProfile.root_alone`), not as AR's step: on an H100 that fetch adds about 0.1 ms.
 
-Host time is round time on a GPU, where the forward is launch-bound: the search past the kept
-size, its per-pop bookkeeping and the wider candidate fetch cost caddtree about 0.07 ms a round
-more than DDTree at the same size on an H100 host, about as much as its better choice gains
-(docs/benchmarks/README.md, fourth session).
+Host time is round time on a GPU, where the forward is launch-bound. With the Python heap, the
+search past the kept size, its per-pop bookkeeping and the wider candidate fetch cost caddtree
+about 0.07 ms a round more than DDTree at the same size on an H100 host (fourth session). The
+search and the decision now run in C (`native.c`) over candidates the drafter's graph took: on an
+H200 host caddtree's round costs 0.02-0.05 ms more than DDTree's at the same bucket
+(docs/benchmarks/README.md, fifth session).
 """
 
 from __future__ import annotations
