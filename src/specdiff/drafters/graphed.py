@@ -58,9 +58,11 @@ class GraphedDrafter:
 
     def enable_prefix_search(self, width: int) -> int:
         """Search each drafted block's top `width` prefixes inside the graph; the width enabled
-        (0 where the device search cannot run: no CUDA graphs, no Triton, too wide)."""
+        (0 where the device search cannot run: no CUDA graphs, no Triton, too wide, or a vocabulary
+        past 2^24, whose ids its float32 result would round)."""
         width = device_search.search_width(width)
-        if not (width and self.use_graphs and device_search.available(self.device)):
+        if not (width and self.use_graphs and device_search.available(self.device)) or \
+                self.inner.config.vocab_size > 1 << 24:
             return 0
         self._search = device_search.PrefixSearch(width, self.block_size - 1, self.device)
         self._graphs = {}
@@ -70,7 +72,7 @@ class GraphedDrafter:
         """Take each drafted block's top-k candidates per slot inside the graph (eagerly without
         CUDA: the same code); the k enabled (0 where k exceeds the vocabulary)."""
         vocab = self.inner.config.vocab_size
-        if not 1 <= k <= vocab:
+        if not 1 <= k <= vocab or vocab > 1 << 24:  # the ids travel as float32: exact below 2^24
             return 0
         self._candidates = device_search.TopCandidates(k, self.block_size - 1, self.device)
         self._graphs = {}
