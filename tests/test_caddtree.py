@@ -189,11 +189,15 @@ def test_flat_cost_grows_to_the_cap():
     assert tree.num_nodes == 301
 
 
-def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
-    drafter = tiny_drafter(qwen3_model, block_size=16)
+def decoding_setup(model, tmp_path):
+    """A tiny drafter, a saved profile whose cost rises per node, and the target adapter."""
     path = tmp_path / "profile.json"
     profile([fit_monotone_convex(NODES, [1 + 0.05 * n for n in NODES])]).save(path)
-    target = HFTarget(qwen3_model)
+    return tiny_drafter(model, block_size=16), path, HFTarget(model)
+
+
+def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
+    drafter, path, target = decoding_setup(qwen3_model, tmp_path)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         prompt = torch.randint(0, 95, (10,), generator=g).tolist()
@@ -230,10 +234,7 @@ def test_caddtree_sampling_gives_ars_tokens_for_the_same_seed(qwen3_model, tmp_p
     the same seed, whatever trees it chose (the walk's distribution test covers DDTree's trees)."""
     from specdiff.config import SamplingConfig
 
-    drafter = tiny_drafter(qwen3_model, block_size=16)
-    path = tmp_path / "profile.json"
-    profile([fit_monotone_convex(NODES, [1 + 0.05 * n for n in NODES])]).save(path)
-    target = HFTarget(qwen3_model)
+    drafter, path, target = decoding_setup(qwen3_model, tmp_path)
     g = torch.Generator().manual_seed(3)
     for seed in range(4):
         prompt = torch.randint(0, 95, (8,), generator=g).tolist()

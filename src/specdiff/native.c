@@ -59,6 +59,7 @@ int top_prefixes(const float *logp, const int64_t *ids, int L, int K, int width,
     int64_t *tokens = table + 1, *parents = table + (width + 1) + 1, *depths = table + 2 * (width + 1) + 1;
     double *logp_out = scores, *phi = scores + width;
     *exact = 0;
+    if (nsizes > 0) *keep = 0;  /* nothing popped: the root alone */
     if (L <= 0 || K <= 0 || width <= 0) return 0;
     Entry *heap = malloc(sizeof(Entry) * (size_t)(width + 2));
     if (!heap) return -1;

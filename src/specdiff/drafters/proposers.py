@@ -10,16 +10,12 @@ from specdiff.config import DecodeConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.trees import build_chain, build_ddtree
-from specdiff.trees.caddtree import CANDIDATES, build_caddtree
+from specdiff.trees.caddtree import CANDIDATES, DEVICE_WIDTH, build_caddtree
 from specdiff.trees.d2sd import (
     branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, select_branches, slot_confidences,
 )
 from specdiff.trees.cost_model import CostProfile, RoundOverhead
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
-
-# caddtree's device search (--tree-search device): sizes past it are compared, when the delta
-# bound cannot rule them out, by a search on the host (see `caddtree._choose`)
-CADDTREE_WIDTH = 96
 
 
 class ARProposer:
@@ -78,7 +74,7 @@ class DFlashProposer:
         self.max_nodes = 1 + (self.num_slots if tree == "chain" else budget)
         self._pending = None  # target features of tokens committed since the last draft
         # device_search: trees from the top prefixes the drafter's graph searched, where it can
-        want = {"ddtree": budget, "caddtree": min(budget, CADDTREE_WIDTH)}.get(tree, 0) if device_search else 0
+        want = {"ddtree": budget, "caddtree": min(budget, DEVICE_WIDTH)}.get(tree, 0) if device_search else 0
         enable = getattr(drafter, "enable_prefix_search", None)
         self.prefix_width = enable(want) if want and enable is not None else 0
         # otherwise, for the host's C search: the candidates it needs, taken in the drafter's graph

@@ -48,6 +48,9 @@ FIRST_K = 64
 # caddtree's rounds at the 160-node bucket cost 0.3 ms more than DDTree's there
 # (docs/benchmarks, fifth session).
 CANDIDATES = 128
+# The device search's width (--tree-search device): sizes past it are compared, where the delta
+# bound cannot rule them out, by a search on the host (`_choose` returns None)
+DEVICE_WIDTH = 96
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
