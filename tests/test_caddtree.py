@@ -1,6 +1,7 @@
 """Cost-aware trees: the fit is monotone convex, the stopping rule finds the best budget, the tree
 is DDTree's at that budget, and decoding with it stays exact."""
 
+import itertools
 import math
 
 import numpy as np
@@ -11,9 +12,9 @@ from specdiff.config import DecodeConfig
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import HFTarget
-from specdiff.trees.caddtree import build_caddtree
-from specdiff.trees.cost_model import CostProfile, RoundOverhead, fit_monotone_convex, fit_verify_row
-from specdiff.trees.ddtree import build_ddtree
+from specdiff.trees.caddtree import CANDIDATES, build_caddtree
+from specdiff.trees.cost_model import CostProfile, DecodeRate, RoundOverhead, fit_monotone_convex, fit_verify_row
+from specdiff.trees.ddtree import build_ddtree, iter_best_first
 from specdiff.types import DraftProposal
 
 NODES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -168,6 +169,72 @@ def test_round_overhead_is_part_of_the_cost(seed, overhead, tree_search):
     assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("lam", [0.05, 0.3, 1.5])
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_decode_horizon_maximises_the_rounds_gain(seed, lam, bucketed, tree_search):
+    """With a decode rate lam the chosen size maximises 1 + Phi - lam * C over every size (or
+    bucket; the root alone at its own price), brute force; the tree is DDTree's of that size, and
+    carries its Phi."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * (3 + seed)  # peaked: no depth needs past CANDIDATES
+    if bucketed:
+        ys = [8 + 0.01 * n + 1e-4 * n * n for n in BUCKETS]
+        prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
+                           nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
+        sizes = [b for b in BUCKETS if b > 1]
+    else:
+        prof = profile([fit_monotone_convex(NODES, [8 + 0.01 * n + 1e-4 * n * n for n in NODES])])
+        sizes = list(range(2, 513))
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, lam=lam)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 511, 15), logits)
+    phi = np.cumsum([math.exp(x) for x in scores[1:]])
+    gains = {1: 1 - lam * (prof.draft_ms + prof.root_alone(128))}
+    gains.update({n: 1 + phi[n - 2] - lam * (prof.draft_ms + prof.verify(n, 128)) for n in sizes})
+    assert gains[tree.num_nodes] == pytest.approx(max(gains.values()), rel=1e-9, abs=1e-9)
+    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15)
+    assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
+    assert tree.phi == pytest.approx(phi[tree.num_nodes - 2] if tree.num_nodes > 1 else 0.0)
+
+
+def test_decode_horizon_spends_nodes_where_they_pay():
+    """Two rounds, one confident and one unsure, each sized for its own ratio, against the same
+    two sized for the decode rate they make together: the decode horizon gets more expected tokens
+    per ms from the pair (its whole point), with the confident round the larger of the two."""
+    prof = profile([fit_monotone_convex(NODES, [8 + 0.02 * n for n in NODES])])
+    g = torch.Generator().manual_seed(0)
+    rounds = [DraftProposal(torch.randn(15, 200, generator=g) * s) for s in (6.0, 1.0)]
+
+    def pair(lam):
+        trees = [build_caddtree(0, p, prof, context=128, max_depth=15, max_nodes=511, lam=lam) for p in rounds]
+        cost = sum(prof.draft_ms + prof.verify(t.num_nodes, 128) for t in trees)
+        return trees, sum(1 + t.phi for t in trees) / cost
+
+    own, own_rate = pair(0.0)
+    lam = own_rate
+    for _ in range(20):  # Dinkelbach: the rate the decode runs at, then the sizes for it
+        trees, lam = pair(lam)
+    assert lam > own_rate * 1.001
+    assert trees[0].num_nodes > trees[1].num_nodes
+
+
+def test_bench_runs_each_caddtree_horizon_beside_the_first():
+    from specdiff.bench.harness import BenchConfig, variants
+
+    cfg = BenchConfig(methods=["ddtree", "caddtree"], budgets=[32], caddtree_horizons=["decode", "round"])
+    assert [v[0] for v in variants(cfg)] == ["ar", "ddtree@32", "caddtree", "caddtree/round"]
+
+
+def test_decode_rate():
+    rate = DecodeRate(weight=0.1)
+    assert rate.lam == 0.0  # no round yet: the round's own ratio
+    rate.observe(4.0, 2.0)
+    assert rate.lam == pytest.approx(2.0)
+    for _ in range(300):
+        rate.observe(3.0, 3.0)
+    assert rate.lam == pytest.approx(1.0, rel=1e-6)
+
+
 def test_round_overhead_estimate():
     """A plain mean at first, then a moving average; one stalled round moves it at most by its
     weight times the predicted cost."""
@@ -196,37 +263,62 @@ def decoding_setup(model, tmp_path):
     return tiny_drafter(model, block_size=16), path, HFTarget(model)
 
 
-def test_caddtree_decoding_is_exact(qwen3_model, tmp_path):
+@pytest.mark.parametrize("horizon", ["decode", "round"])
+def test_caddtree_decoding_is_exact(qwen3_model, tmp_path, horizon):
     drafter, path, target = decoding_setup(qwen3_model, tmp_path)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         prompt = torch.randint(0, 95, (10,), generator=g).tolist()
         ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30)).generate(prompt)
-        cad = build_decoder(target, DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path)), drafter)
+        cfg = DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path), caddtree_horizon=horizon)
+        cad = build_decoder(target, cfg, drafter)
         r = cad.generate(prompt)
         assert r.token_ids == ar.token_ids
         assert max(r.tree_sizes) > 1
-        # every round after the first was timed against its predicted cost
+        # a steps profile: every round after the first was timed against its predicted cost
         assert cad.proposer.overhead.rounds == r.rounds - 1
+        # the decode horizon: every drafted round fed the rate (a last round with no slot left
+        # to draft does not)
+        assert (cad.proposer.rate is None) == (horizon == "round")
+        if horizon == "decode":
+            assert r.rounds - 1 <= cad.proposer.rate.rounds <= r.rounds and cad.proposer.rate.lam > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
 def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, scale, tree_search):
     """Near-flat marginals (a T=1 prompt the drafter is unsure of) make the search pop a depth's
-    last fetched candidate past the size it keeps. The decision still equals the brute-force best
-    bucket over all candidates: popping past a truncated candidate list would undercount the larger
-    sizes and keep too small a tree."""
+    last fetched candidate past the size it keeps (the Python heap's first fetch). The decision
+    still equals the brute-force best bucket over the trees of each depth's top CANDIDATES tokens:
+    popping past a truncated candidate list would undercount the larger sizes and keep too small
+    a tree."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 300, generator=g) * scale
     ys = [8 + 0.002 * n + 1e-5 * n * n for n in BUCKETS]
     prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
                        nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
     tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
-    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 511, 15), logits)
-    thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
+    top = torch.topk(torch.log_softmax(logits, -1), CANDIDATES, -1).values
+    phi = np.cumsum([math.exp(score) for _, _, score in itertools.islice(iter_best_first(top), 511)])
+    cost = {b: prof.draft_ms + prof.verify(b, 128) for b in BUCKETS}
+    thetas = {b: (1 + phi[b - 2]) / cost[b] for b in BUCKETS if 2 <= b <= 512}
+    assert tree.num_nodes in thetas
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
-    assert tree.num_nodes > 64  # past the first fetch: the case this guards
+    assert tree.num_nodes > 64  # past the Python heap's first fetch: the case this guards
+
+
+def test_caddtree_trees_keep_each_depths_top_candidates():
+    """A tree past CANDIDATES nodes over flat marginals still draws each depth's tokens from its
+    top CANDIDATES: nothing past them is fetched."""
+    logits = torch.randn(15, 300, generator=torch.Generator().manual_seed(0)) * 0.1
+    ys = [8 + 1e-6 * n for n in BUCKETS]  # nodes nearly free: the largest tree pays
+    prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
+                       nodes=BUCKETS, verify_ms=[ys], buckets=BUCKETS)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    assert tree.num_nodes == 512
+    top = torch.topk(logits, CANDIDATES, -1).indices
+    for tok, d in zip(tree.tokens[1:].tolist(), tree.depths[1:].tolist()):
+        assert tok in top[d - 1].tolist()
 
 
 def test_caddtree_sampling_gives_ars_tokens_for_the_same_seed(qwen3_model, tmp_path):

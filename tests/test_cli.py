@@ -92,6 +92,8 @@ def bad_cases(demo, tmp_path):
         "missing prompt file": base[:6] + ["--prompt-file", str(tmp_path / "nope.txt")],
         "no prompt": base[:6],
         "unknown option": base + ["--frobnicate"],
+        "unknown caddtree horizon": ["bench", "--target", target, "--drafter", drafter, "--methods", "caddtree",
+                                     "--caddtree-horizon", "round,forever", "--out", str(tmp_path / "b")],
     }
 
 
@@ -114,18 +116,20 @@ def test_process_exit_status(demo, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "target folder not found" in proc.stderr
 
 
-@pytest.mark.parametrize("measure", ["steps", "rounds"])
+@pytest.mark.parametrize("measure", ["steps", None])
 def test_profile_then_caddtree(capsys, demo, tmp_path, measure):
-    """`specdiff profile` on the graph engine saves a bucketed profile (either way of measuring);
-    caddtree reads it, builds trees that fill a bucket, and gives ar's text."""
+    """`specdiff profile` on the graph engine saves a bucketed profile (either way of measuring;
+    whole rounds by default there); caddtree reads it, builds trees that fill a bucket, and gives
+    ar's text."""
     target, drafter = demo
     path = tmp_path / "prof.json"
     code, out, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
                              "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
-                             "--measure", measure, "--out", str(path))
+                             *(["--measure", measure] if measure else []), "--out", str(path))
     assert code == 0, err
     prof = json.loads(path.read_text())
     assert prof["buckets"] and prof["nodes"] == [1, 2, 4, 8, 16, 24, 32] and prof["draft_ms"] > 0
+    measure = measure or "rounds"
     assert prof["measure"] == measure and ("whole rounds" in out) == (measure == "rounds")
     assert all(len(row) == 7 and min(row) > 0 for row in prof["raw_verify_ms"])
     assert len(prof["root_alone_ms"]) == 2 and min(prof["root_alone_ms"]) > 0  # caddtree's root-alone step

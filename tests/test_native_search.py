@@ -52,7 +52,8 @@ def test_ddtree_is_the_same_tree_with_either_search(seed, budget, monkeypatch):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("k,scale", [(8, 0.3), (16, 1.0), (200, 3.0)])
-def test_caddtree_search_in_c_decides_as_grow(seed, k, scale):
+@pytest.mark.parametrize("lam", [0.0, 0.2, 2.0])
+def test_caddtree_search_in_c_decides_as_grow(seed, k, scale, lam):
     """The C search's caddtree decision equals `_grow`'s, also when a pop uses a depth's last
     fetched candidate before the decision is settled (both then ask for all candidates)."""
     from specdiff.trees.caddtree import _grow, _step_costs
@@ -65,9 +66,9 @@ def test_caddtree_search_in_c_decides_as_grow(seed, k, scale):
     fixed = prof.draft_ms + 0.1 * seed
     top_logp, top_ids = top_k_tensors(DraftProposal(logits), k, 15)
     complete = k >= 200
-    _, n = native.caddtree_search(top_logp, top_ids, complete, costs, fixed)
+    _, n = native.caddtree_search(top_logp, top_ids, complete, costs, fixed, lam)
     ref = _grow(top_logp, costs.sizes, [fixed + c for c in costs.steps], fixed + costs.root_step,
-                last_rank=None if complete else k - 1)
+                last_rank=None if complete else k - 1, lam=lam)
     assert (n is None) == (ref is None)
     if ref is not None:
         assert n == len(ref)

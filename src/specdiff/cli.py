@@ -50,6 +50,9 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
+    p.add_argument("--caddtree-horizon", default="decode", choices=["decode", "round"],
+                   help="caddtree: size each round for the decode's tokens per ms (decode) or the round's own "
+                        "ratio (round)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
 
 
@@ -57,7 +60,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
         stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
+        caddtree_horizon=args.caddtree_horizon, sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()
     return cfg

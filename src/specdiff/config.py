@@ -47,7 +47,13 @@ class DecodeConfig:
     pld_max_draft: int = 15
     profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
     caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
-    caddtree_measure_overhead: bool = True  # caddtree: add the measured per-round host cost to the profile's
+    # caddtree: add the per-round host cost the profile misses, measured while decoding (None: when
+    # the profile timed the steps apart; a whole-round profile already holds the loop's own work)
+    caddtree_measure_overhead: bool | None = None
+    # caddtree: what a round's size maximises. "decode": the decode's expected tokens per ms, sum
+    # (1 + Phi) / sum C, by a round's gain 1 + Phi - lam * C at the rate lam it runs at; "round":
+    # the round's own (1 + Phi) / C (trees/caddtree.py, cost_model.DecodeRate)
+    caddtree_horizon: str = "decode"
     stop_at_eos: bool = True
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)
@@ -63,6 +69,8 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.engine not in ENGINES:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.caddtree_horizon not in ("decode", "round"):
+            raise SpecdiffError(f"--caddtree-horizon must be decode or round, got {self.caddtree_horizon!r}")
         if self.tree_search not in ("host", "device"):
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
         if self.budget < 1:

@@ -48,14 +48,20 @@ static void sift_up(Entry *h, int i) {
  * whole vocabulary (`complete` = 0), after which the stream may miss a next sibling.
  *
  * With nsizes > 0 it also takes caddtree's decision as it pops (trees/caddtree.py `_grow`, its
- * Python reference): theta = (1 + phi) / (fixed + steps[i]) at each compared size sizes[i] (root
- * included), stopping at the first size where theta falls, or earlier once even the delta of the
- * last pop for every node still to come cannot lift the next size above the best; the root alone
- * (fixed + root_step) weighed last. *keep: the draft nodes to keep, or -1 when a pop used a
- * depth's last candidate before the decision was settled (the caller fetches them all). */
+ * Python reference): the value of each compared size sizes[i] (root included), a round of cost
+ * c = fixed + steps[i], is theta = (1 + phi) / c (lam = 0: this round's own ratio) or
+ * 1 + phi - lam * c (lam > 0: its gain to a decode running at lam tokens per ms). It stops at the
+ * first size whose value falls, or earlier once even the delta of the last pop for every node
+ * still to come cannot lift the next size above the best; the root alone (fixed + root_step)
+ * weighed last. *keep: the draft nodes to keep, or -1 when a pop used a depth's last candidate
+ * before the decision was settled (the caller fetches them all). */
+static double value(double phi, double cost, double lam) { return lam > 0 ? 1.0 + phi - lam * cost : (1.0 + phi) / cost; }
+/* the phi a size of cost `cost` needs to beat the value `best` (value > best <=> phi > need) */
+static double need_for(double best, double cost, double lam) { return lam > 0 ? best + lam * cost - 1.0 : best * cost - 1.0; }
+
 int top_prefixes(const float *logp, const int64_t *ids, int L, int K, int width, int complete,
                  int64_t *table, double *scores, int64_t *exact, const int64_t *sizes, const double *steps,
-                 int nsizes, double fixed, double root_step, int64_t *keep) {
+                 int nsizes, double fixed, double root_step, double lam, int64_t *keep) {
     int64_t *tokens = table + 1, *parents = table + (width + 1) + 1, *depths = table + 2 * (width + 1) + 1;
     double *logp_out = scores, *phi = scores + width;
     *exact = 0;
@@ -66,9 +72,9 @@ int top_prefixes(const float *logp, const int64_t *ids, int L, int K, int width,
     int n = 0, size = 1, node = 0, seen_last = 0, stopped = 0;
     int64_t tie = 1;
     double total = 0.0;
-    /* the decision: best theta so far at best_n nodes, the next size's node count `bound`, and
-     * the phi it needs to beat the best (theta > best <=> phi > need) */
-    double best = 0.0, need = -1.0;
+    /* the decision: best value so far at best_n nodes, the next size's node count `bound`, and
+     * the phi it needs to beat the best */
+    double best = 0.0, need = -HUGE_VAL;
     int best_n = 0, i = 0, bound = nsizes > 0 ? (int)sizes[0] - 1 : 0;
     heap[0] = (Entry){ -(double)logp[0], 0, 0, 0, 0 };
     while (size > 0 && n < width) {
@@ -89,11 +95,11 @@ int top_prefixes(const float *logp, const int64_t *ids, int L, int K, int width,
         if (nsizes > 0) {
             if (n == bound) {
                 if (total <= need) { stopped = 1; break; }
-                best = (1.0 + total) / (fixed + steps[i]);
+                best = value(total, fixed + steps[i], lam);
                 best_n = n;
                 if (++i == nsizes) { stopped = 1; break; }  /* every size compared */
                 bound = (int)sizes[i] - 1;
-                need = best * (fixed + steps[i]) - 1.0;
+                need = need_for(best, fixed + steps[i], lam);
             }
             if (best_n && total + (double)(bound - n) * delta <= need) { stopped = 1; break; }  /* peaked */
             if (seen_last) { *keep = -1; free(heap); return n; }  /* needs candidates past the last */
@@ -115,11 +121,11 @@ int top_prefixes(const float *logp, const int64_t *ids, int L, int K, int width,
     }
     free(heap);
     if (nsizes > 0) {
-        if (!stopped && size == 0 && n && (1.0 + total) / (fixed + steps[i]) > best) {  /* the stream ran out */
-            best = (1.0 + total) / (fixed + steps[i]);
+        if (!stopped && size == 0 && n && (!best_n || value(total, fixed + steps[i], lam) > best)) {  /* ran out */
+            best = value(total, fixed + steps[i], lam);
             best_n = n;
         }
-        *keep = best > 1.0 / (fixed + root_step) ? best_n : 0;
+        *keep = best_n && best > value(0.0, fixed + root_step, lam) ? best_n : 0;
     }
     return n;
 }

@@ -46,7 +46,8 @@ def _build() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError):
             return None  # no compiler, or no writable cache: the Python paths
     dll = ctypes.CDLL(str(lib))
-    dll.top_prefixes.argtypes = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_double, ctypes.c_double, _P]
+    dll.top_prefixes.argtypes = [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_double, ctypes.c_double,
+                                 ctypes.c_double, _P]
     dll.top_prefixes.restype = _I
     dll.ancestor_mask.argtypes = [_P, _I, _P, ctypes.c_int64, _I]
     dll.ancestor_mask.restype = None
@@ -71,12 +72,12 @@ def top_prefixes(top_logp: torch.Tensor, top_ids: torch.Tensor, width: int, comp
 
 
 def caddtree_search(top_logp: torch.Tensor, top_ids: torch.Tensor, complete: bool, steps: StepCosts,
-                    fixed: float) -> tuple[TopPrefixes, int | None]:
-    """caddtree's search (`caddtree._grow` in C): pops while it compares theta at the sizes in
-    `steps` (a round costs fixed + its step) and stops where theta peaks. -> the pops and the draft
-    nodes to keep, or None when a pop used a depth's last candidate before the decision was
-    settled (fetch them all: `complete`)."""
-    return _search(top_logp, top_ids, steps.sizes[-1] - 1, complete, steps, fixed)
+                    fixed: float, lam: float = 0.0) -> tuple[TopPrefixes, int | None]:
+    """caddtree's search (`caddtree._grow` in C): pops while it compares the value of the sizes in
+    `steps` (a round costs fixed + its step; `lam`: see `_grow`) and stops where it peaks. -> the
+    pops and the draft nodes to keep, or None when a pop used a depth's last candidate before the
+    decision was settled (fetch them all: `complete`)."""
+    return _search(top_logp, top_ids, steps.sizes[-1] - 1, complete, steps, fixed, lam)
 
 
 class StepCosts:
@@ -89,7 +90,8 @@ class StepCosts:
         self.addresses = tuple(a.ctypes.data for a in self._arrays)
 
 
-def _search(top_logp, top_ids, width, complete, steps: StepCosts | None = None, fixed: float = 0.0):
+def _search(top_logp, top_ids, width, complete, steps: StepCosts | None = None, fixed: float = 0.0,
+            lam: float = 0.0):
     if top_logp.dtype != torch.float32 or top_ids.dtype != torch.int64 or not (
             top_logp.is_contiguous() and top_ids.is_contiguous()):
         raise TypeError("top_prefixes: contiguous float32 log-probs and int64 ids on the host")
@@ -101,9 +103,9 @@ def _search(top_logp, top_ids, width, complete, steps: StepCosts | None = None, 
     addr = buf.ctypes.data
     logp_at = addr + 8 * 3 * w1
     if steps is None:
-        decide = (None, None, 0, 0.0, 0.0, None)
+        decide = (None, None, 0, 0.0, 0.0, 0.0, None)
     else:
-        decide = (*steps.addresses, len(steps.sizes), fixed, steps.root_step, addr + 8 * (end + 1))
+        decide = (*steps.addresses, len(steps.sizes), fixed, steps.root_step, lam, addr + 8 * (end + 1))
     n = _lib.top_prefixes(top_logp.data_ptr(), top_ids.data_ptr(), depth, k, width, int(complete), addr, logp_at,
                           addr + 8 * end, *decide)
     if n < 0:

@@ -9,7 +9,7 @@ loop the same `DraftTree`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ class DraftTree:
     # tokens its candidates would take verified as separate rows, root included (D²SD's (K+1)·γ,
     # before they were merged into this trie); None: the tree was built as a tree
     candidate_rows: int | None = None
+    # expected accepted draft tokens under the drafter's marginals (Phi: the sum of the kept
+    # prefixes' probabilities), where the builder knows it (DDTree, caddtree)
+    phi: float | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -63,8 +66,9 @@ class DraftTree:
         )
 
     @staticmethod
-    def chain(root: int, draft: list[int]) -> DraftTree:
-        return DraftTree.from_lists([root, *draft], list(range(-1, len(draft))))
+    def chain(root: int, draft: list[int], phi: float | None = None) -> DraftTree:
+        tree = DraftTree.from_lists([root, *draft], list(range(-1, len(draft))))
+        return tree if phi is None else replace(tree, phi=phi)
 
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i."""
@@ -160,9 +164,10 @@ class TopPrefixes:
 
     def tree(self, root: int, n: int) -> DraftTree:
         """The first n nodes (the top n prefixes) under `root`."""
-        t = torch.from_numpy(self.table[:, : min(n, self.width) + 1].copy())
+        n = min(n, self.width)
+        t = torch.from_numpy(self.table[:, : n + 1].copy())
         t[0, 0] = root
-        return DraftTree(t[0], t[1], t[2])
+        return DraftTree(t[0], t[1], t[2], phi=float(self.phi[n - 1]) if n else 0.0)
 
 
 @dataclass

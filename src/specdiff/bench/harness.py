@@ -43,6 +43,9 @@ class BenchConfig:
     dtype: str = "float32"
     engine: str = "hf"
     tree_search: str = "host"  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
+    # caddtree's horizons (DecodeConfig.caddtree_horizon): the first runs as "caddtree", each other
+    # one beside it as "caddtree/<horizon>"
+    caddtree_horizons: list[str] = field(default_factory=lambda: ["decode"])
     target: str = ""
     drafter: str = ""
     branches: int = 4  # d2sd, d2sd-hybrid: K
@@ -78,6 +81,8 @@ def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
             continue
         if m in ("ddtree", "d2sd-hybrid"):
             out += [(f"{m}@{b}", m, b) for b in cfg.budgets]
+        elif m == "caddtree":
+            out += [("caddtree" if i == 0 else f"caddtree/{h}", m, 1) for i, h in enumerate(cfg.caddtree_horizons)]
         else:
             out.append((m, m, 1))
     return out
@@ -117,6 +122,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             for label, method, budget in variants(cfg):
                 dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
                                   engine=cfg.engine, tree_search=cfg.tree_search, branches=cfg.branches,
+                                  caddtree_horizon=label.partition("/")[2] or cfg.caddtree_horizons[0],
                                   sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
                 decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
                 decoder.prepare(longest)  # no allocation or graph capture while timed
@@ -255,6 +261,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
+    p.add_argument("--caddtree-horizon", default="decode",
+                   help="what caddtree's round size maximises: decode (the decode's tokens per ms) or round (the "
+                        "round's own ratio); a comma-separated list runs the others beside it as caddtree/<horizon>")
     p.add_argument("--out", type=Path, required=True)
 
 
@@ -275,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
         raise SpecdiffError("temperatures must be >= 0")
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
+    horizons = list(dict.fromkeys(h for h in args.caddtree_horizon.split(",") if h))
+    if not horizons or any(h not in ("decode", "round") for h in horizons):
+        raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
     from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP
 
     model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
@@ -286,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-                      device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
+                      caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
     result = run_bench(cfg, model, tokenizer, drafter, args.out, vp_drafter=vp_drafter)

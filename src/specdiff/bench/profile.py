@@ -177,31 +177,49 @@ def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps:
     return _timed(round_, reps, target.device)
 
 
-ROUND_TOKENS = 32  # tokens each timed decode of `measure_rounds` produces
+ROUND_TOKENS = 96  # tokens each timed decode of `measure_rounds` produces (about 25 drafted rounds)
+
+
+def round_prompt(tokenizer, vocab: int, length: int, g: torch.Generator) -> list[int]:
+    """A context of `length` tokens for timing whole rounds: this package's own Python source
+    (text like the drafter's, so rounds accept and commit as many tokens as real ones), or random
+    tokens without a tokenizer."""
+    if tokenizer is not None:
+        files = sorted(Path(__file__).resolve().parents[1].rglob("*.py"))
+        ids = list(tokenizer("\n".join(f.read_text() for f in files), add_special_tokens=False)["input_ids"])
+        if len(ids) >= length:
+            return ids[:length]
+    return torch.randint(0, vocab, (length,), generator=g).tolist()
 
 
 @torch.inference_mode()
 def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int,
-                   engine: str, new_tokens: int = ROUND_TOKENS) -> dict:
+                   engine: str, tokenizer=None, new_tokens: int = ROUND_TOKENS) -> dict:
     """Mean whole-round time [context][size] of the real decode loop, DDTree at size - 1 draft
-    nodes (AR at size 1), from a random context of each length. `drafter` is the plain drafter
-    (the decoder wraps it for the graph engine)."""
+    nodes (AR at size 1), greedy from a fixed context of each length. Each rep sweeps every size
+    once (in turn, so a slow stretch of the host hits all sizes, not one) and a size keeps its
+    fastest sweep: the same decode every time, so what varies is the host's noise. `drafter` is
+    the plain drafter (the decoder wraps it for the graph engine)."""
     from specdiff.config import DecodeConfig
     from specdiff.engine import build_decoder
 
     g = torch.Generator().manual_seed(0)
     raw = []
     for ctx in contexts:
-        prompt = torch.randint(0, target.vocab_size, (ctx,), generator=g).tolist()
-        row = []
+        prompt = round_prompt(tokenizer, target.vocab_size, ctx, g)
+        decoders = []
         for n in nodes:
             cfg = DecodeConfig(method="ddtree" if n > 1 else "ar", budget=max(1, n - 1), max_new_tokens=new_tokens,
                                engine=engine, stop_at_eos=False)
-            decoder = build_decoder(target, cfg, drafter if n > 1 else None)
-            decoder.prepare(ctx)
+            decoders.append(build_decoder(target, cfg, drafter if n > 1 else None))
+            decoders[-1].prepare(ctx)
             for _ in range(warmup):
-                decoder.generate(prompt)
-            row.append(min(1000 * r.decode_s / r.rounds for r in (decoder.generate(prompt) for _ in range(reps))))
+                decoders[-1].generate(prompt)
+        row = [float("inf")] * len(nodes)
+        for rep in range(reps):
+            for i in (range(len(nodes)) if rep % 2 == 0 else reversed(range(len(nodes)))):
+                r = decoders[i].generate(prompt)
+                row[i] = min(row[i], 1000 * r.decode_s / r.rounds)
         raw.append(row)
         print(f"profile: context {ctx}: whole rounds " + ", ".join(f"{n}:{ms:.2f}" for n, ms in zip(nodes, row))
               + " ms", flush=True)
@@ -215,10 +233,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
     p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
                                     "node buckets up to 512, since a tree costs its bucket)")
-    p.add_argument("--measure", default="steps", choices=["steps", "rounds"],
-                   help="steps: the drafter and target steps apart, each at its fastest (default); rounds: whole "
-                        "decode rounds per tree size")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 5 decodes "
+    p.add_argument("--measure", default=None, choices=["steps", "rounds"],
+                   help="steps: the drafter and target steps apart, each at its fastest; rounds: whole decode "
+                        "rounds per tree size (default: rounds on the graph engine, steps otherwise)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 8 decodes "
                                                           "per size for rounds)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
@@ -236,12 +254,15 @@ def run(args: argparse.Namespace) -> int:
         raise SpecdiffError("--nodes and --contexts must be positive")
     from specdiff.engine import make_target
 
-    model, _, drafter = load_models(args, need_drafter=True)
+    model, tokenizer, drafter = load_models(args, need_drafter=True)
     target = make_target(model, args.engine)
-    reps = args.reps or (5 if args.measure == "rounds" else 30)
+    # on a launch-bound GPU the host's work overlaps the device's, so two steps timed apart do not
+    # add up to a round; on the CPU everything is serial and steps are the quieter measure
+    measure_kind = args.measure or ("rounds" if args.engine == "graph" else "steps")
+    reps = args.reps or (8 if measure_kind == "rounds" else 30)
     if reps < 1:
         raise SpecdiffError("--reps must be >= 1")
-    decoded = ROUND_TOKENS if args.measure == "rounds" else 0  # a rounds profile decodes past the context
+    decoded = ROUND_TOKENS if measure_kind == "rounds" else 0  # a rounds profile decodes past the context
     if max(contexts) + max(nodes) + decoded > target.max_positions:
         raise SpecdiffError(f"context {max(contexts)} + {max(nodes)} nodes + {decoded} decoded tokens exceeds "
                             f"the target's {target.max_positions} positions")
@@ -253,18 +274,21 @@ def run(args: argparse.Namespace) -> int:
 
         drafter = GraphedDrafter(drafter)
     # the drafter step and the root-alone step (and, for steps, the target step per size)
-    steps = args.measure == "steps"
-    m = measure(target, drafter, contexts, nodes if steps else [], reps if steps else 30, args.warmup)
-    raw = m["raw"]
+    # (for rounds, AR's step too: what a whole AR round adds to it, the root-alone round also pays)
+    steps = measure_kind == "steps"
+    m = measure(target, drafter, contexts, nodes if steps else [1], reps if steps else 30, args.warmup)
+    raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
-        rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine)["raw"]
+        rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine, tokenizer)["raw"]
         # C_v(n) = round(n) - C_d for trees; the root-alone (AR) round ran no drafter
         raw = [[ms if n == 1 else ms - m["draft_ms"] for n, ms in zip(nodes, row)] for row in rounds]
+        if nodes[0] == 1:
+            root_alone = [ra + row[0] - ar_step[0] for ra, row, ar_step in zip(root_alone, rounds, m["raw"])]
     prof = CostProfile(
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
-        verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=args.measure,
-        root_alone_ms=m["root_alone"],
+        verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=measure_kind,
+        root_alone_ms=root_alone,
         buckets=list(BUCKETS) if args.engine == "graph" else [],
     )
     path = args.out or default_profile_path(target.device, target, drafter, args.dtype)

@@ -7,7 +7,7 @@ keeps both methods' decodes of each, so prompt-to-prompt variation cancels). Pic
 several noisy budgets after the fact favours the fixed side by a little: the interval says whether
 a gap is more than that noise.
 
-    usage: python -m specdiff.bench.versus RESULTS(.json|.json.gz|DIR)
+    usage: python -m specdiff.bench.versus RESULTS(.json|.json.gz|DIR) [--method caddtree/round]
 """
 
 from __future__ import annotations
@@ -65,15 +65,16 @@ def versus_table(rows: list[dict], method: str = "caddtree") -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", type=Path)
+    p.add_argument("--method", default="caddtree", help="the run set against the best fixed budget (default: caddtree)")
 
 
 def run(args: argparse.Namespace) -> int:
     from specdiff.bench.harness import load_results
 
-    rows = versus_best_fixed(load_results(args.results))
+    rows = versus_best_fixed(load_results(args.results), args.method)
     if not rows:
-        raise SpecdiffError(f"no caddtree run beside a ddtree@B run in {args.results}")
-    print("\n".join(versus_table(rows)))
+        raise SpecdiffError(f"no {args.method} run beside a ddtree@B run in {args.results}")
+    print("\n".join(versus_table(rows, args.method)))
     return 0
 
 

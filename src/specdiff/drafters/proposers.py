@@ -14,7 +14,7 @@ from specdiff.trees.caddtree import CANDIDATES, DEVICE_WIDTH, build_caddtree
 from specdiff.trees.d2sd import (
     branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, select_branches, slot_confidences,
 )
-from specdiff.trees.cost_model import CostProfile, RoundOverhead
+from specdiff.trees.cost_model import CostProfile, DecodeRate, RoundOverhead
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
@@ -62,11 +62,17 @@ class DFlashProposer:
     "caddtree" (as many prefixes as pay for their measured cost, from `profile`)."""
 
     def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None,
-                 profile: CostProfile | None = None, measure_overhead: bool = True, device_search: bool = False):
+                 profile: CostProfile | None = None, measure_overhead: bool | None = None, device_search: bool = False,
+                 horizon: str = "decode"):
         self.drafter, self.tree, self.budget, self.profile = drafter, tree, budget, profile
         # caddtree: the per-round cost the profile misses, measured from one propose call to the
-        # next (one whole round: draft, target forward, verify, commit, update; each ends in a sync)
+        # next (one whole round: draft, target forward, verify, commit, update; each ends in a sync).
+        # A whole-round profile holds it already, and timing it costs a round 10 us (H200 host)
+        if measure_overhead is None:
+            measure_overhead = profile is not None and profile.measure == "steps"
         self.overhead = RoundOverhead() if tree == "caddtree" and measure_overhead else None
+        # caddtree, decode horizon: the rate the decode expects to run at (kept across decodes)
+        self.rate = DecodeRate() if tree == "caddtree" and horizon == "decode" else None
         self._round: tuple[float, float] | None = None  # (start of the last round, its predicted ms)
         self.name = {"chain": "dflash"}.get(tree, tree)
         self.num_slots = (block_size or drafter.block_size) - 1
@@ -122,7 +128,13 @@ class DFlashProposer:
             return build_chain(state.root, proposal, depth)
         if self.tree == "caddtree":
             overhead = self.overhead.ms if self.overhead is not None else 0.0
-            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead)
+            if self.rate is None:
+                return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead)
+            tree = build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
+                                  self.rate.lam)
+            cost = self.profile.draft_ms + overhead + self.profile.tree_step(tree.num_nodes, state.start)
+            self.rate.observe(1.0 + tree.phi, cost)
+            return tree
         return build_ddtree(state.root, proposal, self.budget, depth)
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None:
@@ -185,7 +197,7 @@ def make_proposer(cfg: DecodeConfig, drafter: DFlashDrafter | None = None, profi
         # cap sizes the caches and the graphs prepared
         cap = cfg.caddtree_max_nodes if profile is None else min(cfg.caddtree_max_nodes, max(profile.nodes) - 1)
         return DFlashProposer(drafter, "caddtree", cap, cfg.block_size, profile, cfg.caddtree_measure_overhead,
-                              device_search=cfg.tree_search == "device")
+                              device_search=cfg.tree_search == "device", horizon=cfg.caddtree_horizon)
     tree = "chain" if cfg.method == "dflash" else "ddtree"
     return DFlashProposer(drafter, tree=tree, budget=cfg.budget, block_size=cfg.block_size,
                           device_search=cfg.tree_search == "device")

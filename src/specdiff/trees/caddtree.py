@@ -41,12 +41,12 @@ from specdiff.types import DraftProposal, DraftTree, TopPrefixes
 # T=1 file prompts against an H100 profile: with 32, 35% of the rounds fetched again (another
 # top-k and sync, and the search redone); with 48, 13%; with 64, 1%.
 FIRST_K = 64
-# The C search takes CANDIDATES per depth, from the drafter's graph. Its pops are exact until one
-# uses a depth's last candidate, which needs that many siblings popped first: rare with 128, and
-# then it fetches them all. The graph's top-k costs 67 us up to k = 128 and 80 us past it on an
-# H200, and a refetch costs an eager top-k and a sync: with 64 candidates doubling on demand,
-# caddtree's rounds at the 160-node bucket cost 0.3 ms more than DDTree's there
-# (docs/benchmarks, fifth session).
+# The C search takes CANDIDATES per depth, from the drafter's graph, and searches the trees made of
+# them: a depth's 129th token (delta below 1/129 of its parent's) never enters a tree. Fetching the
+# rest when a pop reaches a depth's last candidate (an eager top-k and a sync, then the search
+# again) made caddtree's rounds at the 192-320 node buckets cost 0.1-0.3 ms more than DDTree's
+# there on an H200 (r14, sixth session); the graph's top-k costs 67 us up to k = 128 and 80 us
+# past it.
 CANDIDATES = 128
 # The device search's width (--tree-search device): sizes past it are compared, where the delta
 # bound cannot rule them out, by a search on the host (`_choose` returns None)
@@ -54,36 +54,34 @@ DEVICE_WIDTH = 96
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
-                   max_nodes: int = 1024, overhead_ms: float = 0.0) -> DraftTree:
+                   max_nodes: int = 1024, overhead_ms: float = 0.0, lam: float = 0.0) -> DraftTree:
+    """The tree of the size whose value peaks: theta (lam = 0) or its gain to a decode running at
+    `lam` expected tokens per ms (module docstring). The tree carries its Phi."""
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
-        return DraftTree.chain(root, [])
+        return DraftTree.chain(root, [], phi=0.0)
     # tree sizes (root included) theta is compared at, C_v at each and the root-alone step
     costs = _step_costs(profile, context, max_nodes)
     sizes, steps, root_step = costs.sizes, costs.steps, costs.root_step
     fixed = profile.draft_ms + overhead_ms  # a round costs fixed + its step
     if proposal.prefixes is not None and proposal.prefixes.depth == depth:
-        n = _choose(proposal.prefixes, sizes, steps, fixed, root_step)
+        n = _choose(proposal.prefixes, sizes, steps, fixed, root_step, lam)
         if n is not None:
             return proposal.prefixes.tree(root, n)
-    if native.available() and sizes:  # `_grow` in C: the same tree
-        k, vocab = min(max_nodes, CANDIDATES), proposal.logits.shape[-1]
-        while True:
-            top_logp, top_ids = candidates(proposal, k, depth)
-            prefixes, n = native.caddtree_search(top_logp, top_ids, k >= min(max_nodes, vocab), costs, fixed)
-            if n is not None:
-                return prefixes.tree(root, n)
-            k = max_nodes  # a pop used a depth's last candidate before the decision: all of them
+    if native.available() and sizes:  # `_grow` in C over each depth's top CANDIDATES tokens
+        top_logp, top_ids = candidates(proposal, min(max_nodes, CANDIDATES), depth)
+        prefixes, n = native.caddtree_search(top_logp, top_ids, True, costs, fixed, lam)
+        return prefixes.tree(root, n)
     size_cost, root_cost = [fixed + c for c in steps], fixed + root_step
-    k = min(max_nodes, FIRST_K)
+    width = min(max_nodes, CANDIDATES)  # the tokens per depth the C search sees: the same trees
+    k = min(width, FIRST_K)
     while True:  # as in build_ddtree: widen the candidates only if the decision needs more of them
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
-        # with k >= max_nodes no search pops past a depth's last candidate before it ends
-        complete = k >= min(max_nodes, proposal.logits.shape[-1])
-        nodes = _grow(top_logp, sizes, size_cost, root_cost, last_rank=None if complete else k - 1)
+        complete = k >= min(width, proposal.logits.shape[-1])
+        nodes = _grow(top_logp, sizes, size_cost, root_cost, last_rank=None if complete else k - 1, lam=lam)
         if nodes is not None:
             return tree_from_pops(root, nodes, top_ids)
-        k = min(2 * k, max_nodes)  # doubling: a jump to the cap (up to 511) would copy 511 x depth to the host
+        k = min(2 * k, width)
 
 
 CONTEXT_STEP = 8  # contexts this close share a round's costs (C_v's slope in context is tiny)
@@ -106,36 +104,43 @@ def _step_costs(profile: CostProfile, context: int, max_nodes: int) -> native.St
     return hit[1]
 
 
-def _choose(prefixes: TopPrefixes, sizes, steps, fixed: float, root_step: float) -> int | None:
+def _value(phi: float, cost: float, lam: float) -> float:
+    """A round's worth: theta = (1 + phi) / cost (lam = 0), or 1 + phi - lam * cost (`_grow`)."""
+    return 1.0 + phi - lam * cost if lam > 0 else (1.0 + phi) / cost
+
+
+def _choose(prefixes: TopPrefixes, sizes, steps, fixed: float, root_step: float, lam: float = 0.0) -> int | None:
     """`_grow`'s decision read off the top prefixes (C search or the device's): Phi at each
     compared size is one lookup. A round of size sizes[i] costs fixed + steps[i]. None when it
     needs sizes past the prefixes searched that the delta bound cannot rule out (the caller then
     searches wider)."""
     phi, logp, width, searched = prefixes.phi, prefixes.logp, prefixes.width, prefixes.searched
-    best, best_n = 0.0, 0
+    best, best_n = -math.inf, 0
     for size, step in zip(sizes, steps):
         n, cost = size - 1, fixed + step
         if n > width and width < searched:  # every possible prefix is listed: the whole stream
-            if width and (1.0 + phi[-1]) / cost > best:
-                best, best_n = (1.0 + phi[-1]) / cost, width
+            if width and _value(phi[-1], cost, lam) > best:
+                best, best_n = _value(phi[-1], cost, lam), width
             break
         if n > searched:  # past the search: each node still to come adds at most the last delta
-            if (1.0 + phi[-1] + (n - width) * math.exp(logp[-1])) / cost <= best:
+            if _value(phi[-1] + (n - width) * math.exp(logp[-1]), cost, lam) <= best:
                 break
             return None
-        theta = (1.0 + phi[n - 1]) / cost
-        if theta <= best:
+        value = _value(phi[n - 1], cost, lam)
+        if value <= best:
             break
-        best, best_n = theta, n
-    return best_n if best > 1.0 / (fixed + root_step) else 0
+        best, best_n = value, n
+    return best_n if best_n and best > _value(0.0, fixed + root_step, lam) else 0
 
 
-def _grow(top_logp, sizes, size_cost, root_cost: float,
-          last_rank: int | None = None) -> list[tuple[int, int, float]] | None:
-    """Pop prefixes in best-first order and compare theta at each size in `sizes` (increasing,
+def _grow(top_logp, sizes, size_cost, root_cost: float, last_rank: int | None = None,
+          lam: float = 0.0) -> list[tuple[int, int, float]] | None:
+    """Pop prefixes in best-first order and compare the value of each size in `sizes` (increasing,
     root included; a round of size sizes[i] costs size_cost[i]), stopping at the first size where
-    it falls. The root alone (a round of cost `root_cost`) is weighed last: its step has no tree
-    to walk, so the curve jumps from 1 to 2 nodes and theta is unimodal only from one draft node on.
+    it falls. The value is theta = (1 + phi) / cost with lam = 0, or 1 + phi - lam * cost, the
+    round's gain to a decode running at lam tokens per ms. The root alone (a round of cost
+    `root_cost`) is weighed last: its step has no tree to walk, so the curve jumps from 1 to 2
+    nodes and the value is unimodal only from one draft node on.
 
     Pops come in non-increasing delta, so the nodes still to pop before the next size add at most
     delta of the last pop each: once even that cannot lift theta there above the best, the search
@@ -151,8 +156,8 @@ def _grow(top_logp, sizes, size_cost, root_cost: float,
     append, exp = nodes.append, math.exp  # the loop below runs per pop: host time is round time
     phi, best, best_n, n = 0.0, 0.0, 0, 0
     i, last = 0, len(sizes)
-    # per pop, theta(size) > best  <=>  phi > need = best * cost(size) - 1 (no division)
-    bound, need = sizes[0] - 1, -1.0
+    # per pop, value(size) > best  <=>  phi > need (no division)
+    bound, need = sizes[0] - 1, -math.inf
     for node in iter_best_first(top_logp):  # node = (parent, rank, score)
         append(node)
         n += 1
@@ -161,16 +166,17 @@ def _grow(top_logp, sizes, size_cost, root_cost: float,
         if n == bound:
             if phi <= need:
                 break
-            best, best_n = (1.0 + phi) / size_cost[i], n
+            best, best_n = _value(phi, size_cost[i], lam), n
             i += 1
             if i == last:
                 break  # every size compared
-            bound, need = sizes[i] - 1, best * size_cost[i] - 1.0
+            bound = sizes[i] - 1
+            need = best + lam * size_cost[i] - 1.0 if lam > 0 else best * size_cost[i] - 1.0
         if best_n and phi + (bound - n) * delta <= need:
             break  # no size up to and including the next can beat the best: theta has peaked
         if node[1] == last_rank:
             return None  # the decision needs nodes past the fetched candidates
     else:  # the stream ran out inside a bucket: the whole stream costs that bucket
-        if n and (1.0 + phi) / size_cost[i] > best:
-            best, best_n = (1.0 + phi) / size_cost[i], n
-    return nodes[:best_n] if best > 1.0 / root_cost else []
+        if n and (not best_n or _value(phi, size_cost[i], lam) > best):
+            best, best_n = _value(phi, size_cost[i], lam), n
+    return nodes[:best_n] if best_n and best > _value(0.0, root_cost, lam) else []

@@ -41,6 +41,34 @@ class RoundOverhead:
         self.rounds += 1
 
 
+class DecodeRate:
+    """caddtree's lam: the tokens per ms a decode expects to run at, for the decode horizon.
+
+    A round's own ratio (1 + Phi(n)) / C(n) peaks where a node's delta equals that round's ratio
+    times its marginal cost, so a confident round (high ratio) stops early and an unsure one grows
+    wide: the wrong way round for the decode's tokens per ms, sum(1 + Phi) / sum(C), which a round
+    raises by adding a node exactly when delta > lam * its marginal cost, lam being that decode
+    ratio (renewal-reward; Dinkelbach's iteration for a ratio of sums). `observe` takes each
+    chosen round's expected tokens and predicted cost, in the units the choice uses (the
+    drafter's Phi, the profile's cost), so a miscalibrated drafter moves both sides alike; lam is
+    the ratio of their moving averages, and 0 (the round's own ratio) before the first round."""
+
+    def __init__(self, weight: float = 0.02):
+        self.weight = weight
+        self.tokens = self.ms = 0.0  # moving averages per round
+        self.rounds = 0
+
+    @property
+    def lam(self) -> float:
+        return self.tokens / self.ms if self.rounds else 0.0
+
+    def observe(self, tokens: float, ms: float) -> None:
+        w = max(self.weight, 1.0 / (self.rounds + 1))  # a plain mean until the average's horizon
+        self.tokens += w * (tokens - self.tokens)
+        self.ms += w * (ms - self.ms)
+        self.rounds += 1
+
+
 def fit_monotone_convex(n: list[float], y: list[float]) -> list[float]:
     """Least-squares-ish projection of (n, y) onto non-decreasing convex curves.
 

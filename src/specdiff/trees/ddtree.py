@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from typing import Iterator
 
 import torch
@@ -79,8 +80,9 @@ def top_k_marginals(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.
 
 
 def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list[list[int]]) -> DraftTree:
-    tokens, parents, depths = [root], [-1], [0]
-    for parent, rank, _ in nodes:
+    tokens, parents, depths, phi = [root], [-1], [0], 0.0
+    for parent, rank, score in nodes:
+        phi += math.exp(score)
         d = depths[parent] + 1
         tokens.append(top_ids[d - 1][rank])
         parents.append(parent)
@@ -89,6 +91,7 @@ def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list
         torch.tensor(tokens, dtype=torch.long),
         torch.tensor(parents, dtype=torch.long),
         torch.tensor(depths, dtype=torch.long),
+        phi=phi,
     )
 
 
