@@ -3,8 +3,17 @@
 Two ways to measure, both with host work included, because on a fast device the host side (tree
 building, copies, the walk, the loop's bookkeeping) is a large share of a round.
 
-`--measure steps` (the default) times the drafter step and the target step apart, each at its
-fastest; what a round pays between them, caddtree learns online (`cost_model.RoundOverhead`):
+`--measure rounds` (the default on the graph engine) times whole decode rounds: the real decode
+loop with DDTree at each profiled size (AR for the root alone) decodes greedily from a fixed
+context of each length (this package's own source, text like the drafter's); a size's cost is its
+mean round time, the fastest of `reps` sweeps over all sizes, and C_v(n, l) = round(n, l) - C_d.
+On a launch-bound GPU the host's work between syncs overlaps the device's, so the two steps timed
+apart do not add up to a round: on an H200 their sum missed 0.19 ms at 24 nodes and 0.01 ms at
+640 (docs/benchmarks, sixth session), which no constant per-round term can follow.
+
+`--measure steps` (the default elsewhere: on the CPU everything is serial) times the drafter step
+and the target step apart, each at its fastest; what a round pays between them, caddtree learns
+online (`cost_model.RoundOverhead`):
 - C_v(n, l): build a DDTree of n nodes (root included) from drafter-like marginals on the device,
   run the target over it at context l (tapping the drafter's layers), draw and walk (T=0), then
   do what an accepted path costs: gather its taps and commit it (a K/V gather when the path's
@@ -13,14 +22,9 @@ fastest; what a round pays between them, caddtree learns online (`cost_model.Rou
 Each is the minimum over `reps` timed runs after warm-up (the minimum is robust to the stalls of
 a shared host; medians let one slow stretch bend the whole fitted curve).
 
-`--measure rounds` times whole decode rounds instead: the real decode loop with DDTree at each
-profiled size (AR for the root alone) decodes from a random context of each length; a size's cost
-is its mean round time (the minimum over `reps` decodes), and C_v(n, l) = round(n, l) - C_d. On an
-H100 it gave noisier curves than steps (random contexts: acceptance, and so the commit work, vary)
-and caddtree did no better with them (docs/benchmarks/README.md).
-
-Both also time caddtree's root-alone step as it takes it: the candidates fetched, then the root
-forwarded alone (`root_alone_ms`; AR's step C_v(1) fetches nothing).
+caddtree's root-alone round (`root_alone_ms`): with steps, its step as caddtree takes it (the
+candidates fetched, then the root forwarded alone; AR's step C_v(1) fetches nothing); with rounds,
+the smallest tree's whole round, which pays the same drafter pass, fetch and loop.
 
 Profiles are keyed by device, engine, dtype and the target/drafter configs, so `caddtree` finds the
 one for where it runs.
@@ -274,16 +278,20 @@ def run(args: argparse.Namespace) -> int:
 
         drafter = GraphedDrafter(drafter)
     # the drafter step and the root-alone step (and, for steps, the target step per size)
-    # (for rounds, AR's step too: what a whole AR round adds to it, the root-alone round also pays)
     steps = measure_kind == "steps"
-    m = measure(target, drafter, contexts, nodes if steps else [1], reps if steps else 30, args.warmup)
+    m = measure(target, drafter, contexts, nodes if steps else [], reps if steps else 30, args.warmup)
     raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
         rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine, tokenizer)["raw"]
         # C_v(n) = round(n) - C_d for trees; the root-alone (AR) round ran no drafter
         raw = [[ms if n == 1 else ms - m["draft_ms"] for n, ms in zip(nodes, row)] for row in rounds]
-        if nodes[0] == 1:
-            root_alone = [ra + row[0] - ar_step[0] for ra, row, ar_step in zip(root_alone, rounds, m["raw"])]
+        # caddtree's root-alone round is a drafted round (drafter, candidates, search) whose tree
+        # holds the root only: priced as the smallest tree's whole round. AR's round (no drafter,
+        # no fetch) is no guide to it: on an H200 it underpriced those rounds by 0.3-0.45 ms, and
+        # the decode horizon then kept the root alone in 1 round of 8 (docs/benchmarks, sixth session)
+        trees = [i for i, n in enumerate(nodes) if n > 1]
+        if trees:
+            root_alone = [row[trees[0]] for row in raw]
     prof = CostProfile(
         device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
         dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
