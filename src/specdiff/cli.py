@@ -50,9 +50,9 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
-    p.add_argument("--caddtree-horizon", default="decode", choices=["decode", "round"],
-                   help="caddtree: size each round for the decode's tokens per ms (decode) or the round's own "
-                        "ratio (round)")
+    p.add_argument("--caddtree-horizon", default="round", choices=["round", "decode"],
+                   help="caddtree: size each round for its own tokens per ms (round, the default) or for the "
+                        "decode's (decode)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
 
 

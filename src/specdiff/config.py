@@ -50,10 +50,11 @@ class DecodeConfig:
     # caddtree: add the per-round host cost the profile misses, measured while decoding (None: when
     # the profile timed the steps apart; a whole-round profile already holds the loop's own work)
     caddtree_measure_overhead: bool | None = None
-    # caddtree: what a round's size maximises. "decode": the decode's expected tokens per ms, sum
-    # (1 + Phi) / sum C, by a round's gain 1 + Phi - lam * C at the rate lam it runs at; "round":
-    # the round's own (1 + Phi) / C (trees/caddtree.py, cost_model.DecodeRate)
-    caddtree_horizon: str = "decode"
+    # caddtree: what a round's size maximises. "round": the round's own (1 + Phi) / C (the paper's
+    # rule); "decode": the decode's expected tokens per ms, sum (1 + Phi) / sum C, by a round's gain
+    # 1 + Phi - lam * C at the rate lam it runs at (cost_model.DecodeRate). On an H200 "decode" was
+    # 1-2% slower than "round" (docs/benchmarks, sixth session)
+    caddtree_horizon: str = "round"
     stop_at_eos: bool = True
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)

@@ -45,7 +45,7 @@ class BenchConfig:
     tree_search: str = "host"  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
     # caddtree's horizons (DecodeConfig.caddtree_horizon): the first runs as "caddtree", each other
     # one beside it as "caddtree/<horizon>"
-    caddtree_horizons: list[str] = field(default_factory=lambda: ["decode"])
+    caddtree_horizons: list[str] = field(default_factory=lambda: ["round"])
     target: str = ""
     drafter: str = ""
     branches: int = 4  # d2sd, d2sd-hybrid: K
@@ -261,9 +261,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
-    p.add_argument("--caddtree-horizon", default="decode",
-                   help="what caddtree's round size maximises: decode (the decode's tokens per ms) or round (the "
-                        "round's own ratio); a comma-separated list runs the others beside it as caddtree/<horizon>")
+    p.add_argument("--caddtree-horizon", default="round",
+                   help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
+                        "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
     p.add_argument("--out", type=Path, required=True)
 
 

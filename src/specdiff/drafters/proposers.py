@@ -63,7 +63,7 @@ class DFlashProposer:
 
     def __init__(self, drafter: DFlashDrafter, tree: str = "chain", budget: int = 64, block_size: int | None = None,
                  profile: CostProfile | None = None, measure_overhead: bool | None = None, device_search: bool = False,
-                 horizon: str = "decode"):
+                 horizon: str = "round"):
         self.drafter, self.tree, self.budget, self.profile = drafter, tree, budget, profile
         # caddtree: the per-round cost the profile misses, measured from one propose call to the
         # next (one whole round: draft, target forward, verify, commit, update; each ends in a sync).

@@ -9,22 +9,28 @@ expected number of accepted draft tokens. The objective per round is
 Phi is concave and non-decreasing, C_v is fitted convex and non-decreasing, so theta is unimodal
 and the first n where theta stops rising is the best budget for this round.
 
+The decode horizon (`lam` > 0, DecodeConfig.caddtree_horizon = "decode") maximises instead the
+round's gain 1 + Phi(n) - lam * C(n) at the rate lam the decode runs at (cost_model.DecodeRate),
+which is what raises the decode's own sum (1 + Phi) / sum C: a node pays when its delta beats
+lam times its marginal cost, the same bar in every round. The gain is concave too. In an offline
+replay it was 0-0.7% ahead of theta; on an H200 it was 1-2% behind (confident rounds grew, unsure
+ones shrank, and tau did not follow), so theta is the default.
+
 On an engine that pads a tree to a size bucket (the graph engine: one CUDA graph per bucket) the
 real cost is a step function: every tree up to a bucket's size costs that bucket. The profile
 then lists the buckets, theta is compared at bucket sizes only (where it is unimodal again), and
-the chosen tree fills its bucket: the nodes up to the boundary are free.
+the chosen tree fills its bucket: the nodes up to the boundary cost only their host work.
 
 The cost of a round is the profile's plus `overhead_ms`, the per-round host work the profile does
-not see, which the proposer measures while decoding (`cost_model.RoundOverhead`). Keeping the root
-alone is priced as caddtree takes it, after fetching and searching the candidates
-(`CostProfile.root_alone`), not as AR's step: on an H100 that fetch adds about 0.1 ms.
+not see, which the proposer measures while decoding (`cost_model.RoundOverhead`) when the profile
+timed the steps apart (a whole-round profile holds it already). Keeping the root alone is priced
+as caddtree takes it, after fetching and searching the candidates (`CostProfile.root_alone`), not
+as AR's step.
 
-Host time is round time on a GPU, where the forward is launch-bound. With the Python heap, the
-search past the kept size, its per-pop bookkeeping and the wider candidate fetch cost caddtree
-about 0.07 ms a round more than DDTree at the same size on an H100 host (fourth session). The
-search and the decision now run in C (`native.c`) over candidates the drafter's graph took: on an
-H200 host caddtree's round costs 0.02-0.05 ms more than DDTree's at the same bucket
-(docs/benchmarks/README.md, fifth session).
+Host time is round time on a GPU, where the forward is launch-bound. The search and the decision
+run in C (`native.c`) over each depth's top CANDIDATES tokens, which the drafter's graph took; on
+an H200 host caddtree's search and cost lookups cost a round 0.02 ms more than DDTree's at the same
+size (runs/round_anatomy.py, docs/benchmarks, sixth session).
 """
 
 from __future__ import annotations
