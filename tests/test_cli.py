@@ -213,3 +213,27 @@ def test_versus_picks_the_best_fixed_budget_and_bounds_the_gap(capsys, tmp_path)
     assert versus_main([str(path)]) == 0 and "| s | 0 | ddtree@32 |" in capsys.readouterr().out
     path.write_text(json.dumps({"runs": _runs("ddtree@32", base)}))
     assert versus_main([str(path)]) == 2 and "no caddtree run" in capsys.readouterr().err
+    path.write_text(json.dumps(result))
+    assert versus_main([str(path), "--method", "caddtree/decode"]) == 2
+    assert "no caddtree/decode run" in capsys.readouterr().err
+
+
+def test_bound_reads_a_steps_profile_and_refuses_a_whole_round_one(capsys, tmp_path):
+    """The bound (C_d + C_v(n)) / tau against the measured ms/token; a whole-round profile already
+    holds the loop's overhead, so the bound would hide it: exit 2 with one line."""
+    from specdiff.bench.bound import main as bound_main
+    from specdiff.trees.cost_model import CostProfile
+
+    summary = [{"prompt_set": "s", "temperature": 0.0, "method": "ddtree@32", "tau": 2.0, "mean_tree_nodes": 33.0,
+                "ms_per_token": 1.5}]
+    (tmp_path / "results.json").write_text(json.dumps({"summary": summary, "runs": []}))
+    for measure in ("steps", "rounds"):
+        CostProfile(device="d", target="t", drafter="d", dtype="float32", draft_ms=0.5, contexts=[512], nodes=[1, 64],
+                    verify_ms=[[1.0, 2.0]], measure=measure).save(tmp_path / f"{measure}.json")
+    assert bound_main([str(tmp_path / "results.json"), str(tmp_path / "steps.json")]) == 0
+    # C_v(33) = 1 + 32/63, bound (0.5 + C_v) / 2, overhead 1.5 / bound - 1
+    bound = (0.5 + 1.0 + 32 / 63) / 2
+    assert f"| {1.5 / bound - 1:+.0%}".replace("%", "") in capsys.readouterr().out.replace("%", "")
+    assert bound_main([str(tmp_path / "results.json"), str(tmp_path / "rounds.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--measure steps" in err

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from specdiff.trees.caddtree import build_caddtree
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
 from specdiff.trees.ddtree import build_ddtree
 from specdiff.trees.device_search import PrefixSearch, candidate_pairs, fetch, reference_top_prefixes
 from specdiff.types import DraftProposal, TopPrefixes
@@ -61,13 +60,7 @@ def test_a_child_with_log_prob_zero_still_follows_its_parent():
     assert set(paths(got)) == set(paths(reference_top_prefixes(logits, 16)))
 
 
-BUCKETS = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256]
-
-
-def bucket_profile(steepness: float) -> CostProfile:
-    ys = [8 + steepness * n + 1e-4 * n * n for n in BUCKETS]
-    return CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
-                       nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
+from test_native_search import bucket_profile  # noqa: E402  (after the Triton skip above)
 
 
 @pytest.mark.parametrize("seed", range(6))

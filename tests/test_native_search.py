@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from specdiff import native
+from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
 from specdiff.trees.ddtree import best_first_prefixes, build_ddtree, top_k_tensors
 from specdiff.types import DraftProposal
+
+BUCKETS = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256]
+
+
+def bucket_profile(steepness: float) -> CostProfile:
+    ys = [8 + steepness * n + 1e-4 * n * n for n in BUCKETS]
+    return CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
+                       nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the Python heap runs instead")
 
@@ -57,7 +66,6 @@ def test_caddtree_search_in_c_decides_as_grow(seed, k, scale, lam):
     """The C search's caddtree decision equals `_grow`'s, also when a pop uses a depth's last
     fetched candidate before the decision is settled (both then ask for all candidates)."""
     from specdiff.trees.caddtree import _grow, _step_costs
-    from test_device_search import bucket_profile
 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * scale
@@ -71,4 +79,30 @@ def test_caddtree_search_in_c_decides_as_grow(seed, k, scale, lam):
                 last_rank=None if complete else k - 1, lam=lam)
     assert (n is None) == (ref is None)
     if ref is not None:
+        assert n == len(ref)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("width", [24, 64, 255])
+@pytest.mark.parametrize("lam", [0.0, 0.2, 2.0])
+def test_choice_read_off_the_prefixes_decides_as_grow(seed, width, lam):
+    """`_choose` (caddtree's decision from a finished search, as the device search hands it over)
+    equals `_grow`'s over the whole stream wherever the prefixes settle it, and asks for a wider
+    search (None) when sizes past them could still win."""
+    from specdiff.trees.caddtree import _choose, _grow, _step_costs
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(15, 200, generator=g) * (1 + seed % 3)
+    prof = bucket_profile([0.002, 0.02, 0.3][seed % 3])
+    costs = _step_costs(prof, 128, 255)
+    fixed = prof.draft_ms
+    top_logp, top_ids = top_k_tensors(DraftProposal(logits), 200, 15)
+    prefixes = native.top_prefixes(top_logp, top_ids, width, complete=True)
+    n = _choose(prefixes, costs.sizes, costs.steps, fixed, costs.root_step, lam)
+    ref = _grow(top_logp, costs.sizes, [fixed + c for c in costs.steps], fixed + costs.root_step, lam=lam)
+    # None: the delta bound cannot rule out a size past the search (the caller searches wider)
+    assert n is None or n == len(ref)
+    if len(ref) > width:
+        assert n is None
+    if width == 255:  # every compared size searched
         assert n == len(ref)

@@ -8,6 +8,9 @@ else; the measured per-token time over that bound is the loop's own overhead:
     bound = (C_d + C_v(n, l)) / tau          (AR: C_v(1, l), no drafter)
     overhead = measured ms/token / bound - 1
 
+PROFILE is a steps profile (`specdiff profile --measure steps`): a whole-round profile already
+holds the loop's own work, and its bound would hide the overhead this table is for.
+
     usage: python -m specdiff.bench.bound RESULTS(.json|.json.gz|DIR) PROFILE.json [--context 512]
 """
 
@@ -17,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from specdiff.bench.harness import load_results
+from specdiff.errors import SpecdiffError
 from specdiff.trees.cost_model import CostProfile
 
 
@@ -48,7 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = load_results(args.results)
-    print(markdown(bound_table(result, CostProfile.load(args.profile), args.context)), end="")
+    profile = CostProfile.load(args.profile)
+    if profile.measure != "steps":
+        raise SpecdiffError(f"{args.profile} times whole rounds, which hold the overhead this bound measures; "
+                            "make a steps profile (`specdiff profile --measure steps`)")
+    print(markdown(bound_table(result, profile, args.context)), end="")
     return 0
 
 

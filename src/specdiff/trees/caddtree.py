@@ -51,7 +51,7 @@ FIRST_K = 64
 # them: a depth's 129th token (delta below 1/129 of its parent's) never enters a tree. Fetching the
 # rest when a pop reaches a depth's last candidate (an eager top-k and a sync, then the search
 # again) made caddtree's rounds at the 192-320 node buckets cost 0.1-0.3 ms more than DDTree's
-# there on an H200 (r14, sixth session); the graph's top-k costs 67 us up to k = 128 and 80 us
+# there on an H200 (the fifth session's last call); the graph's top-k costs 67 us up to k = 128 and 80 us
 # past it.
 CANDIDATES = 128
 # The device search's width (--tree-search device): sizes past it are compared, where the delta
