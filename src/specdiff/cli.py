@@ -60,7 +60,8 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
         stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-        caddtree_horizon=args.caddtree_horizon, sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
+        caddtree_horizon=args.caddtree_horizon,
+        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()
     return cfg

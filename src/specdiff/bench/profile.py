@@ -277,9 +277,12 @@ def run(args: argparse.Namespace) -> int:
         from specdiff.drafters.graphed import GraphedDrafter
 
         drafter = GraphedDrafter(drafter)
-    # the drafter step and the root-alone step (and, for steps, the target step per size)
+    # the drafter step; for steps, the target step per size and the root-alone step per context
+    # (a rounds profile prices the root alone by its smallest tree's round, when it has one)
     steps = measure_kind == "steps"
-    m = measure(target, drafter, contexts, nodes if steps else [], reps if steps else 30, args.warmup)
+    trees = [i for i, n in enumerate(nodes) if n > 1]
+    m = measure(target, drafter, contexts if steps or not trees else [], nodes if steps else [],
+                reps if steps else 30, args.warmup)
     raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
         rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine, tokenizer)["raw"]
@@ -289,7 +292,6 @@ def run(args: argparse.Namespace) -> int:
         # holds the root only: priced as the smallest tree's whole round. AR's round (no drafter,
         # no fetch) is no guide to it: on an H200 it underpriced those rounds by 0.3-0.45 ms, and
         # the decode horizon then kept the root alone in 1 round of 8 (docs/benchmarks, sixth session)
-        trees = [i for i, n in enumerate(nodes) if n > 1]
         if trees:
             root_alone = [row[trees[0]] for row in raw]
     prof = CostProfile(
