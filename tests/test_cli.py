@@ -87,6 +87,11 @@ def bad_cases(demo, tmp_path):
         "corrupt target": ["generate", "--target", str(truncated), "--drafter", drafter, "--prompt", "x"],
         "over-long prompt": base[:6] + ["--prompt", "x = 1\n" * 400, "--max-new-tokens", "900"],
         "negative temperature": base + ["--temperature", "-0.5"],
+        "infinite temperature": base + ["--temperature", "inf"],
+        "NaN temperature": base + ["--temperature", "nan"],
+        "temperature that overflows float32": base + ["--temperature", "1e-45"],
+        "bench temperature list with inf": ["bench", "--target", target, "--drafter", drafter, "--temperature", "0,inf",
+                                            "--out", str(tmp_path / "b")],
         "bad top-p": base + ["--top-p", "0"],
         "zero budget": base + ["--budget", "0"],
         "missing prompt file": base[:6] + ["--prompt-file", str(tmp_path / "nope.txt")],
@@ -164,6 +169,11 @@ def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
         assert all(o[0] == "ar" and sorted(o) == sorted(methods) for o in orders)
         assert len({tuple(o) for o in orders}) == 3  # rotated from prompt to prompt
         assert all(r["matches_ar"] for r in runs if r["method"] != "ar")
+    # each prompt ran with its own seed, derived from (seed, prompt set, prompt id), the same for every method
+    from specdiff.sampling import derive_seed
+
+    assert all(r["seed"] == derive_seed(0, "p", r["prompt_id"]) for r in result["runs"])
+    assert len({r["seed"] for r in result["runs"]}) == 3
     assert {(r["method"], r["prompts"]) for r in result["summary"]} == {(m, 3) for m in methods}
     # every round's size and wall time are kept, and they add up to the run's
     for r in result["runs"]:

@@ -106,7 +106,8 @@ def _broken_copy(model_dir: Path, tmp_path: Path, how: str) -> Path:
     ("no_mask", "no integer mask_token_id"),
     ("corrupt", "cannot load specdiff model"),
     ("gen_length", "not a multiple of block_length"),
-    ("temperature", "temperature must be >= 0"),
+    ("temperature", "temperature must be 0 (greedy) or a finite number"),
+    ("temperature_inf", "temperature must be 0 (greedy) or a finite number"),
     ("long_prompt", "exceeds the model's 96 positions"),
     ("no_prompt", "no prompt"),
     ("budget", "--budget must be >= 1"),
@@ -118,6 +119,7 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, case, message
         model = _broken_copy(model_dir, tmp_path, case)
     argv = ["generate", "--model", model, "--prompt", "def f():", *SHORT]
     extra = {"gen_length": ["--gen-length", "20"], "temperature": ["--temperature", "-1"],
+             "temperature_inf": ["--temperature", "inf"],
              "long_prompt": ["--prompt", "x " * 200], "budget": ["--budget", "0"],
              "graph": ["--graph", tmp_path / "no_graph.json"]}.get(case, [])
     if case == "no_prompt":

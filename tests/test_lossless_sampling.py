@@ -1,24 +1,35 @@
 """T>0: outputs have the target's exact distribution.
 
 - `draw` processes logits exactly like Hugging Face's temperature / top-k / top-p warpers;
-- with the same seed, every method emits the very tokens AR emits (noise is keyed by position);
-- a goodness-of-fit test on a tiny vocabulary: DFlash, DDTree and D²SD outputs against the target's
-  exact distribution of 3-token continuations, enumerated;
-- the same test rejects a planted biased verifier (the min(1, p/q) rule on a chosen tree).
+- with the same seed, every method emits the very tokens AR emits (noise is keyed by position):
+  with the tiny random drafters, and with drafters that agree with the target (`oracle_drafters`),
+  whose drafts are accepted (asserted), for every AR-drafter method;
+- a goodness-of-fit test on a tiny vocabulary: every method's outputs, drafted by agreeing
+  drafters (asserted: drafts were accepted), against the target's exact distribution of 3-token
+  continuations, enumerated;
+- planted bugs the tests must catch: a min(1, p/q) verifier on a chosen tree, noise shared
+  across depths, the argmax accepted instead of the draw (the filtered-token sampler: test_sampler);
+- end-of-text inside a tree and max_new_tokens mid-tree end the output at the exact token.
 """
 
+import dataclasses
 
 import pytest
 import torch
 from scipy import stats
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from specdiff import sampling as sampling_module
 from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.drafters.base import DecodeState
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter, tiny_target
-from specdiff.sampling import keyed_uniform, process_logits
+from specdiff.sampling import draw_tree, process_logits
 from specdiff.target import HFTarget
 from specdiff.types import DraftTree, VerifyResult
+from specdiff.verify import verify_walk
+
+from oracle_drafters import AR_DRAFTER_METHODS, oracle_decoder
 
 PROMPT = [1, 2, 3]
 NEW = 3
@@ -38,15 +49,6 @@ def test_processing_matches_hf_warpers(temperature, top_k, top_p):
     assert torch.equal(torch.isinf(ours), torch.isinf(ref))
     keep = ~torch.isinf(ref)
     torch.testing.assert_close(ours[keep], ref[keep])
-
-
-def test_keyed_uniforms_are_uniform_and_keyed():
-    u = keyed_uniform(7, torch.arange(200), 500)
-    assert u.min() > 0 and u.max() < 1
-    assert stats.kstest(u.flatten().numpy(), "uniform").pvalue > 1e-3
-    assert torch.equal(u[5], keyed_uniform(7, torch.tensor([5]), 500)[0])  # a pure function of the key
-    assert not torch.equal(u, keyed_uniform(8, torch.arange(200), 500))
-    assert abs(float(torch.corrcoef(torch.stack([u[:, 0], u[:, 1]]))[0, 1])) < 0.2
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +72,15 @@ def exact_distribution(model, sampling: SamplingConfig) -> dict[tuple[int, ...],
     return probs
 
 
-def sample_outputs(decoder, n: int) -> list[tuple[int, ...]]:
-    out = []
+def sample_outputs(decoder, n: int) -> tuple[list[tuple[int, ...]], int]:
+    """n decodes of PROMPT, seeds 0..n-1 -> (outputs, draft tokens accepted in all)."""
+    out, accepted = [], 0
     for seed in range(n):
         decoder.cfg.sampling.seed = seed
-        out.append(tuple(decoder.generate(PROMPT).token_ids))
-    return out
+        r = decoder.generate(PROMPT)
+        out.append(tuple(r.token_ids))
+        accepted += r.num_new_tokens - r.rounds
+    return out, accepted
 
 
 def gof_pvalue(samples: list[tuple[int, ...]], exact: dict[tuple[int, ...], float]) -> float:
@@ -102,19 +107,64 @@ def gof_pvalue(samples: list[tuple[int, ...]], exact: dict[tuple[int, ...], floa
     return float(stats.chisquare(obs, exp).pvalue)
 
 
-CASES = [("dflash", 1, SamplingConfig(temperature=1.0)), ("ddtree", 8, SamplingConfig(temperature=1.0)),
-         ("ddtree", 6, SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)), ("d2sd", 1, SamplingConfig(temperature=1.0))]
-# (d2sd-hybrid verifies the same way; its same-seed test below shows it emits AR's very tokens)
+T1 = SamplingConfig(temperature=1.0)
+CASES = [("dflash", 1, T1), ("ddtree", 8, T1), ("ddtree", 6, SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)),
+         ("caddtree", 1, T1), ("d2sd", 1, T1), ("d2sd-hybrid", 6, SamplingConfig(temperature=1.2, top_p=0.9))]
+
+
+def agreeing_decoder(model, method: str, budget: int, sampling: SamplingConfig, verifier=None):
+    """method's proposer over drafters whose marginals are the target's own (q = p plus noise),
+    blind to the sampling noise: the shape of a well-trained drafter. The static engine (tested
+    equal to HF's forward) for speed: the walk is what is under test."""
+    return oracle_decoder(model, method, sampling, NEW, aware=False, budget=budget, block_size=4, verifier=verifier,
+                          engine="static")
 
 
 @pytest.mark.parametrize("method,budget,sampling", CASES)
 def test_distribution_matches_target(tiny_vocab, method, budget, sampling):
-    model, drafter, vp_drafter = tiny_vocab
-    cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=NEW, sampling=sampling)
-    dec = build_decoder(HFTarget(model), cfg, drafter, vp_drafter=vp_drafter)
-    samples = sample_outputs(dec, SAMPLES)
+    model = tiny_vocab[0]
+    samples, accepted = sample_outputs(agreeing_decoder(model, method, budget, sampling), SAMPLES)
+    assert accepted > SAMPLES // 2, f"{method}: only {accepted} drafts accepted, the test has no power"
     p = gof_pvalue(samples, exact_distribution(model, sampling))
     assert p > 1e-3, f"{method} output distribution differs from the target's (p={p:.2e})"
+
+
+def shared_noise_across_depths(keyed_gumbel):
+    """PLANTED BUG: every depth of a tree drawn with the first depth's noise."""
+
+    def planted(seed, first_position, count, vocab_size, device):
+        return keyed_gumbel(seed, first_position, 1, vocab_size, device).expand(count, vocab_size)
+
+    return planted
+
+
+def argmax_accepted_walk(tree: DraftTree, logits, start, cfg) -> VerifyResult:
+    """PLANTED BUG: a child is accepted when it is the target's argmax, not its draw; the draw is
+    emitted only where no child matches."""
+    greedy = logits.argmax(dim=-1).tolist()
+    draws = draw_tree(logits, start + 1, tree.depths, cfg).tolist()
+    children = tree.children()
+    node, accepted, tokens = 0, [0], []
+    while True:
+        child = children[node].get(greedy[node])
+        if child is None:
+            tokens.append(draws[node])
+            return VerifyResult(accepted=accepted, tokens=tokens)
+        tokens.append(greedy[node])
+        accepted.append(child)
+        node = child
+
+
+@pytest.mark.parametrize("bug", ["shared noise across depths", "argmax accepted"])
+def test_goodness_of_fit_catches_planted_bugs(tiny_vocab, monkeypatch, bug):
+    model = tiny_vocab[0]
+    verifier = argmax_accepted_walk if bug == "argmax accepted" else None
+    if bug == "shared noise across depths":
+        monkeypatch.setattr(sampling_module, "keyed_gumbel", shared_noise_across_depths(sampling_module.keyed_gumbel))
+    dec = agreeing_decoder(model, "ddtree", 8, T1, verifier)
+    samples, _ = sample_outputs(dec, SAMPLES)
+    p = gof_pvalue(samples, exact_distribution(model, T1))
+    assert p < 1e-6, f"{bug} went unnoticed (p={p:.2e})"
 
 
 @pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("d2sd", 1),
@@ -131,6 +181,121 @@ def test_same_seed_same_tokens_as_ar(qwen3_model, method, budget):
         cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=30, sampling=SamplingConfig(**vars(sampling)))
         spec = build_decoder(target, cfg, drafter, vp_drafter=vp_drafter).generate(prompt)
         assert spec.token_ids == ar.token_ids
+
+
+def sampled_prompts(method: str, n: int = 4, seed: int = 9) -> list[list[int]]:
+    """Random prompts; repeated for prompt lookup, which drafts only from the context."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        p = torch.randint(0, 95, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        out.append(p * 3 if method == "pld" else p)
+    return out
+
+
+def oracle_sampling(method: str, seed: int) -> SamplingConfig:
+    # prompt lookup needs a target that repeats itself: a top-2 filter at T=1 makes it loop
+    if method == "pld":
+        return SamplingConfig(temperature=1.0, top_k=2, seed=seed)
+    return SamplingConfig(temperature=0.9, top_k=40, top_p=0.95, seed=seed)
+
+
+def ar_tokens(model, prompt, sampling, max_new, eos_ids=()):
+    dec = build_decoder(HFTarget(model), DecodeConfig(method="ar", max_new_tokens=max_new, sampling=sampling),
+                        eos_ids=eos_ids)
+    return dec.generate(prompt)
+
+
+def same_seed_mismatches(model, method: str, aware: bool = True, verifier=None) -> tuple[int, int]:
+    """(outputs different from AR's, draft tokens accepted) over a few prompts and seeds."""
+    mismatches = accepted = 0
+    for seed, prompt in enumerate(sampled_prompts(method)):
+        sampling = oracle_sampling(method, seed)
+        ar = ar_tokens(model, prompt, sampling, 30)
+        r = oracle_decoder(model, method, sampling, 30, aware=aware, verifier=verifier).generate(prompt)
+        mismatches += r.token_ids != ar.token_ids
+        accepted += r.num_new_tokens - r.rounds
+    return mismatches, accepted
+
+
+@pytest.mark.parametrize("method", AR_DRAFTER_METHODS)
+def test_agreeing_drafters_give_ars_tokens_at_t_above_0(qwen3_model, method):
+    """Drafts that the target accepts (its own sampled continuation, plus noise) at T>0: every
+    accepted token must be AR's, and enough are accepted for that to mean something."""
+    mismatches, accepted = same_seed_mismatches(qwen3_model, method)
+    assert mismatches == 0
+    assert accepted >= (10 if method == "pld" else 40), f"{method}: only {accepted} draft tokens accepted"
+
+
+@pytest.mark.parametrize("bug", ["shared noise across depths", "argmax accepted"])
+def test_same_seed_check_catches_planted_bugs(qwen3_model, monkeypatch, bug):
+    if bug == "shared noise across depths":
+        monkeypatch.setattr(sampling_module, "keyed_gumbel", shared_noise_across_depths(sampling_module.keyed_gumbel))
+        mismatches, _ = same_seed_mismatches(qwen3_model, "ddtree")
+    else:  # a drafter blind to the noise proposes argmaxes, which the planted walk accepts
+        mismatches, _ = same_seed_mismatches(qwen3_model, "ddtree", aware=False, verifier=argmax_accepted_walk)
+    assert mismatches >= 2, f"{bug} went unnoticed"
+
+
+class RecordingWalk:
+    """The real walk, recording each round's root position and emitted tokens."""
+
+    def __init__(self):
+        self.rounds: list[tuple[int, list[int]]] = []
+
+    def __call__(self, tree, logits, start, cfg):
+        result = verify_walk(tree, logits, start, cfg)
+        self.rounds.append((start, result.tokens))
+        return result
+
+
+def overdrafting(proposer) -> None:
+    """A proposer that drafts as deep as it can, ignoring the tokens left: the loop must clip."""
+    propose = proposer.propose
+    proposer.propose = lambda state: propose(dataclasses.replace(state, max_depth=64))
+
+
+def multi_token_rounds(model, method: str, prompt: list[int], sampling: SamplingConfig) -> tuple[list[int], list]:
+    """A free oracle decode of 30 tokens -> (its tokens, [(offset of a round's first token, the
+    round's tokens)] for the rounds that emitted more than one)."""
+    walk = RecordingWalk()
+    r = oracle_decoder(model, method, sampling, 30, verifier=walk).generate(prompt)
+    return r.token_ids, [(start + 1 - len(prompt), tokens) for start, tokens in walk.rounds if len(tokens) > 1]
+
+
+@pytest.mark.parametrize("method", AR_DRAFTER_METHODS)
+def test_eos_and_max_new_tokens_end_a_round_mid_tree_at_t_above_0(qwen3_model, method):
+    """At T>0 a round's accepted path may run past end-of-text or past max_new_tokens: the output
+    still ends at the exact token AR ends at, and such rounds did occur (asserted).
+
+    Each prompt is extended by AR's own tokens up to a round that emitted several (noise is keyed
+    by position, so AR then continues with the rest of its tokens): that round comes first, and
+    end-of-text and max_new_tokens are set inside it."""
+    eos_inside = clipped = 0
+    for seed, prompt in enumerate(sampled_prompts(method, n=3, seed=4)):
+        sampling = oracle_sampling(method, seed)
+        free = ar_tokens(qwen3_model, prompt, sampling, 30).token_ids
+        spec_free, rounds = multi_token_rounds(qwen3_model, method, prompt, sampling)
+        assert spec_free == free and rounds, "no round emitted two tokens"
+        o, tokens = rounds[0]
+        prompt, rest = prompt + free[:o], free[o:]
+        j = max(j for j in range(len(tokens) - 1) if rest[j] not in rest[:j])  # first occurrence, not last
+        eos = rest[j]
+        ref = ar_tokens(qwen3_model, prompt, sampling, 30, eos_ids=[eos])
+        assert ref.token_ids == rest[: j + 1] and ref.stop_reason == "eos"
+        walk = RecordingWalk()
+        r = oracle_decoder(qwen3_model, method, sampling, 30, eos_ids=[eos], verifier=walk).generate(prompt)
+        assert r.token_ids == ref.token_ids and r.stop_reason == "eos"
+        eos_inside += any(eos in emitted[:-1] for _, emitted in walk.rounds)
+
+        walk = RecordingWalk()
+        dec = oracle_decoder(qwen3_model, method, sampling, j + 1, verifier=walk)
+        overdrafting(dec.proposer)
+        r = dec.generate(prompt)
+        assert r.token_ids == rest[: j + 1] and r.stop_reason == "length"
+        clipped += any(len(emitted) > j + 1 - (start + 1 - len(prompt)) for start, emitted in walk.rounds)
+    assert eos_inside > 0, "no round accepted past end-of-text: the case is untested"
+    assert clipped > 0, "no round ran past max_new_tokens: the case is untested"
 
 
 class PQVerifier:
@@ -174,9 +339,12 @@ def test_planted_pq_verifier_is_caught(tiny_vocab):
     model, _, _ = tiny_vocab
     drafter = tiny_drafter(model, block_size=4, seed=4, init_std=0.3)  # own copy: draft is patched
     sampling = SamplingConfig(temperature=1.0)
-    dec = build_decoder(HFTarget(model), DecodeConfig(method="dflash", max_new_tokens=NEW, sampling=sampling), drafter)
+    cfg = DecodeConfig(method="dflash", max_new_tokens=NEW, sampling=sampling, engine="static")
+    dec = build_decoder(model, cfg, drafter)
     dec.verifier = PQVerifier(drafter)
-    p = gof_pvalue(sample_outputs(dec, SAMPLES), exact_distribution(model, sampling))
+    samples, accepted = sample_outputs(dec, SAMPLES)
+    assert accepted > 0
+    p = gof_pvalue(samples, exact_distribution(model, sampling))
     assert p < 1e-6, f"the biased verifier went unnoticed (p={p:.2e})"
 
 
@@ -195,8 +363,8 @@ def test_draw_tree_equals_draw_per_row():
 
 
 def test_cached_gumbel_blocks_are_the_keyed_noise():
-    from specdiff.sampling import keyed_gumbel, keyed_uniform
+    from specdiff.sampling import gumbel, keyed_gumbel, keyed_uniform
 
     for seed, first, count in [(0, 0, 5), (3, 62, 9), (7, 1000, 16)]:
-        want = -torch.log(-torch.log(keyed_uniform(seed, torch.arange(first, first + count), 30)))
+        want = gumbel(keyed_uniform(seed, torch.arange(first, first + count), 30)).float()
         assert torch.equal(keyed_gumbel(seed, first, count, 30, torch.device("cpu")), want)

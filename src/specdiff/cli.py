@@ -44,10 +44,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="ddtree", help=f"one of {', '.join(METHODS)}")
     p.add_argument("--budget", type=int, default=64, help="ddtree, d2sd-hybrid: draft nodes per round")
     p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else finite and >= 1e-30")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="keys the sampling noise (64 bits)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
     p.add_argument("--caddtree-horizon", default="round", choices=["round", "decode"],

@@ -7,12 +7,25 @@ logits the same way); `DecodeConfig` is the whole run (method, budget, lengths, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from specdiff.errors import SpecdiffError
 
 ENGINES = ("hf", "static", "graph")
 METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
+
+
+# The smallest temperature the float32 logit processing handles exactly: 1 / T stays finite in
+# float32, so (logits - max) / T is 0 at the max and finite or -inf elsewhere (the exact limit).
+MIN_TEMPERATURE = 1e-30
+
+
+def check_temperature(temperature: float, flag: str = "--temperature") -> None:
+    """Refuse a temperature that is not 0 (greedy) or a finite value >= MIN_TEMPERATURE."""
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise SpecdiffError(f"{flag} must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+                            f"got {temperature}")
 
 
 @dataclass
@@ -27,8 +40,7 @@ class SamplingConfig:
         return self.temperature == 0.0
 
     def validate(self) -> None:
-        if not self.temperature >= 0.0:
-            raise SpecdiffError(f"--temperature must be >= 0, got {self.temperature}")
+        check_temperature(self.temperature)
         if not 0.0 < self.top_p <= 1.0:
             raise SpecdiffError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

@@ -97,7 +97,9 @@ class SpeculativeDecoder:
             result = self.verifier(tree, out.logits, state.start, cfg.sampling)  # 4. verify
             target.commit(result.accepted)  # 5. keep the accepted path's KV
             proposer.update(result, out)  # 6. drafter learns what was committed
-            emitted = result.tokens
+            # the loop itself ends the output at max_new_tokens and at the first end-of-text,
+            # whatever a proposer drafted past them
+            emitted = result.tokens[: max_new - len(new)]
             for j, tok in enumerate(emitted):
                 if tok in self.eos_ids:
                     emitted, stop = emitted[: j + 1], "eos"

@@ -7,13 +7,18 @@ Sampling is Gumbel-max with noise that is a pure function of (seed, position, to
 at absolute position p is `argmax(logprobs + g(seed, p))`. Every emitted token of a speculative
 round is drawn this way at its own position, from the target's distribution given the accepted
 prefix, so a speculative run emits exactly the tokens that AR emits with the same seed, at any
-temperature, and the output has the target's distribution exactly. No generator state is carried
-between calls, so the noise does not depend on how many model calls a method makes.
+temperature, and the output has the target's distribution. No generator state is carried between
+calls, so the noise does not depend on how many model calls a method makes.
+
+The noise comes from uniforms on a 2^52-point grid strictly inside (0, 1) (GRID_BITS): finite for
+every key, so filtered tokens are never drawn, and 40 nats wide, so every token above PROB_FLOOR
+is drawn at its probability (docs/design.md, "What the target's distribution means").
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import torch
 
@@ -31,7 +36,9 @@ def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     if cfg.greedy:
         return scores
     if cfg.temperature != 1.0:  # x / 1.0 == x: skip a kernel
-        scores = scores / cfg.temperature
+        # shifted by the row's max first: the same distribution, and no overflow at a small T (the
+        # max becomes 0, the others finite or -inf, never inf or NaN; SamplingConfig bounds T)
+        scores = (scores - scores.amax(dim=-1, keepdim=True)) / cfg.temperature
     if 0 < cfg.top_k < scores.shape[-1]:
         # HF TopKLogitsWarper: drop everything below the k-th largest value (ties are kept)
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
@@ -62,30 +69,134 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-_ID_TERMS: dict[tuple[int, str], torch.Tensor] = {}
+# The uniforms lie on the grid u = (2m + 1) / 2^53, m in [0, 2^GRID_BITS). 2m + 1 < 2^53 is exact
+# in float64, so every key gives 2^-53 <= u <= 1 - 2^-53: the Gumbel noise -log(-log u) is finite
+# (-3.61 .. 36.74) and a filtered token (log-prob -inf) can never win.
+GRID_BITS = 52
+# The noise spans 40.3 nats, so a token within 40.3 nats of the top can be drawn. Above this floor
+# the grid's step (2^-52 near u = 1) moves a token's chance of being drawn by under 0.1% of itself.
+PROB_FLOOR = 1e-12
+_HALF = GRID_BITS // 2  # bits taken from each of the two 32-bit hash lanes
 
 
-def _id_term(vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[V] the per-token-id part of the hash, computed once per vocabulary and device."""
+_ID_TERMS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _id_terms(vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[V] x 2: the per-token-id parts of the two hash lanes, computed once per vocabulary and device."""
     key = (vocab_size, str(device))
     if key not in _ID_TERMS:
         ids = torch.arange(vocab_size, dtype=torch.long, device=device)
-        _ID_TERMS[key] = (ids * 0x3C6EF35F) & _M32
+        _ID_TERMS[key] = ((ids * 0x3C6EF35F) & _M32, (ids * 0x2545F491) & _M32)
     return _ID_TERMS[key]
 
 
 @functools.lru_cache(maxsize=64)
-def _seed_hash(seed: int) -> int:
-    return int(_mix32(torch.tensor(seed & _M32, dtype=torch.long)))
+def _seed_lanes(seed: int) -> tuple[int, int]:
+    """The seed (any int, read as 64 bits) -> two 32-bit lane keys; distinct 64-bit seeds give
+    distinct pairs' worth of noise."""
+    s = seed % (1 << 64)
+    lo, hi = torch.tensor(s & _M32, dtype=torch.long), torch.tensor(s >> 32, dtype=torch.long)
+    a = _mix32((_mix32(lo) ^ hi) & _M32)
+    b = _mix32((_mix32(hi ^ 0x5BD1E995) + lo * 0x1B873593) & _M32)
+    return int(a), int(b)
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """`_mix32` in place (no [P, V] temporaries but the shifts')."""
+    x ^= x >> 16
+    x.mul_(0x7FEB352D).bitwise_and_(_M32)
+    x ^= x >> 15
+    x.mul_(0x2C1B3C6D).bitwise_and_(_M32)
+    x ^= x >> 16
+    x.mul_(0x297A2D39).bitwise_and_(_M32)
+    x ^= x >> 15
+    return x
+
+
+def _row_lanes(seed: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P] positions -> two [P] 32-bit lane keys of (seed, position)."""
+    seed_a, seed_b = _seed_lanes(seed)  # on the host: no device op
+    pos = positions.long() & _M32
+    row_a = _mix32((seed_a + _mix32(pos) * 0x61C88647) & _M32)
+    row_b = _mix32((seed_b ^ _mix32(pos ^ 0x68E31DA4)) & _M32)
+    return row_a, row_b
+
+
+# A CPU computes the [P, V] hash in pieces of this many elements, which stay in its cache (7x
+# faster than whole [P, V] passes at an 8,192-token vocabulary); a GPU in one piece.
+_CPU_PIECE = 1 << 16
+
+
+def _pieces(rows: int, cols: int, device: torch.device):
+    """(row slice, column slice) pieces covering [rows, cols]."""
+    if device.type != "cpu":
+        yield slice(0, rows), slice(0, cols)
+        return
+    width = min(cols, _CPU_PIECE)
+    height = max(1, _CPU_PIECE // width)
+    for r in range(0, rows, height):
+        for c in range(0, cols, width):
+            yield slice(r, r + height), slice(c, c + width)
+
+
+def _keyed_pieces(seed: int, positions: torch.Tensor, vocab_size: int):
+    """(row slice, column slice, int64 bits of that piece) covering [P, V]: `keyed_bits` in pieces."""
+    row_a, row_b = _row_lanes(seed, positions)
+    id_a, id_b = _id_terms(vocab_size, positions.device)
+    for rs, cs in _pieces(positions.shape[0], vocab_size, positions.device):
+        ra, rb = row_a[rs, None], row_b[rs, None]  # [p, 1]
+        hi = _mix32_(_mix32_(ra ^ id_a[cs]) ^ rb)  # [p, v]
+        lo = _mix32_(_mix32_(rb ^ id_b[cs]) ^ ra)
+        hi >>= 32 - _HALF
+        hi <<= _HALF
+        lo >>= 32 - _HALF
+        yield rs, cs, hi.bitwise_or_(lo)
+
+
+def keyed_bits(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[P] positions -> [P, V] int64 in [0, 2^GRID_BITS), a pure function of (seed, position, id).
+
+    Two 32-bit lanes keyed by the 64-bit seed and the position carry 64 bits of key state into each
+    element (one 32-bit lane would leave a 2^-32 granularity across seeds, far above PROB_FLOOR);
+    each lane's element hash gives GRID_BITS / 2 bits."""
+    out = torch.empty(positions.shape[0], vocab_size, dtype=torch.long, device=positions.device)
+    for rs, cs, bits in _keyed_pieces(seed, positions, vocab_size):
+        out[rs, cs] = bits
+    return out
+
+
+def grid_uniform(bits: torch.Tensor) -> torch.Tensor:
+    """int64 m in [0, 2^GRID_BITS) -> float64 (2m + 1) / 2^(GRID_BITS + 1), exactly."""
+    return (2 * bits + 1).double().mul_(2.0 ** -(GRID_BITS + 1))
 
 
 def keyed_uniform(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[P] positions -> [P, V] float32 uniforms in (0, 1), a pure function of (seed, position, id)."""
-    seed_h = _seed_hash(seed)  # on the host: no device op
-    row = _mix32((seed_h + _mix32(positions.long() & _M32) * 0x61C88647) & _M32)  # [P]
-    x = _mix32((row[:, None] ^ _id_term(vocab_size, positions.device)[None, :]) & _M32)
-    x = _mix32(x ^ row[:, None])
-    return ((x >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    """[P] positions -> [P, V] float64 uniforms strictly inside (0, 1) (see GRID_BITS), a pure
+    function of (seed, position, id)."""
+    return grid_uniform(keyed_bits(seed, positions, vocab_size))
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """float64 uniforms in (0, 1) -> float64 Gumbel(0, 1) noise -log(-log u), finite on the grid."""
+    return -torch.log(-torch.log(u))
+
+
+def keyed_noise(seed: int, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[P] positions -> [P, V] float32 Gumbel noise, `gumbel(keyed_uniform(..))` rounded once: what
+    a draw at each position adds to the float32 log-probs (the cached blocks hold these values)."""
+    out = torch.empty(positions.shape[0], vocab_size, dtype=torch.float32, device=positions.device)
+    for rs, cs, bits in _keyed_pieces(seed, positions, vocab_size):
+        out[rs, cs] = grid_uniform(bits).log_().neg_().log_().neg_()
+    return out
+
+
+def derive_seed(seed: int, *parts: str) -> int:
+    """A 64-bit seed of its own for (seed, parts), e.g. a bench prompt's (seed, prompt set, prompt
+    id): the samples of different prompts are independent, and every method decodes a prompt with
+    the same seed (so each must reproduce AR's tokens)."""
+    key = "\0".join([str(seed), *parts]).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
 _BLOCK = 64  # positions per cached block of Gumbel noise
@@ -93,10 +204,10 @@ _BLOCK = 64  # positions per cached block of Gumbel noise
 
 @functools.lru_cache(maxsize=4)
 def _gumbel_block(seed: int, block: int, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[_BLOCK, V] Gumbel noise -log(-log(u)) of positions block*_BLOCK.. (a round reads one or
-    two blocks; computing them once saves the ~40 hash kernels per round that decide T>0's cost)."""
+    """[_BLOCK, V] Gumbel noise of positions block*_BLOCK.. (a round reads one or two blocks;
+    computing them once saves the hash kernels that would otherwise decide T>0's cost)."""
     positions = torch.arange(block * _BLOCK, (block + 1) * _BLOCK, device=device)
-    return -torch.log(-torch.log(keyed_uniform(seed, positions, vocab_size)))
+    return keyed_noise(seed, positions, vocab_size)
 
 
 def keyed_gumbel(seed: int, first_position: int, count: int, vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -120,11 +231,6 @@ def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, c
     return (logp + g[depths.to(logits.device)]).argmax(dim=-1)
 
 
-def _gumbel_max(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """[N, V] log-probs and uniforms -> [N] argmax(logp + Gumbel(u))."""
-    return (logp - torch.log(-torch.log(u))).argmax(dim=-1)
-
-
 def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """The target's token at each row: [N, V] logits, [N] positions of the drawn tokens -> [N] ids.
 
@@ -135,5 +241,5 @@ def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> 
     logp = process_logits(logits, cfg)
     if cfg.greedy:
         return logp.argmax(dim=-1)
-    u = keyed_uniform(cfg.seed, positions, logp.shape[-1])  # [N, V]: same position, same noise
-    return _gumbel_max(logp, u)
+    g = keyed_noise(cfg.seed, positions.long(), logp.shape[-1])  # [N, V]: same position, same noise
+    return (logp + g.to(logp.device)).argmax(dim=-1)

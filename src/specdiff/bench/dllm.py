@@ -17,6 +17,7 @@ fp32 by default: a wider verification forward may otherwise flip a near-tie (not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -28,6 +29,7 @@ import torch
 from specdiff.bench.harness import environment
 from specdiff.dllm import commands as dc
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import derive_seed
 
 SETTINGS = ("fixed", "threshold")
 
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = argmax; else finite and >= 1e-30")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
                    help="auto: dual cache for LLaDA and Dream, block-causal (none) otherwise")
@@ -69,13 +71,16 @@ def _timed(loaded, ids, cfg, graph, cache: str, sync):
 
 
 def run_method(loaded, prompts, cfg, graph, cache: str, warmup: int, sync) -> list[tuple]:
-    """[(result, seconds)] per prompt, after `warmup` untimed decodes of the first prompt."""
+    """[(result, seconds)] per prompt, after `warmup` untimed decodes of the first prompt. Each
+    prompt decodes with its own seed, derive_seed(cfg.seed, prompt id)."""
     for _ in range(warmup):
         dc.decode(loaded, prompts[0][1], cfg, graph, cache)
-    return [_timed(loaded, ids, cfg, graph, cache, sync) for _, ids in prompts]
+    return [_timed(loaded, ids, dataclasses.replace(cfg, seed=derive_seed(cfg.seed, pid)), graph, cache, sync)
+            for pid, ids in prompts]
 
 
-def summarise(name: str, setting: str, budget: int | None, source: str, graph, runs, base_runs, prompts) -> dict:
+def summarise(name: str, setting: str, budget: int | None, source: str, graph, runs, base_runs, prompts,
+              cfg_seed: int) -> dict:
     nfe = [r.nfe for r, _ in runs]
     seconds = sum(s for _, s in runs)
     tokens = sum(r.token_ids.numel() for r, _ in runs)
@@ -92,7 +97,7 @@ def summarise(name: str, setting: str, budget: int | None, source: str, graph, r
         "seconds": round(seconds, 4), "tokens_per_s": tokens / seconds if seconds else 0.0,
         "time_speedup": base_s / seconds if seconds else 0.0,
         "mismatches": len(mismatches), "mismatched_prompts": mismatches,
-        "per_prompt": [{"id": pid, "nfe": r.nfe, "steps": r.steps, "accepted": r.accepted, "seconds": round(s, 5)}
+        "per_prompt": [{"id": pid, "seed": derive_seed(cfg_seed, pid), "nfe": r.nfe, "steps": r.steps, "accepted": r.accepted, "seconds": round(s, 5)}
                        for (pid, _), (r, s) in zip(prompts, runs)],
     }
 
@@ -113,12 +118,12 @@ def bench(args: argparse.Namespace) -> dict:
         prompts = [(pid, dc.encode_prompt(loaded, text, cfg, truncate=True))
                    for pid, text in dc.read_prompts(files, args.offset, args.num_prompts)]
         base = run_method(loaded, prompts, cfg, None, args.cache, args.warmup, sync)
-        rows.append(summarise("baseline", setting, None, "-", None, base, base, prompts))
+        rows.append(summarise("baseline", setting, None, "-", None, base, base, prompts, cfg.seed))
         _progress(rows[-1], t_start)
         for budget in budgets:
             graph, source = dc.resolve_graph(args.graphs, loaded, cfg, args.cache, budget)
             spec = run_method(loaded, prompts, cfg, graph, args.cache, args.warmup, sync)
-            rows.append(summarise("spiffy", setting, budget, source, graph, spec, base, prompts))
+            rows.append(summarise("spiffy", setting, budget, source, graph, spec, base, prompts, cfg.seed))
             _progress(rows[-1], t_start)
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()

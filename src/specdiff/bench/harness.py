@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from specdiff import native
-from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.config import DecodeConfig, SamplingConfig, check_temperature
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import derive_seed
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Run:
     prompt_tokens: int = 0  # the first round's root sits at position prompt_tokens - 1
     tree_sizes: list[int] = field(default_factory=list)  # per round: nodes verified (root included)
     round_ms: list[float] = field(default_factory=list)  # per round: wall time (`bench.round_costs` reads both)
+    seed: int = 0  # the sampling seed this prompt ran with: sampling.derive_seed(config seed, prompt set, prompt id)
 
 
 def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
@@ -136,7 +138,9 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                 # prompt: a slow drift of the machine (clocks, other load) lands on every method alike
                 others = decoders[1:]
                 k = i % max(1, len(others))
+                seed = derive_seed(cfg.seed, set_name, pid)
                 for label, method, decoder in decoders[:1] + others[k:] + others[:k]:
+                    decoder.cfg.sampling.seed = seed
                     r = decoder.generate(ids)
                     if method == "ar":
                         ar_tokens[pid], match = r.token_ids, None
@@ -150,7 +154,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                                     r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
                                     sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
                                     overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
-                                    [round(ms, 4) for ms in r.round_ms]))
+                                    [round(ms, 4) for ms in r.round_ms], seed))
             done += 1
             if progress:
                 print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts in "
@@ -259,7 +263,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
     p.add_argument("--caddtree-horizon", default="round",
                    help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
@@ -280,8 +285,8 @@ def run(args: argparse.Namespace) -> int:
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError as e:
         raise SpecdiffError(f"bad --temperature or --budgets list: {e}") from None
-    if any(t < 0 for t in temps):
-        raise SpecdiffError("temperatures must be >= 0")
+    for t in temps:
+        check_temperature(t)
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
     horizons = list(dict.fromkeys(h for h in args.caddtree_horizon.split(",") if h))

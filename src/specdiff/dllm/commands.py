@@ -136,7 +136,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="fixed schedules: total steps (default gen-length: one token per step)")
     p.add_argument("--remasking", default=d.remasking, choices=REMASKING)
     p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax; else finite and >= 1e-30")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
                    help="none: block-causal attention (exact; how specdiff's dLLM and SDAR are trained); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from specdiff.config import check_temperature
 from specdiff.errors import SpecdiffError
 
 REMASKING = ("low_confidence", "random", "threshold")
@@ -52,8 +53,7 @@ class DLLMConfig:
                 raise SpecdiffError(f"{self.steps_per_block} steps per block exceed block_length {self.block_length}")
         if not 0.0 <= self.threshold <= 1.0:
             raise SpecdiffError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not self.temperature >= 0.0:
-            raise SpecdiffError(f"temperature must be >= 0, got {self.temperature}")
+        check_temperature(self.temperature, "temperature")
         if self.mask_id < 0:
             raise SpecdiffError(f"mask_id must be >= 0, got {self.mask_id}")
 

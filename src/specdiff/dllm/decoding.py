@@ -10,7 +10,7 @@ k follows LLaDA's fixed schedule (`DLLMConfig.num_transfer`). A block ends when 
 
 Draws are Gumbel-max at logits / temperature (argmax at 0), with noise that is a pure function of
 (seed, block, step, position in block, token id), like `specdiff.sampling` keys AR noise by
-position. The baseline and Spiffy call this same function, so they make the same choice from the
+position, from the same grid of uniforms strictly inside (0, 1): [MASK] is never drawn. The baseline and Spiffy call this same function, so they make the same choice from the
 same (state, logits) whatever order or batch the model calls came in.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from specdiff.dllm.config import DLLMConfig
 from specdiff.dllm.model import KV, base_visibility
-from specdiff.sampling import _M32, _mix32, keyed_uniform
+from specdiff.sampling import derive_seed, gumbel, keyed_uniform
 
 _DRAW, _REMASK = 0, 1  # noise streams of one step: token draws, random remasking scores
 
@@ -55,11 +55,8 @@ class DLLMResult:
 
 
 def step_key(seed: int, block: int, step: int, stream: int) -> int:
-    """A 32-bit noise key, a pure hash of (seed, block, step, stream)."""
-    h = torch.tensor(seed & _M32, dtype=torch.long)
-    for part in (block, step, stream):
-        h = _mix32((_mix32(h) ^ (part & _M32)) & _M32)
-    return int(h)
+    """A 64-bit noise key of its own for (seed, block, step, stream)."""
+    return derive_seed(seed, str(block), str(step), str(stream))
 
 
 def token_logits(logits: torch.Tensor, cfg: DLLMConfig) -> torch.Tensor:
@@ -82,9 +79,12 @@ def transition(state: DLLMState, logits: torch.Tensor, cfg: DLLMConfig) -> DLLMS
         x0 = logits.argmax(dim=-1)  # [m]
     else:
         u = keyed_uniform(step_key(cfg.seed, state.block, state.step, _DRAW), offsets, logits.shape[-1])  # [m, V]
-        x0 = (logits / cfg.temperature - torch.log(-torch.log(u.double()))).argmax(dim=-1)
+        # shifted by the max before tempering, as the AR sampler: a tiny T never overflows, and
+        # tokens tied at the max still split by the noise
+        scaled = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
+        x0 = (scaled + gumbel(u)).argmax(dim=-1)
     if cfg.remasking == "random":
-        conf = keyed_uniform(step_key(cfg.seed, state.block, state.step, _REMASK), offsets, 1)[:, 0].double()
+        conf = keyed_uniform(step_key(cfg.seed, state.block, state.step, _REMASK), offsets, 1)[:, 0]
     else:  # the untempered probability of the drawn token, as LLaDA and Fast-dLLM
         conf = logits.softmax(dim=-1).gather(-1, x0[:, None])[:, 0]
     conf = conf.masked_fill(~masked, float("-inf"))  # committed tokens never change
