@@ -44,6 +44,21 @@ def test_generate_json(capsys, demo, method):
         assert row["mean_tree_nodes"] < row["mean_candidate_rows"] <= 4 * 16
 
 
+def test_top_k_1_at_t_above_0_is_greedy(capsys, demo):
+    """Sampling from top-k 1 at any temperature is greedy decoding, for every seed and method (the
+    earlier sampler emitted a filtered token wherever its noise reached u = 1)."""
+    target, drafter = demo
+    base = ["generate", "--target", target, "--drafter", drafter, "--prompt", "def f(x):", "--max-new-tokens", "8",
+            "--json", "--ignore-eos"]
+    greedy = json.loads(run_cli(capsys, *base, "--method", "ar")[1])["token_ids"]
+    for method in ("ar", "ddtree"):
+        for seed in ("848", "12345678901234"):
+            code, out, err = run_cli(capsys, *base, "--method", method, "--temperature", "0.8", "--top-k", "1",
+                                     "--seed", seed)
+            assert code == 0, err
+            assert json.loads(out)["token_ids"] == greedy, (method, seed)
+
+
 def test_all_methods_same_text(capsys, demo):
     target, drafter = demo
     texts = set()
