@@ -5,5 +5,5 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 SPECDIFF_PROFILES=$PWD/out/profile
 R=$PWD/out; mkdir -p "$R" "$OUT"
 P="--prompts data/prompts/function_completion.jsonl --prompts data/prompts/file_continuation.jsonl"
 L=${LIMIT:-32}
-sd() { python3 -m specdiff.cli "$@"; tar -C "$R" -cf "$OUT/bench.tar" .; }
+sd() { python3 -m specdiff "$@"; tar -C "$R" -cf "$OUT/bench.tar" .; }
 t0=$SECONDS

@@ -21,7 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from specdiff.dllm import commands as dc
+from specdiff.cli.dllm import add_model_args
+from specdiff.dllm import pipeline as dc
+from specdiff.dllm.config import DLLMConfig
 from specdiff.dllm.calibration import calibrate, counts_of, futures, replay_nfe, search
 from specdiff.dllm.spiffy import DraftGraph
 
@@ -44,7 +46,7 @@ def flat(prompts: list) -> list:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    dc.add_model_args(p)
+    add_model_args(p)
     p.add_argument("--setting", default="fixed", choices=["fixed", "threshold"])
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--block-length", type=int, default=32)
@@ -53,11 +55,11 @@ def main() -> int:
     p.add_argument("--valid", type=int, default=16, help="validation prompts (function_completion 192..)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    loaded = dc.load_model(args)
-    ns = argparse.Namespace(gen_length=args.gen_length, block_length=args.block_length, steps=None,
-                            remasking="low_confidence" if args.setting == "fixed" else "threshold",
-                            threshold=0.9, temperature=0.0, seed=0)
-    cfg = dc.decode_config(ns, loaded.mask_id)
+    loaded = dc.load_model(args.model, args.device, args.dtype)
+    cfg = DLLMConfig(gen_length=args.gen_length, block_length=args.block_length, steps=args.gen_length,
+                     remasking="low_confidence" if args.setting == "fixed" else "threshold",
+                     threshold=0.9, temperature=0.0, seed=0, mask_id=loaded.mask_id)
+    cfg.validate()
     fc = dc.PROMPT_SETS / "function_completion.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / f"traces-{args.setting}-{args.gen_length}-{args.calib}-{args.valid}.pkl"

@@ -28,12 +28,12 @@ if [ -f "$TOKENS" ]; then
   DATA=(--tokens "$TOKENS")
 else
   echo "--- corpus ($((SECONDS - t0)) s): no $TOKENS"
-  python3 -m specdiff.train.corpus --out "$W/corpus" --prompts-out "$W/prompts" \
+  python3 -m specdiff corpus --out "$W/corpus" --prompts-out "$W/prompts" \
     --heldout-paths data/prompts/heldout_paths.txt --num-prompts 0 ${CORPUS_SRC:-}
   DATA=(--corpus "$W/corpus" --tokens "$W/tokens")
 fi
 echo "--- train ($((SECONDS - t0)) s)"
-python3 -m specdiff.train.dllm_train "${DATA[@]}" --out "$W/dllm" --time-budget "${BUDGET:-300}" \
+python3 -m specdiff train-dllm "${DATA[@]}" --out "$W/dllm" --time-budget "${BUDGET:-300}" \
   --device "$DEV" ${COMPILE:---compile} "$@" || exit 1
 cp "$W/dllm/train_log.jsonl" "$W/dllm/specdiff_dllm.json" "$W/dllm/README.md" "$R/"
 pack_model; pack
@@ -46,7 +46,7 @@ wait
 cp -r "$W/dllm/graphs" "$R/"
 pack_model; pack
 echo "--- bench ($((SECONDS - t0)) s)"
-python3 -m specdiff.bench.dllm --model "$W/dllm" --device "$DEV" --num-prompts "${NUM_PROMPTS:-16}" \
+python3 -m specdiff dllm bench --model "$W/dllm" --device "$DEV" --num-prompts "${NUM_PROMPTS:-16}" \
   --out "$R/bench" "${DEC[@]}"
 echo "bench exit status $? (1: some Spiffy output differed from the baseline)"
 pack

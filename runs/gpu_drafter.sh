@@ -6,6 +6,6 @@ set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_work}
 mkdir -p "$W" "$OUT"
-python3 -m specdiff.train.dflash_train --target "${TARGET:-models/target}" --tokens "$TOKENS" \
+python3 -m specdiff train-drafter --target "${TARGET:-models/target}" --tokens "$TOKENS" \
   --data "$W/regen.pt" --out "$W/dflash" --time-budget "${BUDGET:-300}" "$@" 2>&1 | tee "$OUT/drafter_train.log"
 tar -C "$W" -cf - --exclude trainer_state.pt dflash | split -b 15M - "$OUT/dflash.tar.part-"

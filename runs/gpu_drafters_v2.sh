@@ -14,11 +14,11 @@ common=(--target models/target --tokens "$TOKENS" --data "$W/regen.pt" --time-bu
         --steps 100000 --num-sequences "${NSEQ:-20480}" --regen-batch 2048 --prompt-len 128 --response-len 192
         --sampled-frac 0.25)
 if [ ! -f "$W/regen.pt" ]; then  # regenerate once: a trainer run with no steps
-  python3 -m specdiff.train.dflash_train "${common[@]}" --out "$W/scratch" --steps 0 2>&1 | tail -3 | tee "$OUT/regen.log"
+  python3 -m specdiff train-drafter "${common[@]}" --out "$W/scratch" --steps 0 2>&1 | tail -3 | tee "$OUT/regen.log"
 fi
-python3 -m specdiff.train.dflash_train "${common[@]}" --out "$W/dflash_a" --layers 4 > "$OUT/dflash_a.log" 2>&1 &
-python3 -m specdiff.train.dflash_train "${common[@]}" --out "$W/dflash_b" --layers 5 --intermediate-size 512 > "$OUT/dflash_b.log" 2>&1 &
-python3 -m specdiff.train.dflash_train "${common[@]}" --out "$W/vp" --layers 5 --intermediate-size 512 --objective vp > "$OUT/vp.log" 2>&1 &
+python3 -m specdiff train-drafter "${common[@]}" --out "$W/dflash_a" --layers 4 > "$OUT/dflash_a.log" 2>&1 &
+python3 -m specdiff train-drafter "${common[@]}" --out "$W/dflash_b" --layers 5 --intermediate-size 512 > "$OUT/dflash_b.log" 2>&1 &
+python3 -m specdiff train-drafter "${common[@]}" --out "$W/vp" --layers 5 --intermediate-size 512 --objective vp > "$OUT/vp.log" 2>&1 &
 wait
 for m in dflash_a dflash_b vp; do tail -1 "$OUT/$m.log"; done
 tar -C "$W" -cf - --exclude trainer_state.pt dflash_a dflash_b vp | split -b 15M - "$OUT/drafters.tar.part-"

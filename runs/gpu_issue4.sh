@@ -18,7 +18,7 @@ for dt in ${DTYPES:-bfloat16 float32}; do
     --budgets 16,32,64,128,256,512 --temperature 0,1 --limit "$L" --profile "$R/profile_$dt.json" \
     --out "$R/gpu_graph_$dt"
   echo "--- measured rounds against the profile, $dt"  # where the profile misprices a bucket
-  python3 -m specdiff.bench.round_costs "$R/gpu_graph_$dt" "$R/profile_$dt.json" | grep -E "caddtree|ddtree@(16|32|64) "
+  python3 -m specdiff round-costs "$R/gpu_graph_$dt" "$R/profile_$dt.json" | grep -E "caddtree|ddtree@(16|32|64) "
   if [ $first = 1 ]; then
     echo "--- graph $dt, d2sd ($((SECONDS - t0)) s)"
     sd bench --device cuda --dtype $dt --engine graph $P --methods ar,dflash,ddtree,d2sd,d2sd-hybrid \

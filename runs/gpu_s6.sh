@@ -18,8 +18,8 @@ echo "--- fp32 check ($((SECONDS - t0)) s)"
 sd bench --device cuda --dtype float32 --engine graph $P --methods ar,dflash,ddtree,caddtree --budgets 32 \
   --temperature 0,1 --limit 8 --profile "$R/profile_bfloat16.json" --out "$R/fp32_check" | grep -v "^|"
 grep -h "differ from ar" "$R"/fp32_check/report.md
-python3 -m specdiff.bench.round_costs "$R/gpu_graph_bfloat16" "$R/profile_bfloat16.json" > "$R/round_costs.md"
-for m in caddtree caddtree/decode; do python3 -m specdiff.bench.versus "$R/gpu_graph_bfloat16" --method $m; done
+python3 -m specdiff round-costs "$R/gpu_graph_bfloat16" "$R/profile_bfloat16.json" > "$R/round_costs.md"
+for m in caddtree caddtree/decode; do python3 -m specdiff versus "$R/gpu_graph_bfloat16" --method $m; done
 echo "--- done ($((SECONDS - t0)) s)"
 } 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee "$R/gpu_s6.log"
 tar -C "$R" -cf "$OUT/bench.tar" .

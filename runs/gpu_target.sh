@@ -8,9 +8,9 @@ set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_work}
 mkdir -p "$W" "$OUT"
-python3 -m specdiff.train.corpus --out "$W/corpus" --prompts-out "$W/prompts" \
+python3 -m specdiff corpus --out "$W/corpus" --prompts-out "$W/prompts" \
   --heldout-paths data/prompts/heldout_paths.txt --num-prompts 0 ${CORPUS_SRC:-}
-python3 -m specdiff.train.pretrain --corpus "$W/corpus" --tokenizer data/tokenizer --out "$W/target" \
+python3 -m specdiff pretrain --corpus "$W/corpus" --tokenizer data/tokenizer --out "$W/target" \
   --tokens "$W/tokens" --time-budget "${BUDGET:-330}" --steps 1000000 --compile --log-every 250 \
   --eval-every 2000 --no-save-optimizer "$@"
 python3 - "$W" "$OUT" <<'PY'

@@ -21,7 +21,7 @@ import torch
 
 from specdiff import decode as decode_mod
 from specdiff.bench.harness import read_prompt_file
-from specdiff.cli import eos_ids, load_models
+from specdiff.loading import eos_ids, load_models
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.drafters import proposers
 from specdiff.engine import build_decoder, make_target
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--target", default=None)
     p.add_argument("--drafter", default=None)
     args = p.parse_args()
-    model, tok, drafter = load_models(args, need_drafter=True)
+    model, tok, drafter = load_models(args.target, args.drafter, args.device, args.dtype)
     target = make_target(model, args.engine)
     dev = target.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)

@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     pos = torch.arange(64, device=device)
-    print(f"| vocabulary | keyed sampler, ms per 64-position block | earlier 24-bit sampler | device |")
+    print("| vocabulary | keyed sampler, ms per 64-position block | earlier 24-bit sampler | device |")
     print("|---|---|---|---|")
     for v in (int(x) for x in args.vocab.split(",")):
         new = time_ms(lambda s: keyed_noise(s, pos, v), device)

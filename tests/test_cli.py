@@ -219,7 +219,7 @@ def test_versus_picks_the_best_fixed_budget_and_bounds_the_gap(capsys, tmp_path)
     """`bench.versus`: caddtree against the fastest ddtree@B of the run, paired over prompts. A
     uniform 10% gain is +10% with a tight interval; a tie with prompt noise has an interval that
     holds 0; without a caddtree run beside a ddtree@B run it is bad input (exit 2)."""
-    from specdiff.bench.versus import main as versus_main, versus_best_fixed
+    from specdiff.bench.versus import versus_best_fixed
 
     rng = np.random.default_rng(0)
     base = list(rng.uniform(0.5, 2.0, size=40))  # prompts differ a lot; the pairing cancels that
@@ -235,18 +235,17 @@ def test_versus_picks_the_best_fixed_budget_and_bounds_the_gap(capsys, tmp_path)
     assert row["advantage"] == pytest.approx(0.0, abs=1e-12) and lo < 0.0 < hi and hi - lo < 0.1
     path = tmp_path / "results.json"
     path.write_text(json.dumps(result))
-    assert versus_main([str(path)]) == 0 and "| s | 0 | ddtree@32 |" in capsys.readouterr().out
+    assert main(["versus", str(path)]) == 0 and "| s | 0 | ddtree@32 |" in capsys.readouterr().out
     path.write_text(json.dumps({"runs": _runs("ddtree@32", base)}))
-    assert versus_main([str(path)]) == 2 and "no caddtree run" in capsys.readouterr().err
+    assert main(["versus", str(path)]) == 2 and "no caddtree run" in capsys.readouterr().err
     path.write_text(json.dumps(result))
-    assert versus_main([str(path), "--method", "caddtree/decode"]) == 2
+    assert main(["versus", str(path), "--method", "caddtree/decode"]) == 2
     assert "no caddtree/decode run" in capsys.readouterr().err
 
 
 def test_bound_reads_a_steps_profile_and_refuses_a_whole_round_one(capsys, tmp_path):
     """The bound (C_d + C_v(n)) / tau against the measured ms/token; a whole-round profile already
     holds the loop's overhead, so the bound would hide it: exit 2 with one line."""
-    from specdiff.bench.bound import main as bound_main
     from specdiff.trees.cost_model import CostProfile
 
     summary = [{"prompt_set": "s", "temperature": 0.0, "method": "ddtree@32", "tau": 2.0, "mean_tree_nodes": 33.0,
@@ -255,10 +254,10 @@ def test_bound_reads_a_steps_profile_and_refuses_a_whole_round_one(capsys, tmp_p
     for measure in ("steps", "rounds"):
         CostProfile(device="d", target="t", drafter="d", dtype="float32", draft_ms=0.5, contexts=[512], nodes=[1, 64],
                     verify_ms=[[1.0, 2.0]], measure=measure).save(tmp_path / f"{measure}.json")
-    assert bound_main([str(tmp_path / "results.json"), str(tmp_path / "steps.json")]) == 0
+    assert main(["bound", str(tmp_path / "results.json"), str(tmp_path / "steps.json")]) == 0
     # C_v(33) = 1 + 32/63, bound (0.5 + C_v) / 2, overhead 1.5 / bound - 1
     bound = (0.5 + 1.0 + 32 / 63) / 2
     assert f"| {1.5 / bound - 1:+.0%}".replace("%", "") in capsys.readouterr().out.replace("%", "")
-    assert bound_main([str(tmp_path / "results.json"), str(tmp_path / "rounds.json")]) == 2
+    assert main(["bound", str(tmp_path / "results.json"), str(tmp_path / "rounds.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--measure steps" in err

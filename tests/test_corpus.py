@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from specdiff.errors import SpecdiffError
+from specdiff.cli import main
 from specdiff.train import corpus
 from specdiff.train.corpus import EOT_TOKEN, HELDOUT, MASK_TOKEN, CorpusConfig, build_corpus
 from specdiff.train.tokenizer import TokenizerConfig, tiny_tokenizer, train_tokenizer
@@ -249,7 +250,7 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     missing = tmp_path / "nope"
     with pytest.raises(SpecdiffError, match="not found"):
         build_corpus(CorpusConfig(src_dirs=[str(missing)]), tmp_path / "out")
-    assert corpus.main(["--src", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert main(["corpus", "--src", str(missing), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err
 
@@ -259,7 +260,7 @@ def test_cli_writes_prompts_elsewhere(built: tuple[Path, Path, corpus.CorpusStat
     prompts_dir = tmp_path / "prompts"
     argv = ["--src", str(src), "--out", str(tmp_path / "c"), "--prompts-out", str(prompts_dir),
             "--heldout-frac", "0.3", "--num-prompts", "20", "--salt", "test-salt"]
-    assert corpus.main(argv) == 0
+    assert main(["corpus", *argv]) == 0
     names = (corpus.FUNCTION_PROMPTS_FILE, corpus.CONTINUATION_PROMPTS_FILE)
     for name in names + (corpus.STATS_FILE, corpus.CONFIG_FILE):
         assert (prompts_dir / name).is_file()

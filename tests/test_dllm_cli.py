@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from specdiff import cli
-from specdiff.train import dllm_train as dt
 
 TINY = ["--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "2", "--head-dim", "16",
         "--intermediate", "64", "--seq-len", "96", "--block-length", "8", "--batch-size", "4"]
@@ -25,7 +24,7 @@ def model_dir(tmp_path_factory) -> Path:
     tokens = root / "tokens.bin"
     np.random.default_rng(0).integers(2, 8192, 5000).astype(np.uint16).tofile(tokens)
     out = root / "dllm"
-    assert dt.main(["--tokens", str(tokens), "--out", str(out), *TINY, "--steps", "2", "--eval-windows", "4",
+    assert cli.main(["train-dllm", "--tokens", str(tokens), "--out", str(out), *TINY, "--steps", "2", "--eval-windows", "4",
                     "--device", "cpu"]) == 0
     return out
 
@@ -71,10 +70,9 @@ def test_calibrate_writes_keyed_graphs_that_generate_finds(model_dir, tmp_path, 
 
 
 def test_bench_checks_exactness_and_writes_tables(model_dir, tmp_path, capsys):
-    from specdiff.bench import dllm as bench
 
     out = tmp_path / "bench"
-    code = bench.main(["--model", str(model_dir), *SHORT, "--num-prompts", "2", "--budgets", "2,3", "--warmup", "0",
+    code = cli.main(["dllm", "bench", "--model", str(model_dir), *SHORT, "--num-prompts", "2", "--budgets", "2,3", "--warmup", "0",
                        "--out", str(out)])
     capsys.readouterr()
     assert code == 0

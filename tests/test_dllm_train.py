@@ -13,6 +13,7 @@ import torch
 from specdiff.dllm import base_visibility
 from specdiff.dllm.model import MaskedDiffusionModel
 from specdiff.dllm.adapters import load_dllm
+from specdiff.cli import main
 from specdiff.train import dllm_train as dt
 
 TINY = ["--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "2", "--head-dim", "16",
@@ -51,7 +52,7 @@ def test_train_loss_falls_and_folder_reloads(tmp_path):
     out = tmp_path / "dllm"
     argv = ["--tokens", str(tokens), "--out", str(out), *TINY, "--steps", "60", "--lr", "1e-2",
             "--warmup-steps", "5", "--log-every", "10", "--eval-every", "30", "--eval-windows", "16", "--device", "cpu"]
-    assert dt.main(argv) == 0
+    assert main(["train-dllm", *argv]) == 0
     log = [json.loads(line) for line in (out / dt.LOG_FILE).read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     evals = [r for r in log if "heldout_acc" in r]
@@ -82,12 +83,12 @@ def test_bad_input_exits_2(tmp_path, capsys, extra, message):
     base = ["--out", str(tmp_path / "out"), *TINY, "--steps", "1"]
     if not any(flag in extra for flag in ("--tokens", "--corpus")) and message != "no training data":
         base += ["--tokens", str(tokens)]
-    assert dt.main([*base, *extra]) == 2
+    assert main(["train-dllm", *base, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
 
 
 def test_short_token_file_is_refused(tmp_path, capsys):
     tokens = periodic_tokens(tmp_path / "tokens.bin", n=100)  # held-out tail of 2 tokens < seq len
-    assert dt.main(["--tokens", str(tokens), "--out", str(tmp_path / "o"), *TINY, "--steps", "1"]) == 2
+    assert main(["train-dllm", "--tokens", str(tokens), "--out", str(tmp_path / "o"), *TINY, "--steps", "1"]) == 2
     assert "fewer than seq len" in capsys.readouterr().err

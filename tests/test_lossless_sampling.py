@@ -21,7 +21,6 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWa
 
 from specdiff import sampling as sampling_module
 from specdiff.config import DecodeConfig, SamplingConfig
-from specdiff.drafters.base import DecodeState
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.sampling import draw_tree, process_logits

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specdiff.errors import SpecdiffError
+from specdiff.cli import main
 from specdiff.train import pretrain as pt
 from specdiff.train.corpus import iter_documents, normalize_source, write_documents
 from specdiff.train.tokenizer import tiny_tokenizer
@@ -131,7 +132,7 @@ def test_pretrain_checkpoint_and_resume(dirs, tokens):
     # Resume through the CLI for 5 more steps (total 25), tokenizer taken from the checkpoint.
     argv = ["--corpus", str(dirs["corpus"]), "--out", str(out), "--tokens", str(tokens)]
     argv += ["--resume", "--steps", "25"]
-    assert pt.main(argv) == 0
+    assert main(["pretrain", *argv]) == 0
     resumed = json.loads((out / pt.STATS_FILE).read_text())
     assert resumed["steps"] == 25 and resumed["run_steps"] == 5 and resumed["tokens_seen"] == 25 * 4 * 64
     rows = [json.loads(line) for line in (out / pt.LOG_FILE).read_text().splitlines()]
@@ -173,4 +174,4 @@ def test_resume_rejects_other_shape(dirs, tokens):
     cfg = _tiny_config(max_steps=1, eval_tokens=0)
     pt.pretrain(cfg, dirs["corpus"], dirs["tokenizer"], out, tokens_dir=tokens)
     argv = ["--corpus", str(dirs["corpus"]), "--out", str(out), "--tokens", str(tokens)]
-    assert pt.main([*argv, "--resume", "--steps", "2", "--hidden", "32"]) == 2
+    assert main(["pretrain", *argv, "--resume", "--steps", "2", "--hidden", "32"]) == 2

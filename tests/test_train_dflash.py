@@ -7,6 +7,7 @@ import torch
 
 from specdiff.drafters.dflash import load_drafter
 from specdiff.models.demo import build_demo_models
+from specdiff.cli import main
 from specdiff.train import dflash_train
 
 
@@ -24,7 +25,7 @@ def tiny_run_argv(tmp_path, out: str, steps: int, num_sequences: int, regen_batc
 
 def test_regenerate_and_train(tmp_path):
     argv = tiny_run_argv(tmp_path, "drafter", steps=20, num_sequences=40, regen_batch=20)
-    assert dflash_train.main(argv) == 0
+    assert main(["train-drafter", *argv]) == 0
     blob = torch.load(tmp_path / "regen.pt")
     assert blob["ids"].shape == (40, 36)
     log = [json.loads(line) for line in (tmp_path / "drafter" / "train_log.jsonl").read_text().splitlines()]
@@ -35,7 +36,7 @@ def test_regenerate_and_train(tmp_path):
     drafter = load_drafter(tmp_path / "drafter")
     assert drafter.spec.block_size == 8 and drafter.fc.weight.dtype == torch.float32
     # resume: continues from step 20
-    assert dflash_train.main(argv[:-8] + ["--steps", "23", "--num-sequences", "40", "--prompt-len", "12",
+    assert main(["train-drafter", *argv[:-8]] + ["--steps", "23", "--num-sequences", "40", "--prompt-len", "12",
                                            "--response-len", "24", "--resume"]) == 0
     log = [json.loads(line) for line in (tmp_path / "drafter" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 23
@@ -93,7 +94,7 @@ def test_vp_prefix_lengths_follow_beta():
 def test_vp_objective_trains(tmp_path):
     argv = tiny_run_argv(tmp_path, "vp", steps=12, num_sequences=16, regen_batch=16) + [
         "--objective", "vp", "--vp-beta", "0.8", "--sampled-frac", "0.25"]
-    assert dflash_train.main(argv) == 0
+    assert main(["train-drafter", *argv]) == 0
     cfg = json.loads((tmp_path / "vp" / "config.json").read_text())["specdiff"]
     assert cfg["train_config"]["objective"] == "vp" and cfg["train_config"]["vp_beta"] == 0.8
     assert cfg["train_config"]["regen"]["sampled_frac"] == 0.25

@@ -11,16 +11,12 @@ else; the measured per-token time over that bound is the loop's own overhead:
 PROFILE is a steps profile (`specdiff profile --measure steps`): a whole-round profile already
 holds the loop's own work, and its bound would hide the overhead this table is for.
 
-    usage: python -m specdiff.bench.bound RESULTS(.json|.json.gz|DIR) PROFILE.json [--context 512]
+    usage: specdiff bound RESULTS(.json|.json.gz|DIR) PROFILE.json [--context 512]
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
-from specdiff.bench.harness import load_results
-from specdiff.errors import SpecdiffError
 from specdiff.trees.cost_model import CostProfile
 
 
@@ -42,29 +38,3 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['mean_tree_nodes']:.0f} | {r['ms_per_token']:.2f} | {r['bound_ms_per_token']:.2f} | "
                      f"{100 * r['overhead']:+.0f}% |")
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path)
-    p.add_argument("profile", type=Path)
-    p.add_argument("--context", type=int, default=512, help="context length at which C_v is read")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = load_results(args.results)
-    profile = CostProfile.load(args.profile)
-    if profile.measure != "steps":
-        raise SpecdiffError(f"{args.profile} times whole rounds, which hold the overhead this bound measures; "
-                            "make a steps profile (`specdiff profile --measure steps`)")
-    print(markdown(bound_table(result, profile, args.context)), end="")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("python -m specdiff.bench.bound", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

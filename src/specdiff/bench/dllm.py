@@ -1,5 +1,4 @@
-"""`specdiff dllm bench` (`python -m specdiff.bench.dllm`): baseline masked-diffusion decoding
-vs Spiffy on held-out prompts.
+"""`specdiff dllm bench`: baseline masked-diffusion decoding vs Spiffy on held-out prompts.
 
 Two settings, each with its own baseline on the same prompts:
 - fixed: LLaDA low-confidence at one token per step (steps = gen_length), Spiffy at each D;
@@ -16,42 +15,23 @@ fp32 by default: a wider verification forward may otherwise flip a near-tie (not
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from specdiff.bench.harness import environment
-from specdiff.dllm import commands as dc
+from specdiff.dllm import pipeline as dc
+from specdiff.dllm.config import DLLMConfig
 from specdiff.errors import SpecdiffError
 from specdiff.sampling import derive_seed
 
 SETTINGS = ("fixed", "threshold")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    dc.add_model_args(p)
-    p.add_argument("--prompts", type=Path, action="append",
-                   help="JSONL prompt set, repeatable (default data/prompts/function_completion.jsonl)")
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--num-prompts", type=int, default=16, help="prompts per set")
-    p.add_argument("--gen-length", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = argmax; else finite and >= 1e-30")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
-                   help="auto: dual cache for LLaDA and Dream, block-causal (none) otherwise")
-    p.add_argument("--settings", default=",".join(SETTINGS), help="fixed, threshold or both")
-    p.add_argument("--budgets", default="3,5,8,10")
-    p.add_argument("--graphs", type=Path, help="folder of calibrated graphs (default: the model's graphs/)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed decodes of the first prompt per method")
-    p.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
 
 
 def _settings(text: str) -> list[str]:
@@ -102,33 +82,55 @@ def summarise(name: str, setting: str, budget: int | None, source: str, graph, r
     }
 
 
-def bench(args: argparse.Namespace) -> dict:
-    budgets = dc.parse_budgets(args.budgets)
-    settings = _settings(args.settings)
-    loaded = dc.load_model(args)
-    args.cache = dc.resolve_cache(args.cache, loaded)
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    files = args.prompts or [dc.PROMPT_SETS / "function_completion.jsonl"]
+@dataclass
+class DLLMBenchConfig:
+    """Every setting of a dLLM bench, saved with its results."""
+
+    model: str | None = None  # dLLM folder (None: the bundled one)
+    device: str = "cpu"
+    dtype: str = "float32"
+    prompts: list[str] = field(default_factory=list)  # JSONL prompt sets (empty: function completion)
+    offset: int = 0
+    num_prompts: int = 16  # per set
+    gen_length: int = 128
+    block_length: int = 32
+    threshold: float = 0.9
+    temperature: float = 0.0
+    seed: int = 0  # each prompt decodes with derive_seed(seed, prompt id)
+    cache: str = "auto"  # resolved to the model's mode before the run (auto: dual for LLaDA and Dream)
+    settings: str = ",".join(SETTINGS)
+    budgets: str = "3,5,8,10"
+    graphs: str | None = None  # folder of calibrated graphs (None: the model's graphs/)
+    warmup: int = 1
+
+
+def bench(cfg: DLLMBenchConfig) -> dict:
+    budgets = dc.parse_budgets(cfg.budgets)
+    settings = _settings(cfg.settings)
+    loaded = dc.load_model(cfg.model, cfg.device, cfg.dtype)
+    cfg = dataclasses.replace(cfg, cache=dc.resolve_cache(cfg.cache, loaded))
+    sync = torch.cuda.synchronize if cfg.device == "cuda" else (lambda: None)
+    files = [Path(f) for f in cfg.prompts] or [dc.PROMPT_SETS / "function_completion.jsonl"]
+    graphs = Path(cfg.graphs) if cfg.graphs else None
     rows, t_start = [], time.perf_counter()
     for setting in settings:
-        ns = argparse.Namespace(gen_length=args.gen_length, block_length=args.block_length, steps=None,
-                                remasking="low_confidence" if setting == "fixed" else "threshold",
-                                threshold=args.threshold, temperature=args.temperature, seed=args.seed)
-        cfg = dc.decode_config(ns, loaded.mask_id)
-        prompts = [(pid, dc.encode_prompt(loaded, text, cfg, truncate=True))
-                   for pid, text in dc.read_prompts(files, args.offset, args.num_prompts)]
-        base = run_method(loaded, prompts, cfg, None, args.cache, args.warmup, sync)
-        rows.append(summarise("baseline", setting, None, "-", None, base, base, prompts, cfg.seed))
+        dcfg = DLLMConfig(gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.gen_length,
+                          remasking="low_confidence" if setting == "fixed" else "threshold",
+                          threshold=cfg.threshold, temperature=cfg.temperature, seed=cfg.seed, mask_id=loaded.mask_id)
+        dcfg.validate()
+        prompts = [(pid, dc.encode_prompt(loaded, text, dcfg, truncate=True))
+                   for pid, text in dc.read_prompts(files, cfg.offset, cfg.num_prompts)]
+        base = run_method(loaded, prompts, dcfg, None, cfg.cache, cfg.warmup, sync)
+        rows.append(summarise("baseline", setting, None, "-", None, base, base, prompts, dcfg.seed))
         _progress(rows[-1], t_start)
         for budget in budgets:
-            graph, source = dc.resolve_graph(args.graphs, loaded, cfg, args.cache, budget)
-            spec = run_method(loaded, prompts, cfg, graph, args.cache, args.warmup, sync)
-            rows.append(summarise("spiffy", setting, budget, source, graph, spec, base, prompts, cfg.seed))
+            graph, source = dc.resolve_graph(graphs, loaded, dcfg, cfg.cache, budget)
+            spec = run_method(loaded, prompts, dcfg, graph, cfg.cache, cfg.warmup, sync)
+            rows.append(summarise("spiffy", setting, budget, source, graph, spec, base, prompts, dcfg.seed))
             _progress(rows[-1], t_start)
     return {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if not callable(v) and k not in ("func", "dllm_func")},
-        "model": str(loaded.path), "environment": environment(args.device),
+        "config": dataclasses.asdict(cfg),
+        "model": str(loaded.path), "environment": environment(cfg.device),
         "mismatches": sum(r["mismatches"] for r in rows), "rows": rows,
         "wall_s": round(time.perf_counter() - t_start, 2),
     }
@@ -164,20 +166,7 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    result = bench(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(report(result), encoding="utf-8")
-    print(report(result))
-    return 1 if result["mismatches"] else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("specdiff dllm bench", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_results(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(report(result), encoding="utf-8")

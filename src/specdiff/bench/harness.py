@@ -11,7 +11,6 @@ the same run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from specdiff import native
-from specdiff.config import DecodeConfig, SamplingConfig, check_temperature
+from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.sampling import derive_seed
 
@@ -105,7 +104,7 @@ def read_prompt_file(path: Path, limit: int) -> list[dict]:
 
 
 def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True, vp_drafter=None) -> dict:
-    from specdiff.cli import eos_ids
+    from specdiff.loading import eos_ids
     from specdiff.engine import build_decoder, make_target
 
     target = make_target(model, cfg.engine)
@@ -249,63 +248,3 @@ def report(result: dict) -> str:
     if versus:  # the cost-aware tree against the budget it was not told (paired bootstrap over prompts)
         lines += ["", "caddtree against the best fixed DDTree budget of this run:", ""] + versus_table(versus)
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from specdiff.cli import add_model_args
-
-    add_model_args(p)
-    p.add_argument("--methods", default="ar,dflash,ddtree")
-    p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
-    p.add_argument("--limit", type=int, default=32)
-    p.add_argument("--temperature", default="0", help="comma-separated temperatures")
-    p.add_argument("--budgets", default="16,64,256")
-    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0,
-                   help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
-    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
-    p.add_argument("--caddtree-horizon", default="round",
-                   help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
-                        "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
-    p.add_argument("--out", type=Path, required=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    from specdiff.cli import load_models
-    from specdiff.config import METHODS
-
-    methods = [m for m in args.methods.split(",") if m]
-    for m in methods:
-        if m not in METHODS:
-            raise SpecdiffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    try:
-        temps = [float(t) for t in args.temperature.split(",")]
-        budgets = [int(b) for b in args.budgets.split(",")]
-    except ValueError as e:
-        raise SpecdiffError(f"bad --temperature or --budgets list: {e}") from None
-    for t in temps:
-        check_temperature(t)
-    if any(b < 1 for b in budgets):
-        raise SpecdiffError("budgets must be >= 1")
-    horizons = list(dict.fromkeys(h for h in args.caddtree_horizon.split(",") if h))
-    if not horizons or any(h not in ("decode", "round") for h in horizons):
-        raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
-    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP
-
-    model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
-    vp_drafter = None
-    if any(m in NEEDS_VP for m in methods):  # D²SD's second drafter
-        from specdiff.cli import load_vp_drafter
-
-        vp_drafter = load_vp_drafter(args)
-    cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
-                      limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
-                      profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-                      caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
-                      drafter=str(args.drafter or "bundled"), branches=args.branches,
-                      vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
-    result = run_bench(cfg, model, tokenizer, drafter, args.out, vp_drafter=vp_drafter)
-    print(report(result))
-    return 1 if result["mismatches"] else 0

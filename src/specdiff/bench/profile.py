@@ -32,7 +32,6 @@ one for where it runs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -230,40 +229,27 @@ def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[i
     return {"raw": raw}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from specdiff.cli import add_model_args
+def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[int] | None = None,
+                  engine: str = "hf", dtype: str = "float32", measure_kind: str | None = None,
+                  reps: int | None = None, warmup: int = 3, target_name: str = "bundled",
+                  drafter_name: str = "bundled", out: Path | None = None) -> Path:
+    """Measure this device's costs for `model` and `drafter` (module docstring), fit and save the
+    profile at `out` (None: the per-device cache caddtree reads) -> where it was saved.
 
-    add_model_args(p)
-    p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
-    p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
-                                    "node buckets up to 512, since a tree costs its bucket)")
-    p.add_argument("--measure", default=None, choices=["steps", "rounds"],
-                   help="steps: the drafter and target steps apart, each at its fastest; rounds: whole decode "
-                        "rounds per tree size (default: rounds on the graph engine, steps otherwise)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 8 decodes "
-                                                          "per size for rounds)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from specdiff.cli import load_models
-
-    try:
-        contexts = sorted({int(c) for c in args.contexts.split(",")})
-        nodes = sorted({int(n) for n in args.nodes.split(",")}) if args.nodes else default_nodes(args.engine)
-    except ValueError as e:
-        raise SpecdiffError(f"bad --contexts or --nodes list: {e}") from None
-    if min(nodes) < 1 or min(contexts) < 1:
-        raise SpecdiffError("--nodes and --contexts must be positive")
+    nodes: tree sizes, root included (None: `default_nodes(engine)`); measure_kind: "steps" or
+    "rounds" (None: rounds on the graph engine, steps elsewhere); reps: timed repetitions (None: 8
+    decodes per size for rounds, 30 steps otherwise)."""
     from specdiff.engine import make_target
 
-    model, tokenizer, drafter = load_models(args, need_drafter=True)
-    target = make_target(model, args.engine)
+    contexts = sorted(set(contexts))
+    nodes = sorted(set(nodes)) if nodes else default_nodes(engine)
+    if min(nodes) < 1 or min(contexts) < 1:
+        raise SpecdiffError("--nodes and --contexts must be positive")
+    target = make_target(model, engine)
     # on a launch-bound GPU the host's work overlaps the device's, so two steps timed apart do not
     # add up to a round; on the CPU everything is serial and steps are the quieter measure
-    measure_kind = args.measure or ("rounds" if args.engine == "graph" else "steps")
-    reps = args.reps or (8 if measure_kind == "rounds" else 30)
+    measure_kind = measure_kind or ("rounds" if engine == "graph" else "steps")
+    reps = reps or (8 if measure_kind == "rounds" else 30)
     if reps < 1:
         raise SpecdiffError("--reps must be >= 1")
     decoded = ROUND_TOKENS if measure_kind == "rounds" else 0  # a rounds profile decodes past the context
@@ -273,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     drafter.bind(target.embed_tokens, target.lm_head)
     target.set_taps(drafter.spec.target_layer_ids)  # a decode's forwards also return these taps
     plain = drafter
-    if args.engine == "graph":
+    if engine == "graph":
         from specdiff.drafters.graphed import GraphedDrafter
 
         drafter = GraphedDrafter(drafter)
@@ -282,26 +268,25 @@ def run(args: argparse.Namespace) -> int:
     steps = measure_kind == "steps"
     trees = [i for i, n in enumerate(nodes) if n > 1]
     m = measure(target, drafter, contexts if steps or not trees else [], nodes if steps else [],
-                reps if steps else 30, args.warmup)
+                reps if steps else 30, warmup)
     raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
-        rounds = measure_rounds(target, plain, contexts, nodes, reps, args.warmup, args.engine, tokenizer)["raw"]
+        rounds = measure_rounds(target, plain, contexts, nodes, reps, warmup, engine, tokenizer)["raw"]
         # C_v(n) = round(n) - C_d for trees; the root-alone (AR) round ran no drafter
         raw = [[ms if n == 1 else ms - m["draft_ms"] for n, ms in zip(nodes, row)] for row in rounds]
         # caddtree's root-alone round is a drafted round (drafter, candidates, search) whose tree
         # holds the root only: priced as the smallest tree's whole round. AR's round (no drafter,
-        # no fetch) is no guide to it: on an H200 it underpriced those rounds by 0.3-0.45 ms, and
-        # the decode horizon then kept the root alone in 1 round of 8 (docs/benchmarks, sixth session)
+        # no fetch) is no guide to it: it underprices the fetch and the search that such a round
+        # pays, and the decode horizon would then keep the root alone too often
         if trees:
             root_alone = [row[trees[0]] for row in raw]
     prof = CostProfile(
-        device=device_name(target.device), target=str(args.target or "bundled"), drafter=str(args.drafter or "bundled"),
-        dtype=args.dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
+        device=device_name(target.device), target=target_name, drafter=drafter_name,
+        dtype=dtype, draft_ms=m["draft_ms"], contexts=contexts, nodes=nodes,
         verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=measure_kind,
         root_alone_ms=root_alone,
-        buckets=list(BUCKETS) if args.engine == "graph" else [],
+        buckets=list(BUCKETS) if engine == "graph" else [],
     )
-    path = args.out or default_profile_path(target.device, target, drafter, args.dtype)
+    path = out or default_profile_path(target.device, target, drafter, dtype)
     prof.save(path)
-    print(f"profile saved: {path}")
-    return 0
+    return path

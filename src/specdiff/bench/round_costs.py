@@ -7,16 +7,13 @@ context: C_d + `CostProfile.tree_step` (AR and a decode's last token: C_v(1, con
 that drifts with the bucket is what caddtree's choice cannot see: its constant measured overhead
 (`cost_model.RoundOverhead`) shifts every size alike.
 
-    usage: python -m specdiff.bench.round_costs RESULTS(.json|.json.gz|DIR) PROFILE.json
+    usage: specdiff round-costs RESULTS(.json|.json.gz|DIR) PROFILE.json
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from specdiff.bench.harness import load_results
 from specdiff.trees.cost_model import CostProfile
 
 
@@ -47,28 +44,3 @@ def round_cost_table(result: dict, profile: CostProfile) -> list[dict]:
         rows.append({"prompt_set": pset, "temperature": temp, "method": method, "bucket": b, "rounds": len(pairs),
                      "measured_ms": measured, "predicted_ms": predicted, "ratio": measured / predicted})
     return rows
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path)
-    p.add_argument("profile", type=Path)
-
-
-def run(args: argparse.Namespace) -> int:
-    rows = round_cost_table(load_results(args.results), CostProfile.load(args.profile))
-    print("| prompt set | T | method | bucket | rounds | measured ms | profile ms | measured / profile |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['bucket']} | {r['rounds']} | "
-              f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['ratio']:.2f} |")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("python -m specdiff.bench.round_costs", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

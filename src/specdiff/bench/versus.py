@@ -7,17 +7,14 @@ keeps both methods' decodes of each, so prompt-to-prompt variation cancels). Pic
 several noisy budgets after the fact favours the fixed side by a little: the interval says whether
 a gap is more than that noise.
 
-    usage: python -m specdiff.bench.versus RESULTS(.json|.json.gz|DIR) [--method caddtree/round]
+    usage: specdiff versus RESULTS(.json|.json.gz|DIR) [--method caddtree/round]
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 
-from specdiff.errors import SpecdiffError
 
 RESAMPLES = 2000
 
@@ -61,28 +58,3 @@ def versus_table(rows: list[dict], method: str = "caddtree") -> list[str]:
         lines.append(f"| {r['prompt_set']} | {r['temperature']:g} | {r['best_fixed']} | {r['best_tokens_per_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {100 * r['advantage']:+.1f}% | {100 * lo:+.1f}% .. {100 * hi:+.1f}% |")
     return lines
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", type=Path)
-    p.add_argument("--method", default="caddtree", help="the run set against the best fixed budget (default: caddtree)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from specdiff.bench.harness import load_results
-
-    rows = versus_best_fixed(load_results(args.results), args.method)
-    if not rows:
-        raise SpecdiffError(f"no {args.method} run beside a ddtree@B run in {args.results}")
-    print("\n".join(versus_table(rows, args.method)))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("python -m specdiff.bench.versus", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

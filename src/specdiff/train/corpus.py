@@ -21,7 +21,6 @@ Near-duplicates (another version of the same module) have other hashes and may l
 
 from __future__ import annotations
 
-import argparse
 import ast
 import fnmatch
 import hashlib
@@ -440,65 +439,3 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path, prompts_dir: Path | None = No
 
 
 # --- command line --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = CorpusConfig(src_dirs=[])
-    parser.add_argument(
-        "--src",
-        action="append",
-        metavar="DIR",
-        help="source tree to walk (repeatable; default: this Python's stdlib and site-packages)",
-    )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="corpus output directory")
-    parser.add_argument(
-        "--prompts-out", type=Path, metavar="DIR", help="prompt-set directory (default: --out)"
-    )
-    parser.add_argument("--heldout-frac", type=float, default=defaults.heldout_frac)
-    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="per prompt set")
-    parser.add_argument("--salt", default=defaults.split_salt, help="split salt")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="prompt selection seed")
-    parser.add_argument("--heldout-paths", type=Path, metavar="FILE",
-                        help="file of relative paths to hold out whatever their content (one per line)")
-
-
-def config_from_args(args: argparse.Namespace) -> CorpusConfig:
-    cfg = CorpusConfig(
-        heldout_frac=args.heldout_frac,
-        split_salt=args.salt,
-        num_prompts=args.num_prompts,
-        seed=args.seed,
-    )
-    if args.src:
-        cfg.src_dirs = [str(Path(d).resolve()) for d in args.src]
-    if args.heldout_paths is not None:
-        if not args.heldout_paths.is_file():
-            raise SpecdiffError(f"held-out paths file not found: {args.heldout_paths}")
-        cfg.heldout_paths = sorted({line.strip() for line in args.heldout_paths.read_text().splitlines() if line.strip()})
-    return cfg
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    stats = build_corpus(cfg, args.out, args.prompts_out)
-    print(
-        f"corpus: {stats.files_seen} files seen, {stats.unique_files} unique "
-        f"({stats.duplicates} duplicates, skipped {stats.skipped}); "
-        f"train {stats.train_files} files / {stats.train_bytes} bytes, "
-        f"held-out {stats.heldout_files} files / {stats.heldout_bytes} bytes; "
-        f"prompts: {stats.function_prompts} function, {stats.continuation_prompts} continuation"
-    )
-    for name, n in (("function", stats.function_prompts), ("continuation", stats.continuation_prompts)):
-        if n < cfg.num_prompts:
-            print(f"warning: only {n} {name} prompts (asked for {cfg.num_prompts})", file=sys.stderr)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("specdiff corpus", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,6 @@ the training statistics under the `specdiff` key of config.json, plus `trainer_s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -289,66 +288,19 @@ def _mask_token_id(target_dir: Path) -> int:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = DrafterTrainConfig()
-    p.add_argument("--target", type=Path, required=True)
-    p.add_argument("--tokens", type=Path, help="uint16 .bin of corpus tokens (prompts for regeneration)")
-    p.add_argument("--data", type=Path, required=True, help="regenerated data (.pt): created if missing")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=d.layers)
-    p.add_argument("--intermediate-size", type=int, default=None, help="drafter MLP width (default: the target's)")
-    p.add_argument("--num-features", type=int, default=d.num_features)
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--anchors", type=int, default=d.anchors_per_seq)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--steps", type=int, default=d.max_steps)
-    p.add_argument("--time-budget", type=float, default=d.time_budget_s)
-    p.add_argument("--num-sequences", type=int, default=d.regen.num_sequences)
-    p.add_argument("--prompt-len", type=int, default=d.regen.prompt_len)
-    p.add_argument("--response-len", type=int, default=d.regen.response_len)
-    p.add_argument("--regen-batch", type=int, default=d.regen.batch_size)
-    p.add_argument("--objective", choices=["dflash", "vp"], default=d.objective,
-                   help="dflash: anchor + masks; vp: D²SD's variable-prefix drafter")
-    p.add_argument("--vp-beta", type=float, default=d.vp_beta)
-    p.add_argument("--sampled-frac", type=float, default=d.regen.sampled_frac,
-                   help="share of regenerated responses sampled at T=0.8 (the rest greedy)")
-    p.add_argument("--resume", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    regen = RegenConfig(num_sequences=args.num_sequences, prompt_len=args.prompt_len,
-                        response_len=args.response_len, batch_size=args.regen_batch,
-                        sampled_frac=args.sampled_frac)
-    cfg = DrafterTrainConfig(layers=args.layers, intermediate_size=args.intermediate_size, num_features=args.num_features, block_size=args.block_size,
-                             anchors_per_seq=args.anchors, batch_size=args.batch_size, lr=args.lr,
-                             max_steps=args.steps, time_budget_s=args.time_budget, regen=regen,
-                             objective=args.objective, vp_beta=args.vp_beta)
-    device = torch.device(args.device)
-    if not (args.target / "config.json").is_file():
-        raise SpecdiffError(f"target folder not found or has no config.json: {args.target}")
-    if not args.data.is_file():
-        if args.tokens is None or not args.tokens.is_file():
-            raise SpecdiffError("no regenerated data yet: pass --tokens FILE.bin to create it")
-        t0 = time.time()
-        target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).to(device).eval()
-        ids = regenerate(target, np.memmap(args.tokens, dtype=np.uint16, mode="r"), regen, device)
-        args.data.parent.mkdir(parents=True, exist_ok=True)
-        small = ids.to(torch.int16) if target.config.vocab_size <= 32767 else ids  # 4x smaller on disk
-        torch.save({"ids": small, "prompt_len": regen.prompt_len, "config": dataclasses.asdict(regen)}, args.data)
-        print(f"regenerated {len(ids)} sequences of {ids.shape[1]} tokens in {time.time() - t0:.0f}s", flush=True)
-        del target
-    stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume)
-    print(json.dumps(stats))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("specdiff train-drafter", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def ensure_data(target: Path, tokens: Path | None, data: Path, regen: RegenConfig, device: torch.device) -> None:
+    """The regenerated data at `data`: made from the corpus `tokens` (uint16 .bin, prompts for the
+    target to answer) when the file does not exist yet."""
+    if not (target / "config.json").is_file():
+        raise SpecdiffError(f"target folder not found or has no config.json: {target}")
+    if data.is_file():
+        return
+    if tokens is None or not tokens.is_file():
+        raise SpecdiffError("no regenerated data yet: pass --tokens FILE.bin to create it")
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).to(device).eval()
+    ids = regenerate(model, np.memmap(tokens, dtype=np.uint16, mode="r"), regen, device)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    small = ids.to(torch.int16) if model.config.vocab_size <= 32767 else ids  # 4x smaller on disk
+    torch.save({"ids": small, "prompt_len": regen.prompt_len, "config": dataclasses.asdict(regen)}, data)
+    print(f"regenerated {len(ids)} sequences of {ids.shape[1]} tokens in {time.time() - t0:.0f}s", flush=True)

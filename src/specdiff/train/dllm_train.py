@@ -39,10 +39,8 @@ Output folder (`--out`): a Hugging Face folder (`config.json` with `"mask_token_
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -58,7 +56,6 @@ from transformers import Qwen3ForCausalLM
 
 from specdiff.errors import SpecdiffError
 from specdiff.train import pretrain as pt
-from specdiff.train.tokenizer import load_tokenizer
 
 CONFIG_FILE = "specdiff_dllm.json"
 LOG_FILE = pt.LOG_FILE
@@ -429,72 +426,3 @@ def _log_eval(model, data: TokenSplits, cfg: DLLMTrainConfig, rt: pt.Runtime, ou
                          "heldout_acc": round(ev.acc, 5)})
     print(f"eval step {step} | held-out loss {ev.loss:.4f} | masked CE {ev.ce:.4f} | acc {ev.acc:.4f}", flush=True)
     return ev
-
-
-# --- command line --------------------------------------------------------------------------
-
-_FLAGS = {  # flag -> DLLMTrainConfig field
-    "hidden": "hidden_size", "layers": "num_layers", "heads": "num_heads", "kv_heads": "num_kv_heads",
-    "head_dim": "head_dim", "intermediate": "intermediate_size", "max_positions": "max_position_embeddings",
-    "seq_len": "seq_len", "block_length": "block_length", "min_prompt": "min_prompt", "eps": "eps",
-    "batch_size": "batch_size", "lr": "lr", "min_lr_frac": "min_lr_frac", "warmup_steps": "warmup_steps",
-    "weight_decay": "weight_decay", "grad_clip": "grad_clip", "steps": "max_steps", "time_budget": "time_budget_s",
-    "eval_every": "eval_every", "eval_windows": "eval_windows", "heldout_frac": "heldout_frac",
-    "log_every": "log_every", "save_dtype": "save_dtype", "seed": "seed", "device": "device", "dtype": "dtype",
-}  # fmt: skip
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DLLMTrainConfig()
-    p = parser.add_argument
-    p("--tokens", type=Path, metavar="PATH", help="flat uint16 token file, or a pretrain token folder")
-    p("--corpus", type=Path, metavar="DIR", help="corpus folder (train.txt, heldout.txt), encoded with --tokenizer")
-    p("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, metavar="DIR", help="default: data/tokenizer")
-    p("--out", type=Path, required=True, metavar="DIR")
-    for flag, name in _FLAGS.items():
-        default = getattr(d, name)
-        kind = type(default) if default is not None else float
-        p(f"--{flag.replace('_', '-')}", type=kind, default=None, help=f"{name} (default {default})")
-    p("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-
-
-def config_from_args(args: argparse.Namespace) -> DLLMTrainConfig:
-    cfg = DLLMTrainConfig(compile=args.compile)
-    for flag, name in _FLAGS.items():
-        if getattr(args, flag) is not None:
-            setattr(cfg, name, getattr(args, flag))
-    if args.max_positions is None:
-        cfg.max_position_embeddings = cfg.seq_len
-    return cfg
-
-
-def _command() -> str:
-    argv = sys.argv[1:] if sys.argv[0].endswith("dllm_train.py") else sys.argv[2:]
-    return shlex.join(["specdiff", "train-dllm", *argv])
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    tokenizer = load_tokenizer(args.tokenizer)
-    if tokenizer.mask_token_id is None or tokenizer.eos_token_id is None:
-        raise SpecdiffError(f"the tokenizer at {args.tokenizer} needs a mask and an eos token")
-    cfg.vocab_size, cfg.eos_token_id, cfg.mask_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.mask_token_id
-    data = load_tokens(args.tokens, args.corpus, args.tokenizer, cfg.heldout_frac)
-    if data.vocab_size and data.vocab_size != cfg.vocab_size:
-        raise SpecdiffError(f"token files are for a vocabulary of {data.vocab_size}, the tokenizer has {cfg.vocab_size}")
-    stats = train(cfg, data, args.tokenizer, args.out, _command())
-    ev = stats["heldout"]
-    print(f"train-dllm: {stats['steps']} steps ({stats['stop_reason']}) in {stats['train_time_s']:.0f}s on "
-          f"{stats['device']}; train loss {stats['final_train_loss']:.4f}; held-out loss {ev['loss']:.4f}, "
-          f"masked acc {ev['acc']:.4f}; {stats['params_total'] / 1e6:.2f}M params, {stats['weights_mb']} MB in {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("specdiff train-dllm", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,6 @@ Face files the output directory holds `specdiff_tokenizer_config.json` (`Tokeniz
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -203,36 +202,3 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 # --- command line --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TokenizerConfig()
-    parser.add_argument(
-        "--corpus", required=True, type=Path, metavar="DIR", help="corpus directory (train.txt)"
-    )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="tokenizer output directory")
-    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
-    parser.add_argument("--min-frequency", type=int, default=defaults.min_frequency)
-    parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes, help="cap on training bytes")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = TokenizerConfig(
-        vocab_size=args.vocab_size, min_frequency=args.min_frequency, max_bytes=args.max_bytes
-    )
-    stats = train_tokenizer(cfg, args.corpus, args.out)
-    print(
-        f"tokenizer: vocab {stats.vocab_size}, trained on {stats.train_docs} docs / "
-        f"{stats.train_bytes} bytes; held-out bytes/token {stats.heldout_bytes_per_token}"
-    )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from specdiff.cli import standalone
-
-    return standalone("specdiff tokenizer", add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

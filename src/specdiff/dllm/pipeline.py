@@ -1,18 +1,16 @@
-"""`specdiff dllm generate | calibrate | bench`: decoding a dLLM folder with the baseline or
-Spiffy, calibrating Spiffy's draft graphs on held-out prompts, and the benchmark
-(`specdiff.bench.dllm`). Argument parsing sits here; the work is in the library functions.
+"""What the `specdiff dllm` commands do, as library functions: loading a dLLM folder, encoding
+prompts, decoding with the baseline or Spiffy, and calibrating Spiffy's draft graphs on held-out
+prompts (the benchmark is `specdiff.bench.dllm`).
 
 Graphs are JSON files (`DraftGraph.to_json`) keyed by the decode settings they were calibrated
-under (`graph_key`). `specdiff dllm calibrate --out DIR` writes one per budget D; `--graph` names
-one file or a folder to search, and without it `generate` and the bench look in the model's own
-`graphs/` folder, falling back to `default_graph` (the top-1 chain plus two alternatives).
+under (`graph_key`). Calibration writes one per budget D; a graph argument names one file or a
+folder to search, and without one `generate` and the bench look in the model's own `graphs/`
+folder, falling back to `default_graph` (the top-1 chain plus two alternatives).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import torch
 
 from specdiff.dllm.calibration import calibrate, counts_of, futures, search
-from specdiff.dllm.config import REMASKING, DLLMConfig
+from specdiff.dllm.config import DLLMConfig
 from specdiff.dllm.decoding import DLLMResult, generate_baseline
 from specdiff.dllm.spiffy import DraftGraph, default_graph, generate_spiffy
 from specdiff.errors import SpecdiffError
@@ -33,25 +31,17 @@ PROMPT_SETS = REPO / "data" / "prompts"
 # -- loading ------------------------------------------------------------------------------------
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path,
-                   help="dLLM folder: specdiff's own, LLaDA, Dream or SDAR (default: the bundled models/dllm)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="float32 (default) keeps Spiffy's rows bit-comparable with the baseline's")
-
-
-def load_model(args: argparse.Namespace):
-    """The dLLM folder of --model (or the bundled one) on --device in --dtype -> adapters.DLLMBundle."""
+def load_model(model: Path | None, device: str = "cpu", dtype: str = "float32"):
+    """The dLLM folder `model` (None: the bundled one) on `device` in `dtype` -> adapters.DLLMBundle."""
     from specdiff.dllm.adapters import load_dllm
     from specdiff.models.bundled import default_path
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise SpecdiffError("--device cuda was asked for, but no CUDA device is available")
-    folder = args.model if args.model is not None else default_path("dllm")
-    if args.model is None and not (folder / "config.json").is_file():
+    folder = Path(model) if model is not None else default_path("dllm")
+    if model is None and not (folder / "config.json").is_file():
         raise SpecdiffError(f"no bundled dLLM at {folder}; pass --model DIR (train one with `specdiff train-dllm`)")
-    loaded = load_dllm(folder, args.device, DTYPES[args.dtype])
+    loaded = load_dllm(folder, device, DTYPES[dtype])
     if loaded.tokenizer is None:
         raise SpecdiffError(f"{folder} has no tokenizer (tokenizer.json or tokenizer_config.json): cannot encode prompts")
     return loaded
@@ -126,31 +116,7 @@ def read_prompts(files: list[Path], offset: int, num: int) -> list[tuple[str, st
     return out
 
 
-# -- decode settings ----------------------------------------------------------------------------
-
-
-def add_decode_args(p: argparse.ArgumentParser) -> None:
-    d = DLLMConfig()
-    p.add_argument("--gen-length", type=int, default=d.gen_length)
-    p.add_argument("--block-length", type=int, default=d.block_length)
-    p.add_argument("--steps", type=int, help="fixed schedules: total steps (default gen-length: one token per step)")
-    p.add_argument("--remasking", default=d.remasking, choices=REMASKING)
-    p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax; else finite and >= 1e-30")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
-                   help="none: block-causal attention (exact; how specdiff's dLLM and SDAR are trained); "
-                        "dual: full bidirectional with Fast-dLLM's dual cache (not SDAR); "
-                        "auto (default): dual for LLaDA and Dream, none otherwise")
-
-
-def decode_config(args: argparse.Namespace, mask_id: int, **override) -> DLLMConfig:
-    settings = dict(gen_length=args.gen_length, block_length=args.block_length,
-                    steps=args.steps if args.steps is not None else args.gen_length, remasking=args.remasking,
-                    threshold=args.threshold, temperature=args.temperature, seed=args.seed, mask_id=mask_id)
-    cfg = DLLMConfig(**{**settings, **override})
-    cfg.validate()
-    return cfg
+# -- decoding ------------------------------------------------------------------------------------
 
 
 def decode(loaded, prompt_ids: torch.Tensor, cfg: DLLMConfig, graph: DraftGraph | None, cache: str,
@@ -225,42 +191,6 @@ def resolve_graph(graph_arg: Path | None, loaded, cfg: DLLMConfig, cache: str, b
     return fallback_graph(cfg, budget), "default_graph"
 
 
-# -- generate -----------------------------------------------------------------------------------
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from specdiff.cli import read_prompt
-
-    if args.budget < 1:
-        raise SpecdiffError(f"--budget must be >= 1, got {args.budget}")
-    text = read_prompt(args)
-    loaded = load_model(args)
-    args.cache = resolve_cache(args.cache, loaded)
-    cfg = decode_config(args, loaded.mask_id)
-    ids = encode_prompt(loaded, text, cfg)
-    graph, source = (None, None)
-    if args.method == "spiffy":
-        graph, source = resolve_graph(args.graph, loaded, cfg, args.cache, args.budget)
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    result = decode(loaded, ids, cfg, graph, args.cache)
-    sync()
-    seconds = time.perf_counter() - t0
-    answer = answer_text(loaded, result.token_ids)
-    settings = dict(cfg.to_dict(), method=args.method, cache=args.cache, budget=args.budget, graph=source,
-                    model=str(loaded.path), kind=loaded.kind, device=args.device, dtype=args.dtype,
-                    prompt_tokens=len(ids))
-    if args.json:
-        print(json.dumps(dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
-                              accepted=result.accepted, seconds=round(seconds, 4), settings=settings)))
-    else:
-        print(text + answer)
-        print(f"[{args.method}] {cfg.gen_length} tokens, {result.steps} steps in {result.nfe} forwards "
-              f"({result.accepted} accepted), {seconds:.2f}s", file=sys.stderr)
-    return 0
-
-
 # -- calibrate ----------------------------------------------------------------------------------
 
 
@@ -312,60 +242,3 @@ def write_graphs(out: Path, calib: Calibration, key_of) -> list[Path]:
                                                               method=calib.method)) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    budgets = parse_budgets(args.budgets)
-    loaded = load_model(args)
-    args.cache = resolve_cache(args.cache, loaded)
-    cfg = decode_config(args, loaded.mask_id)
-    prompts = read_prompts(args.prompts or [PROMPT_SETS / "function_completion.jsonl"], args.offset, args.num_prompts)
-    ids = [encode_prompt(loaded, text, cfg, truncate=True) for _, text in prompts]
-    calib = calibrate_graphs(loaded, ids, cfg, args.cache, budgets, args.search)
-    paths = write_graphs(args.out, calib, lambda d: graph_key(loaded.path.name, cfg, args.cache, d))
-    print(f"calibrated on {calib.prompts} prompts ({calib.steps} steps, {calib.formulas} formulas) in "
-          f"{calib.seconds:.1f}s", file=sys.stderr)
-    for path in paths:
-        print(path)
-    return 0
-
-
-# -- the `specdiff dllm` command ----------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from specdiff.bench import dllm as bench
-
-    sub = parser.add_subparsers(dest="dllm_command", required=True, parser_class=type(parser))
-    g = sub.add_parser("generate", help="one answer with the baseline or Spiffy")
-    add_model_args(g)
-    add_decode_args(g)
-    g.add_argument("--prompt")
-    g.add_argument("--prompt-file")
-    g.add_argument("--method", default="spiffy", choices=["baseline", "spiffy"])
-    g.add_argument("--budget", type=int, default=5, help="spiffy: draft blocks per forward (D)")
-    g.add_argument("--graph", type=Path, help="graph JSON or folder (default: the model's graphs/, else default_graph)")
-    g.add_argument("--json", action="store_true", help="print one JSON object")
-    g.set_defaults(dllm_func=cmd_generate)
-
-    c = sub.add_parser("calibrate", help="draft graphs from baseline traces on held-out prompts")
-    add_model_args(c)
-    add_decode_args(c)
-    c.add_argument("--prompts", type=Path, action="append",
-                   help="JSONL prompt set, repeatable (default data/prompts/function_completion.jsonl)")
-    c.add_argument("--offset", type=int, default=128, help="first prompt of each set (the bench uses 0..)")
-    c.add_argument("--num-prompts", type=int, default=24, help="prompts per set")
-    c.add_argument("--budgets", default="3,5,8,10")
-    c.add_argument("--search", default="degree1", choices=["degree1", "replay"],
-                   help="degree1: the paper's degree-1 accumulation; replay: add the node that lowers the NFE "
-                        "replayed on the traces most")
-    c.add_argument("--out", type=Path, required=True, help="folder for the graph JSONs")
-    c.set_defaults(dllm_func=cmd_calibrate)
-
-    b = sub.add_parser("bench", help="baseline vs Spiffy: NFE, tokens/s, exactness")
-    bench.add_arguments(b)
-    b.set_defaults(dllm_func=bench.run)
-
-
-def run(args: argparse.Namespace) -> int:
-    return args.dllm_func(args)

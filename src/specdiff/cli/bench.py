@@ -1,0 +1,143 @@
+"""`specdiff bench`, `profile`, `versus`, `bound` and `round-costs`: measuring methods and the
+tables read off a bench's results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from specdiff.cli.common import add_model_args, load_models, load_vp_drafter, split_list
+from specdiff.errors import SpecdiffError
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--methods", default="ar,dflash,ddtree")
+    p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
+    p.add_argument("--limit", type=int, default=32)
+    p.add_argument("--temperature", default="0", help="comma-separated temperatures")
+    p.add_argument("--budgets", default="16,64,256")
+    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0,
+                   help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
+    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
+    p.add_argument("--caddtree-horizon", default="round",
+                   help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
+                        "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
+    p.add_argument("--out", type=Path, required=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from specdiff.bench.harness import BenchConfig, report, run_bench
+    from specdiff.config import METHODS, check_temperature
+    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP
+
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            raise SpecdiffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    temps = split_list(args.temperature, float, "--temperature")
+    budgets = split_list(args.budgets, int, "--budgets")
+    for t in temps:
+        check_temperature(t)
+    if any(b < 1 for b in budgets):
+        raise SpecdiffError("budgets must be >= 1")
+    horizons = list(dict.fromkeys(h for h in args.caddtree_horizon.split(",") if h))
+    if not horizons or any(h not in ("decode", "round") for h in horizons):
+        raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
+    model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
+    vp_drafter = load_vp_drafter(args) if any(m in NEEDS_VP for m in methods) else None  # D²SD's second drafter
+    cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
+                      limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
+                      profile=args.profile, engine=args.engine, tree_search=args.tree_search,
+                      caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
+                      drafter=str(args.drafter or "bundled"), branches=args.branches,
+                      vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
+    result = run_bench(cfg, model, tokenizer, drafter, args.out, vp_drafter=vp_drafter)
+    print(report(result))
+    return 1 if result["mismatches"] else 0
+
+
+def add_profile_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
+    p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
+                                    "node buckets up to 512, since a tree costs its bucket)")
+    p.add_argument("--measure", default=None, choices=["steps", "rounds"],
+                   help="steps: the drafter and target steps apart, each at its fastest; rounds: whole decode "
+                        "rounds per tree size (default: rounds on the graph engine, steps otherwise)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 8 decodes "
+                                                          "per size for rounds)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from specdiff.bench.profile import build_profile
+
+    contexts = split_list(args.contexts, int, "--contexts")
+    nodes = split_list(args.nodes, int, "--nodes") if args.nodes else None
+    if not contexts:
+        raise SpecdiffError("--contexts must name at least one context length")
+    model, tokenizer, drafter = load_models(args, need_drafter=True)
+    path = build_profile(model, tokenizer, drafter, contexts, nodes, args.engine, args.dtype, args.measure, args.reps,
+                         args.warmup, str(args.target or "bundled"), str(args.drafter or "bundled"), args.out)
+    print(f"profile saved: {path}")
+    return 0
+
+
+def add_versus_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
+    p.add_argument("--method", default="caddtree", help="the run set against the best fixed budget (default: caddtree)")
+
+
+def cmd_versus(args: argparse.Namespace) -> int:
+    from specdiff.bench.harness import load_results
+    from specdiff.bench.versus import versus_best_fixed, versus_table
+
+    rows = versus_best_fixed(load_results(args.results), args.method)
+    if not rows:
+        raise SpecdiffError(f"no {args.method} run beside a ddtree@B run in {args.results}")
+    print("\n".join(versus_table(rows, args.method)))
+    return 0
+
+
+def add_bound_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
+    p.add_argument("profile", type=Path, help="a steps profile (`specdiff profile --measure steps`)")
+    p.add_argument("--context", type=int, default=512, help="context length at which C_v is read")
+
+
+def cmd_bound(args: argparse.Namespace) -> int:
+    from specdiff.bench.bound import bound_table, markdown
+    from specdiff.bench.harness import load_results
+    from specdiff.trees.cost_model import CostProfile
+
+    result = load_results(args.results)
+    profile = CostProfile.load(args.profile)
+    if profile.measure != "steps":
+        raise SpecdiffError(f"{args.profile} times whole rounds, which hold the overhead this bound measures; "
+                            "make a steps profile (`specdiff profile --measure steps`)")
+    print(markdown(bound_table(result, profile, args.context)), end="")
+    return 0
+
+
+def add_round_costs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
+    p.add_argument("profile", type=Path, help="the cost profile the rounds are priced with")
+
+
+def cmd_round_costs(args: argparse.Namespace) -> int:
+    from specdiff.bench.harness import load_results
+    from specdiff.bench.round_costs import round_cost_table
+    from specdiff.trees.cost_model import CostProfile
+
+    rows = round_cost_table(load_results(args.results), CostProfile.load(args.profile))
+    print("| prompt set | T | method | bucket | rounds | measured ms | profile ms | measured / profile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['bucket']} | {r['rounds']} | "
+              f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['ratio']:.2f} |")
+    return 0

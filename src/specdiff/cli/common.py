@@ -1,0 +1,105 @@
+"""What every subcommand shares: the parser that turns argparse's errors into one line, the model
+and decode flags, and the one place a `SpecdiffError` becomes `specdiff: error: ...` and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from specdiff.config import METHODS
+from specdiff.errors import SpecdiffError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would add the usage block)
+        raise SpecdiffError(f"{self.prog}: {message}")
+
+
+def run_guarded(func: Callable[[], int | None]) -> int:
+    """Run a command: bad input (`SpecdiffError`) is one line on stderr and exit status 2."""
+    try:
+        return int(func() or 0)
+    except SpecdiffError as e:
+        print(f"specdiff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def split_list(text: str, kind, flag: str) -> list:
+    """A comma-separated flag value -> [kind(item)], or one line naming the flag."""
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError as e:
+        raise SpecdiffError(f"bad {flag} list {text!r}: {e}") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help="target model folder (default: the bundled target)")
+    p.add_argument("--drafter", help="DFlash drafter folder (default: the bundled drafter)")
+    p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--engine", default="hf", choices=["hf", "static", "graph"],
+                   help="forwards: the model's own (hf), the static-cache path (static), or that path "
+                        "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
+    p.add_argument("--tree-search", default="host", choices=["host", "device"],
+                   help="ddtree/caddtree with --engine graph: best-first search on the host (C) or on the "
+                        "device inside the drafter's graph (Triton)")
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="ddtree", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--budget", type=int, default=64, help="ddtree, d2sd-hybrid: draft nodes per round")
+    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else finite and >= 1e-30")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="keys the sampling noise (64 bits)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
+    p.add_argument("--caddtree-horizon", default="round", choices=["round", "decode"],
+                   help="caddtree: size each round for its own tokens per ms (round, the default) or for the "
+                        "decode's (decode)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
+
+
+def decode_config(args: argparse.Namespace):
+    from specdiff.config import DecodeConfig, SamplingConfig
+
+    cfg = DecodeConfig(
+        method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
+        stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
+        caddtree_horizon=args.caddtree_horizon,
+        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
+    )
+    cfg.validate()
+    return cfg
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise SpecdiffError("give either --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise SpecdiffError(f"prompt file not found: {path}")
+        return path.read_text()
+    if args.prompt is None:
+        raise SpecdiffError("no prompt: pass --prompt TEXT or --prompt-file FILE")
+    return args.prompt
+
+
+def load_models(args: argparse.Namespace, need_drafter: bool):
+    """The model flags -> (HF model, tokenizer, drafter or None)."""
+    from specdiff.loading import load_models as load
+
+    return load(args.target, args.drafter, args.device, args.dtype, need_drafter)
+
+
+def load_vp_drafter(args: argparse.Namespace):
+    from specdiff.loading import load_drafter_folder
+
+    return load_drafter_folder(args.vp_drafter, args.device, args.dtype, kind="vp")
