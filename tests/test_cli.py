@@ -1,12 +1,15 @@
 """`specdiff generate` honours its contract: JSON fields, and exit 2 with one line on bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from specdiff.cli import main
 from specdiff.drafters.dflash import save_drafter
@@ -81,8 +84,6 @@ def bad_cases(demo, tmp_path):
         (corrupt / f).write_text(open(f"{drafter}/{f}").read())
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     truncated = tmp_path / "truncated_target"
-    import shutil
-
     shutil.copytree(target, truncated)
     weights = next(truncated.glob("*.safetensors"))
     state = load_file(str(weights))
@@ -90,36 +91,92 @@ def bad_cases(demo, tmp_path):
     save_file(state, str(weights))
     weights.write_bytes(weights.read_bytes()[:100])
     base = ["generate", "--target", target, "--drafter", drafter, "--prompt", "x = 1\n"]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    prompt_files = {"empty": "", "list row": "[1, 2]\n", "no prompt": '{"id": "a"}\n', "not json": "{oops\n"}
+    for name, text in prompt_files.items():
+        (tmp_path / f"{name}.jsonl").write_text(text)
+    (tmp_path / "latin1.jsonl").write_bytes('{"id": "a", "prompt": "caf\xe9"}\n'.encode("latin-1"))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "a", "prompt": "x = 1"}\n')
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    bench = ["bench", "--target", target, "--drafter", drafter, "--methods", "ar", "--out", str(tmp_path / "b")]
+    corrupt_results = tmp_path / "corrupt_results"
+    corrupt_results.mkdir()
+    (corrupt_results / "results.json").write_text('{"runs": [')
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=512, n_positions=64)).save_pretrained(gpt2)
+    for f in Path(target).glob("tokenizer*"):
+        shutil.copy(f, gpt2)
     return {
+        "non-UTF-8 prompt file": base[:5] + ["--prompt-file", str(latin1)],
+        **{f"bench prompts file: {name}": bench + ["--prompts", str(tmp_path / f"{name}.jsonl")]
+           for name in [*prompt_files, "latin1"]},
+        "bench --limit 0": bench + ["--prompts", str(good), "--limit", "0"],
+        "bench --out is a file": bench[:-1] + [str(a_file), "--prompts", str(good)],
+        "profile --out is a folder": ["profile", "--target", target, "--drafter", drafter, "--out", str(tmp_path)],
+        "corrupt results for plot": ["plot", str(corrupt_results)],
+        "corrupt results for versus": ["versus", str(corrupt_results)],
+        "training on a device that does not exist": ["pretrain", "--corpus", str(tmp_path), "--out",
+                                                     str(tmp_path / "pt"), "--device", "bogus"],
+        "a GPT-2 target": ["generate", "--target", str(gpt2), "--method", "ar", "--prompt", "x"],
         "unknown method": base + ["--method", "nope"],
         "missing target folder": ["generate", "--target", str(tmp_path / "missing"), "--prompt", "x"],
-        "missing drafter folder": base[:4] + ["--drafter", str(tmp_path / "gone"), "--prompt", "x"],
-        "drafter does not fit": base[:4] + ["--drafter", str(other), "--prompt", "x"],
+        "missing drafter folder": base[:3] + ["--drafter", str(tmp_path / "gone"), "--prompt", "x"],
+        "drafter does not fit": base[:3] + ["--drafter", str(other), "--prompt", "x"],
         "vp drafter does not fit the target": base + ["--method", "d2sd", "--vp-drafter", str(other)],
         "vp drafter does not fit the drafter": base + ["--method", "d2sd-hybrid", "--vp-drafter", str(other_taps)],
         "zero branches": base + ["--method", "d2sd", "--branches", "0"],
-        "corrupt drafter": base[:4] + ["--drafter", str(corrupt), "--prompt", "x"],
+        "corrupt drafter": base[:3] + ["--drafter", str(corrupt), "--prompt", "x"],
         "corrupt target": ["generate", "--target", str(truncated), "--drafter", drafter, "--prompt", "x"],
-        "over-long prompt": base[:6] + ["--prompt", "x = 1\n" * 400, "--max-new-tokens", "900"],
+        "over-long prompt": base[:5] + ["--prompt", "x = 1\n" * 400, "--max-new-tokens", "900"],
         "negative temperature": base + ["--temperature", "-0.5"],
         "infinite temperature": base + ["--temperature", "inf"],
         "NaN temperature": base + ["--temperature", "nan"],
         "temperature that overflows float32": base + ["--temperature", "1e-45"],
         "bench temperature list with inf": ["bench", "--target", target, "--drafter", drafter, "--temperature", "0,inf",
-                                            "--out", str(tmp_path / "b")],
+                                            "--prompts", str(good), "--out", str(tmp_path / "b")],
         "bad top-p": base + ["--top-p", "0"],
         "zero budget": base + ["--budget", "0"],
-        "missing prompt file": base[:6] + ["--prompt-file", str(tmp_path / "nope.txt")],
-        "no prompt": base[:6],
+        "missing prompt file": base[:5] + ["--prompt-file", str(tmp_path / "nope.txt")],
+        "no prompt": base[:5],
         "unknown option": base + ["--frobnicate"],
         "unknown caddtree horizon": ["bench", "--target", target, "--drafter", drafter, "--methods", "caddtree",
-                                     "--caddtree-horizon", "round,forever", "--out", str(tmp_path / "b")],
+                                     "--caddtree-horizon", "round,forever", "--prompts", str(good),
+                                     "--out", str(tmp_path / "b")],
     }
 
 
+# what each case's one line must name (the case fails for its own reason, not an earlier one)
+EXPECTED = {
+    "non-UTF-8 prompt file": "is not UTF-8 text", "bench prompts file: empty": "no prompts",
+    "bench prompts file: list row": "not a JSON object", "bench prompts file: no prompt": "not a JSON object",
+    "bench prompts file: not json": "not JSON", "bench prompts file: latin1": "is not UTF-8 text",
+    "bench --limit 0": "--limit must be >= 1", "bench --out is a file": "is a file, not a folder",
+    "profile --out is a folder": "is a folder, not a file", "corrupt results for plot": "is not a bench's results",
+    "corrupt results for versus": "is not a bench's results",
+    "training on a device that does not exist": "is not a device", "a GPT-2 target": "GPT2LMHeadModel is not supported",
+    "unknown method": "unknown method", "missing target folder": "target folder not found",
+    "missing drafter folder": "drafter folder not found", "drafter does not fit": "does not match the target",
+    "vp drafter does not fit the target": "does not match the target", "vp drafter does not fit the drafter": "taps",
+    "zero branches": "--branches", "corrupt drafter": "corrupt drafter", "corrupt target": "cannot load target",
+    "over-long prompt": "exceeds the target's context", "negative temperature": "--temperature must be",
+    "infinite temperature": "--temperature must be", "NaN temperature": "--temperature must be",
+    "temperature that overflows float32": "--temperature must be",
+    "bench temperature list with inf": "--temperature must be", "bad top-p": "--top-p", "zero budget": "--budget",
+    "missing prompt file": "prompt file not found", "no prompt": "no prompt", "unknown option": "--frobnicate",
+    "unknown caddtree horizon": "--caddtree-horizon",
+}
+
+
 def test_bad_input_exits_2_with_one_line(capsys, demo, tmp_path):
-    for name, argv in bad_cases(demo, tmp_path).items():
+    cases = bad_cases(demo, tmp_path)
+    capsys.readouterr()
+    assert set(cases) == set(EXPECTED)
+    for name, argv in cases.items():
         code, out, err = run_cli(capsys, *argv)
+        assert EXPECTED[name] in err, f"{name}: {err!r}"
         assert code == 2, f"{name}: exit {code}, stderr {err!r}"
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("specdiff: error:"), f"{name}: {err!r}"
@@ -261,3 +318,40 @@ def test_bound_reads_a_steps_profile_and_refuses_a_whole_round_one(capsys, tmp_p
     assert main(["bound", str(tmp_path / "results.json"), str(tmp_path / "rounds.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--measure steps" in err
+
+
+def test_an_interrupted_bench_keeps_every_finished_run(capsys, demo, tmp_path, monkeypatch):
+    """Ctrl-C during a bench (KeyboardInterrupt) exits 130 and leaves results.json with the runs
+    that finished, marked incomplete."""
+    from specdiff.decode import SpeculativeDecoder
+
+    target, drafter = demo
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"x = {i}\n"}) + "\n" for i in range(3)))
+    generate, calls = SpeculativeDecoder.generate, []
+
+    def interrupted(self, ids):
+        calls.append(1)
+        if len(calls) == 2 + 5:  # 2 warm-up decodes (1 per method), then 4 timed runs finish
+            raise KeyboardInterrupt
+        return generate(self, ids)
+
+    monkeypatch.setattr(SpeculativeDecoder, "generate", interrupted)
+    out = tmp_path / "bench"
+    code, _, err = run_cli(capsys, "bench", "--target", target, "--drafter", drafter, "--engine", "static",
+                           "--methods", "ar,dflash", "--prompts", str(prompts), "--max-new-tokens", "6",
+                           "--warmup", "1", "--out", str(out))
+    assert code == 130 and "4 finished runs saved" in err
+    result = json.loads((out / "results.json").read_text())
+    assert result["complete"] is False and len(result["runs"]) == 4
+    assert "Interrupted" in (out / "report.md").read_text()
+
+
+def test_a_normal_run_prints_only_its_own_lines(demo):
+    """No library warning (transformers' deprecations, say) reaches a user's stderr."""
+    target, drafter = demo
+    proc = subprocess.run([sys.executable, "-m", "specdiff", "generate", "--target", target, "--drafter", drafter,
+                           "--method", "ddtree", "--prompt", "x = 1", "--max-new-tokens", "6", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert json.loads(proc.stdout)["num_new_tokens"] > 0

@@ -110,6 +110,11 @@ def _broken_copy(model_dir: Path, tmp_path: Path, how: str) -> Path:
     ("no_prompt", "no prompt"),
     ("budget", "--budget must be >= 1"),
     ("graph", "graph file or folder not found"),
+    ("latin1_prompt", "is not UTF-8 text"),
+    ("bench_zero_prompts", "--num-prompts must be >= 1"),
+    ("calibrate_zero_prompts", "--num-prompts must be >= 1"),
+    ("bench_out_is_a_file", "is a file, not a folder"),
+    ("calibrate_out_is_a_file", "is a file, not a folder"),
 ])
 def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, case, message):
     model = {"missing": tmp_path / "nowhere", "no_mask": None, "corrupt": None}.get(case, model_dir)
@@ -123,6 +128,16 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, case, message
     if case == "no_prompt":
         argv.remove("--prompt")
         argv.remove("def f():")
+    if case == "latin1_prompt":
+        latin1 = tmp_path / "p.txt"
+        latin1.write_bytes("def caf\xe9():".encode("latin-1"))
+        argv = ["generate", "--model", model, "--prompt-file", latin1, *SHORT]
+    if case.startswith(("bench", "calibrate")):
+        a_file = tmp_path / "a_file"
+        a_file.write_text("")
+        out = a_file if case.endswith("file") else tmp_path / "out"
+        argv = [case.split("_")[0], "--model", model, *SHORT, "--out", out]
+        extra = ["--num-prompts", "0"] if "zero" in case else []
     code, _, err = run_cli(capsys, *argv, *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 

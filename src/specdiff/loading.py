@@ -1,9 +1,11 @@
 """Folders into models: the target (any local `AutoModelForCausalLM` folder), the DFlash and VP
-drafters, the bundled defaults when no folder is given, and what a decode reads off them
-(end-of-text ids, prompt encoding). The one place every command loads models through."""
+drafters, the bundled defaults when no folder is given, what a decode reads off them (end-of-text
+ids, prompt encoding), and prompt files. The one place every command loads models and prompts
+through."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from specdiff.errors import SpecdiffError
@@ -64,3 +66,36 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file, or one line saying why it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecdiffError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecdiffError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SpecdiffError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_prompt_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(id, prompt) of every row of a JSONL prompt file: one JSON object per line with a string
+    `prompt` and an optional `id` (default: the file's stem and the row's index)."""
+    path = Path(path)
+    rows = []
+    for i, line in enumerate(read_text(path, "prompt file").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecdiffError(f"{path}:{i + 1}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise SpecdiffError(f"{path}:{i + 1}: not a JSON object with a string \"prompt\" field")
+        rows.append((str(row.get("id", f"{path.stem}-{len(rows)}")), row["prompt"]))
+    if not rows:
+        raise SpecdiffError(f"{path}: no prompts (expected JSONL rows with a \"prompt\" field)")
+    return rows

@@ -90,17 +90,10 @@ def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
 
 
 def read_prompt_file(path: Path, limit: int) -> list[dict]:
-    if not path.is_file():
-        raise SpecdiffError(f"prompt file not found: {path}")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                rows.append({"id": str(row["id"]), "prompt": str(row["prompt"])})
-            except (json.JSONDecodeError, KeyError) as e:
-                raise SpecdiffError(f"{path}:{i + 1}: not a {{\"id\", \"prompt\"}} JSON row ({e})") from None
-    return rows[:limit]
+    """The first `limit` rows of a JSONL prompt file as {"id", "prompt"} (`loading.read_prompt_rows`)."""
+    from specdiff.loading import read_prompt_rows
+
+    return [{"id": pid, "prompt": text} for pid, text in read_prompt_rows(path)[:limit]]
 
 
 def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True, vp_drafter=None) -> dict:
@@ -109,66 +102,80 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
 
     target = make_target(model, cfg.engine)
     eos = eos_ids(model, tokenizer)
+    # every prompt file is read (and refused, if bad) before the first decode
+    sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]
     runs: list[Run] = []
     mismatches = 0
     total = len(cfg.prompt_files) * len(cfg.temperatures)
     done = 0
-    for pfile in cfg.prompt_files:
-        set_name = Path(pfile).stem
-        prompts = read_prompt_file(Path(pfile), cfg.limit)
-        encoded = [(p["id"], list(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])) for p in prompts]
-        longest = max(len(ids) for _, ids in encoded)
-        for temp in cfg.temperatures:
-            decoders = []
-            for label, method, budget in variants(cfg):
-                dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens, profile=cfg.profile,
-                                  engine=cfg.engine, tree_search=cfg.tree_search, branches=cfg.branches,
-                                  caddtree_horizon=label.partition("/")[2] or cfg.caddtree_horizons[0],
-                                  sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
-                decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
-                decoder.prepare(longest)  # no allocation or graph capture while timed
-                for _, ids in encoded[: cfg.warmup]:
-                    decoder.generate(ids)
-                decoders.append((label, method, decoder))
-            t0 = time.time()
-            ar_tokens: dict[str, list[int]] = {}
-            for i, (pid, ids) in enumerate(encoded):
-                # ar first (its tokens are the reference), then the others in an order rotated per
-                # prompt: a slow drift of the machine (clocks, other load) lands on every method alike
-                others = decoders[1:]
-                k = i % max(1, len(others))
-                seed = derive_seed(cfg.seed, set_name, pid)
-                for label, method, decoder in decoders[:1] + others[k:] + others[:k]:
-                    decoder.cfg.sampling.seed = seed
-                    r = decoder.generate(ids)
-                    if method == "ar":
-                        ar_tokens[pid], match = r.token_ids, None
-                    else:
-                        match = r.token_ids == ar_tokens[pid]
-                        if not match:
-                            mismatches += 1
-                            print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar", file=sys.stderr)
-                    overhead = getattr(decoder.proposer, "overhead", None)
-                    runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
-                                    r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, match,
-                                    sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
-                                    overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
-                                    [round(ms, 4) for ms in r.round_ms], seed))
-            done += 1
-            if progress:
-                print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts in "
-                      f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
-    summary = summarize(runs)
-    result = {
-        "config": dataclasses.asdict(cfg),
-        "environment": environment(cfg.device),
-        "mismatches": mismatches,
-        "summary": summary,
-        "runs": [dataclasses.asdict(r) for r in runs],
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "report.md").write_text(report(result))
+
+    def result_so_far(complete: bool) -> dict:
+        return {
+            "config": dataclasses.asdict(cfg),
+            "environment": environment(cfg.device),
+            "complete": complete,
+            "mismatches": mismatches,
+            "summary": summarize(runs),
+            "runs": [dataclasses.asdict(r) for r in runs],
+        }
+
+    def save(result: dict) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+        (out_dir / "report.md").write_text(report(result))
+
+    try:
+        for set_name, prompts in sets:
+            encoded = [(p["id"], list(tokenizer(p["prompt"], add_special_tokens=False)["input_ids"])) for p in prompts]
+            longest = max(len(ids) for _, ids in encoded)
+            for temp in cfg.temperatures:
+                decoders = []
+                for label, method, budget in variants(cfg):
+                    dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens,
+                                      profile=cfg.profile, engine=cfg.engine, tree_search=cfg.tree_search,
+                                      branches=cfg.branches,
+                                      caddtree_horizon=label.partition("/")[2] or cfg.caddtree_horizons[0],
+                                      sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
+                    decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
+                    decoder.prepare(longest)  # no allocation or graph capture while timed
+                    for _, ids in encoded[: cfg.warmup]:
+                        decoder.generate(ids)
+                    decoders.append((label, method, decoder))
+                t0 = time.time()
+                ar_tokens: dict[str, list[int]] = {}
+                for i, (pid, ids) in enumerate(encoded):
+                    # ar first (its tokens are the reference), then the others in an order rotated per
+                    # prompt: a slow drift of the machine (clocks, other load) lands on every method alike
+                    others = decoders[1:]
+                    k = i % max(1, len(others))
+                    seed = derive_seed(cfg.seed, set_name, pid)
+                    for label, method, decoder in decoders[:1] + others[k:] + others[:k]:
+                        decoder.cfg.sampling.seed = seed
+                        r = decoder.generate(ids)
+                        if method == "ar":
+                            ar_tokens[pid], match = r.token_ids, None
+                        else:
+                            match = r.token_ids == ar_tokens[pid]
+                            if not match:
+                                mismatches += 1
+                                print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar",
+                                      file=sys.stderr)
+                        overhead = getattr(decoder.proposer, "overhead", None)
+                        runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
+                                        r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths,
+                                        match, sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
+                                        overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
+                                        [round(ms, 4) for ms in r.round_ms], seed))
+                done += 1
+                if progress:
+                    print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts "
+                          f"in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # keep every finished run
+        save(result_so_far(complete=False))
+        print(f"interrupted: {len(runs)} finished runs saved in {out_dir}", file=sys.stderr)
+        raise
+    result = result_so_far(complete=True)
+    save(result)
     try:
         from specdiff.bench.plots import plot_results
 
@@ -188,8 +195,14 @@ def load_results(path: Path) -> dict:
         path = path / "results.json" if (path / "results.json").is_file() else path / "results.json.gz"
     if not path.is_file():
         raise SpecdiffError(f"no bench results at {path}")
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return json.loads(raw)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        result = json.loads(raw)
+    except (OSError, EOFError, ValueError) as e:  # gzip, UTF-8 and JSON errors
+        raise SpecdiffError(f"{path} is not a bench's results ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("runs", []), list):
+        raise SpecdiffError(f"{path} is not a bench's results (no runs)")
+    return result
 
 
 def summarize(runs: list[Run]) -> list[dict]:
@@ -236,6 +249,7 @@ def report(result: dict) -> str:
         f"{cfg['dtype']}, engine {cfg.get('engine', 'hf')}, torch {env['torch']}, transformers {env['transformers']}; "
         f"{cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
+        *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
         "| prompt set | T | method | tau | nodes/round | ms/token | speed-up vs ar |",
         "|---|---|---|---|---|---|---|",
     ]

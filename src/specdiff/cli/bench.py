@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specdiff.cli.common import add_model_args, load_models, load_vp_drafter, split_list
+from specdiff.cli.common import (
+    add_model_args, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
+)
 from specdiff.errors import SpecdiffError
 
 
@@ -47,6 +49,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     horizons = list(dict.fromkeys(h for h in args.caddtree_horizon.split(",") if h))
     if not horizons or any(h not in ("decode", "round") for h in horizons):
         raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
+    check_positive(args.limit, "--limit")
+    check_out_dir(args.out)
     model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
     vp_drafter = load_vp_drafter(args) if any(m in NEEDS_VP for m in methods) else None  # D²SD's second drafter
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
@@ -81,6 +85,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     nodes = split_list(args.nodes, int, "--nodes") if args.nodes else None
     if not contexts:
         raise SpecdiffError("--contexts must name at least one context length")
+    if args.out is not None:
+        check_out_file(args.out)
     model, tokenizer, drafter = load_models(args, need_drafter=True)
     path = build_profile(model, tokenizer, drafter, contexts, nodes, args.engine, args.dtype, args.measure, args.reps,
                          args.warmup, str(args.target or "bundled"), str(args.drafter or "bundled"), args.out)

@@ -4,6 +4,7 @@ and decode flags, and the one place a `SpecdiffError` becomes `specdiff: error: 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,47 @@ def split_list(text: str, kind, flag: str) -> list:
         return [kind(item) for item in text.split(",") if item.strip()]
     except ValueError as e:
         raise SpecdiffError(f"bad {flag} list {text!r}: {e}") from None
+
+
+def check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise SpecdiffError(f"{flag} must be >= 1, got {value}")
+
+
+def check_torch_device(name: str | None, flag: str = "--device") -> None:
+    """A torch device name (cpu, cuda, cuda:1, ...) that exists here; None: the command's default."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SpecdiffError(f"{flag} {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecdiffError(f"{flag} {name} was asked for, but no CUDA device is available")
+
+
+def check_out_dir(path: Path, flag: str = "--out") -> Path:
+    """The folder a command writes into, made before the work starts (a run that cannot save its
+    results fails at once, not after it ran)."""
+    if path.exists() and not path.is_dir():
+        raise SpecdiffError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecdiffError(f"cannot create the {flag} folder {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise SpecdiffError(f"the {flag} folder {path} is not writable")
+    return path
+
+
+def check_out_file(path: Path, flag: str = "--out") -> Path:
+    """A file a command will write: not a folder, and its folder exists and is writable."""
+    if path.is_dir():
+        raise SpecdiffError(f"{flag} {path} is a folder, not a file")
+    check_out_dir(path.parent, f"{flag}'s")
+    return path
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -83,10 +125,9 @@ def read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise SpecdiffError("give either --prompt or --prompt-file, not both")
     if args.prompt_file is not None:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise SpecdiffError(f"prompt file not found: {path}")
-        return path.read_text()
+        from specdiff.loading import read_text
+
+        return read_text(args.prompt_file, "prompt file")
     if args.prompt is None:
         raise SpecdiffError("no prompt: pass --prompt TEXT or --prompt-file FILE")
     return args.prompt

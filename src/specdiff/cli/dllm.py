@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from specdiff.cli.common import read_prompt
+from specdiff.cli.common import check_out_dir, check_positive, read_prompt
 from specdiff.errors import SpecdiffError
 
 
@@ -90,6 +90,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from specdiff.dllm import pipeline as dc
 
     budgets = dc.parse_budgets(args.budgets)
+    check_positive(args.num_prompts, "--num-prompts")
+    check_out_dir(args.out)
     loaded = dc.load_model(args.model, args.device, args.dtype)
     cache = dc.resolve_cache(args.cache, loaded)
     cfg = decode_config(args, loaded.mask_id)
@@ -132,6 +134,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from specdiff.bench.dllm import DLLMBenchConfig, bench, report, write_results
 
+    check_positive(args.num_prompts, "--num-prompts")
+    check_out_dir(args.out)
     cfg = DLLMBenchConfig(
         model=str(args.model) if args.model is not None else None, device=args.device, dtype=args.dtype,
         prompts=[str(p) for p in args.prompts or []], offset=args.offset, num_prompts=args.num_prompts,

@@ -135,6 +135,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if not ((args.dir / "results.json").is_file() or (args.dir / "results.json.gz").is_file()):
         raise SpecdiffError(f"no results.json in {args.dir}")
-    for path in plot_dir(args.dir):
+    try:
+        paths = plot_dir(args.dir)
+    except ImportError:
+        raise SpecdiffError("drawing plots needs matplotlib: pip install matplotlib") from None
+    except (KeyError, TypeError) as e:
+        raise SpecdiffError(f"{args.dir}: results.json lacks what the plots read ({e})") from None
+    for path in paths:
         print(path)
     return 0

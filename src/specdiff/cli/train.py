@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from specdiff.cli.common import check_torch_device
 from specdiff.errors import SpecdiffError
 
 # -- tokenizer --
@@ -178,6 +179,7 @@ def pretrain_config(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from specdiff.train.pretrain import pretrain
 
+    check_torch_device(args.device)
     cfg = pretrain_config(args)
     stats = pretrain(
         cfg, args.corpus, args.tokenizer, args.out,
@@ -242,6 +244,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
                              anchors_per_seq=args.anchors, batch_size=args.batch_size, lr=args.lr,
                              max_steps=args.steps, time_budget_s=args.time_budget, regen=regen,
                              objective=args.objective, vp_beta=args.vp_beta)
+    check_torch_device(args.device)
     device = torch.device(args.device)
     ensure_data(args.target, args.tokens, args.data, regen, device)
     stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume)
@@ -294,6 +297,7 @@ def cmd_train_dllm(args: argparse.Namespace) -> int:
     from specdiff.train.dllm_train import load_tokens, train
     from specdiff.train.tokenizer import load_tokenizer
 
+    check_torch_device(args.device)
     cfg = train_dllm_config(args)
     tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer.mask_token_id is None or tokenizer.eos_token_id is None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, Qwen3Config
 
+from specdiff.target.hf_causal import cache_argument
+
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [B, H_kv, C, d]
 
 
@@ -41,6 +43,7 @@ class MaskedDiffusionModel:
         self.hf_model = hf_model
         first = next(hf_model.parameters())
         self.dtype, self.device = first.dtype, first.device
+        self.cache_arg = cache_argument(hf_model)
 
     def _forward(self, ids, visible, position_ids, context: KV | None, use_cache: bool):
         ids, visible, position_ids = ids.to(self.device), visible.to(self.device), position_ids.to(self.device)
@@ -49,7 +52,7 @@ class MaskedDiffusionModel:
         mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
         cache = DynamicCache(ddp_cache_data=context) if context is not None else None  # fresh: forwards append
         return self.hf_model(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids,
-                             past_key_values=cache, use_cache=use_cache)
+                             use_cache=use_cache, **{self.cache_arg: cache})
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, visible: torch.Tensor, position_ids: torch.Tensor,

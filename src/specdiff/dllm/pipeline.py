@@ -10,7 +10,6 @@ folder, falling back to `default_graph` (the top-1 chain plus two alternatives).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +102,11 @@ def answer_text(loaded, token_ids: torch.Tensor) -> str:
 
 def read_prompts(files: list[Path], offset: int, num: int) -> list[tuple[str, str]]:
     """(id, prompt) pairs: prompts offset..offset+num of each JSONL file (fields `id`, `prompt`)."""
+    from specdiff.loading import read_prompt_rows
+
     out = []
     for f in files:
-        if not Path(f).is_file():
-            raise SpecdiffError(f"prompt file not found: {f}")
-        rows = [json.loads(line) for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not rows or "prompt" not in rows[0]:
-            raise SpecdiffError(f"{f}: expected JSONL rows with a 'prompt' field")
-        out += [(r.get("id", f"{Path(f).stem}-{i}"), r["prompt"]) for i, r in enumerate(rows)][offset: offset + num]
+        out += read_prompt_rows(f)[offset: offset + num]
     if not out:
         raise SpecdiffError(f"no prompts in {', '.join(map(str, files))} from offset {offset}")
     return out

@@ -13,6 +13,8 @@ this adapter sets before each forward (the same on transformers 5.17 and 5.23).
 
 from __future__ import annotations
 
+import inspect
+
 import json
 from pathlib import Path
 from typing import Sequence
@@ -27,13 +29,24 @@ from specdiff.types import DraftTree, TargetOutput
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name of a forward's cache argument: `cache` where transformers renamed
+    `past_key_values` (which it still takes, with a warning on every call), else the old name."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFTarget:
     engine = "hf"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
         self.model = model.eval()
         self.config = model.config.get_text_config(decoder=True)
-        self.layers = model.get_decoder().layers
+        layers = getattr(model.get_decoder(), "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            # the taps, the static cache and the tree mask address decoder layers by index
+            raise SpecdiffError(f"{type(model).__name__} is not supported: specdiff needs a decoder whose layers are a "
+                                "`layers` list (Llama, Mistral, Qwen2/3 and similar)")
+        self.layers = layers
         self.num_layers = len(self.layers)
         self.hidden_size = int(self.config.hidden_size)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -41,6 +54,7 @@ class HFTarget:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.cache: StaticCache | None = None
+        self._cache_arg = cache_argument(model)
         self.max_len = 0
         self.length = 0  # committed slots
         self._taps: dict[int, torch.Tensor] = {}
@@ -99,8 +113,8 @@ class HFTarget:
             input_ids=plan.input_ids,
             position_ids=plan.position_ids,
             attention_mask=plan.mask,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self._cache_arg: self.cache},
         )
         features = None
         if self.tap_layers:
