@@ -78,3 +78,20 @@ def test_the_readme_library_snippet_runs_as_written(capsys):
     snippet = readme.split("Library:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     exec(compile(snippet, "README.md", "exec"), {})
     assert "tau " in capsys.readouterr().out
+
+
+def test_every_flag_has_help():
+    """Every flag of every command says what it is for (its help also shows its default)."""
+    import argparse
+
+    from specdiff.cli import build_parser
+
+    def bare(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from bare(sub, f"{name} {sub_name}".strip())
+            elif not action.help and action.dest != "help":
+                yield f"{name} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(bare(build_parser(None), "")) == []

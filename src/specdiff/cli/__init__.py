@@ -80,7 +80,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.option_strings == []
+        shown = action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
         if shown and "default" not in text:
             text = f"{text} (default: %(default)s)".lstrip()
         return text

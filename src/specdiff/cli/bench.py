@@ -14,21 +14,21 @@ from specdiff.errors import SpecdiffError
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--methods", default="ar,dflash,ddtree")
+    p.add_argument("--methods", default="ar,dflash,ddtree", help="comma-separated methods; ar always runs first as the baseline")
     p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
-    p.add_argument("--limit", type=int, default=32)
+    p.add_argument("--limit", type=int, default=32, help="prompts per prompt file")
     p.add_argument("--temperature", default="0", help="comma-separated temperatures")
-    p.add_argument("--budgets", default="16,64,256")
+    p.add_argument("--budgets", default="16,64,256", help="comma-separated node budgets for ddtree and d2sd-hybrid")
     p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per decode at most")
+    p.add_argument("--warmup", type=int, default=2, help="untimed decodes per method before the timed ones")
     p.add_argument("--seed", type=int, default=0,
                    help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
     p.add_argument("--caddtree-horizon", default="round",
                    help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
                         "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md and the plots")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
                         "rounds per tree size (default: rounds on the graph engine, steps otherwise)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 8 decodes "
                                                           "per size for rounds)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed repetitions before each measurement")
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
 
 

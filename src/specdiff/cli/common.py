@@ -82,8 +82,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target model folder (default: the bundled target)")
     p.add_argument("--drafter", help="DFlash drafter folder (default: the bundled drafter)")
     p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the models' weights and compute; float32 keeps outputs token-identical to ar")
     p.add_argument("--engine", default="hf", choices=["hf", "static", "graph"],
                    help="forwards: the model's own (hf), the static-cache path (static), or that path "
                         "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
@@ -97,10 +97,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=64, help="ddtree, d2sd-hybrid: draft nodes per round")
     p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else finite and >= 1e-30")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filter: keep the most likely tokens up to this mass (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="keys the sampling noise (64 bits)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
     p.add_argument("--caddtree-horizon", default="round", choices=["round", "decode"],
                    help="caddtree: size each round for its own tokens per ms (round, the default) or for the "

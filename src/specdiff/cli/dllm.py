@@ -19,7 +19,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", type=Path,
                    help="dLLM folder: specdiff's own, LLaDA, Dream or SDAR (default: the bundled models/dllm)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="float32 (default) keeps Spiffy's rows bit-comparable with the baseline's")
 
@@ -28,13 +28,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     from specdiff.dllm.config import REMASKING, DLLMConfig
 
     d = DLLMConfig()
-    p.add_argument("--gen-length", type=int, default=d.gen_length)
-    p.add_argument("--block-length", type=int, default=d.block_length)
+    p.add_argument("--gen-length", type=int, default=d.gen_length, help="answer tokens")
+    p.add_argument("--block-length", type=int, default=d.block_length, help="semi-autoregressive block, decoded left to right")
     p.add_argument("--steps", type=int, help="fixed schedules: total steps (default gen-length: one token per step)")
-    p.add_argument("--remasking", default=d.remasking, choices=REMASKING)
+    p.add_argument("--remasking", default=d.remasking, choices=REMASKING, help="which draws a step commits")
     p.add_argument("--threshold", type=float, default=d.threshold, help="threshold rule: commit every p > this")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax; else finite and >= 1e-30")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="keys the sampling noise")
     p.add_argument("--cache", default="auto", choices=["auto", "none", "dual"],
                    help="none: block-causal attention (exact; how specdiff's dLLM and SDAR are trained); "
                         "dual: full bidirectional with Fast-dLLM's dual cache (not SDAR); "
@@ -114,18 +114,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--prompts", type=Path, action="append",
                    help="JSONL prompt set, repeatable (default data/prompts/function_completion.jsonl)")
-    p.add_argument("--offset", type=int, default=d.offset)
+    p.add_argument("--offset", type=int, default=d.offset, help="first prompt of each set")
     p.add_argument("--num-prompts", type=int, default=d.num_prompts, help="prompts per set")
-    p.add_argument("--gen-length", type=int, default=d.gen_length)
-    p.add_argument("--block-length", type=int, default=d.block_length)
-    p.add_argument("--threshold", type=float, default=d.threshold)
+    p.add_argument("--gen-length", type=int, default=d.gen_length, help="answer tokens")
+    p.add_argument("--block-length", type=int, default=d.block_length, help="semi-autoregressive block, decoded left to right")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="the threshold setting: commit every draw with p above this")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = argmax; else finite and >= 1e-30")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="each prompt decodes with its own seed, derived from (seed, prompt id)")
     p.add_argument("--cache", default=d.cache, choices=["auto", "none", "dual"],
                    help="auto: dual cache for LLaDA and Dream, block-causal (none) otherwise")
     p.add_argument("--settings", default=d.settings, help=f"{' or '.join(SETTINGS)} or both")
-    p.add_argument("--budgets", default=d.budgets)
+    p.add_argument("--budgets", default=d.budgets, help="comma-separated draft budgets D for Spiffy")
     p.add_argument("--graphs", type=Path, help="folder of calibrated graphs (default: the model's graphs/)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed decodes of the first prompt per method")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
@@ -153,9 +153,9 @@ def add_dllm_args(parser: argparse.ArgumentParser) -> None:
     g = sub.add_parser("generate", help="one answer with the baseline or Spiffy")
     add_model_args(g)
     add_decode_args(g)
-    g.add_argument("--prompt")
-    g.add_argument("--prompt-file")
-    g.add_argument("--method", default="spiffy", choices=["baseline", "spiffy"])
+    g.add_argument("--prompt", help="the prompt text")
+    g.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
+    g.add_argument("--method", default="spiffy", choices=["baseline", "spiffy"], help="plain masked-diffusion decoding or Spiffy (the same output, fewer forwards)")
     g.add_argument("--budget", type=int, default=5, help="spiffy: draft blocks per forward (D)")
     g.add_argument("--graph", type=Path, help="graph JSON or folder (default: the model's graphs/, else default_graph)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
@@ -168,7 +168,7 @@ def add_dllm_args(parser: argparse.ArgumentParser) -> None:
                    help="JSONL prompt set, repeatable (default data/prompts/function_completion.jsonl)")
     c.add_argument("--offset", type=int, default=128, help="first prompt of each set (the bench uses 0..)")
     c.add_argument("--num-prompts", type=int, default=24, help="prompts per set")
-    c.add_argument("--budgets", default="3,5,8,10")
+    c.add_argument("--budgets", default="3,5,8,10", help="comma-separated draft budgets D; one graph each")
     c.add_argument("--search", default="degree1", choices=["degree1", "replay"],
                    help="degree1: the paper's degree-1 accumulation; replay: add the node that lowers the NFE "
                         "replayed on the traces most")

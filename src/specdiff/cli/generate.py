@@ -38,8 +38,8 @@ def result_json(cfg, result, text: str) -> dict:
 def add_generate_args(g: argparse.ArgumentParser) -> None:
     add_model_args(g)
     add_decode_args(g)
-    g.add_argument("--prompt")
-    g.add_argument("--prompt-file")
+    g.add_argument("--prompt", help="the prompt text")
+    g.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -66,10 +66,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def add_demo_args(d: argparse.ArgumentParser) -> None:
     add_model_args(d)
-    d.add_argument("--prompt")
+    d.add_argument("--prompt", help="the prompt text (default: the first held-out function-completion prompt)")
     d.add_argument("--budget", type=int, default=16, help="ddtree budget (small: a CPU pays per node)")
-    d.add_argument("--max-new-tokens", type=int, default=96)
-    d.add_argument("--workdir", default="/tmp/specdiff-demo-models")
+    d.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate at most")
+    d.add_argument("--workdir", default="/tmp/specdiff-demo-models", help="where tiny demo models are built when there are no bundled models")
     d.set_defaults(engine="static")
 
 
@@ -127,7 +127,7 @@ def default_demo_prompt() -> str:
 
 
 def add_plot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="a bench output folder (results.json)")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

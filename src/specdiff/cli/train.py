@@ -21,8 +21,8 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
         "--corpus", required=True, type=Path, metavar="DIR", help="corpus directory (train.txt)"
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="tokenizer output directory")
-    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
-    parser.add_argument("--min-frequency", type=int, default=defaults.min_frequency)
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="tokens in the vocabulary, special tokens included")
+    parser.add_argument("--min-frequency", type=int, default=defaults.min_frequency, help="merges seen fewer times are not learnt")
     parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes, help="cap on training bytes")
 
 
@@ -56,7 +56,7 @@ def add_corpus_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompts-out", type=Path, metavar="DIR", help="prompt-set directory (default: --out)"
     )
-    parser.add_argument("--heldout-frac", type=float, default=defaults.heldout_frac)
+    parser.add_argument("--heldout-frac", type=float, default=defaults.heldout_frac, help="share of files held out (split by content hash)")
     parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="per prompt set")
     parser.add_argument("--salt", default=defaults.split_salt, help="split salt")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="prompt selection seed")
@@ -205,30 +205,30 @@ def add_train_drafter_args(p: argparse.ArgumentParser) -> None:
     from specdiff.train.dflash_train import DrafterTrainConfig
 
     d = DrafterTrainConfig()
-    p.add_argument("--target", type=Path, required=True)
+    p.add_argument("--target", type=Path, required=True, help="the target model folder the drafter serves")
     p.add_argument("--tokens", type=Path, help="uint16 .bin of corpus tokens (prompts for regeneration)")
     p.add_argument("--data", type=Path, required=True, help="regenerated data (.pt): created if missing")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--out", type=Path, required=True, help="drafter output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--layers", type=int, default=d.layers, help="drafter layers")
     p.add_argument("--intermediate-size", type=int, default=None, help="drafter MLP width (default: the target's)")
-    p.add_argument("--num-features", type=int, default=d.num_features)
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--anchors", type=int, default=d.anchors_per_seq)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--steps", type=int, default=d.max_steps)
-    p.add_argument("--time-budget", type=float, default=d.time_budget_s)
-    p.add_argument("--num-sequences", type=int, default=d.regen.num_sequences)
-    p.add_argument("--prompt-len", type=int, default=d.regen.prompt_len)
-    p.add_argument("--response-len", type=int, default=d.regen.response_len)
-    p.add_argument("--regen-batch", type=int, default=d.regen.batch_size)
+    p.add_argument("--num-features", type=int, default=d.num_features, help="target layers tapped for the drafter's context")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per drafted block, root included")
+    p.add_argument("--anchors", type=int, default=d.anchors_per_seq, help="blocks trained per sequence")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--steps", type=int, default=d.max_steps, help="training steps at most")
+    p.add_argument("--time-budget", type=float, default=d.time_budget_s, help="stop training after this many seconds")
+    p.add_argument("--num-sequences", type=int, default=d.regen.num_sequences, help="sequences the target regenerates")
+    p.add_argument("--prompt-len", type=int, default=d.regen.prompt_len, help="corpus tokens each regenerated sequence starts from")
+    p.add_argument("--response-len", type=int, default=d.regen.response_len, help="tokens the target writes after each prompt")
+    p.add_argument("--regen-batch", type=int, default=d.regen.batch_size, help="sequences regenerated per batch")
     p.add_argument("--objective", choices=["dflash", "vp"], default=d.objective,
                    help="dflash: anchor + masks; vp: D²SD's variable-prefix drafter")
-    p.add_argument("--vp-beta", type=float, default=d.vp_beta)
+    p.add_argument("--vp-beta", type=float, default=d.vp_beta, help="vp objective: prefix lengths l are drawn with P(l) ~ vp_beta^l")
     p.add_argument("--sampled-frac", type=float, default=d.regen.sampled_frac,
                    help="share of regenerated responses sampled at T=0.8 (the rest greedy)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
 
 
 def cmd_train_drafter(args: argparse.Namespace) -> int:
@@ -273,7 +273,7 @@ def add_train_dllm_args(parser: argparse.ArgumentParser) -> None:
     p("--tokens", type=Path, metavar="PATH", help="flat uint16 token file, or a pretrain token folder")
     p("--corpus", type=Path, metavar="DIR", help="corpus folder (train.txt, heldout.txt), encoded with --tokenizer")
     p("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, metavar="DIR", help="default: data/tokenizer")
-    p("--out", type=Path, required=True, metavar="DIR")
+    p("--out", type=Path, required=True, metavar="DIR", help="model output folder")
     for flag, name in _FLAGS.items():
         default = getattr(d, name)
         kind = type(default) if default is not None else float
