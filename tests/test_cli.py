@@ -355,3 +355,16 @@ def test_a_normal_run_prints_only_its_own_lines(demo):
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == ""
     assert json.loads(proc.stdout)["num_new_tokens"] > 0
+
+
+def test_progress_off_a_terminal_is_the_first_line_then_one_per_tenth_and_quiet_is_silent(capsys):
+    from specdiff.cli.common import ProgressBar
+
+    bar = ProgressBar("decode")
+    for i in range(1, 101):
+        bar(f"prompt {i}", i, 100)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 11 and lines[0] == "[1/100 decodes] prompt 1" and lines[-1].startswith("[100/100")
+    quiet = ProgressBar("decode", quiet=True)
+    quiet("x", 1, 1)
+    assert capsys.readouterr().err == ""

@@ -16,9 +16,9 @@ import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -96,7 +96,12 @@ def read_prompt_file(path: Path, limit: int) -> list[dict]:
     return [{"id": pid, "prompt": text} for pid, text in read_prompt_rows(path)[:limit]]
 
 
-def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress=True, vp_drafter=None) -> dict:
+# after every finished decode: (what ran, decodes done, decodes in all)
+Progress = Callable[[str, int, int], None]
+
+
+def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progress: Progress | None = None,
+              vp_drafter=None) -> dict:
     from specdiff.loading import eos_ids
     from specdiff.engine import build_decoder, make_target
 
@@ -106,8 +111,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]
     runs: list[Run] = []
     mismatches = 0
-    total = len(cfg.prompt_files) * len(cfg.temperatures)
-    done = 0
+    decodes = len(cfg.temperatures) * len(variants(cfg)) * sum(len(prompts) for _, prompts in sets)
 
     def result_so_far(complete: bool) -> dict:
         return {
@@ -141,7 +145,6 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                     for _, ids in encoded[: cfg.warmup]:
                         decoder.generate(ids)
                     decoders.append((label, method, decoder))
-                t0 = time.time()
                 ar_tokens: dict[str, list[int]] = {}
                 for i, (pid, ids) in enumerate(encoded):
                     # ar first (its tokens are the reference), then the others in an order rotated per
@@ -166,10 +169,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                                         match, sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
                                         overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
                                         [round(ms, 4) for ms in r.round_ms], seed))
-                done += 1
-                if progress:
-                    print(f"[{done}/{total}] {set_name} T={temp}: {len(decoders)} methods x {len(encoded)} prompts "
-                          f"in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+                        if progress is not None:
+                            progress(f"{set_name} T={temp:g} {pid} {label}", len(runs), decodes)
     except KeyboardInterrupt:  # keep every finished run
         save(result_so_far(complete=False))
         print(f"interrupted: {len(runs)} finished runs saved in {out_dir}", file=sys.stderr)

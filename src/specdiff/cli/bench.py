@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from specdiff.cli.common import (
-    add_model_args, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
+    ProgressBar, add_model_args, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
 )
 from specdiff.errors import SpecdiffError
 
@@ -59,7 +59,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
-    result = run_bench(cfg, model, tokenizer, drafter, args.out, vp_drafter=vp_drafter)
+    bar = ProgressBar("decode")
+    try:
+        result = run_bench(cfg, model, tokenizer, drafter, args.out, progress=bar, vp_drafter=vp_drafter)
+    finally:
+        bar.close()
     print(report(result))
     return 1 if result["mismatches"] else 0
 

@@ -37,6 +37,32 @@ def split_list(text: str, kind, flag: str) -> list:
         raise SpecdiffError(f"bad {flag} list {text!r}: {e}") from None
 
 
+class ProgressBar:
+    """Progress of long work on stderr: a tqdm bar with an ETA on a terminal; elsewhere (logs, CI)
+    a plain line at every tenth of the work; nothing when `quiet` (e.g. --json)."""
+
+    def __init__(self, unit: str, quiet: bool = False):
+        self.unit, self.quiet, self.bar, self.next_line = unit, quiet, None, 0
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+            self.bar.set_description(what, refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif done >= self.next_line or done == total:
+            print(f"[{done}/{total} {self.unit}s] {what}", file=sys.stderr, flush=True)
+            self.next_line = done + max(1, total // 10)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def check_positive(value: int, flag: str) -> None:
     if value < 1:
         raise SpecdiffError(f"{flag} must be >= 1, got {value}")
