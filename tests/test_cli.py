@@ -157,7 +157,7 @@ EXPECTED = {
     "profile --out is a folder": "is a folder, not a file", "corrupt results for plot": "is not a bench's results",
     "corrupt results for versus": "is not a bench's results",
     "training on a device that does not exist": "is not a device", "a GPT-2 target": "GPT2LMHeadModel is not supported",
-    "unknown method": "unknown method", "missing target folder": "target folder not found",
+    "unknown method": "--method", "missing target folder": "target folder not found",
     "missing drafter folder": "drafter folder not found", "drafter does not fit": "does not match the target",
     "vp drafter does not fit the target": "does not match the target", "vp drafter does not fit the drafter": "taps",
     "zero branches": "--branches", "corrupt drafter": "corrupt drafter", "corrupt target": "cannot load target",

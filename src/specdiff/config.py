@@ -9,11 +9,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from specdiff.errors import SpecdiffError
 
-ENGINES = ("hf", "static", "graph")
-METHODS = ("ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
+Method = Literal["ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid"]
+Engine = Literal["hf", "static", "graph"]
+Horizon = Literal["round", "decode"]
+TreeSearch = Literal["host", "device"]
+METHODS: tuple[str, ...] = get_args(Method)
+ENGINES: tuple[str, ...] = get_args(Engine)
+HORIZONS: tuple[str, ...] = get_args(Horizon)
+TREE_SEARCHES: tuple[str, ...] = get_args(TreeSearch)
 
 
 # The smallest temperature the float32 logit processing handles exactly: 1 / T stays finite in
@@ -49,7 +56,7 @@ class SamplingConfig:
 
 @dataclass
 class DecodeConfig:
-    method: str = "ddtree"
+    method: Method = "ddtree"
     budget: int = 64  # ddtree, d2sd-hybrid: draft nodes per round (root not counted)
     branches: int = 4  # d2sd, d2sd-hybrid: K, the prefixes the VP drafter re-drafts per round
     max_new_tokens: int = 128
@@ -64,17 +71,17 @@ class DecodeConfig:
     caddtree_measure_overhead: bool | None = None
     # caddtree: what a round's size maximises. "round": the round's own (1 + Phi) / C (the paper's
     # rule); "decode": the decode's expected tokens per ms, sum (1 + Phi) / sum C, by a round's gain
-    # 1 + Phi - lam * C at the rate lam it runs at (cost_model.DecodeRate). On an H200 "decode" was
-    # 1-2% slower than "round" (docs/benchmarks, sixth session)
-    caddtree_horizon: str = "round"
+    # 1 + Phi - lam * C at the rate lam it runs at (cost_model.DecodeRate); slower than "round" on
+    # an H200 (docs/results.md)
+    caddtree_horizon: Horizon = "round"
     stop_at_eos: bool = True
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)
-    engine: str = "hf"
+    engine: Engine = "hf"
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
-    # CUDA GPU with Triton only). On an H200 the host search is the faster (docs/benchmarks).
-    tree_search: str = "host"
+    # CUDA GPU with Triton only). On an H200 the host search is the faster (docs/results.md).
+    tree_search: TreeSearch = "host"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
@@ -82,10 +89,12 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.engine not in ENGINES:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.caddtree_horizon not in ("decode", "round"):
+        if self.caddtree_horizon not in HORIZONS:
             raise SpecdiffError(f"--caddtree-horizon must be decode or round, got {self.caddtree_horizon!r}")
-        if self.tree_search not in ("host", "device"):
+        if self.tree_search not in TREE_SEARCHES:
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
+        if self.caddtree_max_nodes < 1:
+            raise SpecdiffError(f"--caddtree-max-nodes must be >= 1, got {self.caddtree_max_nodes}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.branches < 1:

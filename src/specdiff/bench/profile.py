@@ -9,7 +9,7 @@ context of each length (this package's own source, text like the drafter's); a s
 mean round time, the fastest of `reps` sweeps over all sizes, and C_v(n, l) = round(n, l) - C_d.
 On a launch-bound GPU the host's work between syncs overlaps the device's, so the two steps timed
 apart do not add up to a round: on an H200 their sum missed 0.19 ms at 24 nodes and 0.01 ms at
-640 (docs/benchmarks, sixth session), which no constant per-round term can follow.
+640 (docs/results.md), which no constant per-round term can follow.
 
 `--measure steps` (the default elsewhere: on the CPU everything is serial) times the drafter step
 and the target step apart, each at its fastest; what a round pays between them, caddtree learns

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from specdiff.config import METHODS
+from specdiff.config import ENGINES, HORIZONS, METHODS, TREE_SEARCHES, DecodeConfig, SamplingConfig
 from specdiff.errors import SpecdiffError
 
 
@@ -105,42 +105,46 @@ def check_out_file(path: Path, flag: str = "--out") -> Path:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    d = DecodeConfig()
     p.add_argument("--target", help="target model folder (default: the bundled target)")
     p.add_argument("--drafter", help="DFlash drafter folder (default: the bundled drafter)")
     p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the models' weights and compute; float32 keeps outputs token-identical to ar")
-    p.add_argument("--engine", default="hf", choices=["hf", "static", "graph"],
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the models' weights and compute; float32 keeps outputs token-identical to ar")
+    p.add_argument("--engine", default=d.engine, choices=ENGINES,
                    help="forwards: the model's own (hf), the static-cache path (static), or that path "
                         "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
-    p.add_argument("--tree-search", default="host", choices=["host", "device"],
+    p.add_argument("--tree-search", default=d.tree_search, choices=TREE_SEARCHES,
                    help="ddtree/caddtree with --engine graph: best-first search on the host (C) or on the "
                         "device inside the drafter's graph (Triton)")
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="ddtree", help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--budget", type=int, default=64, help="ddtree, d2sd-hybrid: draft nodes per round")
-    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else finite and >= 1e-30")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filter: keep the most likely tokens up to this mass (1 = off)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="keys the sampling noise (64 bits)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
+    d, s = DecodeConfig(), SamplingConfig()
+    p.add_argument("--method", default=d.method, choices=METHODS, help="the decoding method")
+    p.add_argument("--budget", type=int, default=d.budget, help="ddtree, d2sd-hybrid: draft nodes per round")
+    p.add_argument("--branches", type=int, default=d.branches,
+                   help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
+    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy; else finite and >= 1e-30")
+    p.add_argument("--top-p", type=float, default=s.top_p,
+                   help="nucleus filter: keep the most likely tokens up to this mass (1 = off)")
+    p.add_argument("--top-k", type=int, default=s.top_k, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--seed", type=int, default=s.seed, help="keys the sampling noise (64 bits)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens to generate at most")
     p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
-    p.add_argument("--caddtree-horizon", default="round", choices=["round", "decode"],
-                   help="caddtree: size each round for its own tokens per ms (round, the default) or for the "
-                        "decode's (decode)")
+    p.add_argument("--caddtree-horizon", default=d.caddtree_horizon, choices=HORIZONS,
+                   help="caddtree: size each round for its own tokens per ms (round) or for the decode's (decode)")
+    p.add_argument("--caddtree-max-nodes", type=int, default=d.caddtree_max_nodes,
+                   help="caddtree: draft nodes per round at most (and no more than its profile measured)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
 
 
-def decode_config(args: argparse.Namespace):
-    from specdiff.config import DecodeConfig, SamplingConfig
-
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
     cfg = DecodeConfig(
         method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
         stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-        caddtree_horizon=args.caddtree_horizon,
+        caddtree_horizon=args.caddtree_horizon, caddtree_max_nodes=args.caddtree_max_nodes,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
     )
     cfg.validate()

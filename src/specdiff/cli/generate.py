@@ -113,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nddtree output identical to ar: {same}")
     if args.device == "cpu":
         print("(on a CPU every extra tree node costs compute; on a GPU with --engine graph, ddtree ran up to "
-              "1.56x AR on these small models on an H200: docs/benchmarks/README.md)")
+              "1.56x AR on these small models on an H200: docs/results.md)")
     return 0 if same else 1
 
 

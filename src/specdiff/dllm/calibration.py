@@ -14,7 +14,7 @@ Or (`search`, ours, not the paper's): since the baseline's trajectory does not d
 (keyed noise), Spiffy's NFE with any graph can be replayed exactly from the traces (`replay_nfe`);
 add, one at a time, the node that lowers the replayed NFE most. On the bundled dLLM this also takes
 first-step alternatives ({(1,0)}, {(0,1)}) that degree-1 accumulation never reaches
-(docs/spiffy.md).
+(docs/methods/spiffy.md).
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ weights, but only `specdiff.dllm.load_dllm` (or `specdiff dllm generate`) decode
 | losses | final train loss {stats['final_train_loss']:.4f}; held-out {held} |
 
 Command: `{stats['command']}`. Every setting and these statistics are in `{CONFIG_FILE}`; the
-curve in `{LOG_FILE}`. Spiffy numbers: `docs/spiffy.md`.
+curve in `{LOG_FILE}`. Spiffy numbers: `docs/methods/spiffy.md`.
 """
 
 

@@ -30,7 +30,7 @@ as AR's step.
 Host time is round time on a GPU, where the forward is launch-bound. The search and the decision
 run in C (`native.c`) over each depth's top CANDIDATES tokens, which the drafter's graph took; on
 an H200 host caddtree's search and cost lookups cost a round 0.02 ms more than DDTree's at the same
-size (runs/round_anatomy.py, docs/benchmarks, sixth session).
+size (runs/round_anatomy.py, docs/results.md).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ FIRST_K = 64
 # them: a depth's 129th token (delta below 1/129 of its parent's) never enters a tree. Fetching the
 # rest when a pop reaches a depth's last candidate (an eager top-k and a sync, then the search
 # again) made caddtree's rounds at the 192-320 node buckets cost 0.1-0.3 ms more than DDTree's
-# there on an H200 (the fifth session's last call); the graph's top-k costs 67 us up to k = 128 and 80 us
+# there on an H200; the graph's top-k costs 67 us up to k = 128 and 80 us
 # past it.
 CANDIDATES = 128
 # The device search's width (--tree-search device): sizes past it are compared, where the delta

@@ -15,7 +15,7 @@ depths are then the top M of the union of the beams. Ties are broken by position
 so a parent always comes before its child, even where a child's log-prob is exactly 0.
 
 `TopCandidates` is the first half alone (each slot's top-k in the graph, for the host's C search),
-which on an H200 is the faster way (docs/benchmarks, fifth session).
+which on an H200 is the faster way (docs/results.md).
 
 `reference_top_prefixes` is the same contract on the host from `iter_best_first`: the tests hold
 the kernel (under Triton's interpreter on a CPU) to it.
