@@ -1,6 +1,7 @@
 """Cost-aware trees: the fit is monotone convex, the stopping rule finds the best budget, the tree
 is DDTree's at that budget, and decoding with it stays exact."""
 
+import dataclasses
 import itertools
 import math
 
@@ -71,11 +72,11 @@ def test_verify_interpolates():
     sizes = tuple(range(1, 1101))
     for ctx in (0, 300, 1000, 1500):  # the per-round form at many sizes agrees with verify()
         assert p.costs_at(ctx, sizes) == pytest.approx([p.verify(n, ctx) for n in sizes])
-    p.root_alone_ms = [5.0, 7.0]
+    p = dataclasses.replace(p, root_alone_ms=[5.0, 7.0])
     assert [p.root_alone(c) for c in (-10, 250, 2000)] == pytest.approx([5.0, 5.5, 7.0])  # flat outside
     # a drafted round's step: the root alone as profiled; a tree at its own size, or its bucket
     assert p.tree_step(1, 250) == p.root_alone(250) and p.tree_step(5, 250) == p.verify(5, 250)
-    p.buckets = [1, 2, 4, 8]
+    p = dataclasses.replace(p, buckets=[1, 2, 4, 8])
     assert p.tree_step(5, 250) == p.verify(8, 250)
 
 
@@ -142,8 +143,8 @@ def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms, tree_search):
     above the 2-node round's never keeps the root alone."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * (1 + seed)  # from flat to peaked marginals
-    prof = profile([fit_verify_row(NODES, [8.0] + [8.5 + 0.05 * n for n in NODES[1:]])])
-    prof.root_alone_ms = [root_ms]
+    prof = dataclasses.replace(profile([fit_verify_row(NODES, [8.0] + [8.5 + 0.05 * n for n in NODES[1:]])]),
+                               root_alone_ms=[root_ms])
     tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
     scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15), logits)
     thetas = [1 / (prof.draft_ms + root_ms)] + [theta(scores[1:], k, prof, 128) for k in range(1, 601)]
@@ -336,3 +337,13 @@ def test_caddtree_sampling_gives_ars_tokens_for_the_same_seed(qwen3_model, tmp_p
                            sampling=SamplingConfig(**vars(sampling)))
         r = build_decoder(target, cfg, drafter).generate(prompt)
         assert r.token_ids == ar.token_ids and max(r.tree_sizes) > 1
+
+
+def test_a_profile_is_immutable_and_saves_no_memo(tmp_path):
+    p = profile([[10.0 + n for n in NODES]])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.draft_ms = 1.0
+    p.verify(5, 128)  # memoises rows
+    p.save(tmp_path / "p.json")
+    assert CostProfile.load(tmp_path / "p.json").verify(5, 128) == p.verify(5, 128)
+    assert "_memo" not in (tmp_path / "p.json").read_text()

@@ -131,17 +131,17 @@ def test_distribution_matches_target(tiny_vocab, method, budget, sampling):
 def shared_noise_across_depths(keyed_gumbel):
     """PLANTED BUG: every depth of a tree drawn with the first depth's noise."""
 
-    def planted(seed, first_position, count, vocab_size, device):
-        return keyed_gumbel(seed, first_position, 1, vocab_size, device).expand(count, vocab_size)
+    def planted(seed, first_position, count, vocab_size, device, cache=None):
+        return keyed_gumbel(seed, first_position, 1, vocab_size, device, cache).expand(count, vocab_size)
 
     return planted
 
 
-def argmax_accepted_walk(tree: DraftTree, logits, start, cfg) -> VerifyResult:
+def argmax_accepted_walk(tree: DraftTree, logits, start, cfg, noise=None) -> VerifyResult:
     """PLANTED BUG: a child is accepted when it is the target's argmax, not its draw; the draw is
     emitted only where no child matches."""
     greedy = logits.argmax(dim=-1).tolist()
-    draws = draw_tree(logits, start + 1, tree.depths, cfg).tolist()
+    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise).tolist()
     children = tree.children()
     node, accepted, tokens = 0, [0], []
     while True:
@@ -242,8 +242,8 @@ class RecordingWalk:
     def __init__(self):
         self.rounds: list[tuple[int, list[int]]] = []
 
-    def __call__(self, tree, logits, start, cfg):
-        result = verify_walk(tree, logits, start, cfg)
+    def __call__(self, tree, logits, start, cfg, noise=None):
+        result = verify_walk(tree, logits, start, cfg, noise)
         self.rounds.append((start, result.tokens))
         return result
 
@@ -313,7 +313,7 @@ class PQVerifier:
 
         drafter.draft = draft
 
-    def __call__(self, tree: DraftTree, logits, start, cfg) -> VerifyResult:
+    def __call__(self, tree: DraftTree, logits, start, cfg, noise=None) -> VerifyResult:
         p_rows = process_logits(logits, cfg).exp()
         children = tree.children()
         node, accepted, tokens = 0, [0], []
@@ -362,8 +362,11 @@ def test_draw_tree_equals_draw_per_row():
 
 
 def test_cached_gumbel_blocks_are_the_keyed_noise():
-    from specdiff.sampling import gumbel, keyed_gumbel, keyed_uniform
+    from specdiff.sampling import NoiseCache, gumbel, keyed_gumbel, keyed_uniform
 
-    for seed, first, count in [(0, 0, 5), (3, 62, 9), (7, 1000, 16)]:
+    cache = NoiseCache(blocks=2)
+    for seed, first, count in [(0, 0, 5), (3, 62, 9), (7, 1000, 16), (0, 0, 5)]:
         want = gumbel(keyed_uniform(seed, torch.arange(first, first + count), 30)).float()
         assert torch.equal(keyed_gumbel(seed, first, count, 30, torch.device("cpu")), want)
+        assert torch.equal(keyed_gumbel(seed, first, count, 30, torch.device("cpu"), cache), want)
+    assert len(cache._store) == 2  # the oldest blocks were let go

@@ -21,7 +21,7 @@ from specdiff import sampling
 from specdiff.config import MIN_TEMPERATURE, SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.sampling import (
-    GRID_BITS, PROB_FLOOR, draw, draw_tree, grid_uniform, gumbel, keyed_bits, keyed_noise, keyed_uniform,
+    GRID_BITS, PROB_FLOOR, NoiseCache, draw, draw_tree, grid_uniform, gumbel, keyed_bits, keyed_noise, keyed_uniform,
     process_logits,
 )
 
@@ -128,11 +128,12 @@ def test_a_rare_token_is_drawn_at_its_rate():
 def filtered_draws(cfg: SamplingConfig, positions: int, vocab: int = QWEN3_VOCAB, stop_at_first: bool = False) -> int:
     """Draws through the walk's sampler (cached noise blocks) that landed on a filtered token."""
     gen = torch.Generator(DEVICE).manual_seed(0)
+    noise = NoiseCache()
     hits = 0
     for p0 in range(0, positions, 64):
         n = min(64, positions - p0)
         logits = torch.randn(n, vocab, generator=gen, device=DEVICE) * 4
-        tokens = draw_tree(logits, p0, torch.arange(n), cfg)
+        tokens = draw_tree(logits, p0, torch.arange(n), cfg, noise)
         hits += int(torch.isinf(process_logits(logits, cfg).gather(1, tokens[:, None])).sum())
         if hits and stop_at_first:
             break
@@ -145,18 +146,13 @@ def filtered_draws(cfg: SamplingConfig, positions: int, vocab: int = QWEN3_VOCAB
     (SamplingConfig(temperature=1.3, top_p=0.5, seed=2), 0.125),
 ])
 def test_filtered_tokens_are_never_drawn(cfg, share):
-    sampling._gumbel_block.cache_clear()
     assert filtered_draws(cfg, max(64, int(POSITIONS * share))) == 0
 
 
 def test_planted_sampler_that_draws_filtered_tokens_is_caught(monkeypatch):
     """The old sampler emits a filtered token at about V / 2^24 of the positions (0.9% here)."""
     monkeypatch.setattr(sampling, "keyed_noise", old_keyed_noise)
-    sampling._gumbel_block.cache_clear()
-    try:
-        assert filtered_draws(SamplingConfig(temperature=0.8, top_k=1, seed=848), 2048, stop_at_first=True) > 0
-    finally:
-        sampling._gumbel_block.cache_clear()
+    assert filtered_draws(SamplingConfig(temperature=0.8, top_k=1, seed=848), 2048, stop_at_first=True) > 0
 
 
 # -- temperature ---------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ import torch
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.drafters.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
+from specdiff.sampling import NoiseCache
 from specdiff.target.hf_causal import HFTarget
 from specdiff.types import DraftTree, GenerationResult, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
 
-# (tree, logits [N, V], root position, sampling) -> VerifyResult; pure
-Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig], VerifyResult]
+# (tree, logits [N, V], root position, sampling, the decoder's noise cache) -> VerifyResult; pure
+Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig, NoiseCache], VerifyResult]
 
 
 class SpeculativeDecoder:
@@ -30,6 +31,7 @@ class SpeculativeDecoder:
                  verifier: Verifier = verify_walk):
         cfg.validate()
         self.target, self.proposer, self.cfg, self.verifier = target, proposer, cfg, verifier
+        self.noise = NoiseCache()  # T>0: the sampling noise of the positions this decoder draws at
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
         target.set_taps(proposer.tap_layers)
 
@@ -94,7 +96,7 @@ class SpeculativeDecoder:
             state.max_depth = max_new - len(new) - 1  # a round emits at most max_depth + 1 tokens
             tree = proposer.propose(state)  # 2. propose
             out = target.forward(tree)  # 3. one target forward over the whole tree
-            result = self.verifier(tree, out.logits, state.start, cfg.sampling)  # 4. verify
+            result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
             target.commit(result.accepted)  # 5. keep the accepted path's KV
             proposer.update(result, out)  # 6. drafter learns what was committed
             # the loop itself ends the output at max_new_tokens and at the first end-of-text,

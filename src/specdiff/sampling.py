@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 
 import torch
 
@@ -202,32 +203,51 @@ def derive_seed(seed: int, *parts: str) -> int:
 _BLOCK = 64  # positions per cached block of Gumbel noise
 
 
-@functools.lru_cache(maxsize=4)
-def _gumbel_block(seed: int, block: int, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[_BLOCK, V] Gumbel noise of positions block*_BLOCK.. (a round reads one or two blocks;
-    computing them once saves the hash kernels that would otherwise decide T>0's cost)."""
-    positions = torch.arange(block * _BLOCK, (block + 1) * _BLOCK, device=device)
-    return keyed_noise(seed, positions, vocab_size)
+class NoiseCache:
+    """A decoder's cached blocks of keyed Gumbel noise, [_BLOCK, V] float32 each (39 MB at a
+    151,936-token vocabulary), the last `blocks` kept. A round reads one or two blocks; computing
+    each once saves the hash kernels that would otherwise decide T>0's cost."""
+
+    def __init__(self, blocks: int = 4):
+        self.blocks = blocks
+        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def block(self, seed: int, index: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """[_BLOCK, V] the noise of positions index*_BLOCK.."""
+        key = (seed, index, vocab_size, str(device))
+        if key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key]
+        positions = torch.arange(index * _BLOCK, (index + 1) * _BLOCK, device=device)
+        self._store[key] = noise = keyed_noise(seed, positions, vocab_size)
+        while len(self._store) > self.blocks:
+            self._store.popitem(last=False)
+        return noise
 
 
-def keyed_gumbel(seed: int, first_position: int, count: int, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[count, V] the Gumbel noise of positions first_position.. (the same values `draw` makes)."""
+def keyed_gumbel(seed: int, first_position: int, count: int, vocab_size: int, device: torch.device,
+                 cache: NoiseCache | None = None) -> torch.Tensor:
+    """[count, V] the Gumbel noise of positions first_position.. (the same values `draw` makes),
+    from `cache`'s blocks, or computed for these positions alone without one."""
+    if cache is None:
+        return keyed_noise(seed, torch.arange(first_position, first_position + count, device=device), vocab_size)
     b0, b1 = first_position // _BLOCK, (first_position + count - 1) // _BLOCK
-    blocks = [_gumbel_block(seed, b, vocab_size, device) for b in range(b0, b1 + 1)]
+    blocks = [cache.block(seed, b, vocab_size, device) for b in range(b0, b1 + 1)]
     rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     off = first_position - b0 * _BLOCK
     return rows[off : off + count]
 
 
-def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, cfg: SamplingConfig,
+              noise: NoiseCache | None = None) -> torch.Tensor:
     """`draw` for a tree's rows: row i lands at position first_position + depths[i] ([N] host
-    long). The noise comes from cached per-position blocks, gathered by depth: the same tokens as
-    `draw`, without hashing [N, V] ids every round."""
+    long). The noise is made per depth (from `noise`'s cached blocks, when given) and gathered by
+    depth: the same tokens as `draw`, without hashing [N, V] ids every round."""
     logp = process_logits(logits, cfg)
     if cfg.greedy:
         return logp.argmax(dim=-1)
     num_depths = int(depths.max()) + 1
-    g = keyed_gumbel(cfg.seed, first_position, num_depths, logp.shape[-1], logits.device)
+    g = keyed_gumbel(cfg.seed, first_position, num_depths, logp.shape[-1], logits.device, noise)
     return (logp + g[depths.to(logits.device)]).argmax(dim=-1)
 
 

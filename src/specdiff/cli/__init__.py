@@ -16,7 +16,7 @@ import sys
 from importlib import import_module
 from typing import NamedTuple
 
-from specdiff.cli.common import Parser, run_guarded
+from specdiff.cli.common import Parser, quiet_libraries, run_guarded
 
 
 class Command(NamedTuple):
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         args = build_parser(argv).parse_args(argv)
         args.command_line = shlex.join(["specdiff", *argv])
+        quiet_libraries()
         return args.func(args)
 
     return run_guarded(run)

@@ -18,6 +18,15 @@ class Parser(argparse.ArgumentParser):
         raise SpecdiffError(f"{self.prog}: {message}")
 
 
+def quiet_libraries() -> None:
+    """A command's stdout and stderr carry its own output only: transformers' progress bars and
+    warnings are off (the library leaves logging to whoever uses it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def run_guarded(func: Callable[[], int | None]) -> int:
     """Run a command: bad input (`SpecdiffError`) is one line on stderr and exit status 2."""
     try:

@@ -29,7 +29,7 @@ from transformers import DynamicCache
 
 from specdiff.dllm.model import KV, MaskedDiffusionModel
 from specdiff.errors import SpecdiffError
-from specdiff.target.hf_causal import _first_line, read_model_folder
+from specdiff.target.hf_causal import first_line, read_model_folder
 
 KINDS = ("specdiff", "llada", "dream", "sdar")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -265,7 +265,7 @@ def _load_tokenizer(folder: Path, kind: str):
 
             return Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception as e:
-        raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+        raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {first_line(e)}") from None
     return None
 
 
@@ -303,7 +303,7 @@ def load_dllm(path: str | Path, device: str = "cpu", dtype: torch.dtype | str = 
     except SpecdiffError:
         raise
     except Exception as e:  # corrupt or unsupported checkpoints: one line, no traceback
-        raise SpecdiffError(f"cannot load {kind} model from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+        raise SpecdiffError(f"cannot load {kind} model from {folder}: {type(e).__name__}: {first_line(e)}") from None
     hf = hf.to(device).eval()
     if kind == "specdiff" and not 0 <= mask_id < hf.get_output_embeddings().weight.shape[0]:
         raise SpecdiffError(f"{folder}: mask_token_id {mask_id} is not a row of the model's vocabulary")

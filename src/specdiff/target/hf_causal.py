@@ -150,21 +150,17 @@ def load_target(path: str | Path, device: str = "cpu", dtype: str = "float32") -
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
     except Exception as e:  # corrupt or unsupported checkpoints: one line, no traceback
-        raise SpecdiffError(f"cannot load target model from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+        raise SpecdiffError(f"cannot load target model from {folder}: {type(e).__name__}: {first_line(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as e:
-        raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {_first_line(e)}") from None
+        raise SpecdiffError(f"cannot load tokenizer from {folder}: {type(e).__name__}: {first_line(e)}") from None
     return model.to(device), tokenizer
 
 
 def read_model_folder(path: str | Path, what: str) -> tuple[Path, dict]:
-    """A local model folder -> (folder, its config.json), quieting transformers' progress output;
-    SpecdiffError naming `what` ("target", "dLLM") if the folder or its config is missing or broken."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our stdout/stderr belong to the CLI contract
-    hf_logging.set_verbosity_error()
+    """A local model folder -> (folder, its config.json); SpecdiffError naming `what` ("target",
+    "dLLM") if the folder or its config is missing or broken."""
     folder = Path(path)
     if not folder.is_dir():
         raise SpecdiffError(f"{what} folder not found: {folder}")
@@ -176,6 +172,6 @@ def read_model_folder(path: str | Path, what: str) -> tuple[Path, dict]:
         raise SpecdiffError(f"{what} config.json is not valid JSON: {folder / 'config.json'} ({e})") from None
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""

@@ -91,23 +91,20 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
 
 
 CONTEXT_STEP = 8  # contexts this close share a round's costs (C_v's slope in context is tiny)
-_costs: dict[tuple, tuple[CostProfile, native.StepCosts]] = {}
 
 
 def _step_costs(profile: CostProfile, context: int, max_nodes: int) -> native.StepCosts:
     """The sizes theta is compared at for a round at `context` (every size, or the engine's
-    buckets; root included), C_v at each and the root-alone step. Cached per profile, cap and
-    context step: every round asks, and a round's host time is round time on a GPU."""
-    key = (id(profile), max_nodes, context // CONTEXT_STEP)
-    hit = _costs.get(key)
-    if hit is None or hit[0] is not profile:
-        if len(_costs) > 4096:
-            _costs.clear()
+    buckets; root included), C_v at each and the root-alone step. Memoised on the profile per cap
+    and context step: every round asks, and a round's host time is round time on a GPU."""
+
+    def make() -> native.StepCosts:
         sizes = tuple(b for b in profile.buckets if 1 < b <= max_nodes + 1) if profile.buckets else \
             tuple(range(2, max_nodes + 2))
         at = context - context % CONTEXT_STEP
-        hit = _costs[key] = (profile, native.StepCosts(sizes, profile.costs_at(at, sizes), profile.root_alone(at)))
-    return hit[1]
+        return native.StepCosts(sizes, profile.costs_at(at, sizes), profile.root_alone(at))
+
+    return profile.memo(("step_costs", max_nodes, context // CONTEXT_STEP), make)
 
 
 def _value(phi: float, cost: float, lam: float) -> float:

@@ -105,8 +105,12 @@ def fit_verify_row(n: list[int], y: list[float]) -> list[float]:
     return fit_monotone_convex(n, y)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class CostProfile:
+    """A device's measured costs, fitted; immutable once made (`dataclasses.replace` makes another).
+    Reads at a size or a set of sizes are memoised per profile (`memo`): a round's host time is
+    round time on a GPU."""
+
     device: str
     target: str
     drafter: str
@@ -124,12 +128,20 @@ class CostProfile:
     # profiles made before it was measured: priced as C_v(1))
     root_alone_ms: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_memo", {})  # not a field: never saved, compared or copied
+
+    def memo(self, key: tuple, make):
+        """The value `make()` gave for `key` on this profile, made once."""
+        if key not in self._memo:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[key] = make()
+        return self._memo[key]
+
     def verify(self, n: int, context: int) -> float:
         """C_v(n, l) in ms: linear in l between measured contexts, linear in n beyond the grid."""
-        cache = self.__dict__.setdefault("_at_n_cache", {})  # n -> [C_v(n) per context]
-        rows = cache.get(n)
-        if rows is None:
-            rows = cache[n] = [self._at_n(row, n) for row in self.verify_ms]
+        rows = self.memo(("at_n", n), lambda: [self._at_n(row, n) for row in self.verify_ms])  # per context
         i0, i1, t = _blend(self.contexts, context)
         return rows[i0] + (rows[i1] - rows[i0]) * t
 
@@ -154,10 +166,7 @@ class CostProfile:
         """[C_v(n, context) for n in sizes] as `verify` gives them. caddtree asks once per round for
         the sizes it compares (a round's host time is round time on a GPU): the rows at those
         sizes are cached, and a round pays one interpolation in context over len(sizes) values."""
-        cache = self.__dict__.setdefault("_sizes_cache", {})
-        rows = cache.get(sizes)
-        if rows is None:
-            rows = cache[sizes] = [[self._at_n(row, n) for n in sizes] for row in self.verify_ms]
+        rows = self.memo(("sizes", sizes), lambda: [[self._at_n(row, n) for n in sizes] for row in self.verify_ms])
         i0, i1, t = _blend(self.contexts, context)
         return [a + (b - a) * t for a, b in zip(rows[i0], rows[i1])]
 

@@ -15,14 +15,16 @@ import torch
 
 from specdiff import native
 from specdiff.config import SamplingConfig
-from specdiff.sampling import draw_tree
+from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.types import DraftTree, VerifyResult
 
 
-def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig) -> VerifyResult:
+def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig,
+                noise: NoiseCache | None = None) -> VerifyResult:
     """tree: N nodes, root at absolute position `start`; logits: [N, V], row i predicts the token
-    after node i, at position start + depth_i + 1."""
-    draws = draw_tree(logits, start + 1, tree.depths, cfg).cpu()  # the round's one host sync
+    after node i, at position start + depth_i + 1; noise: the decoder's cache of sampling noise
+    (the same draws with or without it)."""
+    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise).cpu()  # the round's one host sync
     if native.available():
         parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
         drawn = draws.numpy()
