@@ -28,7 +28,7 @@ sequence, since a block is what one decode denoises from all-mask to clean.
 
 Data: the target's tokenizer (`data/tokenizer`: `<|endoftext|>` 0, `<|mask|>` 1) and its token
 streams (`specdiff.train.pretrain`): `--tokens DIR` (train.bin and heldout.bin), `--tokens
-FILE.bin` (one flat uint16 stream, e.g. runs/gpu_target.sh's tokens_sample.bin; its last
+FILE.bin` (one flat uint16 stream, e.g. scripts/gpu_target.sh's tokens_sample.bin; its last
 `heldout_frac` is held out), or `--corpus DIR`, encoded with pretrain's cached `tokenize_corpus`.
 
 Output folder (`--out`): a Hugging Face folder (`config.json` with `"mask_token_id"` and

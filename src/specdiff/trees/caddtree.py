@@ -30,7 +30,7 @@ as AR's step.
 Host time is round time on a GPU, where the forward is launch-bound. The search and the decision
 run in C (`native.c`) over each depth's top CANDIDATES tokens, which the drafter's graph took; on
 an H200 host caddtree's search and cost lookups cost a round 0.02 ms more than DDTree's at the same
-size (runs/round_anatomy.py, docs/results.md).
+size (scripts/round_anatomy.py, docs/results.md).
 """
 
 from __future__ import annotations

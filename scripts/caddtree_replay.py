@@ -10,7 +10,7 @@ deepest node of the top-n tree on the greedy path). Scored with a cost profile (
 overhead), it compares tokens per ms of caddtree's choice with every fixed budget, and prints how
 well the marginals predict acceptance.
 
-    python runs/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12] [--temperature 1]
+    python scripts/caddtree_replay.py --profile PROFILE.json [--overhead 0.5] [--limit 12] [--temperature 1]
         [--root-alone-ms 1.2] [--context 512] [--extra-ms 0,0.07]
 """
 

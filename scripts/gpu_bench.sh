@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 4 on the GPU: cost profiles, then `specdiff bench` on the bundled models through the graph
+# On the GPU: cost profiles, then `specdiff bench` on the bundled models through the graph
 # engine (bf16 and fp32: every method and budget, T=0/1, both prompt sets), the same methods
 # through the eager static and plain Hugging Face paths, and a cross-engine exactness check.
 # Everything lands in $OUT/bench.tar (results.json, report.md, plots per run; the profiles; logs).
-#   usage: OUT=dir LIMIT=prompts-per-set bash runs/gpu_bench.sh
+#   usage: OUT=dir LIMIT=prompts-per-set bash scripts/gpu_bench.sh
 set -uo pipefail
-source runs/bench_env.sh
+source scripts/bench_env.sh
 {
 python3 - <<'PY'
 # exactness across engines: plain HF greedy AR vs the graph engine's ar and ddtree@64 (bf16 and fp32)

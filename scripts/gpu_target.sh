@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 3, GPU step 1: build the corpus from this machine's stdlib + site-packages (holding out
+# GPU, step 1 of the bundled pair: build the corpus from this machine's stdlib + site-packages (holding out
 # every path that is held out where the prompt sets were made), then pretrain the target.
 # Output under $OUT: the target folder as a split tar (files come back at most 16 MiB each), a
 # 4M-token sample of the training tokens (prompts for the drafter's regenerated data), the log.
-#   usage: OUT=dir BUDGET=seconds bash runs/gpu_target.sh [extra pretrain flags]
+#   usage: OUT=dir BUDGET=seconds bash scripts/gpu_target.sh [extra pretrain flags]
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_work}

@@ -5,7 +5,7 @@ the commit and the drafter's update with a device sync on each side, and reports
 per part; methods are interleaved per prompt, as in the bench. The syncs serialise host and
 device, so the parts add up to more than an unwrapped round: compare methods with each other,
 not with the bench.
-    usage: python runs/round_anatomy.py --device cuda --dtype bfloat16 --profile P.json \
+    usage: python scripts/round_anatomy.py --device cuda --dtype bfloat16 --profile P.json \
         --methods ddtree@32,caddtree --prompts data/prompts/file_continuation.jsonl --limit 8
 """
 

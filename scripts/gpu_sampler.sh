@@ -2,13 +2,13 @@
 # The keyed sampler on the GPU: the filtered-token test over 10^6 positions at Qwen3's vocabulary
 # (CUDA), the cost of a noise block against the earlier sampler, and the single-drafter methods'
 # outputs against AR's at T=0 and T=1 on the bundled models in fp32 (graph engine).
-#   usage: OUT=dir bash runs/gpu_sampler.sh
-#   (`bash runs/device_tree.sh hide models/dllm models/vp` before the call, `restore` after)
+#   usage: OUT=dir bash scripts/gpu_sampler.sh
+#   (`bash scripts/device_tree.sh hide models/dllm models/vp` before the call, `restore` after)
 set -uo pipefail
-source runs/bench_env.sh
+source scripts/bench_env.sh
 {
 echo "--- noise block cost ($((SECONDS - t0)) s)"
-python3 runs/sampler_cost.py --device cuda | tee "$R/sampler_cost.md"
+python3 scripts/sampler_cost.py --device cuda | tee "$R/sampler_cost.md"
 echo "--- sampler tests, 10^6 positions ($((SECONDS - t0)) s)"
 SPECDIFF_SAMPLER_POSITIONS=1000000 python3 -m pytest -p no:cacheprovider -p no:warnings tests/test_sampler.py \
   --durations=4 -o addopts="" 2>&1 | tail -12

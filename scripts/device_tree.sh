@@ -2,8 +2,8 @@
 # The device tool sends the working tree (tracked + untracked-not-ignored files) and refuses one
 # over 64 MiB; the bundled models alone are larger. Before a device call, hide the model folders
 # that call does not need; restore them right after (a deleted tracked file does not travel).
-#   usage: bash runs/device_tree.sh hide models/dllm [models/vp ...]   # prints what would travel
-#          bash runs/device_tree.sh restore
+#   usage: bash scripts/device_tree.sh hide models/dllm [models/vp ...]   # prints what would travel
+#          bash scripts/device_tree.sh restore
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=${HIDE_DIR:-/tmp/specdiff_hidden}

@@ -1,4 +1,4 @@
-"""Why Spiffy's NFE ratio stops where it does on the bundled dLLM (issue 6): CPU, T = 0.
+"""Why Spiffy's NFE ratio stops where it does on the bundled dLLM: CPU, T = 0.
 
 Records baseline traces on held-out prompts, then, offline and exactly (at T = 0 the trajectory
 does not depend on the graph), replays Spiffy's acceptance walk for any graph: a forward at state
@@ -8,7 +8,7 @@ NFE of graphs calibrated on 16 or --calib prompts (degree-1 accumulation, and a 
 minimises the replayed NFE on the calibration traces). Prompts: calibration = function_completion
 128.., validation = function_completion 192..; the bench's 0..15 are never read here. Usage:
 
-  OMP_NUM_THREADS=1 PYTHONPATH=src python runs/dllm_nfe_study.py --setting fixed --out /tmp/study
+  OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/dllm_nfe_study.py --setting fixed --out /tmp/study
 """
 
 from __future__ import annotations

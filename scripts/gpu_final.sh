@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issues 4 and 5 on the GPU, one call: graph-engine cost profiles (bf16, fp32); the fp32 bench of
+# On the GPU, one call: graph-engine cost profiles (bf16, fp32); the fp32 bench of
 # every AR-drafter method and budget (T=0/1, both prompt sets; fp32 so that outputs can be
 # compared token for token); D²SD beside dflash/ddtree at equal nodes; the same methods through
 # plain eager Hugging Face calls; the bf16 bench at T=0. Packed into $OUT/bench.tar after each step.
-#   usage: OUT=dir LIMIT=prompts-per-set bash runs/gpu_final.sh
+#   usage: OUT=dir LIMIT=prompts-per-set bash scripts/gpu_final.sh
 set -uo pipefail
-source runs/bench_env.sh
+source scripts/bench_env.sh
 {
 for dt in float32 bfloat16; do
   echo "--- profile $dt ($((SECONDS - t0)) s)"

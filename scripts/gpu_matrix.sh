@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Issue 4 on the GPU after the span-bucket, prepare and bucketed-caddtree changes: per dtype, the
+# On the GPU, per dtype: the
 # graph-engine cost profile and the bench of every AR-drafter method and budget (T=0/1, both
 # prompt sets); D²SD beside dflash and ddtree@64 after the first dtype. bf16 first (what users
 # run), then fp32 (token-for-token comparable with AR). Packed into $OUT/bench.tar after each step.
-#   usage: OUT=dir LIMIT=prompts-per-set [DTYPES="bfloat16 float32"] [D2SD=0] bash runs/gpu_issue4.sh
-#   (the bundled models exceed what the device tool sends: `bash runs/device_tree.sh hide models/dllm`
-#   before the call, `bash runs/device_tree.sh restore` after)
+#   usage: OUT=dir LIMIT=prompts-per-set [DTYPES="bfloat16 float32"] [D2SD=0] bash scripts/gpu_matrix.sh
+#   (the bundled models exceed what the device tool sends: `bash scripts/device_tree.sh hide models/dllm`
+#   before the call, `bash scripts/device_tree.sh restore` after)
 set -uo pipefail
-source runs/bench_env.sh
+source scripts/bench_env.sh
 {
 first=${D2SD:-1}  # D2SD=0: no D²SD step
 for dt in ${DTYPES:-bfloat16 float32}; do
@@ -27,5 +27,5 @@ for dt in ${DTYPES:-bfloat16 float32}; do
   fi
 done
 echo "--- done ($((SECONDS - t0)) s)"
-} 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee "$R/gpu_issue4.log"
+} 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee "$R/gpu_matrix.log"
 tar -C "$R" -cf "$OUT/bench.tar" .

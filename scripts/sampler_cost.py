@@ -2,7 +2,7 @@
 earlier one-lane 24-bit float32 sampler it replaced, on the device given; and the sampler's cost
 per decoded token at T=1 (AR's draw over 512 positions, the blocks it needs included).
 
-    python runs/sampler_cost.py [--device cuda] [--vocab 8192,151936]
+    python scripts/sampler_cost.py [--device cuda] [--vocab 8192,151936]
 """
 
 import argparse

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Sixth session, issue 4, on the H200: the whole-round profile (the graph engine's default now),
+# On the H200: the whole-round profile (the graph engine's default),
 # the bench of every AR-drafter method and budget with caddtree's two horizons side by side
 # (caddtree: the round's own ratio, the default; caddtree/decode: the decode horizon), the fp32 exactness check, the
 # measured rounds against the profile, and both horizons against the best fixed budget.
-#   usage: OUT=dir LIMIT=48 bash runs/gpu_s6.sh
-#   (`bash runs/device_tree.sh hide models/dllm docs/benchmarks` before the call, `restore` after)
+#   usage: OUT=dir LIMIT=48 bash scripts/gpu_caddtree.sh
+#   (`bash scripts/device_tree.sh hide models/dllm docs/benchmarks` before the call, `restore` after)
 set -uo pipefail
-source runs/bench_env.sh
+source scripts/bench_env.sh
 {
 echo "--- profile ($((SECONDS - t0)) s)"
 sd profile --device cuda --dtype bfloat16 --engine graph --contexts 128,512,1024 --out "$R/profile_bfloat16.json"
@@ -21,5 +21,5 @@ grep -h "differ from ar" "$R"/fp32_check/report.md
 python3 -m specdiff round-costs "$R/gpu_graph_bfloat16" "$R/profile_bfloat16.json" > "$R/round_costs.md"
 for m in caddtree caddtree/decode; do python3 -m specdiff versus "$R/gpu_graph_bfloat16" --method $m; done
 echo "--- done ($((SECONDS - t0)) s)"
-} 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee "$R/gpu_s6.log"
+} 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee "$R/gpu_caddtree.log"
 tar -C "$R" -cf "$OUT/bench.tar" .

@@ -1,6 +1,6 @@
 """The device prefix search on a GPU: correctness against the host heap, and its cost next to the
 host search it replaces (one CUDA graph replay per call, as in the drafter's graph).
-    usage: python3 runs/prefix_search_bench.py [--vocab 8192] [--reps 300]"""
+    usage: python3 scripts/prefix_search_bench.py [--vocab 8192] [--reps 300]"""
 
 from __future__ import annotations
 

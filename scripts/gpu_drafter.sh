@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 3, GPU step 2: regenerate data with the trained target, train the DFlash drafter, then
+# GPU, step 2 of the bundled pair: regenerate data with the trained target, train the DFlash drafter, then
 # measure held-out tau. Needs models/target (unpacked from step 1) and tokens_sample.bin.
-#   usage: OUT=dir TOKENS=tokens_sample.bin BUDGET=seconds bash runs/gpu_drafter.sh [extra flags]
+#   usage: OUT=dir TOKENS=tokens_sample.bin BUDGET=seconds bash scripts/gpu_drafter.sh [extra flags]
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_work}

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 3 (second drafter) + issue 5 (VP drafter), GPU: regenerate one larger data set with the
+# GPU, the bundled DFlash and VP drafters: regenerate one larger data set with the
 # bundled target (75% greedy), then train three drafters on it side by side on the one GPU:
 #   dflash_a: DFlash, 4 layers, MLP 1024 (the first drafter's shape, 3x its data)
 #   dflash_b: DFlash, 5 layers, MLP 512 (deeper, smaller on disk)
 #   vp:       D²SD variable-prefix drafter, 5 layers, MLP 512
 # Returns each as a split tar, the logs, and the regenerated data (int16, for later runs).
-#   usage: OUT=dir TOKENS=.cache_tokens/tokens_sample.bin BUDGET=seconds bash runs/gpu_drafters_v2.sh
+#   usage: OUT=dir TOKENS=.cache_tokens/tokens_sample.bin BUDGET=seconds bash scripts/gpu_drafters_v2.sh
 set -euo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_work}

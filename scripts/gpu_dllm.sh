@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Issue 6 on the GPU: train specdiff's own masked-diffusion LM for BUDGET seconds, calibrate
+# On the GPU: train specdiff's own masked-diffusion LM for BUDGET seconds, calibrate
 # Spiffy's draft graphs (D = 3, 5, 8, 10; one-token-per-step and threshold rules, side by side),
 # then bench baseline vs Spiffy (fp32, exactness checked per prompt). Everything so far is packed
 # into $OUT after each step, so a cut-off run returns the finished steps:
 #   $OUT/dllm.tar.part-*   the model folder, graphs/ included (split at 15M: cat | tar -x)
 #   $OUT/results.tar       train log, model card, graph JSONs, bench results.json + results.md
 #   $OUT/gpu_dllm.log      this script's output
-# Data: the carried 4M-token sample (TOKENS, as runs/gpu_drafters_v2.sh uses it), else the corpus
-# built as runs/gpu_target.sh does. About 8 minutes on one H100 with BUDGET=300.
-#   usage: OUT=dir TOKENS=.cache_tokens/tokens_sample.bin BUDGET=300 bash runs/gpu_dllm.sh [train-dllm flags]
+# Data: the carried 4M-token sample (TOKENS, as scripts/gpu_drafters_v2.sh uses it), else the corpus
+# built as scripts/gpu_target.sh does. About 8 minutes on one H100 with BUDGET=300.
+#   usage: OUT=dir TOKENS=.cache_tokens/tokens_sample.bin BUDGET=300 bash scripts/gpu_dllm.sh [train-dllm flags]
 #   CPU dry run: DEVICE=cpu COMPILE=--no-compile BUDGET=20 NUM_PROMPTS=2 CALIB_PROMPTS=2 \
-#     DECODE="--gen-length 32" OUT=/tmp/o bash runs/gpu_dllm.sh --hidden 64 --layers 2 ...
+#     DECODE="--gen-length 32" OUT=/tmp/o bash scripts/gpu_dllm.sh --hidden 64 --layers 2 ...
 set -uo pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/specdiff_dllm}
