@@ -51,6 +51,7 @@ class OracleProposer:
     builders, which a random DFlash drafter never does."""
 
     tap_layers: tuple[int, ...] = ()
+    drafters: tuple = ()
 
     def __init__(self, model, tree: str = "chain", budget: int = 32, slots: int = 7, noise: float = 0.0, seed: int = 0):
         self.model, self.tree, self.budget, self.slots, self.noise = model, tree, budget, slots, noise

@@ -208,6 +208,7 @@ class OracleD2SD:
     of each branch's prefix, sharpened (so a branch at the chain's first error is right, and sure)."""
 
     tap_layers = ()
+    drafters = ()
 
     def __init__(self, model, hybrid=False, slots=6, branches=2, budget=12, noise=0.6, seed=0):
         self.model, self.hybrid, self.slots, self.branches, self.budget, self.noise = (

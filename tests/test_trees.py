@@ -159,3 +159,12 @@ def test_ddtree_refetches_when_candidates_run_out(seed):
     got = tree_paths(tree)
     assert set(got) == set(expected)
     assert sum(1 for p in got if len(p) == 1) > FIRST_K  # the case the refetch exists for
+
+
+def test_best_first_pops_are_named():
+    from specdiff.trees.ddtree import Pop, iter_best_first
+
+    logp = torch.log_softmax(torch.tensor([[3.0, 1.0, 0.0], [2.0, 1.0, 0.5]]), dim=-1).sort(dim=-1, descending=True).values
+    first, second = list(iter_best_first(logp))[:2]
+    assert isinstance(first, Pop) and (first.parent, first.rank) == (0, 0)
+    assert first.score == pytest.approx(float(logp[0, 0])) and second.score <= first.score

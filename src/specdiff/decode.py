@@ -51,15 +51,15 @@ class SpeculativeDecoder:
 
     def _max_len(self, n_prompt: int) -> int:
         """Cache slots a decode needs: the prompt, the output and one tree past the committed end."""
-        return n_prompt + self.cfg.max_new_tokens + getattr(self.proposer, "max_nodes", max(self.cfg.budget, 16) + 1)
+        return n_prompt + self.cfg.max_new_tokens + self.proposer.max_nodes
 
     def prepare(self, max_prompt_len: int) -> None:
         """Allocate the caches and capture the CUDA graphs (graph engine) that prompts of up to
         `max_prompt_len` tokens will use, so that a timed decode never pays for either."""
         max_len = self._max_len(max_prompt_len)
         if hasattr(self.target, "prepare"):
-            self.target.prepare(max_len, getattr(self.proposer, "max_nodes", 1))
-        for d in getattr(self.proposer, "drafters", ()):
+            self.target.prepare(max_len, self.proposer.max_nodes)
+        for d in self.proposer.drafters:
             if hasattr(d, "prepare"):
                 d.prepare(max_len)
 

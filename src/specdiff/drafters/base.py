@@ -31,6 +31,8 @@ class DecodeState:
 class Proposer(Protocol):
     name: str
     tap_layers: tuple[int, ...]  # target layers whose hidden states `begin`/`update` need
+    max_nodes: int  # the largest tree it builds, root included (sizes the caches and graphs)
+    drafters: tuple  # the drafters whose caches follow the committed tokens (prepared with the target)
 
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None: ...
 

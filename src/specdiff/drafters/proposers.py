@@ -24,6 +24,7 @@ class ARProposer:
     name = "ar"
     tap_layers: tuple[int, ...] = ()
     max_nodes = 1  # largest tree this proposer builds (root included)
+    drafters: tuple = ()  # no drafter caches to follow the committed tokens
 
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
         pass

@@ -39,7 +39,7 @@ import math
 
 from specdiff.trees.cost_model import CostProfile
 from specdiff import native
-from specdiff.trees.ddtree import iter_best_first, candidates, top_k_marginals, tree_from_pops
+from specdiff.trees.ddtree import Pop, candidates, iter_best_first, top_k_marginals, tree_from_pops
 from specdiff.types import DraftProposal, DraftTree, TopPrefixes
 
 # candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared
@@ -137,7 +137,7 @@ def _choose(prefixes: TopPrefixes, sizes, steps, fixed: float, root_step: float,
 
 
 def _grow(top_logp, sizes, size_cost, root_cost: float, last_rank: int | None = None,
-          lam: float = 0.0) -> list[tuple[int, int, float]] | None:
+          lam: float = 0.0) -> list[Pop] | None:
     """Pop prefixes in best-first order and compare the value of each size in `sizes` (increasing,
     root included; a round of size sizes[i] costs size_cost[i]), stopping at the first size where
     it falls. The value is theta = (1 + phi) / cost with lam = 0, or 1 + phi - lam * cost, the
@@ -153,7 +153,7 @@ def _grow(top_logp, sizes, size_cost, root_cost: float, last_rank: int | None = 
     pop of that rank and not past it (the next sibling was never fetched), but every node past it
     still has at most its delta, so the bound above can still settle the decision there. When it
     cannot, None: the caller fetches more candidates."""
-    nodes: list[tuple[int, int, float]] = []
+    nodes: list[Pop] = []
     if not sizes:
         return nodes
     append, exp = nodes.append, math.exp  # the loop below runs per pop: host time is round time
@@ -161,7 +161,7 @@ def _grow(top_logp, sizes, size_cost, root_cost: float, last_rank: int | None = 
     i, last = 0, len(sizes)
     # per pop, value(size) > best  <=>  phi > need (no division)
     bound, need = sizes[0] - 1, -math.inf
-    for node in iter_best_first(top_logp):  # node = (parent, rank, score)
+    for node in iter_best_first(top_logp):
         append(node)
         n += 1
         delta = exp(node[2])

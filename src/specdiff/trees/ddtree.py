@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -21,7 +21,16 @@ from specdiff import native
 from specdiff.types import DraftProposal, DraftTree
 
 
-def iter_best_first(logp: torch.Tensor) -> Iterator[tuple[int, int, float]]:
+class Pop(NamedTuple):
+    """One node of the best-first stream: the prefix that extends node `parent` by its depth's
+    `rank`-th token, with log-probability `score`."""
+
+    parent: int  # index among the nodes popped so far plus one (0 = the root)
+    rank: int  # the token's rank in its depth's sorted candidates
+    score: float  # the prefix's log-probability
+
+
+def iter_best_first(logp: torch.Tensor) -> Iterator[Pop]:
     """Prefixes of per-depth top-K log-probs in non-increasing probability, lazily.
 
     logp: [L, K] float log-probs, each row sorted in decreasing order (row d is depth d+1).
@@ -39,7 +48,7 @@ def iter_best_first(logp: torch.Tensor) -> Iterator[tuple[int, int, float]]:
     while heap:
         key, _, d, r, parent = heap[0]
         node += 1  # this prefix's index in the tree (root = 0)
-        yield parent, r, -key
+        yield Pop(parent, r, -key)
         row = neg[d]
         if r < last_rank:  # next sibling (same parent, next rank) takes the popped entry's place
             replace(heap, (key - row[r] + row[r + 1], tie, d, r + 1, parent))
@@ -51,7 +60,7 @@ def iter_best_first(logp: torch.Tensor) -> Iterator[tuple[int, int, float]]:
             tie += 1
 
 
-def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[tuple[int, int, float]]:
+def best_first_prefixes(logp: torch.Tensor, budget: int) -> list[Pop]:
     """The first `budget` nodes of `iter_best_first`: the top-`budget` prefixes."""
     return list(itertools.islice(iter_best_first(logp), max(0, budget)))
 
@@ -79,7 +88,7 @@ def top_k_marginals(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.
     return top_logp, top_ids.tolist()
 
 
-def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list[list[int]]) -> DraftTree:
+def tree_from_pops(root: int, nodes: list[Pop], top_ids: list[list[int]]) -> DraftTree:
     tokens, parents, depths, phi = [root], [-1], [0], 0.0
     for parent, rank, score in nodes:
         phi += math.exp(score)
@@ -98,7 +107,7 @@ def tree_from_pops(root: int, nodes: list[tuple[int, int, float]], top_ids: list
 FIRST_K = 32  # candidates per depth fetched first; almost every tree needs far fewer
 
 
-def saturated(nodes: list[tuple[int, int, float]], k: int) -> bool:
+def saturated(nodes: list[Pop], k: int) -> bool:
     """True when a popped prefix used the last of k candidates at its depth. Until that happens
     the stream over k candidates equals the stream over all of them (a rank-r node is pushed only
     by its popped rank-(r-1) sibling), so a tree with no such pop is exact."""
