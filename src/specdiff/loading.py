@@ -11,11 +11,18 @@ from pathlib import Path
 from specdiff.errors import SpecdiffError
 
 
-def check_device(device: str) -> None:
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """A torch device name (cpu, cuda, cuda:1, ...) that exists here; None: the caller's default."""
+    if name is None:
+        return
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecdiffError("--device cuda was asked for, but no CUDA device is available")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SpecdiffError(f"{flag} {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecdiffError(f"{flag} {name} was asked for, but no CUDA device is available")
 
 
 def load_target_folder(target: str | Path | None, device: str = "cpu", dtype: str = "float32"):

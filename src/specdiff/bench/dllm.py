@@ -77,8 +77,8 @@ def summarise(name: str, setting: str, budget: int | None, source: str, graph, r
         "seconds": round(seconds, 4), "tokens_per_s": tokens / seconds if seconds else 0.0,
         "time_speedup": base_s / seconds if seconds else 0.0,
         "mismatches": len(mismatches), "mismatched_prompts": mismatches,
-        "per_prompt": [{"id": pid, "seed": derive_seed(cfg_seed, pid), "nfe": r.nfe, "steps": r.steps, "accepted": r.accepted, "seconds": round(s, 5)}
-                       for (pid, _), (r, s) in zip(prompts, runs)],
+        "per_prompt": [{"id": pid, "seed": derive_seed(cfg_seed, pid), "nfe": r.nfe, "steps": r.steps,
+                        "accepted": r.accepted, "seconds": round(s, 5)} for (pid, _), (r, s) in zip(prompts, runs)],
     }
 
 

@@ -77,20 +77,6 @@ def check_positive(value: int, flag: str) -> None:
         raise SpecdiffError(f"{flag} must be >= 1, got {value}")
 
 
-def check_torch_device(name: str | None, flag: str = "--device") -> None:
-    """A torch device name (cpu, cuda, cuda:1, ...) that exists here; None: the command's default."""
-    if name is None:
-        return
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SpecdiffError(f"{flag} {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecdiffError(f"{flag} {name} was asked for, but no CUDA device is available")
-
-
 def check_out_dir(path: Path, flag: str = "--out") -> Path:
     """The folder a command writes into, made before the work starts (a run that cannot save its
     results fails at once, not after it ran)."""

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from specdiff.cli.common import check_torch_device
+from specdiff.loading import check_device
 from specdiff.errors import SpecdiffError
 
 # -- tokenizer --
@@ -179,7 +179,7 @@ def pretrain_config(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from specdiff.train.pretrain import pretrain
 
-    check_torch_device(args.device)
+    check_device(args.device)
     cfg = pretrain_config(args)
     stats = pretrain(
         cfg, args.corpus, args.tokenizer, args.out,
@@ -209,7 +209,8 @@ def add_train_drafter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=Path, help="uint16 .bin of corpus tokens (prompts for regeneration)")
     p.add_argument("--data", type=Path, required=True, help="regenerated data (.pt): created if missing")
     p.add_argument("--out", type=Path, required=True, help="drafter output folder")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--layers", type=int, default=d.layers, help="drafter layers")
     p.add_argument("--intermediate-size", type=int, default=None, help="drafter MLP width (default: the target's)")
     p.add_argument("--num-features", type=int, default=d.num_features, help="target layers tapped for the drafter's context")
@@ -244,7 +245,7 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
                              anchors_per_seq=args.anchors, batch_size=args.batch_size, lr=args.lr,
                              max_steps=args.steps, time_budget_s=args.time_budget, regen=regen,
                              objective=args.objective, vp_beta=args.vp_beta)
-    check_torch_device(args.device)
+    check_device(args.device)
     device = torch.device(args.device)
     ensure_data(args.target, args.tokens, args.data, regen, device)
     stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume)
@@ -297,7 +298,7 @@ def cmd_train_dllm(args: argparse.Namespace) -> int:
     from specdiff.train.dllm_train import load_tokens, train
     from specdiff.train.tokenizer import load_tokenizer
 
-    check_torch_device(args.device)
+    check_device(args.device)
     cfg = train_dllm_config(args)
     tokenizer = load_tokenizer(args.tokenizer)
     if tokenizer.mask_token_id is None or tokenizer.eos_token_id is None:

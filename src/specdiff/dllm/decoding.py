@@ -10,8 +10,9 @@ k follows LLaDA's fixed schedule (`DLLMConfig.num_transfer`). A block ends when 
 
 Draws are Gumbel-max at logits / temperature (argmax at 0), with noise that is a pure function of
 (seed, block, step, position in block, token id), like `specdiff.sampling` keys AR noise by
-position, from the same grid of uniforms strictly inside (0, 1): [MASK] is never drawn. The baseline and Spiffy call this same function, so they make the same choice from the
-same (state, logits) whatever order or batch the model calls came in.
+position, from the same grid of uniforms strictly inside (0, 1): [MASK] is never drawn. The
+baseline and Spiffy call this same function, so they make the same choice from the same (state,
+logits) whatever order or batch the model calls came in.
 """
 
 from __future__ import annotations

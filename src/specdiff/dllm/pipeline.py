@@ -33,10 +33,10 @@ PROMPT_SETS = REPO / "data" / "prompts"
 def load_model(model: Path | None, device: str = "cpu", dtype: str = "float32"):
     """The dLLM folder `model` (None: the bundled one) on `device` in `dtype` -> adapters.DLLMBundle."""
     from specdiff.dllm.adapters import load_dllm
+    from specdiff.loading import check_device
     from specdiff.models.bundled import default_path
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecdiffError("--device cuda was asked for, but no CUDA device is available")
+    check_device(device)
     folder = Path(model) if model is not None else default_path("dllm")
     if model is None and not (folder / "config.json").is_file():
         raise SpecdiffError(f"no bundled dLLM at {folder}; pass --model DIR (train one with `specdiff train-dllm`)")
