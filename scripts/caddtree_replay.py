@@ -30,8 +30,8 @@ from specdiff.drafters.dflash import load_drafter
 from specdiff.engine import build_decoder
 from specdiff.models.bundled import default_path
 from specdiff.target.hf_causal import load_target
-from specdiff.trees.cost_model import CostProfile
-from specdiff.trees.ddtree import iter_best_first
+from specdiff.methods.caddtree.cost_model import CostProfile
+from specdiff.methods.ddtree import iter_best_first
 
 SETS = ["data/prompts/function_completion.jsonl", "data/prompts/file_continuation.jsonl"]
 MAX_NODES = 512

@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from specdiff.trees.ddtree import build_ddtree
-from specdiff.trees.device_search import PrefixSearch, fetch, reference_top_prefixes
+from specdiff.methods.ddtree import build_ddtree
+from specdiff.methods.device_search import PrefixSearch, fetch, reference_top_prefixes
 from specdiff.types import DraftProposal
 
 ap = argparse.ArgumentParser()

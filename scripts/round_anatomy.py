@@ -22,8 +22,8 @@ import torch
 from specdiff import decode as decode_mod
 from specdiff.bench.harness import read_prompt_file
 from specdiff.loading import eos_ids, load_models
-from specdiff.config import DecodeConfig, SamplingConfig
-from specdiff.drafters import proposers
+from specdiff.config import CaDDTreeOptions, DecodeConfig, SamplingConfig
+from specdiff.methods import caddtree, ddtree
 from specdiff.engine import build_decoder, make_target
 
 
@@ -66,15 +66,15 @@ def main() -> None:
             return out
         return wrapper
 
-    proposers.build_ddtree = timed("tree", proposers.build_ddtree)
-    proposers.build_caddtree = timed("tree", proposers.build_caddtree)
+    ddtree.build_ddtree = timed("tree", ddtree.build_ddtree)
+    caddtree.proposer.build_caddtree = timed("tree", caddtree.proposer.build_caddtree)
     prompts = read_prompt_file(Path(args.prompts), args.limit)
     encoded = [list(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in prompts]
     decoders = []
     for spec in args.methods.split(","):
         method, _, budget = spec.partition("@")
         cfg = DecodeConfig(method=method, budget=int(budget or 64), max_new_tokens=args.max_new_tokens,
-                           profile=args.profile, engine=args.engine,
+                           caddtree=CaDDTreeOptions(profile=args.profile), engine=args.engine,
                            sampling=SamplingConfig(temperature=args.temperature, seed=0))
         dec = build_decoder(target, cfg, drafter, eos_ids(model, tok))
         dec.prepare(max(len(e) for e in encoded))

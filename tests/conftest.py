@@ -10,9 +10,10 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run under its interpreter, on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from specdiff.drafters.base import DecodeState
+from specdiff.methods.base import DecodeState
 from specdiff.models.tiny import tiny_drafter, tiny_target
-from specdiff.trees import build_chain, build_ddtree
+from specdiff.methods.ddtree import build_ddtree
+from specdiff.methods.dflash import build_chain
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 torch.set_num_threads(2)

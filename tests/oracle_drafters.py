@@ -16,12 +16,13 @@ from types import SimpleNamespace
 
 import torch
 
-from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.config import D2SDOptions, DecodeConfig, SamplingConfig
 from specdiff.decode import SpeculativeDecoder
-from specdiff.drafters.proposers import make_proposer
+from specdiff.methods import make_proposer
 from specdiff.sampling import draw
 from specdiff.engine import make_target
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
+from specdiff.methods.caddtree.cost_model import CostProfile, fit_monotone_convex
+from specdiff.types import DraftProposal
 
 AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
 
@@ -87,6 +88,15 @@ class OracleDrafter:
         assert self.tokens and self.tokens[-1] == root
         return self.rollout(self.tokens, num_slots)
 
+    def propose(self, root: int, num_slots: int) -> DraftProposal:
+        return DraftProposal(self.draft(root, num_slots))
+
+    def enable_prefix_search(self, width: int) -> int:
+        return 0
+
+    def enable_candidates(self, k: int) -> int:
+        return 0
+
     def draft_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """D²SD's VP rows [K, L+1] = [root, prefix, MASK..] -> [K, L, V]: each row's own continuation
         from the end of its prefix (the slots of the prefix itself are not read)."""
@@ -109,12 +119,12 @@ def oracle_decoder(model, method: str, sampling: SamplingConfig, max_new_tokens:
                    budget: int = 12, block_size: int = 8, seed: int = 0, verifier=None,
                    engine: str = "hf") -> SpeculativeDecoder:
     """`method`'s own proposer (make_proposer) over oracle drafters; pld uses the context only."""
-    cfg = DecodeConfig(method=method, budget=budget, branches=2, max_new_tokens=max_new_tokens, engine=engine,
+    cfg = DecodeConfig(method=method, budget=budget, d2sd=D2SDOptions(branches=2), max_new_tokens=max_new_tokens, engine=engine,
                        sampling=SamplingConfig(**vars(sampling)))
     drafter = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed)
     vp = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed + 1, noise=0.5)
     profile = rising_profile() if method == "caddtree" else None
-    proposer = make_proposer(cfg, drafter, profile, vp)
+    proposer = make_proposer(cfg, drafter=drafter, vp_drafter=vp, profile=profile)
     for d in (drafter, vp):
         d.watch(proposer)
     kwargs = {} if verifier is None else {"verifier": verifier}

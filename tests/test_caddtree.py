@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from specdiff.config import DecodeConfig
+from specdiff.config import CaDDTreeOptions, DecodeConfig
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import HFTarget
-from specdiff.trees.caddtree import CANDIDATES, build_caddtree
-from specdiff.trees.cost_model import CostProfile, DecodeRate, RoundOverhead, fit_monotone_convex, fit_verify_row
-from specdiff.trees.ddtree import build_ddtree, iter_best_first
+from specdiff.methods.caddtree.tree import CANDIDATES, build_caddtree
+from specdiff.methods.caddtree.cost_model import CostProfile, DecodeRate, RoundOverhead, fit_monotone_convex, fit_verify_row
+from specdiff.methods.ddtree import build_ddtree, iter_best_first
 from specdiff.types import DraftProposal
 
 NODES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -271,7 +271,8 @@ def test_caddtree_decoding_is_exact(qwen3_model, tmp_path, horizon):
     for _ in range(4):
         prompt = torch.randint(0, 95, (10,), generator=g).tolist()
         ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30)).generate(prompt)
-        cfg = DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path), caddtree_horizon=horizon)
+        cfg = DecodeConfig(method="caddtree", max_new_tokens=30,
+                           caddtree=CaDDTreeOptions(profile=str(path), horizon=horizon))
         cad = build_decoder(target, cfg, drafter)
         r = cad.generate(prompt)
         assert r.token_ids == ar.token_ids
@@ -333,7 +334,7 @@ def test_caddtree_sampling_gives_ars_tokens_for_the_same_seed(qwen3_model, tmp_p
         prompt = torch.randint(0, 95, (8,), generator=g).tolist()
         sampling = SamplingConfig(temperature=1.0, seed=seed)
         ar = build_decoder(target, DecodeConfig(method="ar", max_new_tokens=30, sampling=sampling)).generate(prompt)
-        cfg = DecodeConfig(method="caddtree", max_new_tokens=30, profile=str(path),
+        cfg = DecodeConfig(method="caddtree", max_new_tokens=30, caddtree=CaDDTreeOptions(profile=str(path)),
                            sampling=SamplingConfig(**vars(sampling)))
         r = build_decoder(target, cfg, drafter).generate(prompt)
         assert r.token_ids == ar.token_ids and max(r.tree_sizes) > 1

@@ -254,7 +254,7 @@ def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
         assert sum(r["round_ms"]) == pytest.approx(1000 * r["decode_s"], rel=0.2, abs=2.0)
     # which bench.round_costs groups by bucket and prices with a profile
     from specdiff.bench.round_costs import round_cost_table
-    from specdiff.trees.cost_model import CostProfile
+    from specdiff.methods.caddtree.cost_model import CostProfile
 
     prof = CostProfile(device="t", target="t", drafter="d", dtype="float32", draft_ms=3.0, contexts=[1, 1000],
                        nodes=[1, 64], verify_ms=[[1.0, 1.0], [1.0, 1.0]])
@@ -303,7 +303,7 @@ def test_versus_picks_the_best_fixed_budget_and_bounds_the_gap(capsys, tmp_path)
 def test_bound_reads_a_steps_profile_and_refuses_a_whole_round_one(capsys, tmp_path):
     """The bound (C_d + C_v(n)) / tau against the measured ms/token; a whole-round profile already
     holds the loop's overhead, so the bound would hide it: exit 2 with one line."""
-    from specdiff.trees.cost_model import CostProfile
+    from specdiff.methods.caddtree.cost_model import CostProfile
 
     summary = [{"prompt_set": "s", "temperature": 0.0, "method": "ddtree@32", "tau": 2.0, "mean_tree_nodes": 33.0,
                 "ms_per_token": 1.5}]

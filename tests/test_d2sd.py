@@ -16,7 +16,7 @@ from specdiff.engine import build_decoder
 from specdiff.errors import SpecdiffError
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import HFTarget, StaticTarget
-from specdiff.trees.d2sd import (
+from specdiff.methods.d2sd import (
     acceptance_profile, branch_rows, build_d2sd_hybrid, build_d2sd_tree, fill_branches, hybrid_scores, merge_paths,
     select_branches,
 )

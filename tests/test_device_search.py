@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdiff.trees.caddtree import build_caddtree
-from specdiff.trees.ddtree import build_ddtree
-from specdiff.trees.device_search import PrefixSearch, candidate_pairs, fetch, reference_top_prefixes
+from specdiff.methods.caddtree.tree import build_caddtree
+from specdiff.methods.ddtree import build_ddtree
+from specdiff.methods.device_search import PrefixSearch, candidate_pairs, fetch, reference_top_prefixes
 from specdiff.types import DraftProposal, TopPrefixes
 
 triton = pytest.importorskip("triton", reason="the kernel needs Triton (its interpreter runs it on a CPU)")

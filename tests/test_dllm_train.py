@@ -15,6 +15,7 @@ from specdiff.dllm.model import MaskedDiffusionModel
 from specdiff.dllm.adapters import load_dllm
 from specdiff.cli import main
 from specdiff.train import dllm_train as dt
+from specdiff.train.loop import LOG_FILE
 
 TINY = ["--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "2", "--head-dim", "16",
         "--intermediate", "64", "--seq-len", "64", "--block-length", "8", "--batch-size", "8"]
@@ -53,7 +54,7 @@ def test_train_loss_falls_and_folder_reloads(tmp_path):
     argv = ["--tokens", str(tokens), "--out", str(out), *TINY, "--steps", "60", "--lr", "1e-2",
             "--warmup-steps", "5", "--log-every", "10", "--eval-every", "30", "--eval-windows", "16", "--device", "cpu"]
     assert main(["train-dllm", *argv]) == 0
-    log = [json.loads(line) for line in (out / dt.LOG_FILE).read_text().splitlines()]
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     evals = [r for r in log if "heldout_acc" in r]
     assert losses[-1] < 0.5 * losses[0], losses

@@ -118,7 +118,7 @@ def test_prepare_covers_every_bucket_a_decode_uses(target_model):
 def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_model):
     """The candidates taken inside the drafter's step equal an eager top-k of its logits, and
     DDTree's tree from them is the tree from the logits."""
-    from specdiff.trees.ddtree import build_ddtree, top_k_tensors
+    from specdiff.methods.ddtree import build_ddtree, top_k_tensors
     from specdiff.types import DraftProposal
 
     g = torch.Generator().manual_seed(3)
@@ -127,11 +127,12 @@ def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_mode
     assert graphed.enable_candidates(10 ** 9) == 0  # past the vocabulary
     graphed.enable_candidates(32)
     slots = graphed.block_size - 1
-    logits = graphed.draft(5, slots)
-    top_logp, top_ids = graphed.last_candidates(slots)
+    proposal = graphed.propose(5, slots)
+    logits = proposal.logits
+    top_logp, top_ids = proposal.candidates
     ref_logp, ref_ids = top_k_tensors(DraftProposal(logits), 32, slots)
     assert torch.equal(top_ids, ref_ids) and torch.equal(top_logp, ref_logp)
-    assert graphed.last_candidates(slots - 2) is None  # taken over all the slots, not fewer
+    assert graphed.propose(5, slots - 2).candidates is None  # taken over all the slots, not fewer
     a = build_ddtree(5, DraftProposal(logits, candidates=(top_logp, top_ids)), 32, slots)
     b = build_ddtree(5, DraftProposal(logits), 32, slots)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)

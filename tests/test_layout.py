@@ -20,7 +20,9 @@ def loaded_modules(code: str) -> set[str]:
     return set(json.loads(out.splitlines()[-1]))
 
 
-LIBRARY = ["specdiff.decode", "specdiff.engine", "specdiff.bench.harness", "specdiff.bench.profile",
+LIBRARY = ["specdiff.decode", "specdiff.engine", "specdiff.methods", "specdiff.methods.ar", "specdiff.methods.pld",
+           "specdiff.methods.dflash", "specdiff.methods.ddtree", "specdiff.methods.d2sd", "specdiff.methods.caddtree",
+           "specdiff.bench.harness", "specdiff.methods.caddtree.profiler",
            "specdiff.dllm.pipeline", "specdiff.train.pretrain"]
 
 
@@ -66,9 +68,9 @@ def test_version_is_the_package_version(capsys):
 
 
 def test_every_command_has_a_description_and_an_example(capsys):
-    from specdiff.cli import COMMANDS, main
+    from specdiff.cli import commands, main
 
-    for command in COMMANDS:
+    for command in commands():
         with pytest.raises(SystemExit):
             main([command.name, "--help"])
         out = capsys.readouterr().out
@@ -97,3 +99,37 @@ def test_every_flag_has_help():
                 yield f"{name} {'/'.join(action.option_strings) or action.dest}"
 
     assert list(bare(build_parser(None), "")) == []
+
+
+def test_one_registry_lists_the_methods():
+    """The config's type, the CLI's choices and the engine read one registry, and each entry's
+    module builds a proposer of that name."""
+    import typing
+
+    from specdiff import config, methods
+    from specdiff.cli.common import config_flags
+
+    assert typing.get_args(config.Method) == config.METHODS == tuple(methods.REGISTRY)
+    method_field = next(f for path, _, f in config_flags() if path == ("method",))
+    assert tuple(method_field.metadata["choices"]) == config.METHODS
+    for name, info in methods.REGISTRY.items():
+        import importlib
+
+        module = importlib.import_module(info.module)
+        assert callable(module.make_proposer), name
+
+
+def test_every_decode_setting_has_one_flag_and_its_default_from_the_config():
+    from specdiff.cli import build_parser
+    from specdiff.cli.common import config_flags
+    from specdiff.config import DecodeConfig
+
+    flags = [flag for _, flag, _ in config_flags()]
+    assert len(flags) == len(set(flags))
+    parser = build_parser(["generate"])
+    args = parser.parse_args(["generate", "--prompt", "x"])
+    from specdiff.cli.common import decode_config
+
+    assert decode_config(args) == DecodeConfig()
+    for path, flag, f in config_flags():
+        assert f.metadata["help"], flag

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from specdiff import native
-from specdiff.trees.cost_model import CostProfile, fit_monotone_convex
-from specdiff.trees.ddtree import best_first_prefixes, build_ddtree, top_k_tensors
+from specdiff.methods.caddtree.cost_model import CostProfile, fit_monotone_convex
+from specdiff.methods.ddtree import best_first_prefixes, build_ddtree, top_k_tensors
 from specdiff.types import DraftProposal
 
 BUCKETS = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256]
@@ -65,7 +65,7 @@ def test_ddtree_is_the_same_tree_with_either_search(seed, budget, monkeypatch):
 def test_caddtree_search_in_c_decides_as_grow(seed, k, scale, lam):
     """The C search's caddtree decision equals `_grow`'s, also when a pop uses a depth's last
     fetched candidate before the decision is settled (both then ask for all candidates)."""
-    from specdiff.trees.caddtree import _grow, _step_costs
+    from specdiff.methods.caddtree.tree import _grow, _step_costs
 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * scale
@@ -89,7 +89,7 @@ def test_choice_read_off_the_prefixes_decides_as_grow(seed, width, lam):
     """`_choose` (caddtree's decision from a finished search, as the device search hands it over)
     equals `_grow`'s over the whole stream wherever the prefixes settle it, and asks for a wider
     search (None) when sizes past them could still win."""
-    from specdiff.trees.caddtree import _choose, _grow, _step_costs
+    from specdiff.methods.caddtree.tree import _choose, _grow, _step_costs
 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * (1 + seed % 3)

@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specdiff.errors import SpecdiffError
 from specdiff.cli import main
+from specdiff.train import loop
 from specdiff.train import pretrain as pt
+from specdiff.train import tokens as tk
 from specdiff.train.corpus import iter_documents, normalize_source, write_documents
 from specdiff.train.tokenizer import tiny_tokenizer
 
@@ -48,7 +50,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
 def tokens(dirs) -> Path:
     """Token files for the training tests, encoded once, in-process (no worker start-up)."""
     out = dirs["root"] / "tokens-train"
-    pt.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
+    tk.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
     return out
 
 
@@ -63,10 +65,10 @@ def _tiny_config(**overrides) -> pt.PretrainConfig:
 
 def test_tokenize_corpus_round_trip_and_cache(dirs):
     out = dirs["root"] / "tokens"
-    files = pt.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
+    files = tk.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
     assert not files.cached and files.vocab_size == 512 and files.eos_token_id == 0
     tok = AutoTokenizer.from_pretrained(str(dirs["tokenizer"]))
-    for split in pt.SPLITS:
+    for split in tk.SPLITS:
         data = files.load(split)
         assert data.dtype == np.uint16 and len(data) == files.tokens[split]
         docs = list(iter_documents(dirs["corpus"] / f"{split}.txt"))
@@ -75,28 +77,28 @@ def test_tokenize_corpus_round_trip_and_cache(dirs):
         cuts = np.flatnonzero(data == 0)
         first = np.asarray(data[: cuts[0]]).tolist()
         assert tok.decode(first) == docs[0]
-    again = pt.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
+    again = tk.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], out, num_workers=1)
     assert again.cached and again.tokens == files.tokens
 
 
 def test_tokenize_workers_match_in_process(dirs):
-    one = pt.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], dirs["root"] / "tok1", num_workers=1)
-    two = pt.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], dirs["root"] / "tok2", num_workers=2)
-    for split in pt.SPLITS:
+    one = tk.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], dirs["root"] / "tok1", num_workers=1)
+    two = tk.tokenize_corpus(dirs["corpus"], dirs["tokenizer"], dirs["root"] / "tok2", num_workers=2)
+    for split in tk.SPLITS:
         assert np.array_equal(one.load(split), two.load(split))
 
 
 def test_lr_schedule_warmup_cosine_and_time_budget():
     cfg = pt.PretrainConfig(lr=1.0, min_lr_frac=0.1, warmup_steps=10, max_steps=110)
-    assert pt.lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
-    assert pt.lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
-    sched = pt.Schedule(cfg)
-    assert pt.lr_at(cfg, 60, sched.progress(60, 0.0)) == pytest.approx(0.55)
-    assert pt.lr_at(cfg, 110, sched.progress(110, 0.0)) == pytest.approx(0.1)
+    assert loop.lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert loop.lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
+    sched = loop.Schedule(cfg)
+    assert loop.lr_at(cfg, 60, sched.progress(60, 0.0)) == pytest.approx(0.55)
+    assert loop.lr_at(cfg, 110, sched.progress(110, 0.0)) == pytest.approx(0.1)
     # A binding time budget drives the decay by wall-clock.
-    timed = pt.Schedule(pt.PretrainConfig(warmup_steps=10, max_steps=10**6), decay_s=100.0)
+    timed = loop.Schedule(pt.PretrainConfig(warmup_steps=10, max_steps=10**6), decay_s=100.0)
     assert timed.progress(20, 50.0) == pytest.approx(0.5)
-    resumed = pt.Schedule(timed.cfg, start_progress=0.5, decay_s=100.0)
+    resumed = loop.Schedule(timed.cfg, start_progress=0.5, decay_s=100.0)
     assert resumed.progress(20, 0.0) == 0.5 and resumed.progress(20, 50.0) == pytest.approx(0.75)
 
 
@@ -105,7 +107,7 @@ def test_pretrain_checkpoint_and_resume(dirs, tokens):
     stats = pt.pretrain(_tiny_config(), dirs["corpus"], dirs["tokenizer"], out, tokens_dir=tokens)
     assert stats.steps == 20 and stats.stop_reason == "max_steps" and stats.tokens_seen == 20 * 4 * 64
 
-    rows = [json.loads(line) for line in (out / pt.LOG_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / loop.LOG_FILE).read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 20 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses  # ~0.7 seen
@@ -135,10 +137,10 @@ def test_pretrain_checkpoint_and_resume(dirs, tokens):
     assert main(["pretrain", *argv]) == 0
     resumed = json.loads((out / pt.STATS_FILE).read_text())
     assert resumed["steps"] == 25 and resumed["run_steps"] == 5 and resumed["tokens_seen"] == 25 * 4 * 64
-    rows = [json.loads(line) for line in (out / pt.LOG_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / loop.LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 26))
     assert json.loads((out / pt.CONFIG_FILE).read_text())["max_steps"] == 25
-    state = torch.load(out / pt.STATE_FILE, weights_only=True)
+    state = torch.load(out / loop.STATE_FILE, weights_only=True)
     assert state["state"]["step"] == 25 and "optimizer" in state
 
 
@@ -155,7 +157,7 @@ def test_resume_matches_uninterrupted_run(dirs, tokens):
     pt.pretrain(cfg, dirs["corpus"], None, split, resume=True, tokens_dir=tokens)
 
     def losses(out: Path) -> list[float]:
-        rows = [json.loads(line) for line in (out / pt.LOG_FILE).read_text().splitlines()]
+        rows = [json.loads(line) for line in (out / loop.LOG_FILE).read_text().splitlines()]
         return [r["loss"] for r in rows if "loss" in r]
 
     assert losses(split) == pytest.approx(losses(whole), abs=1e-4)
@@ -166,7 +168,7 @@ def test_time_budget_stops_and_saves(dirs, tokens):
     cfg = _tiny_config(max_steps=1000, time_budget_s=1e-6, eval_tokens=256)
     stats = pt.pretrain(cfg, dirs["corpus"], dirs["tokenizer"], out, tokens_dir=tokens)
     assert stats.stop_reason == "time_budget" and stats.steps < 1000
-    assert (out / "config.json").is_file() and (out / pt.STATE_FILE).is_file()
+    assert (out / "config.json").is_file() and (out / loop.STATE_FILE).is_file()
 
 
 def test_resume_rejects_other_shape(dirs, tokens):

@@ -13,14 +13,20 @@ from typing import Literal, get_args
 
 from specdiff.errors import SpecdiffError
 
-Method = Literal["ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid"]
+from specdiff.methods import METHODS, Method  # noqa: F401  (the registry owns the names)
+
 Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
 TreeSearch = Literal["host", "device"]
-METHODS: tuple[str, ...] = get_args(Method)
 ENGINES: tuple[str, ...] = get_args(Engine)
 HORIZONS: tuple[str, ...] = get_args(Horizon)
 TREE_SEARCHES: tuple[str, ...] = get_args(TreeSearch)
+
+
+def option(default, help: str, flag: str | None = None, **kw):
+    """A setting with its default and its one-line help, from which the CLI flag is made (`flag`:
+    the flag's name where it is not the field's; `cli=False`: a setting with no flag)."""
+    return field(default=default, metadata={"help": help, "flag": flag, **kw})
 
 
 # The smallest temperature the float32 logit processing handles exactly: 1 / T stays finite in
@@ -37,10 +43,10 @@ def check_temperature(temperature: float, flag: str = "--temperature") -> None:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0  # keys the sampling noise by (seed, position): see sampling.py
+    temperature: float = option(0.0, "0 = greedy; else finite and >= 1e-30")
+    top_p: float = option(1.0, "nucleus filter: keep the most likely tokens up to this mass (1 = off)")
+    top_k: int = option(0, "keep the k most likely tokens (0 = off)")
+    seed: int = option(0, "keys the sampling noise by (seed, position): the same seed, the same tokens")
 
     @property
     def greedy(self) -> bool:
@@ -55,53 +61,98 @@ class SamplingConfig:
 
 
 @dataclass
+class PLDOptions:
+    """Prompt lookup (methods/pld.py)."""
+
+    ngram_max: int = option(4, "pld: the longest n-gram matched")
+    ngram_min: int = option(1, "pld: the shortest n-gram matched")
+    max_draft: int = option(15, "pld: draft tokens per round at most")
+
+    def validate(self) -> None:
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise SpecdiffError(f"--pld-ngram-min must be >= 1 and <= --pld-ngram-max, got {self.ngram_min} "
+                                f"and {self.ngram_max}")
+        if self.max_draft < 1:
+            raise SpecdiffError(f"--pld-max-draft must be >= 1, got {self.max_draft}")
+
+
+@dataclass
+class CaDDTreeOptions:
+    """Cost-aware DDTree (methods/caddtree)."""
+
+    profile: str | None = option(None, "caddtree: cost profile JSON (default: the one `specdiff profile` saved "
+                                       "for this device and models)", flag="--profile")
+    max_nodes: int = option(1024, "caddtree: draft nodes per round at most (and no more than its profile measured)")
+    # what a round's size maximises. "round": the round's own (1 + Phi) / C (the paper's rule);
+    # "decode": the decode's expected tokens per ms, sum (1 + Phi) / sum C, by a round's gain
+    # 1 + Phi - lam * C at the rate lam it runs at (cost_model.DecodeRate); measured slower than
+    # "round" (docs/methods/caddtree.md)
+    horizon: Horizon = option("round", "caddtree: size each round for its own tokens per ms (round) or for the "
+                                       "decode's (decode)", choices=HORIZONS)
+    # add the per-round host cost the profile misses, measured while decoding (None: when the
+    # profile timed the steps apart; a whole-round profile already holds the loop's own work)
+    measure_overhead: bool | None = option(None, "", cli=False)
+
+    def validate(self) -> None:
+        if self.horizon not in HORIZONS:
+            raise SpecdiffError(f"--caddtree-horizon must be decode or round, got {self.horizon!r}")
+        if self.max_nodes < 1:
+            raise SpecdiffError(f"--caddtree-max-nodes must be >= 1, got {self.max_nodes}")
+
+
+@dataclass
+class D2SDOptions:
+    """D²SD and its hybrid with DDTree (methods/d2sd.py)."""
+
+    branches: int = option(4, "d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts per round (K)",
+                           flag="--branches")
+
+    def validate(self) -> None:
+        if self.branches < 1:
+            raise SpecdiffError(f"--branches must be >= 1, got {self.branches}")
+
+
+@dataclass
 class DecodeConfig:
-    method: Method = "ddtree"
-    budget: int = 64  # ddtree, d2sd-hybrid: draft nodes per round (root not counted)
-    branches: int = 4  # d2sd, d2sd-hybrid: K, the prefixes the VP drafter re-drafts per round
-    max_new_tokens: int = 128
-    block_size: int | None = None  # drafter block (root + draft slots); None = the drafter's own
-    pld_ngram_max: int = 4  # prompt lookup: longest n-gram matched
-    pld_ngram_min: int = 1
-    pld_max_draft: int = 15
-    profile: str | None = None  # caddtree: cost profile JSON (None: the per-device cache)
-    caddtree_max_nodes: int = 1024  # caddtree: hard cap on draft nodes per round
-    # caddtree: add the per-round host cost the profile misses, measured while decoding (None: when
-    # the profile timed the steps apart; a whole-round profile already holds the loop's own work)
-    caddtree_measure_overhead: bool | None = None
-    # caddtree: what a round's size maximises. "round": the round's own (1 + Phi) / C (the paper's
-    # rule); "decode": the decode's expected tokens per ms, sum (1 + Phi) / sum C, by a round's gain
-    # 1 + Phi - lam * C at the rate lam it runs at (cost_model.DecodeRate); slower than "round" on
-    # an H200 (docs/results.md)
-    caddtree_horizon: Horizon = "round"
-    stop_at_eos: bool = True
+    """The whole decode: the method and what every method shares, then each method's own options."""
+
+    method: Method = option("ddtree", "the decoding method", choices=METHODS)
+    # the one meaning of a budget: draft nodes per round, root not counted (ddtree, d2sd-hybrid;
+    # caddtree chooses its own size, capped by caddtree.max_nodes)
+    budget: int = option(64, "ddtree, d2sd-hybrid: draft nodes per round")
+    max_new_tokens: int = option(128, "tokens to generate at most")
+    # drafter block (root + draft slots); None = the drafter's own
+    block_size: int | None = option(None, "", cli=False)
+    stop_at_eos: bool = option(True, "", cli=False)  # the CLI's --ignore-eos turns it off
     # target and drafter forwards: "hf" (the model's own forward), "static" (static-cache forward,
     # eager) or "graph" (the static forward as CUDA graphs per tree-size bucket; eager on a CPU)
-    engine: Engine = "hf"
+    engine: Engine = option("hf", "forwards: the model's own (hf), the static-cache path (static), or that "
+                                  "path replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)",
+                            choices=ENGINES)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
-    # CUDA GPU with Triton only). On an H200 the host search is the faster (docs/results.md).
-    tree_search: TreeSearch = "host"
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # CUDA GPU with Triton only). The host search measured faster (docs/results.md).
+    tree_search: TreeSearch = option("host", "ddtree/caddtree with --engine graph: best-first search on the host "
+                                             "(C) or on the device inside the drafter's graph (Triton)",
+                                     choices=TREE_SEARCHES)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flag_prefix": ""})
+    pld: PLDOptions = field(default_factory=PLDOptions)
+    caddtree: CaDDTreeOptions = field(default_factory=CaDDTreeOptions)
+    d2sd: D2SDOptions = field(default_factory=D2SDOptions)
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.engine not in ENGINES:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.caddtree_horizon not in HORIZONS:
-            raise SpecdiffError(f"--caddtree-horizon must be decode or round, got {self.caddtree_horizon!r}")
         if self.tree_search not in TREE_SEARCHES:
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
-        if self.caddtree_max_nodes < 1:
-            raise SpecdiffError(f"--caddtree-max-nodes must be >= 1, got {self.caddtree_max_nodes}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
-        if self.branches < 1:
-            raise SpecdiffError(f"--branches must be >= 1, got {self.branches}")
         if self.max_new_tokens < 1:
             raise SpecdiffError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        self.sampling.validate()
+        for options in (self.sampling, self.pld, self.caddtree, self.d2sd):
+            options.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

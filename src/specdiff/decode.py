@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from specdiff.config import DecodeConfig, SamplingConfig
-from specdiff.drafters.base import DecodeState, Proposer
+from specdiff.methods.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
 from specdiff.sampling import NoiseCache
 from specdiff.target.hf_causal import HFTarget
@@ -48,6 +48,14 @@ class SpeculativeDecoder:
                 f"prompt of {n_prompt} tokens plus --max-new-tokens {self.cfg.max_new_tokens} "
                 f"exceeds the target's context of {limit} tokens"
             )
+        window, slots = self.target.window, self._max_len(n_prompt)
+        if window is not None and slots > window:
+            # past its window such a model attends to fewer keys than a full-attention forward,
+            # which is what the engines compute
+            raise SpecdiffError(
+                f"prompt of {n_prompt} tokens, --max-new-tokens {self.cfg.max_new_tokens} and one draft tree need "
+                f"{slots} positions, past the target's sliding window of {window}, which specdiff does not model"
+            )
 
     def _max_len(self, n_prompt: int) -> int:
         """Cache slots a decode needs: the prompt, the output and one tree past the committed end."""
@@ -64,7 +72,10 @@ class SpeculativeDecoder:
                 d.prepare(max_len)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: Sequence[int]) -> GenerationResult:
+    def generate(self, prompt_ids: Sequence[int],
+                 on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        """Decode after `prompt_ids`; `on_tokens` (optional) sees each round's new tokens as they are
+        committed (progress, streaming)."""
         cfg, target, proposer = self.cfg, self.target, self.proposer
         prompt = [int(t) for t in prompt_ids]
         self.check_prompt(len(prompt))
@@ -108,6 +119,8 @@ class SpeculativeDecoder:
                     break
             new.extend(emitted)
             state.tokens.extend(emitted)
+            if on_tokens is not None:
+                on_tokens(emitted)
             accept_lengths.append(len(emitted))
             tree_sizes.append(tree.num_nodes)
             candidate_rows.append(tree.candidate_rows or tree.num_nodes)

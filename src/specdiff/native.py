@@ -4,7 +4,7 @@ On a GPU host a round's host time is round time, and in Python the tree work gro
 microsecond per node: a best-first pop, an ancestor-mask row, a child lookup in the walk. In C
 each costs tens of nanoseconds, so a larger tree (caddtree's filled bucket) no longer costs host
 time. Every function here has a Python reference (`ddtree.iter_best_first`,
-`DraftTree.ancestor_mask`'s own paths, the walk's table) that gives the same result and runs
+`DraftTree.ancestor_mask`, the walk's table) that gives the same result and runs
 where there is no C compiler (`available()` False). The shared library is cached per source hash
 under $SPECDIFF_CACHE (default ~/.cache/specdiff); SPECDIFF_NO_NATIVE=1 turns it off.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdiff.types import TopPrefixes
+from specdiff.types import DraftTree, TopPrefixes
 
 SOURCE = Path(__file__).with_name("native.c")
 _lib: ctypes.CDLL | None = None
@@ -121,6 +121,16 @@ def _search(top_logp, top_ids, width, complete, steps: StepCosts | None = None, 
         return prefixes, None
     keep = int(buf[end + 1])
     return prefixes, (None if keep < 0 else keep)
+
+
+def tree_mask(tree: DraftTree) -> torch.Tensor:
+    """`tree.ancestor_mask()` [N, N] bool, in C where it is compiled."""
+    if not available():
+        return tree.ancestor_mask()
+    n = tree.num_nodes
+    mask = np.empty((n, n), dtype=bool)
+    ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), mask)
+    return torch.from_numpy(mask)
 
 
 def ancestor_mask(parents: np.ndarray, out: np.ndarray) -> None:

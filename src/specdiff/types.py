@@ -71,18 +71,8 @@ class DraftTree:
         return tree if phi is None else replace(tree, phi=phi)
 
     def ancestor_mask(self) -> torch.Tensor:
-        """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i."""
-        n = self.num_nodes
-        from specdiff import native  # (native builds on these types)
-
-        if native.available():
-            mask = np.empty((n, n), dtype=bool)
-            native.ancestor_mask(np.ascontiguousarray(self.parents.numpy()), mask)
-            return torch.from_numpy(mask)
-        return self.ancestor_mask_reference()
-
-    def ancestor_mask_reference(self) -> torch.Tensor:
-        """`ancestor_mask` in Python (no C compiler): a chain, one int per row, or level by level."""
+        """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i. In Python: a chain, one int
+        per row, or level by level (`native.tree_mask` is the same in C)."""
         n = self.num_nodes
         if torch.equal(self.parents, torch.arange(-1, n - 1)):  # a chain: plain causal
             return torch.ones(n, n, dtype=torch.bool).tril_()
@@ -133,7 +123,7 @@ class DraftProposal:
 @dataclass(frozen=True)
 class TopPrefixes:
     """The top prefixes of a proposal's marginals in best-first order, from the C search
-    (`native.py`) or the device's (`trees/device_search.py`). Column c of `table` is tree node c
+    (`native.py`) or the device's (`methods/device_search.py`). Column c of `table` is tree node c
     (column 0 the root), so any first n + 1 columns form a tree."""
 
     table: np.ndarray  # [3, 1 + n] int64: token, parent, depth per node; the root's token is unset

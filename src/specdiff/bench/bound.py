@@ -17,7 +17,7 @@ holds the loop's own work, and its bound would hide the overhead this table is f
 from __future__ import annotations
 
 
-from specdiff.trees.cost_model import CostProfile
+from specdiff.methods.caddtree.cost_model import CostProfile
 
 
 def bound_table(result: dict, profile: CostProfile, context: int) -> list[dict]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from specdiff.bench.harness import environment
+from specdiff.bench.tables import environment_line, markdown_table
 from specdiff.dllm import pipeline as dc
 from specdiff.dllm.config import DLLMConfig
 from specdiff.errors import SpecdiffError
@@ -149,20 +150,21 @@ def report(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     lines = [
         "# specdiff dLLM bench: baseline vs Spiffy", "",
-        f"model `{result['model']}`, device {env.get('gpu', env['device'])}, {cfg['dtype']}, cache {cfg['cache']}, "
-        f"torch {env['torch']}, transformers {env['transformers']}; {cfg['num_prompts']} prompts per set, "
-        f"gen length {cfg['gen_length']}, block {cfg['block_length']}, T={cfg['temperature']:g}; "
-        f"threshold setting at {cfg['threshold']:g}.",
+        f"model `{result['model']}`, {environment_line(env)}, {cfg['dtype']}, cache {cfg['cache']}; "
+        f"{cfg['num_prompts']} prompts per set, gen length {cfg['gen_length']}, block {cfg['block_length']}, "
+        f"T={cfg['temperature']:g}; threshold setting at {cfg['threshold']:g}.",
         f"Spiffy trajectories that differ from the baseline's: **{result['mismatches']}**.", "",
-        "| setting | method | D | graph | mean NFE | NFE ratio | steps | accepted | drafts/forward | tok/s | time speed-up | mismatches |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    columns = ["setting", "method", "D", "graph", "mean NFE", "NFE ratio", "steps", "accepted", "drafts/forward",
+               "tok/s", "time speed-up", "mismatches"]
+    rows = []
     for r in result["rows"]:
         graph = Path(r["graph"]).name if r["graph"] not in ("-", "default_graph") else r["graph"]
-        lines.append(f"| {r['setting']} | {r['method']} | {r['budget'] or '-'} | {graph} | {r['mean_nfe']:.1f} | "
-                     f"{r['nfe_ratio']:.2f} | {r['mean_steps']:.1f} | {r['mean_accepted']:.1f} | "
-                     f"{r['drafts_per_forward']:.1f} | {r['tokens_per_s']:.1f} | {r['time_speedup']:.2f} | "
-                     f"{r['mismatches']} |")
+        rows.append([r["setting"], r["method"], r["budget"] or "-", graph, f"{r['mean_nfe']:.1f}",
+                     f"{r['nfe_ratio']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_accepted']:.1f}",
+                     f"{r['drafts_per_forward']:.1f}", f"{r['tokens_per_s']:.1f}", f"{r['time_speedup']:.2f}",
+                     r["mismatches"]])
+    lines += markdown_table(columns, rows)
     return "\n".join(lines) + "\n"
 
 

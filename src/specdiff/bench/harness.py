@@ -23,9 +23,12 @@ from typing import Callable
 import torch
 
 from specdiff import native
-from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.config import CaDDTreeOptions, D2SDOptions, DecodeConfig, SamplingConfig
+from specdiff.bench.tables import environment_line, markdown_table
 from specdiff.errors import SpecdiffError
+from specdiff.methods import REGISTRY
 from specdiff.sampling import derive_seed
+from specdiff.types import GenerationResult
 
 
 @dataclass
@@ -35,21 +38,29 @@ class BenchConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.0])
     prompt_files: list[str] = field(default_factory=list)
     limit: int = 32
-    max_new_tokens: int = 128
+    max_new_tokens: int = DecodeConfig.max_new_tokens
     warmup: int = 2
     seed: int = 0
     profile: str | None = None  # caddtree's cost profile (None: the per-device cache)
     device: str = "cpu"
     dtype: str = "float32"
-    engine: str = "hf"
-    tree_search: str = "host"  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
-    # caddtree's horizons (DecodeConfig.caddtree_horizon): the first runs as "caddtree", each other
+    engine: str = DecodeConfig.engine
+    tree_search: str = DecodeConfig.tree_search  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
+    # caddtree's horizons (CaDDTreeOptions.horizon): the first runs as "caddtree", each other
     # one beside it as "caddtree/<horizon>"
     caddtree_horizons: list[str] = field(default_factory=lambda: ["round"])
     target: str = ""
     drafter: str = ""
-    branches: int = 4  # d2sd, d2sd-hybrid: K
+    branches: int = D2SDOptions.branches  # d2sd, d2sd-hybrid: K
     vp_drafter: str = ""  # d2sd, d2sd-hybrid: the VP drafter folder
+
+    def decode_config(self, label: str, method: str, budget: int, temperature: float) -> DecodeConfig:
+        """The decode of one variant (`variants`) at one temperature."""
+        horizon = label.partition("/")[2] or self.caddtree_horizons[0]
+        return DecodeConfig(method=method, budget=budget, max_new_tokens=self.max_new_tokens, engine=self.engine,
+                            tree_search=self.tree_search, sampling=SamplingConfig(temperature=temperature, seed=self.seed),
+                            caddtree=CaDDTreeOptions(profile=self.profile, horizon=horizon),
+                            d2sd=D2SDOptions(branches=self.branches))
 
 
 @dataclass
@@ -73,6 +84,14 @@ class Run:
     round_ms: list[float] = field(default_factory=list)  # per round: wall time (`bench.round_costs` reads both)
     seed: int = 0  # the sampling seed this prompt ran with: sampling.derive_seed(config seed, prompt set, prompt id)
 
+    @staticmethod
+    def of(prompt_set: str, prompt_id: str, label: str, temperature: float, r: GenerationResult,
+           matches_ar: bool | None, prompt_tokens: int, seed: int, round_overhead_ms: float | None) -> Run:
+        return Run(prompt_set, prompt_id, label, temperature, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
+                   r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths, matches_ar,
+                   sum(r.candidate_rows) / max(1, len(r.candidate_rows)), round_overhead_ms, prompt_tokens,
+                   r.tree_sizes, [round(ms, 4) for ms in r.round_ms], seed)
+
 
 def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
     """(label, method, budget); budgets apply to tree methods only; ar first."""
@@ -80,7 +99,7 @@ def variants(cfg: BenchConfig) -> list[tuple[str, str, int]]:
     for m in cfg.methods:
         if m == "ar":
             continue
-        if m in ("ddtree", "d2sd-hybrid"):
+        if REGISTRY[m].budgeted:
             out += [(f"{m}@{b}", m, b) for b in cfg.budgets]
         elif m == "caddtree":
             out += [("caddtree" if i == 0 else f"caddtree/{h}", m, 1) for i, h in enumerate(cfg.caddtree_horizons)]
@@ -135,12 +154,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             for temp in cfg.temperatures:
                 decoders = []
                 for label, method, budget in variants(cfg):
-                    dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.max_new_tokens,
-                                      profile=cfg.profile, engine=cfg.engine, tree_search=cfg.tree_search,
-                                      branches=cfg.branches,
-                                      caddtree_horizon=label.partition("/")[2] or cfg.caddtree_horizons[0],
-                                      sampling=SamplingConfig(temperature=temp, seed=cfg.seed))
-                    decoder = build_decoder(target, dc, drafter, eos, vp_drafter=vp_drafter)
+                    decoder = build_decoder(target, cfg.decode_config(label, method, budget, temp), drafter, eos,
+                                            vp_drafter=vp_drafter)
                     decoder.prepare(longest)  # no allocation or graph capture while timed
                     for _, ids in encoded[: cfg.warmup]:
                         decoder.generate(ids)
@@ -163,12 +178,9 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                                 mismatches += 1
                                 print(f"MISMATCH: {label} T={temp} on {set_name}/{pid} differs from ar",
                                       file=sys.stderr)
-                        overhead = getattr(decoder.proposer, "overhead", None)
-                        runs.append(Run(set_name, pid, label, temp, r.num_new_tokens, r.rounds, r.tau, r.decode_s,
-                                        r.prefill_s, sum(r.tree_sizes) / max(1, len(r.tree_sizes)), r.accept_lengths,
-                                        match, sum(r.candidate_rows) / max(1, len(r.candidate_rows)),
-                                        overhead.ms if overhead is not None else None, len(ids), r.tree_sizes,
-                                        [round(ms, 4) for ms in r.round_ms], seed))
+                        overhead = getattr(decoder.proposer, "overhead", None)  # caddtree's, when it measures one
+                        runs.append(Run.of(set_name, pid, label, temp, r, match, len(ids), seed,
+                                           overhead.ms if overhead is not None else None))
                         if progress is not None:
                             progress(f"{set_name} T={temp:g} {pid} {label}", len(runs), decodes)
     except KeyboardInterrupt:  # keep every finished run
@@ -246,17 +258,15 @@ def report(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     lines = [
         "# specdiff bench", "",
-        f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, device {env.get('gpu', env['device'])}, "
-        f"{cfg['dtype']}, engine {cfg.get('engine', 'hf')}, torch {env['torch']}, transformers {env['transformers']}; "
-        f"{cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
+        f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, {environment_line(env)}, {cfg['dtype']}, "
+        f"engine {cfg.get('engine', 'hf')}; {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
-        "| prompt set | T | method | tau | nodes/round | ms/token | speed-up vs ar |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar"],
+                        ([r["prompt_set"], f"{r['temperature']:g}", r["method"], f"{r['tau']:.2f}",
+                          f"{r['mean_tree_nodes']:.1f}", f"{r['ms_per_token']:.2f}", f"{r['speedup_vs_ar']:.2f}"]
+                         for r in result["summary"])),
     ]
-    for r in result["summary"]:
-        lines.append(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['tau']:.2f} | "
-                     f"{r['mean_tree_nodes']:.1f} | {r['ms_per_token']:.2f} | {r['speedup_vs_ar']:.2f} |")
     from specdiff.bench.versus import versus_best_fixed, versus_table
 
     versus = versus_best_fixed(result)

@@ -48,8 +48,3 @@ def plot_results(result: dict, out_dir: Path) -> list[Path]:
         written.append(path)
     return written
 
-
-def plot_dir(out_dir: Path) -> list[Path]:
-    from specdiff.bench.harness import load_results
-
-    return plot_results(load_results(out_dir), out_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 
-from specdiff.trees.cost_model import CostProfile
+from specdiff.methods.caddtree.cost_model import CostProfile
 
 
 def bucket_of(n: int, buckets: list[int]) -> int:

@@ -7,25 +7,34 @@ import argparse
 from pathlib import Path
 
 from specdiff.cli.common import (
-    ProgressBar, add_model_args, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
+    ProgressBar, add_model_args, add_setting, config_flags, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
 )
+from specdiff.config import CaDDTreeOptions
 from specdiff.errors import SpecdiffError
+
+# this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
+# example) and cmd_<name>
+COMMANDS = ("bench", "profile", "versus", "bound", "round-costs")
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
+    """methods x budgets x temperatures over prompt sets, ar as the baseline, outputs checked against ar
+
+    specdiff bench --prompts data/prompts/function_completion.jsonl --methods ar,ddtree --limit 8 --out out/b
+    """
     add_model_args(p)
     p.add_argument("--methods", default="ar,dflash,ddtree", help="comma-separated methods; ar always runs first as the baseline")
     p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
     p.add_argument("--limit", type=int, default=32, help="prompts per prompt file")
     p.add_argument("--temperature", default="0", help="comma-separated temperatures")
     p.add_argument("--budgets", default="16,64,256", help="comma-separated node budgets for ddtree and d2sd-hybrid")
-    p.add_argument("--branches", type=int, default=4, help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per decode at most")
+    for path, flag, f in config_flags():
+        if path in (("max_new_tokens",), ("d2sd", "branches"), ("caddtree", "profile")):
+            add_setting(p, flag, f)
     p.add_argument("--warmup", type=int, default=2, help="untimed decodes per method before the timed ones")
     p.add_argument("--seed", type=int, default=0,
                    help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
-    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the per-device cache)")
-    p.add_argument("--caddtree-horizon", default="round",
+    p.add_argument("--caddtree-horizon", default=CaDDTreeOptions.horizon,
                    help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
                         "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md and the plots")
@@ -34,7 +43,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from specdiff.bench.harness import BenchConfig, report, run_bench
     from specdiff.config import METHODS, check_temperature
-    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP
+    from specdiff.methods import needs_drafter, needs_vp_drafter
 
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
@@ -51,8 +60,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
     check_positive(args.limit, "--limit")
     check_out_dir(args.out)
-    model, tokenizer, drafter = load_models(args, need_drafter=any(m in NEEDS_DRAFTER for m in methods))
-    vp_drafter = load_vp_drafter(args) if any(m in NEEDS_VP for m in methods) else None  # D²SD's second drafter
+    model, tokenizer, drafter = load_models(args, need_drafter=any(map(needs_drafter, methods)))
+    vp_drafter = load_vp_drafter(args) if any(map(needs_vp_drafter, methods)) else None  # D²SD's second drafter
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine, tree_search=args.tree_search,
@@ -69,6 +78,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
+    """measure this device's draft and verify costs (caddtree's cost profile)
+
+    specdiff profile --device cuda --dtype bfloat16 --engine graph
+    """
     add_model_args(p)
     p.add_argument("--contexts", default="128,1024", help="context lengths (comma-separated)")
     p.add_argument("--nodes", help="tree sizes, root included (default: 1,2,4,..,512; on the graph engine its "
@@ -83,7 +96,7 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from specdiff.bench.profile import build_profile
+    from specdiff.methods.caddtree.profiler import build_profile
 
     contexts = split_list(args.contexts, int, "--contexts")
     nodes = split_list(args.nodes, int, "--nodes") if args.nodes else None
@@ -99,6 +112,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def add_versus_args(p: argparse.ArgumentParser) -> None:
+    """caddtree against the best fixed ddtree budget of a bench, with a 95%% interval
+
+    specdiff versus out/b
+    """
     p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
     p.add_argument("--method", default="caddtree", help="the run set against the best fixed budget (default: caddtree)")
 
@@ -115,6 +132,10 @@ def cmd_versus(args: argparse.Namespace) -> int:
 
 
 def add_bound_args(p: argparse.ArgumentParser) -> None:
+    """a bench's per-token times against the bound its profiled parts set
+
+    specdiff bound out/b profile.json
+    """
     p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
     p.add_argument("profile", type=Path, help="a steps profile (`specdiff profile --measure steps`)")
     p.add_argument("--context", type=int, default=512, help="context length at which C_v is read")
@@ -123,7 +144,7 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
 def cmd_bound(args: argparse.Namespace) -> int:
     from specdiff.bench.bound import bound_table, markdown
     from specdiff.bench.harness import load_results
-    from specdiff.trees.cost_model import CostProfile
+    from specdiff.methods.caddtree.cost_model import CostProfile
 
     result = load_results(args.results)
     profile = CostProfile.load(args.profile)
@@ -135,6 +156,10 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def add_round_costs_args(p: argparse.ArgumentParser) -> None:
+    """a bench's measured rounds against a cost profile, per tree-size bucket
+
+    specdiff round-costs out/b profile.json
+    """
     p.add_argument("results", type=Path, help="a bench's results.json, its .gz, or its folder")
     p.add_argument("profile", type=Path, help="the cost profile the rounds are priced with")
 
@@ -142,7 +167,7 @@ def add_round_costs_args(p: argparse.ArgumentParser) -> None:
 def cmd_round_costs(args: argparse.Namespace) -> int:
     from specdiff.bench.harness import load_results
     from specdiff.bench.round_costs import round_cost_table
-    from specdiff.trees.cost_model import CostProfile
+    from specdiff.methods.caddtree.cost_model import CostProfile
 
     rows = round_cost_table(load_results(args.results), CostProfile.load(args.profile))
     print("| prompt set | T | method | bucket | rounds | measured ms | profile ms | measured / profile |")

@@ -4,12 +4,14 @@ and decode flags, and the one place a `SpecdiffError` becomes `specdiff: error: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
-from specdiff.config import ENGINES, HORIZONS, METHODS, TREE_SEARCHES, DecodeConfig, SamplingConfig
+from specdiff.config import DecodeConfig
 from specdiff.errors import SpecdiffError
 
 
@@ -99,51 +101,74 @@ def check_out_file(path: Path, flag: str = "--out") -> Path:
     return path
 
 
+def config_flags(cls: type = DecodeConfig) -> list[tuple[tuple[str, ...], str, dataclasses.Field]]:
+    """(path, flag, field) for every setting of `cls` that has a flag, nested options included:
+    a setting's default and help live on its field (`config.option`), and the flags are made here
+    from them. A nested option's flag is `--<group>-<name>` unless the field names its own."""
+    out = []
+
+    def walk(c: type, path: tuple[str, ...], prefix: str) -> None:
+        for f in dataclasses.fields(c):
+            if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+                walk(f.default_factory, path + (f.name,), f.metadata.get("flag_prefix", f.name))
+            elif f.metadata.get("cli", True) and f.metadata.get("help"):
+                flag = f.metadata["flag"] or "--" + "-".join(filter(None, (prefix, f.name))).replace("_", "-")
+                out.append((path + (f.name,), flag, f))
+
+    walk(cls, (), "")
+    return out
+
+
+MODEL_SETTINGS = ("engine", "tree_search")  # decode settings that every model-loading command takes
+
+
+def add_setting(p: argparse.ArgumentParser, flag: str, f: dataclasses.Field) -> None:
+    kind = str if f.default is None else type(f.default)
+    p.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=f.metadata["help"])
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    d = DecodeConfig()
     p.add_argument("--target", help="target model folder (default: the bundled target)")
     p.add_argument("--drafter", help="DFlash drafter folder (default: the bundled drafter)")
     p.add_argument("--vp-drafter", help="variable-prefix drafter folder (D2SD; default: bundled)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the models' weights and compute; float32 keeps outputs token-identical to ar")
-    p.add_argument("--engine", default=d.engine, choices=ENGINES,
-                   help="forwards: the model's own (hf), the static-cache path (static), or that path "
-                        "replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)")
-    p.add_argument("--tree-search", default=d.tree_search, choices=TREE_SEARCHES,
-                   help="ddtree/caddtree with --engine graph: best-first search on the host (C) or on the "
-                        "device inside the drafter's graph (Triton)")
+    for path, flag, f in config_flags():
+        if path[0] in MODEL_SETTINGS:
+            add_setting(p, flag, f)
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    d, s = DecodeConfig(), SamplingConfig()
-    p.add_argument("--method", default=d.method, choices=METHODS, help="the decoding method")
-    p.add_argument("--budget", type=int, default=d.budget, help="ddtree, d2sd-hybrid: draft nodes per round")
-    p.add_argument("--branches", type=int, default=d.branches,
-                   help="d2sd, d2sd-hybrid: prefixes the VP drafter re-drafts (K)")
-    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy; else finite and >= 1e-30")
-    p.add_argument("--top-p", type=float, default=s.top_p,
-                   help="nucleus filter: keep the most likely tokens up to this mass (1 = off)")
-    p.add_argument("--top-k", type=int, default=s.top_k, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--seed", type=int, default=s.seed, help="keys the sampling noise (64 bits)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens to generate at most")
-    p.add_argument("--profile", help="caddtree: cost profile JSON (default: the one `specdiff profile` saved for this device)")
-    p.add_argument("--caddtree-horizon", default=d.caddtree_horizon, choices=HORIZONS,
-                   help="caddtree: size each round for its own tokens per ms (round) or for the decode's (decode)")
-    p.add_argument("--caddtree-max-nodes", type=int, default=d.caddtree_max_nodes,
-                   help="caddtree: draft nodes per round at most (and no more than its profile measured)")
+    for path, flag, f in config_flags():
+        if path[0] not in MODEL_SETTINGS:
+            add_setting(p, flag, f)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    cfg = DecodeConfig(
-        method=args.method, budget=args.budget, branches=args.branches, max_new_tokens=args.max_new_tokens,
-        stop_at_eos=not args.ignore_eos, profile=args.profile, engine=args.engine, tree_search=args.tree_search,
-        caddtree_horizon=args.caddtree_horizon, caddtree_max_nodes=args.caddtree_max_nodes,
-        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed),
-    )
+    """The decode flags -> a validated `DecodeConfig` (nested options filled from their flags)."""
+    values: dict = {}
+    for path, flag, _ in config_flags():
+        node = values
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    nested = {f.name: f.default_factory for f in dataclasses.fields(DecodeConfig)
+              if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory)}
+    cfg = DecodeConfig(**{k: nested[k](**v) if k in nested else v for k, v in values.items()},
+                       stop_at_eos=not args.ignore_eos)
     cfg.validate()
     return cfg
+
+
+def emit(as_json: bool, record: dict, text: str, summary: str) -> None:
+    """A completion: one JSON object (`--json`), or the text on stdout and a summary on stderr."""
+    if as_json:
+        print(json.dumps(record))
+    else:
+        print(text)
+        print(summary, file=sys.stderr)
 
 
 def read_prompt(args: argparse.Namespace) -> str:

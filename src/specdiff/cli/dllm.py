@@ -5,13 +5,16 @@ and `specdiff.bench.dllm`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from specdiff.cli.common import check_out_dir, check_positive, read_prompt
+from specdiff.cli.common import check_out_dir, check_positive, emit, read_prompt
 from specdiff.errors import SpecdiffError
+
+# this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
+# example) and cmd_<name>
+COMMANDS = ("dllm",)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -76,13 +79,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = dict(cfg.to_dict(), method=args.method, cache=cache, budget=args.budget, graph=source,
                     model=str(loaded.path), kind=loaded.kind, device=args.device, dtype=args.dtype,
                     prompt_tokens=len(ids))
-    if args.json:
-        print(json.dumps(dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
-                              accepted=result.accepted, seconds=round(seconds, 4), settings=settings)))
-    else:
-        print(text + answer)
-        print(f"[{args.method}] {cfg.gen_length} tokens, {result.steps} steps in {result.nfe} forwards "
-              f"({result.accepted} accepted), {seconds:.2f}s", file=sys.stderr)
+    record = dict(token_ids=result.token_ids.tolist(), text=answer, nfe=result.nfe, steps=result.steps,
+                  accepted=result.accepted, seconds=round(seconds, 4), settings=settings)
+    emit(args.json, record, text + answer, f"[{args.method}] {cfg.gen_length} tokens, {result.steps} steps in "
+         f"{result.nfe} forwards ({result.accepted} accepted), {seconds:.2f}s")
     return 0
 
 
@@ -149,6 +149,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_dllm_args(parser: argparse.ArgumentParser) -> None:
+    """masked-diffusion LM: generate, calibrate Spiffy graphs, bench
+
+    specdiff dllm generate --method spiffy --prompt 'def f(x):'
+    """
     sub = parser.add_subparsers(dest="dllm_command", required=True, parser_class=type(parser))
     g = sub.add_parser("generate", help="one answer with the baseline or Spiffy")
     add_model_args(g)

@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 
 from specdiff.cli.common import (
-    add_decode_args, add_model_args, decode_config, load_models, load_vp_drafter, read_prompt,
+    ProgressBar, add_decode_args, add_model_args, emit, decode_config, load_models, load_vp_drafter, read_prompt,
 )
 from specdiff.errors import SpecdiffError
+
+# this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
+# example) and cmd_<name>
+COMMANDS = ("generate", "demo", "plot")
 
 
 def result_json(cfg, result, text: str) -> dict:
@@ -36,6 +40,10 @@ def result_json(cfg, result, text: str) -> dict:
 
 
 def add_generate_args(g: argparse.ArgumentParser) -> None:
+    """complete one prompt with any method
+
+    specdiff generate --method ddtree --budget 64 --prompt 'def quicksort(xs):' --json
+    """
     add_model_args(g)
     add_decode_args(g)
     g.add_argument("--prompt", help="the prompt text")
@@ -44,27 +52,39 @@ def add_generate_args(g: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from specdiff.engine import NEEDS_DRAFTER, NEEDS_VP, build_decoder
+    from specdiff.engine import build_decoder
+    from specdiff.methods import needs_drafter, needs_vp_drafter
     from specdiff.loading import encode, eos_ids
 
     cfg = decode_config(args)
     prompt = read_prompt(args)
-    model, tokenizer, drafter = load_models(args, cfg.method in NEEDS_DRAFTER)
-    vp_drafter = load_vp_drafter(args) if cfg.method in NEEDS_VP else None
+    model, tokenizer, drafter = load_models(args, needs_drafter(cfg.method))
+    vp_drafter = load_vp_drafter(args) if needs_vp_drafter(cfg.method) else None
     decoder = build_decoder(model, cfg, drafter, eos_ids(model, tokenizer), vp_drafter=vp_drafter)
     ids = encode(tokenizer, prompt)
-    result = decoder.generate(ids)
+    # a bar of the tokens on a terminal (a CPU decode takes a while); nothing in a pipe or with --json
+    bar, done = ProgressBar("token", quiet=args.json or not sys.stderr.isatty()), [0]
+
+    def progress(tokens: list[int]) -> None:
+        done[0] += len(tokens)
+        bar(cfg.method, done[0], cfg.max_new_tokens)
+
+    try:
+        result = decoder.generate(ids, on_tokens=progress)
+    finally:
+        bar.close()
     text = tokenizer.decode(result.token_ids)
-    if args.json:
-        print(json.dumps(result_json(cfg, result, text)))
-    else:
-        print(prompt + text)
-        print(f"[{cfg.method}] {result.num_new_tokens} tokens, {result.rounds} rounds, tau {result.tau:.2f}, "
-              f"{1000 * result.decode_s / max(1, result.num_new_tokens):.1f} ms/token", file=sys.stderr)
+    emit(args.json, result_json(cfg, result, text), prompt + text,
+         f"[{cfg.method}] {result.num_new_tokens} tokens, {result.rounds} rounds, tau {result.tau:.2f}, "
+         f"{1000 * result.decode_s / max(1, result.num_new_tokens):.1f} ms/token")
     return 0
 
 
 def add_demo_args(d: argparse.ArgumentParser) -> None:
+    """ar and ddtree side by side on the bundled models
+
+    specdiff demo
+    """
     add_model_args(d)
     d.add_argument("--prompt", help="the prompt text (default: the first held-out function-completion prompt)")
     d.add_argument("--budget", type=int, default=16, help="ddtree budget (small: a CPU pays per node)")
@@ -127,16 +147,21 @@ def default_demo_prompt() -> str:
 
 
 def add_plot_args(p: argparse.ArgumentParser) -> None:
+    """draw the PNG plots of a bench output folder
+
+    specdiff plot out/b
+    """
     p.add_argument("dir", type=Path, help="a bench output folder (results.json)")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from specdiff.bench.plots import plot_dir
+    from specdiff.bench.harness import load_results
+    from specdiff.bench.plots import plot_results
 
     if not ((args.dir / "results.json").is_file() or (args.dir / "results.json.gz").is_file()):
         raise SpecdiffError(f"no results.json in {args.dir}")
     try:
-        paths = plot_dir(args.dir)
+        paths = plot_results(load_results(args.dir), args.dir)
     except ImportError:
         raise SpecdiffError("drawing plots needs matplotlib: pip install matplotlib") from None
     except (KeyError, TypeError) as e:

@@ -8,12 +8,55 @@ import json
 import sys
 from pathlib import Path
 
+from specdiff.cli.common import ProgressBar
 from specdiff.loading import check_device
 from specdiff.errors import SpecdiffError
+
+# this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
+# example) and cmd_<name>
+COMMANDS = ("corpus", "tokenizer", "pretrain", "train-drafter", "train-dllm")
+
+
+class TrainProgress:
+    """Where a training run reports (the library's `Reporter` interface). On a terminal: a progress
+    bar on stderr, moved every step, showing the loss and tokens/s of the last logged interval,
+    with the log lines written above it. Elsewhere (logs, CI): the log lines alone on stdout, one
+    per logged interval, as the library prints them."""
+
+    def __init__(self) -> None:
+        self.bar = ProgressBar("step") if sys.stderr.isatty() else None
+
+    def __enter__(self) -> TrainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def line(self, text: str) -> None:
+        if self.bar is None:
+            print(text, flush=True)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(text)  # clears the bar, prints, draws the bar again below
+
+    def tick(self, tick) -> None:
+        if self.bar is None:
+            return
+        what = "training" if tick.loss is None else f"loss {tick.loss:.4f}"
+        if tick.tokens_per_s is not None:
+            what += f" | {tick.tokens_per_s / 1e3:.1f}k tok/s"
+        self.bar(what, tick.step, tick.max_steps)
+
 
 # -- tokenizer --
 
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
+    """train the byte-level BPE tokenizer
+
+    specdiff tokenizer --corpus data/corpus --out data/tokenizer
+    """
     from specdiff.train.tokenizer import TokenizerConfig
 
     defaults = TokenizerConfig()
@@ -43,6 +86,10 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 # -- corpus --
 
 def add_corpus_args(parser: argparse.ArgumentParser) -> None:
+    """build the training corpus and held-out prompt sets
+
+    specdiff corpus --out data/corpus
+    """
     from specdiff.train.corpus import CorpusConfig
 
     defaults = CorpusConfig(src_dirs=[])
@@ -102,21 +149,44 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 # -- pretrain --
 
-# flag -> PretrainConfig field; each flag defaults to None so that on --resume only the flags
-# actually given override the checkpoint's saved settings.
-_FLAG_FIELDS = {
-    "steps": "max_steps", "time_budget": "time_budget_s", "batch_size": "batch_size", "seq_len": "seq_len",
-    "lr": "lr", "min_lr_frac": "min_lr_frac", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
-    "grad_clip": "grad_clip", "hidden": "hidden_size", "layers": "num_layers", "heads": "num_heads",
-    "kv_heads": "num_kv_heads", "head_dim": "head_dim", "intermediate": "intermediate_size",
-    "max_positions": "max_position_embeddings", "rope_theta": "rope_theta", "eval_every": "eval_every",
-    "eval_tokens": "eval_tokens", "log_every": "log_every", "save_every": "save_every", "seed": "seed",
-    "device": "device", "dtype": "dtype", "save_dtype": "save_dtype",
-}  # fmt: skip
+# flag -> (PretrainConfig field, metavar, help); each flag defaults to None so that on --resume
+# only the flags actually given override the checkpoint's saved settings. `{}` in a help is the
+# field's default; the type is the default's (float where the default is None).
+_PRETRAIN_FLAGS = {
+    "steps": ("max_steps", "N", "stop at this total step count (default {})"),
+    "time_budget": ("time_budget_s", "S", "stop the training loop after S seconds (then save)"),
+    "batch_size": ("batch_size", "B", "sequences per step (default {})"),
+    "seq_len": ("seq_len", "L", "tokens per sequence (default {})"),
+    "lr": ("lr", None, "peak learning rate (default {})"),
+    "min_lr_frac": ("min_lr_frac", None, "final lr as a fraction of the peak (default {})"),
+    "warmup_steps": ("warmup_steps", None, "default {}"),
+    "weight_decay": ("weight_decay", None, "default {}"),
+    "grad_clip": ("grad_clip", None, "default {}"),
+    "hidden": ("hidden_size", None, "hidden size (default {})"),
+    "layers": ("num_layers", None, "default {}"),
+    "heads": ("num_heads", None, "attention heads (default {})"),
+    "kv_heads": ("num_kv_heads", None, "key/value heads (default {})"),
+    "head_dim": ("head_dim", None, "default {}"),
+    "intermediate": ("intermediate_size", None, "MLP size (default {})"),
+    "max_positions": ("max_position_embeddings", None, "default {}"),
+    "rope_theta": ("rope_theta", None, "default {}"),
+    "eval_every": ("eval_every", "N", "held-out loss every N steps (default {})"),
+    "eval_tokens": ("eval_tokens", None, "held-out tokens scored per evaluation (default {})"),
+    "log_every": ("log_every", "N", "default {}"),
+    "save_every": ("save_every", "N", "also save every N steps (default: only at the end)"),
+    "seed": ("seed", None, "default {}"),
+}
+# Flags named as their field, set on --resume only when given, like the table's.
+_PRETRAIN_SAME_NAME = ("device", "dtype", "save_dtype", "compile", "save_optimizer")
 
 
 def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
-    from specdiff.train.pretrain import _DTYPES, PretrainConfig
+    """pretrain a Qwen3 target on the corpus
+
+    specdiff pretrain --corpus data/corpus --tokenizer data/tokenizer --out models/target
+    """
+    from specdiff.train.config import DTYPES
+    from specdiff.train.pretrain import PretrainConfig
 
     d = PretrainConfig()
     p = parser.add_argument
@@ -130,31 +200,13 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from the checkpoint in --out; settings not given as flags come from it",
     )
-    p("--steps", type=int, metavar="N", help=f"stop at this total step count (default {d.max_steps})")
-    p("--time-budget", type=float, metavar="S", help="stop the training loop after S seconds (then save)")
-    p("--batch-size", type=int, metavar="B", help=f"sequences per step (default {d.batch_size})")
-    p("--seq-len", type=int, metavar="L", help=f"tokens per sequence (default {d.seq_len})")
-    p("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p("--min-lr-frac", type=float, help=f"final lr as a fraction of the peak (default {d.min_lr_frac})")
-    p("--warmup-steps", type=int, help=f"default {d.warmup_steps}")
-    p("--weight-decay", type=float, help=f"default {d.weight_decay}")
-    p("--grad-clip", type=float, help=f"default {d.grad_clip}")
-    p("--hidden", type=int, help=f"hidden size (default {d.hidden_size})")
-    p("--layers", type=int, help=f"default {d.num_layers}")
-    p("--heads", type=int, help=f"attention heads (default {d.num_heads})")
-    p("--kv-heads", type=int, help=f"key/value heads (default {d.num_kv_heads})")
-    p("--head-dim", type=int, help=f"default {d.head_dim}")
-    p("--intermediate", type=int, help=f"MLP size (default {d.intermediate_size})")
-    p("--max-positions", type=int, help=f"default {d.max_position_embeddings}")
-    p("--rope-theta", type=float, help=f"default {d.rope_theta}")
-    p("--eval-every", type=int, metavar="N", help=f"held-out loss every N steps (default {d.eval_every})")
-    p("--eval-tokens", type=int, help=f"held-out tokens scored per evaluation (default {d.eval_tokens})")
-    p("--log-every", type=int, metavar="N", help=f"default {d.log_every}")
-    p("--save-every", type=int, metavar="N", help="also save every N steps (default: only at the end)")
-    p("--seed", type=int, help=f"default {d.seed}")
+    for flag, (name, metavar, text) in _PRETRAIN_FLAGS.items():
+        default = getattr(d, name)
+        kind = float if default is None else type(default)
+        p(f"--{flag.replace('_', '-')}", type=kind, metavar=metavar, help=text.format(default))
     p("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p("--dtype", choices=["auto", *_DTYPES], help="autocast dtype (default bfloat16 on CUDA, float32 on CPU)")
-    p("--save-dtype", choices=list(_DTYPES), help=f"dtype of the saved weights (default {d.save_dtype})")
+    p("--dtype", choices=["auto", *DTYPES], help="autocast dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p("--save-dtype", choices=list(DTYPES), help=f"dtype of the saved weights (default {d.save_dtype})")
     p("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     p(
         "--save-optimizer",
@@ -169,7 +221,8 @@ def pretrain_config(args: argparse.Namespace):
     from specdiff.train.pretrain import CONFIG_FILE, PretrainConfig
 
     cfg = PretrainConfig.load(args.out / CONFIG_FILE) if args.resume else PretrainConfig()
-    for flag, name in {**_FLAG_FIELDS, "compile": "compile", "save_optimizer": "save_optimizer"}.items():
+    names = {flag: name for flag, (name, _, _) in _PRETRAIN_FLAGS.items()}
+    for flag, name in {**names, **{n: n for n in _PRETRAIN_SAME_NAME}}.items():
         value = getattr(args, flag)
         if value is not None:
             setattr(cfg, name, value)
@@ -181,10 +234,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     cfg = pretrain_config(args)
-    stats = pretrain(
-        cfg, args.corpus, args.tokenizer, args.out,
-        resume=args.resume, tokens_dir=args.tokens, num_workers=args.workers,
-    )  # fmt: skip
+    with TrainProgress() as reporter:
+        stats = pretrain(
+            cfg, args.corpus, args.tokenizer, args.out,
+            resume=args.resume, tokens_dir=args.tokens, num_workers=args.workers, reporter=reporter,
+        )  # fmt: skip
     ppl = f"{stats.heldout_ppl:.2f}" if stats.heldout_ppl is not None else "n/a"
     held = f"{stats.heldout_loss:.4f}" if stats.heldout_loss is not None else "n/a"
     train = f"{stats.final_train_loss:.4f}" if stats.final_train_loss is not None else "n/a"
@@ -199,7 +253,34 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 # -- train-drafter --
 
+# flag -> (DrafterTrainConfig field, "regen." for RegenConfig's, type, help).
+_DRAFTER_FLAGS = {
+    "layers": ("layers", int, "drafter layers"),
+    "intermediate_size": ("intermediate_size", int, "drafter MLP width (default: the target's)"),
+    "num_features": ("num_features", int, "target layers tapped for the drafter's context"),
+    "block_size": ("block_size", int, "tokens per drafted block, root included"),
+    "anchors": ("anchors_per_seq", int, "blocks trained per sequence"),
+    "batch_size": ("batch_size", int, "sequences per step"),
+    "lr": ("lr", float, "peak learning rate"),
+    "steps": ("max_steps", int, "training steps at most"),
+    "time_budget": ("time_budget_s", float, "stop training after this many seconds"),
+    "num_sequences": ("regen.num_sequences", int, "sequences the target regenerates"),
+    "prompt_len": ("regen.prompt_len", int, "corpus tokens each regenerated sequence starts from"),
+    "response_len": ("regen.response_len", int, "tokens the target writes after each prompt"),
+    "regen_batch": ("regen.batch_size", int, "sequences regenerated per batch"),
+}
+
+
+def _drafter_field(cfg, name: str) -> tuple[object, str]:
+    """(object, attribute) a `_DRAFTER_FLAGS` field names: the config's own or its regen's."""
+    return (cfg.regen, name.removeprefix("regen.")) if name.startswith("regen.") else (cfg, name)
+
+
 def add_train_drafter_args(p: argparse.ArgumentParser) -> None:
+    """regenerate data with the target and train a DFlash drafter
+
+    specdiff train-drafter --target models/target --tokens t.bin --data regen.pt --out models/dflash
+    """
     import torch
 
     from specdiff.train.dflash_train import DrafterTrainConfig
@@ -211,19 +292,9 @@ def add_train_drafter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="drafter output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--layers", type=int, default=d.layers, help="drafter layers")
-    p.add_argument("--intermediate-size", type=int, default=None, help="drafter MLP width (default: the target's)")
-    p.add_argument("--num-features", type=int, default=d.num_features, help="target layers tapped for the drafter's context")
-    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per drafted block, root included")
-    p.add_argument("--anchors", type=int, default=d.anchors_per_seq, help="blocks trained per sequence")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--steps", type=int, default=d.max_steps, help="training steps at most")
-    p.add_argument("--time-budget", type=float, default=d.time_budget_s, help="stop training after this many seconds")
-    p.add_argument("--num-sequences", type=int, default=d.regen.num_sequences, help="sequences the target regenerates")
-    p.add_argument("--prompt-len", type=int, default=d.regen.prompt_len, help="corpus tokens each regenerated sequence starts from")
-    p.add_argument("--response-len", type=int, default=d.regen.response_len, help="tokens the target writes after each prompt")
-    p.add_argument("--regen-batch", type=int, default=d.regen.batch_size, help="sequences regenerated per batch")
+    for flag, (name, kind, text) in _DRAFTER_FLAGS.items():
+        default = getattr(*_drafter_field(d, name))
+        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=default, help=text)
     p.add_argument("--objective", choices=["dflash", "vp"], default=d.objective,
                    help="dflash: anchor + masks; vp: D²SD's variable-prefix drafter")
     p.add_argument("--vp-beta", type=float, default=d.vp_beta, help="vp objective: prefix lengths l are drawn with P(l) ~ vp_beta^l")
@@ -237,18 +308,15 @@ def cmd_train_drafter(args: argparse.Namespace) -> int:
 
     from specdiff.train.dflash_train import DrafterTrainConfig, RegenConfig, ensure_data, train
 
-    regen = RegenConfig(num_sequences=args.num_sequences, prompt_len=args.prompt_len,
-                        response_len=args.response_len, batch_size=args.regen_batch,
-                        sampled_frac=args.sampled_frac)
-    cfg = DrafterTrainConfig(layers=args.layers, intermediate_size=args.intermediate_size,
-                             num_features=args.num_features, block_size=args.block_size,
-                             anchors_per_seq=args.anchors, batch_size=args.batch_size, lr=args.lr,
-                             max_steps=args.steps, time_budget_s=args.time_budget, regen=regen,
-                             objective=args.objective, vp_beta=args.vp_beta)
+    regen = RegenConfig(sampled_frac=args.sampled_frac)
+    cfg = DrafterTrainConfig(regen=regen, objective=args.objective, vp_beta=args.vp_beta)
+    for flag, (name, _, _) in _DRAFTER_FLAGS.items():
+        setattr(*_drafter_field(cfg, name), getattr(args, flag))
     check_device(args.device)
     device = torch.device(args.device)
     ensure_data(args.target, args.tokens, args.data, regen, device)
-    stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume)
+    with TrainProgress() as reporter:
+        stats = train(args.target, args.data, args.out, cfg, device, resume=args.resume, reporter=reporter)
     print(json.dumps(stats))
     return 0
 
@@ -267,6 +335,10 @@ _FLAGS = {  # flag -> DLLMTrainConfig field
 
 
 def add_train_dllm_args(parser: argparse.ArgumentParser) -> None:
+    """train specdiff's own masked-diffusion LM (for Spiffy)
+
+    specdiff train-dllm --corpus data/corpus --out models/dllm
+    """
     from specdiff.train.dllm_train import DEFAULT_TOKENIZER, DLLMTrainConfig
 
     d = DLLMTrainConfig()
@@ -295,8 +367,9 @@ def train_dllm_config(args: argparse.Namespace):
 
 
 def cmd_train_dllm(args: argparse.Namespace) -> int:
-    from specdiff.train.dllm_train import load_tokens, train
+    from specdiff.train.dllm_train import train
     from specdiff.train.tokenizer import load_tokenizer
+    from specdiff.train.tokens import load_token_splits
 
     check_device(args.device)
     cfg = train_dllm_config(args)
@@ -304,10 +377,11 @@ def cmd_train_dllm(args: argparse.Namespace) -> int:
     if tokenizer.mask_token_id is None or tokenizer.eos_token_id is None:
         raise SpecdiffError(f"the tokenizer at {args.tokenizer} needs a mask and an eos token")
     cfg.vocab_size, cfg.eos_token_id, cfg.mask_token_id = len(tokenizer), tokenizer.eos_token_id, tokenizer.mask_token_id
-    data = load_tokens(args.tokens, args.corpus, args.tokenizer, cfg.heldout_frac)
+    data = load_token_splits(args.tokens, args.corpus, args.tokenizer, cfg.heldout_frac)
     if data.vocab_size and data.vocab_size != cfg.vocab_size:
         raise SpecdiffError(f"token files are for a vocabulary of {data.vocab_size}, the tokenizer has {cfg.vocab_size}")
-    stats = train(cfg, data, args.tokenizer, args.out, args.command_line)
+    with TrainProgress() as reporter:
+        stats = train(cfg, data, args.tokenizer, args.out, args.command_line, reporter=reporter)
     ev = stats["heldout"]
     print(f"train-dllm: {stats['steps']} steps ({stats['stop_reason']}) in {stats['train_time_s']:.0f}s on "
           f"{stats['device']}; train loss {stats['final_train_loss']:.4f}; held-out loss {ev['loss']:.4f}, "

@@ -33,6 +33,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwe
 from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.ops import apply_rope, rms_norm
+from specdiff.types import DraftProposal
 
 # Newer DFlash checkpoints name the fusion weights differently; both load.
 KEY_ALIASES = {"encoder.fc.weight": "fc.weight", "encoder.output_norm_enc.weight": "hidden_norm.weight"}
@@ -177,6 +178,17 @@ class DFlashDrafter(nn.Module):
         block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long, device=self.fc.weight.device)
         block[0] = root
         return self.draft_block(block)[:num_slots]
+
+    def propose(self, root: int, num_slots: int) -> DraftProposal:
+        """One drafting step as the proposers take it: the logits alone (the eager drafter takes
+        no top prefixes or candidates: `enable_prefix_search` and `enable_candidates` give 0)."""
+        return DraftProposal(self.draft(root, num_slots))
+
+    def enable_prefix_search(self, width: int) -> int:
+        return 0
+
+    def enable_candidates(self, k: int) -> int:
+        return 0
 
     @torch.inference_mode()
     def draft_block(self, block: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, 
 
 `GraphedDrafter` drafts one block (`draft`, the DFlash chain); with a prefix search enabled
 (DDTree, caddtree) its graph also searches the block's top prefixes on the device
-(`trees/device_search.py`), and `last_prefixes` reads them in one copy. `GraphedVPDrafter` drafts D²SD's
+(`methods/device_search.py`), and `propose` hands them over with the logits in one copy. `GraphedVPDrafter` drafts D²SD's
 K branch rows (`draft_rows`, cascade attention), padded to `branches` rows. Both keep
 `DFlashDrafter`'s inference interface, so proposers do not know which engine runs them. Without
 CUDA they run the same code eagerly.
@@ -24,8 +24,8 @@ import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
-from specdiff.trees import device_search
-from specdiff.types import TopPrefixes
+from specdiff.methods import device_search
+from specdiff.types import DraftProposal
 
 
 class GraphedDrafter:
@@ -78,19 +78,6 @@ class GraphedDrafter:
         self._graphs = {}
         return k
 
-    def last_candidates(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The last `draft`'s top candidates on the host (one copy), if taken over these slots."""
-        if self._candidates is None or num_slots != self._candidates.depth:
-            return None
-        return self._candidates.fetch()
-
-    def last_prefixes(self, num_slots: int) -> TopPrefixes | None:
-        """The top prefixes of the last `draft` (one device-to-host copy), if it searched them
-        over these `num_slots`."""
-        if self._search is None or num_slots != self._search.depth:
-            return None
-        return device_search.fetch(self._search.out, num_slots, self._search.width)
-
     def bind(self, embed_tokens, lm_head) -> None:
         self.inner.bind(embed_tokens, lm_head)
         self._graphs = {}
@@ -126,6 +113,17 @@ class GraphedDrafter:
         block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long)
         block[0] = root
         return self._round(block)[:num_slots]
+
+    def propose(self, root: int, num_slots: int) -> DraftProposal:
+        """One drafting step: the logits, with the top prefixes or candidates the graph took over
+        these `num_slots` where enabled (one device-to-host copy each)."""
+        logits = self.draft(root, num_slots)
+        prefixes = candidates = None
+        if self._search is not None and num_slots == self._search.depth:
+            prefixes = device_search.fetch(self._search.out, num_slots, self._search.width)
+        if self._candidates is not None and num_slots == self._candidates.depth:
+            candidates = self._candidates.fetch()
+        return DraftProposal(logits, prefixes=prefixes, candidates=candidates)
 
     def _round(self, ids: torch.Tensor) -> torch.Tensor:
         """Fuse the pending features and draft `ids` (host tensor, shaped like `self.ids`) at the

@@ -35,6 +35,17 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def sliding_window(cfg) -> int | None:
+    """The attention window the model applies to some layer (None: full attention everywhere)."""
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return int(window)
+
+
 class HFTarget:
     engine = "hf"
 
@@ -51,6 +62,7 @@ class HFTarget:
         self.hidden_size = int(self.config.hidden_size)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_positions = int(getattr(self.config, "max_position_embeddings", 1 << 30))
+        self.window = sliding_window(self.config)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.cache: StaticCache | None = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specdiff import native
 from specdiff.types import DraftTree
 
 
@@ -40,7 +41,7 @@ class TreePlan:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")
         # only the [N, N] tree block comes from the host; the [N, max_len] mask is built on the device
         hidden = torch.finfo(dtype).min
-        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~tree.ancestor_mask(), hidden)
+        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~native.tree_mask(tree), hidden)
         mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
         mask[:, :start] = 0.0
         mask[:, start : start + n] = tree_block.to(device)

@@ -18,6 +18,11 @@ restarts at the prefix boundary (slot k weighs exp(-(k-l-1)/gamma)).
 
 The checkpoint is the public DFlash folder format (`save_drafter`), with this module's config and
 the training statistics under the `specdiff` key of config.json, plus `trainer_state.pt` to resume.
+
+The settings extend the shared `TrainConfig`; the loop is this module's own, not
+`specdiff.train.loop.Trainer`: its schedule (cosine to zero, warmup capped at a tenth of the
+steps), its log rows (the step's own loss and slot accuracies) and its resume file (optimizer,
+step and log; the batch RNG reseeded from the step) differ, and trained drafters must not.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from specdiff.drafters.dflash import DFlashDrafter, DFlashSpec, default_target_layer_ids, load_drafter, save_drafter
 from specdiff.errors import SpecdiffError
+from specdiff.train.config import TrainConfig
+from specdiff.train.loop import LOG_FILE, STATE_FILE, Reporter, StepTick, set_lr
 
 
 @dataclass
@@ -50,7 +57,10 @@ class RegenConfig:
 
 
 @dataclass
-class DrafterTrainConfig:
+class DrafterTrainConfig(TrainConfig):
+    """Every setting of a drafter run; saved under `specdiff.train_config` in config.json. The
+    optimisation and horizon fields are `TrainConfig`'s; those redeclared here take other defaults."""
+
     layers: int = 4
     intermediate_size: int | None = None  # default: the target's
     num_features: int = 5  # target layers tapped (DFlash's spread rule)
@@ -64,12 +74,10 @@ class DrafterTrainConfig:
     lr: float = 6e-4
     warmup_steps: int = 120
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
     max_steps: int = 3000
     time_budget_s: float = 1e9
     eval_every: int = 250
     heldout_frac: float = 0.03
-    seed: int = 0
     regen: RegenConfig = field(default_factory=RegenConfig)
 
 
@@ -206,7 +214,11 @@ def slot_accuracy(drafter: DFlashDrafter, target: torch.nn.Module, data: torch.T
 
 
 def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainConfig, device: torch.device,
-          resume: bool = False) -> dict:
+          resume: bool = False, reporter: Reporter | None = None) -> dict:
+    """Train (or continue) the drafter of the target in `target_dir` on the regenerated data and save
+    it in `out_dir`; returns the statistics. Progress goes to `reporter` (default: each log row as
+    a JSON line on stdout)."""
+    reporter = reporter or Reporter()
     torch.manual_seed(cfg.seed)
     target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to(device).eval()
     for p in target.parameters():
@@ -216,9 +228,9 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
     n_held = max(1, int(len(data) * cfg.heldout_frac))
     held, data = data[:n_held], data[n_held:]
     mask_id = _mask_token_id(target_dir)
-    if resume and (out_dir / "trainer_state.pt").is_file():
+    if resume and (out_dir / STATE_FILE).is_file():
         drafter = load_drafter(out_dir, device)
-        state = torch.load(out_dir / "trainer_state.pt", weights_only=False)
+        state = torch.load(out_dir / STATE_FILE, weights_only=False)
     else:
         drafter, state = build_drafter(target, cfg, mask_id).to(device), None
     drafter.bind(target.get_input_embeddings(), target.get_output_embeddings())
@@ -233,13 +245,13 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
     g = torch.Generator().manual_seed(cfg.seed + step)
     t0 = time.time()
     head = target.get_output_embeddings()
+    tick_loss, tick_rate, t_tick, step_tick = None, None, t0, step
     while step < cfg.max_steps and time.time() - t0 < cfg.time_budget_s:
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=g)
         ids = data[idx].to(device)
         anchors = sample_anchors(len(idx), prompt_len, ids.shape[1], cfg.anchors_per_seq, g).to(device)
         lens = sample_prefix_lens(anchors.shape, cfg.block_size, cfg.vp_beta, g) if cfg.objective == "vp" else None
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, time.time() - t0)
+        set_lr(opt, lr_at(step, cfg, time.time() - t0))
         with _autocast(device):
             feats = target_features(target, ids, drafter.spec.target_layer_ids)
             loss, acc = block_loss(drafter, head, feats, ids, anchors, cfg.gamma, lens)
@@ -254,7 +266,11 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
             row = {"step": step, "loss": round(loss, 4), "acc1": round(float(acc[0]), 4),
                    "acc8": round(float(acc[min(7, len(acc) - 1)]), 4), "lr": lr_at(step, cfg, time.time() - t0), "s": round(time.time() - t0, 1)}
             log.append(row)
-            print(json.dumps(row), flush=True)
+            reporter.line(json.dumps(row))
+            now = time.time()
+            tick_loss, tick_rate = loss, (step - step_tick) * ids.numel() / max(now - t_tick, 1e-9)
+            t_tick, step_tick = now, step
+        reporter.tick(StepTick(step, cfg.max_steps, tick_loss, tick_rate))
     stats = {
         "steps": step,
         "final_loss": log[-1]["loss"] if log else None,
@@ -272,8 +288,8 @@ def train(target_dir: Path, data_path: Path, out_dir: Path, cfg: DrafterTrainCon
 def save(drafter, out_dir: Path, cfg: DrafterTrainConfig, stats: dict, opt, step: int, log: list) -> None:
     extra = {"train_config": dataclasses.asdict(cfg), "stats": stats}
     save_drafter(drafter, out_dir, extra=extra, dtype=torch.bfloat16)
-    torch.save({"optimizer": opt.state_dict(), "step": step, "log": log}, out_dir / "trainer_state.pt")
-    (out_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    torch.save({"optimizer": opt.state_dict(), "step": step, "log": log}, out_dir / STATE_FILE)
+    (out_dir / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in log))
 
 
 def _mask_token_id(target_dir: Path) -> int:

@@ -1,4 +1,4 @@
-"""Training of specdiff's own masked-diffusion LM (issue 6): a small Qwen3 transformer used
+"""Training of specdiff's own masked-diffusion LM: a small Qwen3 transformer used
 bidirectionally, trained from scratch with LLaDA's masked-diffusion loss, for Spiffy.
 
 What it is trained for. Spiffy is exact in two modes (research notes 2.5): block-causal
@@ -27,9 +27,12 @@ divided by the window's answer length, averaged over the batch. Per block rather
 sequence, since a block is what one decode denoises from all-mask to clean.
 
 Data: the target's tokenizer (`data/tokenizer`: `<|endoftext|>` 0, `<|mask|>` 1) and its token
-streams (`specdiff.train.pretrain`): `--tokens DIR` (train.bin and heldout.bin), `--tokens
-FILE.bin` (one flat uint16 stream, e.g. scripts/gpu_target.sh's tokens_sample.bin; its last
-`heldout_frac` is held out), or `--corpus DIR`, encoded with pretrain's cached `tokenize_corpus`.
+streams (`specdiff.train.tokens.load_token_splits`): `--tokens DIR` (train.bin and heldout.bin),
+`--tokens FILE.bin` (one flat uint16 stream, e.g. scripts/gpu_target.sh's tokens_sample.bin; its
+last `heldout_frac` is held out), or `--corpus DIR`, encoded with the cached `tokenize_corpus`.
+The loop (AdamW, warmup + cosine learning rate, clipping, autocast, optional `torch.compile`) is
+`specdiff.train.loop.Trainer`; this module owns the settings, the batches, the loss, the
+evaluation and the output folder.
 
 Output folder (`--out`): a Hugging Face folder (`config.json` with `"mask_token_id"` and
 `"specdiff_dllm": true`, bf16 safetensors in shards under 16 MiB, `tokenizer.json` and
@@ -40,11 +43,9 @@ Output folder (`--out`): a Hugging Face folder (`config.json` with `"mask_token_
 from __future__ import annotations
 
 import copy
-import json
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,136 +56,56 @@ import transformers
 from transformers import Qwen3ForCausalLM
 
 from specdiff.errors import SpecdiffError
-from specdiff.train import pretrain as pt
+from specdiff.train.config import DTYPES, ModelTrainConfig, Runtime, model_config, resolve_runtime, write_json
+from specdiff.train.loop import LOG_FILE, MAX_SHARD_SIZE, Reporter, Trainer, TrainerState, append_log
+from specdiff.train.tokens import TokenSplits, sample_windows
 
 CONFIG_FILE = "specdiff_dllm.json"
-LOG_FILE = pt.LOG_FILE
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[3] / "data" / "tokenizer"
 
 
 @dataclass
-class DLLMTrainConfig:
-    """Every setting of a dLLM training run; saved in `specdiff_dllm.json`. Model-shape and
-    optimisation fields share PretrainConfig's names, so pretrain's helpers (model config,
-    optimizer, schedule, runtime) apply to it unchanged."""
+class DLLMTrainConfig(ModelTrainConfig):
+    """Every setting of a dLLM training run; saved in `specdiff_dllm.json`. The fields shared with
+    pretraining are `ModelTrainConfig`'s; those redeclared here only take other defaults."""
 
     # Model shape (vocab_size, eos and mask ids come from the tokenizer).
-    vocab_size: int = 0
-    eos_token_id: int = 0
     mask_token_id: int = 1
     hidden_size: int = 320
     num_layers: int = 6
     num_heads: int = 5
     num_kv_heads: int = 5
-    head_dim: int = 64
     intermediate_size: int = 960
     max_position_embeddings: int = 512  # = seq_len: the longest prompt + answer it has seen
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
-    init_std: float = 0.02
     # Diffusion layout.
     seq_len: int = 512  # window S: prompt + answer
     block_length: int = 32
     min_prompt: int = 8  # prompt length ~ U[min_prompt, seq_len - block_length]
     eps: float = 1e-3  # t ~ U(eps, 1]
-    # Optimisation.
+    # Optimisation, horizon, evaluation and logging.
     batch_size: int = 32
-    lr: float = 1.5e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
     max_steps: int = 100_000
-    time_budget_s: float | None = None
-    # Evaluation and logging.
-    eval_every: int = 500  # 0: only at the end
     eval_windows: int = 128  # fixed held-out windows (same text, prompts and noise every time)
     heldout_frac: float = 0.02  # flat token file: the tail held out
     log_every: int = 50
-    save_dtype: str = "bfloat16"
-    # Runtime.
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # autocast; auto: bfloat16 on CUDA, none on CPU
-    compile: bool = False
+
+    POSITIVE = (*ModelTrainConfig.POSITIVE, "block_length", "eval_windows")
 
     def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "seq_len", "block_length", "batch_size", "max_steps", "log_every",
-                     "eval_windows"):
-            if getattr(self, name) <= 0:
-                raise SpecdiffError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_heads % self.num_kv_heads:
-            raise SpecdiffError(f"heads ({self.num_heads}) must be a multiple of kv heads ({self.num_kv_heads})")
-        if self.seq_len > self.max_position_embeddings:
-            raise SpecdiffError(f"seq len {self.seq_len} exceeds max positions {self.max_position_embeddings}")
+        super().validate()
         if not 1 <= self.min_prompt <= self.seq_len - self.block_length:
             raise SpecdiffError(f"need 1 <= min prompt ({self.min_prompt}) <= seq len - block length "
                                 f"({self.seq_len - self.block_length})")
         if not 0.0 < self.eps < 1.0:
             raise SpecdiffError(f"eps must be in (0, 1), got {self.eps}")
-        if not 0.0 <= self.min_lr_frac <= 1.0 or self.lr <= 0:
-            raise SpecdiffError(f"need lr > 0 and 0 <= min lr frac <= 1, got {self.lr}, {self.min_lr_frac}")
-        if min(self.warmup_steps, self.eval_every) < 0:
-            raise SpecdiffError("warmup steps and eval every must be >= 0")
         if not 0.0 < self.heldout_frac < 0.5:
             raise SpecdiffError(f"heldout frac must be in (0, 0.5), got {self.heldout_frac}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise SpecdiffError(f"time budget must be positive, got {self.time_budget_s}")
-        if self.dtype not in ("auto", *pt._DTYPES) or self.save_dtype not in pt._DTYPES:
-            raise SpecdiffError(f"dtype must be auto, bfloat16 or float32 (got {self.dtype!r}, {self.save_dtype!r})")
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise SpecdiffError(f"mask token id {self.mask_token_id} is outside the vocabulary of {self.vocab_size}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DLLMTrainConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        return cls(**kw)
 
-
-# --- data ----------------------------------------------------------------------------------
-
-
-@dataclass
-class TokenSplits:
-    train: np.ndarray  # flat uint16 streams
-    heldout: np.ndarray
-    source: str
-    vocab_size: int = 0  # of the token files, when they say (0: unknown)
-
-
-def load_tokens(tokens: Path | None, corpus: Path | None, tokenizer_dir: Path, heldout_frac: float) -> TokenSplits:
-    """Token streams from --tokens (a pretrain token folder or one flat .bin) or --corpus."""
-    if tokens is not None and tokens.is_file():
-        data = np.memmap(tokens, dtype=np.uint16, mode="r")
-        cut = len(data) - int(len(data) * heldout_frac)
-        return TokenSplits(data[:cut], data[cut:], f"{tokens} (last {heldout_frac:.0%} held out)")
-    if tokens is not None and (tokens / "train.bin").is_file() and corpus is None:
-        files = [tokens / f"{s}.bin" for s in pt.SPLITS]
-        if not files[1].is_file():
-            raise SpecdiffError(f"no heldout.bin beside train.bin in {tokens}")
-        meta = tokens / pt.TOKENS_META_FILE
-        vocab = json.loads(meta.read_text())["vocab_size"] if meta.is_file() else 0
-        return TokenSplits(*(np.memmap(f, dtype=np.uint16, mode="r") for f in files), str(tokens), vocab)
-    if corpus is not None:
-        if not corpus.is_dir():
-            raise SpecdiffError(f"corpus directory not found: {corpus}")
-        files = pt.tokenize_corpus(corpus, tokenizer_dir, tokens)
-        return TokenSplits(files.load("train"), files.load("heldout"), files.dir, files.vocab_size)
-    if tokens is not None:
-        raise SpecdiffError(f"no token file or folder (train.bin) at {tokens}")
-    raise SpecdiffError("no training data: pass --tokens FILE.bin|DIR or --corpus DIR")
-
-
-def sample_windows(data: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator) -> torch.Tensor:
-    """[B, S] long: random windows of the stream."""
-    starts = rng.integers(0, len(data) - seq_len + 1, size=batch_size)
-    return torch.from_numpy(np.stack([data[s : s + seq_len] for s in starts]).astype(np.int64))
+# --- batches and loss ----------------------------------------------------------------------
 
 
 @dataclass
@@ -243,7 +164,7 @@ def diffusion_loss(logits: torch.Tensor, batch: DiffusionBatch) -> tuple[torch.T
 
 def build_model(cfg: DLLMTrainConfig) -> Qwen3ForCausalLM:
     torch.manual_seed(cfg.seed)
-    hf_cfg = pt.model_config(cfg)  # type: ignore[arg-type]  (same field names)
+    hf_cfg = model_config(cfg)
     hf_cfg.mask_token_id = cfg.mask_token_id
     hf_cfg.specdiff_dllm = True
     hf_cfg.pad_token_id = cfg.eos_token_id
@@ -260,7 +181,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, heldout: np.ndarray, cfg: DLLMTrainConfig, rt: pt.Runtime) -> EvalResult:
+def evaluate(model: torch.nn.Module, heldout: np.ndarray, cfg: DLLMTrainConfig, rt: Runtime) -> EvalResult:
     """The same held-out windows, prompt lengths and noise at every call (a fixed seed)."""
     was_training = model.training
     model.eval()
@@ -288,11 +209,11 @@ def save_model(out: Path, model: Qwen3ForCausalLM, cfg: DLLMTrainConfig, tokeniz
                stats: dict[str, Any]) -> float:
     """The folder of the module docstring; returns the weight files' size in MB."""
     out.mkdir(parents=True, exist_ok=True)
-    frozen = copy.deepcopy(model).to("cpu", pt._DTYPES[cfg.save_dtype])  # the live model keeps fp32
-    frozen.save_pretrained(out, max_shard_size=pt.MAX_SHARD_SIZE)
+    frozen = copy.deepcopy(model).to("cpu", DTYPES[cfg.save_dtype])  # the live model keeps fp32
+    frozen.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(tokenizer_dir / name, out / name)
-    pt._write_json(out / CONFIG_FILE, {"config": asdict(cfg), "stats": stats})
+    write_json(out / CONFIG_FILE, {"config": asdict(cfg), "stats": stats})
     mb = round(sum(f.stat().st_size for f in out.glob("model*.safetensors")) / 1e6, 2)
     (out / "README.md").write_text(model_card(cfg, stats, mb), encoding="utf-8")
     return mb
@@ -328,101 +249,71 @@ curve in `{LOG_FILE}`. Spiffy numbers: `docs/methods/spiffy.md`.
 # --- training ------------------------------------------------------------------------------
 
 
-def train(cfg: DLLMTrainConfig, data: TokenSplits, tokenizer_dir: Path, out: Path, command: str = "") -> dict[str, Any]:
-    """Train and save the folder `out`; returns the run's statistics."""
+class DLLMTrainer(Trainer):
+    """The shared loop on block-diffusion batches of the train stream (never resumed)."""
+
+    def __init__(self, cfg: DLLMTrainConfig, data: TokenSplits, out: Path, reporter: Reporter | None = None) -> None:
+        rt = resolve_runtime(cfg)
+        super().__init__(cfg, build_model(cfg), rt, out, TrainerState(), reporter)
+        self.cfg: DLLMTrainConfig = cfg
+        self.data = data
+        self.rng = np.random.default_rng(cfg.seed)
+        self.g = torch.Generator(rt.device).manual_seed(cfg.seed)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len
+
+    def next_batch(self) -> DiffusionBatch:
+        x0 = sample_windows(self.data.train, self.cfg.batch_size, self.cfg.seq_len, self.rng)  # [B, S]
+        return diffusion_batch(x0.to(self.rt.device, non_blocking=True), self.cfg, self.g)
+
+    def forward_backward(self, batch: DiffusionBatch) -> torch.Tensor:
+        with self.rt.autocast():
+            loss, _ = diffusion_loss(diffusion_logits(self.fwd, batch), batch)
+        loss.backward()
+        return loss
+
+    def train_row(self, loss: float, lr: float, gnorm: float, steps_per_s: float, elapsed_s: float
+                  ) -> tuple[dict[str, Any], str]:
+        row = {"step": self.state.step, "loss": round(loss, 5), "lr": lr,
+               "windows_per_s": round(steps_per_s * self.cfg.batch_size, 1), "elapsed_s": round(elapsed_s, 2)}
+        return row, f"step {self.state.step} | loss {loss:.4f} | lr {lr:.2e} | {elapsed_s:.0f}s"
+
+    def evaluate(self) -> EvalResult:
+        ev = evaluate(self.model, self.data.heldout, self.cfg, self.rt)
+        append_log(self.out, {"step": self.state.step, "heldout_loss": round(ev.loss, 5),
+                              "heldout_ce": round(ev.ce, 5), "heldout_acc": round(ev.acc, 5)})
+        self.reporter.line(f"eval step {self.state.step} | held-out loss {ev.loss:.4f} | masked CE {ev.ce:.4f} "
+                           f"| acc {ev.acc:.4f}")
+        return ev
+
+
+def train(cfg: DLLMTrainConfig, data: TokenSplits, tokenizer_dir: Path, out: Path, command: str = "",
+          reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train and save the folder `out`; returns the run's statistics. Progress goes to `reporter`
+    (default: log lines on stdout)."""
     t_wall = time.perf_counter()
     cfg.validate()
     for name, split in (("train", data.train), ("held-out", data.heldout)):
         if len(split) < cfg.seq_len:
             raise SpecdiffError(f"{name} split has {len(split)} tokens, fewer than seq len {cfg.seq_len}")
-    rt = pt.resolve_runtime(cfg)  # type: ignore[arg-type]
-    if rt.device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+    resolve_runtime(cfg)  # a missing device fails before the output folder is touched
     out.mkdir(parents=True, exist_ok=True)
     (out / LOG_FILE).unlink(missing_ok=True)
-    model = build_model(cfg).to(rt.device).train()
-    params = pt.count_parameters(model)
-    optimizer = pt.make_optimizer(model, cfg, rt.device)  # type: ignore[arg-type]
-    fwd = torch.compile(model) if cfg.compile else model
-    schedule = pt.Schedule(cfg)  # type: ignore[arg-type]
-    rng = np.random.default_rng(cfg.seed)
-    g = torch.Generator(rt.device).manual_seed(cfg.seed)
-    print(f"dllm: {params.total / 1e6:.2f}M params; {len(data.train):,} train tokens from {data.source}; "
-          f"{rt.name}, autocast {rt.amp_dtype or 'off'}", flush=True)
-
-    step, loss_sum, interval_steps, last_loss = 0, torch.zeros((), device=rt.device), 0, float("nan")
-    t0 = t_decay = t_log = time.perf_counter()
-    first_step_s, stop_reason, ev, ev_step = 0.0, "max_steps", None, -1
-    while step < cfg.max_steps:
-        now = time.perf_counter()
-        if cfg.time_budget_s is not None and now - t0 >= cfg.time_budget_s:
-            stop_reason = "time_budget"
-            break
-        lr = pt.lr_at(cfg, step, schedule.progress(step, now - t_decay))  # type: ignore[arg-type]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x0 = sample_windows(data.train, cfg.batch_size, cfg.seq_len, rng).to(rt.device, non_blocking=True)
-        batch = diffusion_batch(x0, cfg, g)
-        try:
-            loss = _forward_backward(fwd, batch, rt)
-        except Exception as e:  # a failed torch.compile must not cost the run: fall back to eager once
-            if fwd is model or step > 0:
-                raise
-            print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                  "training eager", file=sys.stderr, flush=True)
-            fwd = model
-            optimizer.zero_grad(set_to_none=True)
-            loss = _forward_backward(fwd, batch, rt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_sum += loss.detach()
-        interval_steps += 1
-        if step == 1:  # the time-driven decay starts after compilation
-            t_decay = time.perf_counter()
-            first_step_s = t_decay - t0
-            if cfg.time_budget_s is not None:
-                schedule.decay_s = cfg.time_budget_s - first_step_s
-        if step % cfg.log_every == 0:
-            last_loss = loss_sum.item() / interval_steps
-            now = time.perf_counter()
-            pt._append_log(out, {"step": step, "loss": round(last_loss, 5), "lr": lr,
-                                 "windows_per_s": round(interval_steps * cfg.batch_size / (now - t_log), 1),
-                                 "elapsed_s": round(now - t0, 2)})
-            print(f"step {step} | loss {last_loss:.4f} | lr {lr:.2e} | {now - t0:.0f}s", flush=True)
-            loss_sum, interval_steps, t_log = torch.zeros((), device=rt.device), 0, now
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            ev, ev_step = _log_eval(model, data, cfg, rt, out, step), step
-    if interval_steps:
-        last_loss = loss_sum.item() / interval_steps
-    train_s = time.perf_counter() - t0
-    if ev is None or ev_step != step:
-        ev = _log_eval(model, data, cfg, rt, out, step)
+    trainer = DLLMTrainer(cfg, data, out, reporter)
+    rt, params = trainer.rt, trainer.params
+    trainer.reporter.line(f"dllm: {params.total / 1e6:.2f}M params; {len(data.train):,} train tokens from "
+                          f"{data.source}; {rt.name}, autocast {rt.amp_dtype or 'off'}")
+    loop = trainer.loop()
+    ev = trainer.final_eval()
+    last_loss = trainer.state.last_train_loss
     stats = {
-        "steps": step, "stop_reason": stop_reason, "final_train_loss": last_loss, "heldout": asdict(ev),
-        "train_time_s": round(train_s, 2), "first_step_s": round(first_step_s, 2),
-        "windows_per_s": round((step - 1) * cfg.batch_size / max(train_s - first_step_s, 1e-9), 1),
-        "params_total": params.total, "device": rt.name,
-        "autocast_dtype": str(rt.amp_dtype or "float32").removeprefix("torch."), "data": data.source,
+        "steps": trainer.state.step, "stop_reason": loop.stop_reason,
+        "final_train_loss": float("nan") if last_loss is None else last_loss, "heldout": asdict(ev),
+        "train_time_s": round(loop.seconds, 2), "first_step_s": round(loop.first_step_s, 2),
+        "windows_per_s": round(loop.steps_per_s * cfg.batch_size, 1),
+        "params_total": params.total, "device": rt.name, "autocast_dtype": rt.amp_name, "data": data.source,
         "command": command or "specdiff train-dllm", "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
     }  # fmt: skip
-    stats["weights_mb"] = save_model(out, model, cfg, tokenizer_dir, stats)
+    stats["weights_mb"] = save_model(out, trainer.model, cfg, tokenizer_dir, stats)
     stats["wall_time_s"] = round(time.perf_counter() - t_wall, 2)
     return stats
-
-
-def _forward_backward(fwd: torch.nn.Module, batch: DiffusionBatch, rt: pt.Runtime) -> torch.Tensor:
-    with rt.autocast():
-        loss, _ = diffusion_loss(diffusion_logits(fwd, batch), batch)
-    loss.backward()
-    return loss
-
-
-def _log_eval(model, data: TokenSplits, cfg: DLLMTrainConfig, rt: pt.Runtime, out: Path, step: int) -> EvalResult:
-    ev = evaluate(model, data.heldout, cfg, rt)
-    pt._append_log(out, {"step": step, "heldout_loss": round(ev.loss, 5), "heldout_ce": round(ev.ce, 5),
-                         "heldout_acc": round(ev.acc, 5)})
-    print(f"eval step {step} | held-out loss {ev.loss:.4f} | masked CE {ev.ce:.4f} | acc {ev.acc:.4f}", flush=True)
-    return ev

@@ -1,4 +1,5 @@
-"""D²SD's candidates (DFlash chain + VP branches) and the two trees built from them.
+"""D²SD: the DFlash chain plus a variable-prefix (VP) drafter's re-drafts of its likely rejection
+points, and the two trees built from those candidates.
 
 D²SD (Dual Diffusion Draft Models, §3.3) drafts twice per round:
 
@@ -34,7 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from specdiff.trees.ddtree import best_first_prefixes, top_k_marginals
+from specdiff.methods.base import DecodeState, Drafter
+from specdiff.methods.ddtree import best_first_prefixes, top_k_marginals
+from specdiff.methods.dflash import DFlashProposer
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -176,3 +179,40 @@ def build_d2sd_hybrid(cands: D2SDCandidates, proposal: DraftProposal, budget: in
         if len(chosen) + len(missing) <= budget:
             chosen.update(dict.fromkeys(missing))
     return merge_paths(cands.root, [list(p) for p in chosen])
+
+
+class D2SDProposer(DFlashProposer):
+    """The DFlash drafter's chain, then the VP drafter re-drafts the K most likely accepted
+    prefixes in one batched pass. Both drafters tap the same target layers and keep their own
+    context caches, fed the same committed features.
+
+    hybrid=False ("d2sd"): the K+1 candidates merged into one trie (the paper's method);
+    hybrid=True ("d2sd-hybrid"): the VP branches compete with DDTree's nodes for `budget` nodes."""
+
+    def __init__(self, drafter: Drafter, vp_drafter: Drafter, branches: int = 4, hybrid: bool = False,
+                 budget: int = 64, block_size: int | None = None):
+        super().__init__(drafter, block_size)
+        self.name = "d2sd-hybrid" if hybrid else "d2sd"
+        self.vp_drafter, self.branches, self.hybrid, self.budget = vp_drafter, branches, hybrid, budget
+        # worst case for the trie: K+1 rows that share nothing but the root
+        self.max_nodes = 1 + (budget if hybrid else (branches + 1) * self.num_slots)
+
+    @property
+    def drafters(self) -> tuple[Drafter, ...]:
+        return (self.drafter, self.vp_drafter)
+
+    def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
+        logits = proposal.logits  # [L, V]  1. the first draft (DFlash)
+        chain = logits.argmax(dim=-1).tolist()
+        selection = select_branches(slot_confidences(logits), self.branches)  # 2. top-K prefixes by r(i)
+        rows = branch_rows(state.root, chain, selection, self.vp_drafter.spec.mask_token_id)
+        vp_logits = self.vp_drafter.draft_rows(rows)  # [K, L, V]  3. the second draft (VP)
+        cands = fill_branches(state.root, chain, selection, vp_logits)
+        if self.hybrid:
+            return build_d2sd_hybrid(cands, proposal, self.budget)
+        return build_d2sd_tree(cands)
+
+
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> D2SDProposer:
+    return D2SDProposer(drafter, vp_drafter, cfg.d2sd.branches, cfg.method == "d2sd-hybrid", cfg.budget,
+                        cfg.block_size)

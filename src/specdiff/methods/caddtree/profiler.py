@@ -1,4 +1,4 @@
-"""`specdiff profile`: measure round costs on this device and fit the cost model (cost_model.py).
+"""The cost profiler (`specdiff profile`): measure round costs on this device and fit the cost model (cost_model.py).
 
 Two ways to measure, both with host work included, because on a fast device the host side (tree
 building, copies, the walk, the loop's bookkeeping) is a large share of a round.
@@ -45,9 +45,10 @@ from specdiff.config import SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import BUCKETS
 from specdiff.target.hf_causal import HFTarget
-from specdiff.trees.cost_model import CostProfile, fit_verify_row
-from specdiff.trees.caddtree import FIRST_K
-from specdiff.trees.ddtree import build_ddtree, top_k_marginals
+from specdiff.engine import make_target
+from specdiff.methods.caddtree.cost_model import CostProfile, fit_verify_row
+from specdiff.methods.caddtree.tree import FIRST_K
+from specdiff.methods.ddtree import build_ddtree, top_k_marginals
 from specdiff.types import DraftProposal, DraftTree
 from specdiff.verify import verify_walk
 
@@ -239,8 +240,6 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
     nodes: tree sizes, root included (None: `default_nodes(engine)`); measure_kind: "steps" or
     "rounds" (None: rounds on the graph engine, steps elsewhere); reps: timed repetitions (None: 8
     decodes per size for rounds, 30 steps otherwise)."""
-    from specdiff.engine import make_target
-
     contexts = sorted(set(contexts))
     nodes = sorted(set(nodes)) if nodes else default_nodes(engine)
     if min(nodes) < 1 or min(contexts) < 1:

@@ -1,4 +1,5 @@
-"""DDTree: the B most probable prefixes under the drafter's factorised marginals.
+"""DDTree: the B most probable prefixes under the DFlash drafter's factorised marginals, verified
+as one tree.
 
 Under q(x_1..x_d) = prod_k q_k(x_k), a prefix-closed tree's expected acceptance is the sum of its
 nodes' prefix probabilities, so the best tree of B nodes is the set of B most probable prefixes.
@@ -18,6 +19,8 @@ from typing import Iterator, NamedTuple
 import torch
 
 from specdiff import native
+from specdiff.methods.base import DecodeState, Drafter
+from specdiff.methods.dflash import DFlashProposer
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -137,3 +140,34 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
         if k >= min(budget, proposal.logits.shape[-1]) or not saturated(nodes, k):
             return tree_from_pops(root, nodes, top_ids)
         k = budget
+
+
+class DDTreeProposer(DFlashProposer):
+    """The DFlash drafter's proposal -> its `budget` most probable prefixes. Where the drafter can,
+    its own graph searches them on the device (`tree_search` "device") or takes the top candidates
+    the host's C search reads (one copy instead of an eager top-k)."""
+
+    name = "ddtree"
+
+    def __init__(self, drafter: Drafter, budget: int = 64, block_size: int | None = None,
+                 device_search: bool = False):
+        super().__init__(drafter, block_size)
+        self.budget = budget
+        self.max_nodes = 1 + budget
+        width, k = self.search_sizes(budget)
+        # what the drafter's steps hand over: the top `width` prefixes searched on the device, else
+        # the top-`k` candidates per slot for the host's C search (0: none; the host takes its own)
+        self.prefix_width = drafter.enable_prefix_search(width) if device_search else 0
+        use_k = not self.prefix_width and native.available()
+        self.candidates_k = drafter.enable_candidates(k) if use_k else 0
+
+    def search_sizes(self, budget: int) -> tuple[int, int]:
+        """(prefix width, candidates per slot) a tree of `budget` nodes needs from the drafter."""
+        return budget, budget
+
+    def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
+        return build_ddtree(state.root, proposal, self.budget, depth)
+
+
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> DDTreeProposer:
+    return DDTreeProposer(drafter, cfg.budget, cfg.block_size, device_search=cfg.tree_search == "device")

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from specdiff.trees.ddtree import iter_best_first
+from specdiff.methods.ddtree import iter_best_first
 from specdiff.types import TopPrefixes
 
 try:  # the kernel needs Triton; without it (the CPU install) trees are searched on the host

@@ -1,4 +1,4 @@
-"""Cost-aware DDTree: grow the best-first tree while expected tokens per unit of cost rises.
+"""Cost-aware DDTree's tree: grow the best-first tree while expected tokens per unit of cost rises.
 
 With delta(v) the product of drafter marginals along v's path, pops come out in non-increasing
 delta, so after n pops the tree is the optimal n-node tree and Phi(n) = sum of their deltas is the
@@ -9,12 +9,11 @@ expected number of accepted draft tokens. The objective per round is
 Phi is concave and non-decreasing, C_v is fitted convex and non-decreasing, so theta is unimodal
 and the first n where theta stops rising is the best budget for this round.
 
-The decode horizon (`lam` > 0, DecodeConfig.caddtree_horizon = "decode") maximises instead the
+The decode horizon (`lam` > 0, CaDDTreeOptions.horizon = "decode") maximises instead the
 round's gain 1 + Phi(n) - lam * C(n) at the rate lam the decode runs at (cost_model.DecodeRate),
 which is what raises the decode's own sum (1 + Phi) / sum C: a node pays when its delta beats
-lam times its marginal cost, the same bar in every round. The gain is concave too. In an offline
-replay it was 0-0.7% ahead of theta; on an H200 it was 1-2% behind (confident rounds grew, unsure
-ones shrank, and tau did not follow), so theta is the default.
+lam times its marginal cost, the same bar in every round. The gain is concave too. Measured, it
+does not beat theta (docs/methods/caddtree.md), so theta is the default.
 
 On an engine that pads a tree to a size bucket (the graph engine: one CUDA graph per bucket) the
 real cost is a step function: every tree up to a bucket's size costs that bucket. The profile
@@ -28,18 +27,17 @@ as caddtree takes it, after fetching and searching the candidates (`CostProfile.
 as AR's step.
 
 Host time is round time on a GPU, where the forward is launch-bound. The search and the decision
-run in C (`native.c`) over each depth's top CANDIDATES tokens, which the drafter's graph took; on
-an H200 host caddtree's search and cost lookups cost a round 0.02 ms more than DDTree's at the same
-size (scripts/round_anatomy.py, docs/results.md).
+run in C (`native.c`) over each depth's top CANDIDATES tokens, which the drafter's graph took
+(scripts/round_anatomy.py times what they add to a round).
 """
 
 from __future__ import annotations
 
 import math
 
-from specdiff.trees.cost_model import CostProfile
 from specdiff import native
-from specdiff.trees.ddtree import Pop, candidates, iter_best_first, top_k_marginals, tree_from_pops
+from specdiff.methods.caddtree.cost_model import CostProfile
+from specdiff.methods.ddtree import Pop, candidates, iter_best_first, top_k_marginals, tree_from_pops
 from specdiff.types import DraftProposal, DraftTree, TopPrefixes
 
 # candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared

@@ -1,11 +1,14 @@
-"""The proposer interface: `begin` once per sequence, then `propose` and `update` every round."""
+"""What every method shares: the decode state a proposer reads, the proposer interface (`begin`
+once per sequence, then `propose` and `update` every round) and the drafter interface."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from specdiff.types import DraftTree, TargetOutput, VerifyResult
+import torch
+
+from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
 @dataclass
@@ -20,12 +23,14 @@ class DecodeState:
     max_depth: int  # draft tokens allowed this round (never beyond max_new_tokens)
 
     @property
-    def start(self) -> int:
-        return len(self.tokens) - 1
+    def root(self) -> int:
+        """The last committed token: node 0 of the next tree."""
+        return self.tokens[-1]
 
     @property
-    def root(self) -> int:
-        return self.tokens[-1]
+    def start(self) -> int:
+        """The root's absolute position (the slots before it hold the committed context)."""
+        return len(self.tokens) - 1
 
 
 class Proposer(Protocol):
@@ -39,3 +44,19 @@ class Proposer(Protocol):
     def propose(self, state: DecodeState) -> DraftTree: ...
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None: ...
+
+
+class Drafter(Protocol):
+    """What a proposer drafts with: `DFlashDrafter` (eager) or the graph engine's `GraphedDrafter`."""
+
+    block_size: int
+
+    def reset(self, max_len: int) -> None: ...
+
+    def extend_context(self, features: torch.Tensor) -> None: ...  # [n, taps * H] of n committed tokens
+
+    def propose(self, root: int, num_slots: int) -> DraftProposal: ...
+
+    def enable_prefix_search(self, width: int) -> int: ...  # the width its steps will search (0: none)
+
+    def enable_candidates(self, k: int) -> int: ...  # the top-k its steps will take per slot (0: none)

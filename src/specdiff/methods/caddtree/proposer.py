@@ -1,0 +1,63 @@
+"""The caddtree proposer: DDTree's drafter round, with the tree sized by `tree.build_caddtree`
+against the measured cost profile, and the per-round costs the profile misses learnt online."""
+
+from __future__ import annotations
+
+import time
+
+from specdiff.config import CaDDTreeOptions
+from specdiff.methods.base import DecodeState, Drafter
+from specdiff.methods.caddtree.cost_model import CostProfile, DecodeRate, RoundOverhead
+from specdiff.methods.caddtree.tree import CANDIDATES, DEVICE_WIDTH, build_caddtree
+from specdiff.methods.ddtree import DDTreeProposer
+from specdiff.types import DraftProposal, DraftTree, TargetOutput
+
+
+class CaDDTreeProposer(DDTreeProposer):
+    name = "caddtree"
+
+    def __init__(self, drafter: Drafter, profile: CostProfile, options: CaDDTreeOptions | None = None,
+                 block_size: int | None = None, device_search: bool = False):
+        options = options or CaDDTreeOptions()
+        # the tree never outgrows what the profile measured: beyond it the cost is a guess, and the
+        # cap sizes the caches and the graphs prepared
+        cap = min(options.max_nodes, max(profile.nodes) - 1)
+        super().__init__(drafter, cap, block_size, device_search)
+        self.profile = profile
+        # the per-round cost the profile misses, measured from one propose call to the next (one
+        # whole round: draft, target forward, verify, commit, update; each ends in a sync). A
+        # whole-round profile holds it already, and timing it costs a round host time
+        measure = options.measure_overhead
+        if measure is None:
+            measure = profile.measure == "steps"
+        self.overhead = RoundOverhead() if measure else None
+        # the decode horizon: the rate the decode expects to run at (kept across decodes)
+        self.rate = DecodeRate() if options.horizon == "decode" else None
+        self._round: tuple[float, float] | None = None  # (start of the last round, its predicted ms)
+
+    def search_sizes(self, budget: int) -> tuple[int, int]:
+        return min(budget, DEVICE_WIDTH), min(budget, CANDIDATES)
+
+    def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
+        super().begin(state, prefill, max_len)
+        self._round = None  # the gap since the last decode's final round is not a round
+
+    def propose(self, state: DecodeState) -> DraftTree:
+        if self.overhead is None:
+            return super().propose(state)
+        now = time.perf_counter()
+        if self._round is not None:
+            self.overhead.observe(1000 * (now - self._round[0]), self._round[1])
+        tree = super().propose(state)
+        self._round = (now, self.profile.draft_ms + self.profile.tree_step(tree.num_nodes, state.start))
+        return tree
+
+    def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
+        overhead = self.overhead.ms if self.overhead is not None else 0.0
+        if self.rate is None:
+            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead)
+        tree = build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
+                              self.rate.lam)
+        cost = self.profile.draft_ms + overhead + self.profile.tree_step(tree.num_nodes, state.start)
+        self.rate.observe(1.0 + tree.phi, cost)
+        return tree

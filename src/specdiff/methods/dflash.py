@@ -1,0 +1,66 @@
+"""DFlash: the block-diffusion drafter drafts a block of slots after the root in one pass, and its
+argmax at every slot is the chain the target verifies.
+
+`DFlashProposer` is also what every drafter method builds on: it keeps the drafter's context
+cache following the committed tokens (`begin`, `update`) and asks it for one `DraftProposal` a
+round; a method is the tree it builds from that proposal (`build`).
+"""
+
+from __future__ import annotations
+
+from specdiff.methods.base import DecodeState, Drafter
+from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
+
+
+def build_chain(root: int, proposal: DraftProposal, max_depth: int) -> DraftTree:
+    """Argmax at each slot, up to `max_depth` draft tokens (the proposal's temperature is 1)."""
+    depth = min(max_depth, proposal.logits.shape[0])
+    draft = proposal.logits[:depth].argmax(dim=-1).tolist() if depth > 0 else []
+    return DraftTree.chain(root, draft)
+
+
+class DFlashProposer:
+    name = "dflash"
+
+    def __init__(self, drafter: Drafter, block_size: int | None = None):
+        self.drafter = drafter
+        self.num_slots = (block_size or drafter.block_size) - 1
+        self.tap_layers = tuple(drafter.spec.target_layer_ids)
+        self.max_nodes = 1 + self.num_slots
+        self._pending = None  # [n, taps * H]: target features of tokens committed since the last draft
+
+    @property
+    def drafters(self) -> tuple[Drafter, ...]:
+        """Every drafter whose context cache follows the committed tokens."""
+        return (self.drafter,)
+
+    def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
+        for d in self.drafters:
+            d.reset(max_len)
+        self._pending = prefill.features
+
+    def catch_up(self) -> None:
+        """Fuse the features of the tokens committed since the last draft into every drafter."""
+        if self._pending is not None:
+            for d in self.drafters:
+                d.extend_context(self._pending)
+            self._pending = None
+
+    def propose(self, state: DecodeState) -> DraftTree:
+        self.catch_up()
+        depth = min(self.num_slots, state.max_depth)
+        if depth <= 0:
+            return DraftTree.chain(state.root, [])
+        return self.build(state, self.drafter.propose(state.root, depth), depth)
+
+    def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
+        return build_chain(state.root, proposal, depth)
+
+    def update(self, result: VerifyResult, out: TargetOutput) -> None:
+        # the accepted path (root first) becomes drafter context at its committed positions
+        idx = result.accepted
+        self._pending = out.features[idx] if len(idx) != out.features.shape[0] else out.features
+
+
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> DFlashProposer:
+    return DFlashProposer(drafter, cfg.block_size)
