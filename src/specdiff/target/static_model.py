@@ -5,8 +5,14 @@ recording, kwargs plumbing). This adapter keeps the HF modules (so weights, norm
 are exactly the model's) but runs the decoder loop itself over one preallocated K/V buffer
 [layers, 1, kv_heads, max_len, head_dim]: every shape of a forward depends only on N, the mask is
 planned once per round, and commit is one gather for all layers. That makes a forward
-graph-capturable per tree-size bucket. Supports the Llama family layout (Llama, Qwen2, Qwen3:
-q/k/v/o projections, optional per-head q/k norms, pre-norm MLP); tested equal to `HFTarget`.
+graph-capturable per tree-size bucket. Supports the Llama family layout (Llama, Mistral, Qwen2,
+Qwen3 and its MoE: q/k/v/o projections, optional per-head q/k norms, pre-norm MLP); tested equal
+to `HFTarget`.
+
+It must never return other tokens than the model's own forward. A model whose config asks for
+what this forward does not compute (sliding windows, soft-capped logits, scaled embeddings) is
+refused, and at load a probe prompt runs through both forwards: logits that differ beyond
+rounding refuse the model with one line (`check_probe`), whatever the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +30,32 @@ from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
 
 
+PROBE_TOKENS = 8
+# The largest probe error (max |logit difference| over the largest |logit|) that rounding explains:
+# the two forwards order their float work differently. A modelling difference (a missing scale, norm
+# offset or cap) moves logits by a large share of their scale.
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# Config fields whose computation this forward lacks, when they are set: field -> what it is
+UNMODELLED = {
+    "attn_logit_softcapping": "soft-capped attention logits",
+    "final_logit_softcapping": "soft-capped output logits",
+    "use_sliding_window": "sliding-window attention",
+    "sliding_window_pattern": "sliding-window attention",
+}
+
+
+def check_config(cfg) -> None:
+    """Refuse (one line) a config that asks for computation the static forward does not do."""
+    for name, what in UNMODELLED.items():
+        if getattr(cfg, name, None):
+            raise SpecdiffError(f"the static and graph engines do not model {what} ({name}); use --engine hf")
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        raise SpecdiffError("the static and graph engines do not model sliding-window attention; use --engine hf")
+    if getattr(cfg, "model_type", "").startswith("gemma"):  # embeddings scaled by sqrt(H), (1 + w) norms
+        raise SpecdiffError(f"the static and graph engines do not model {cfg.model_type} (scaled embeddings, "
+                            "offset norms); use --engine hf")
+
+
 class StaticTarget(HFTarget):
     """`attention="cascade"` splits each layer's attention into the committed slots [0, start)
     (no mask) and the tree block [start, start + N) (ancestor mask), merged by log-sum-exp
@@ -32,22 +64,48 @@ class StaticTarget(HFTarget):
     ATTENTION = ("masked", "cascade")
     engine = "static"
 
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked"):
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked",
+                 check: bool = True):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
         super().__init__(model, tap_layers)
-        cfg = self.config
-        if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
-            raise SpecdiffError("the static engine does not support sliding-window attention; use --engine hf")
+        check_config(self.config)
         attn = self.layers[0].self_attn
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             if not hasattr(attn, name):
-                raise SpecdiffError(f"the static engine needs Llama-style attention ({type(attn).__name__} has no {name})")
+                raise SpecdiffError(f"the {self.engine} engine needs Llama-style attention ({type(attn).__name__} has "
+                                    f"no {name}); use --engine hf")
+        cfg = self.config
         self.decoder = model.get_decoder()
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
+        if check:
+            self.check_probe()
+
+    def check_probe(self) -> None:
+        """Refuse (one line) a model whose logits this forward does not reproduce: a probe prompt of
+        PROBE_TOKENS tokens through the model's own forward and through `decode_layers`."""
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_size, (1, PROBE_TOKENS), generator=g).to(self.device)
+        with torch.inference_mode():
+            ref = self.model(input_ids=ids).logits[0].float()  # [N, V]
+            StaticTarget.reset(self, PROBE_TOKENS)  # a probe-sized cache, dropped below
+            mask = torch.full((PROBE_TOKENS, PROBE_TOKENS), float("-inf"), device=self.device).triu(1)
+            slots = torch.arange(PROBE_TOKENS, device=self.device)
+            try:
+                got, _ = self.decode_layers(ids, slots[None], slots, mask.to(self.dtype)[None, None])
+            except Exception as e:  # an architecture this forward cannot run at all
+                raise SpecdiffError(f"the {self.engine} engine cannot run {type(self.model).__name__} "
+                                    f"({type(e).__name__}); use --engine hf") from None
+            finally:
+                self.k = self.v = None
+                self.max_len = 0
+        err = float((got.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+        if not err <= PROBE_TOLERANCE[self.dtype]:
+            raise SpecdiffError(f"the {self.engine} engine does not reproduce {type(self.model).__name__}'s logits "
+                                f"(probe error {err:.2g} of their scale); use --engine hf")
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
         # taps are read inside `run`: no hooks needed
