@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from specdiff import native
 from specdiff.methods.ddtree import build_ddtree
 from specdiff.methods.device_search import PrefixSearch, fetch, reference_top_prefixes
 from specdiff.types import DraftProposal
@@ -80,9 +81,10 @@ for width in (16, 32, 64, 96, 128, 256):
     print(f"| device search M={width}: replay + fetch (host) | {timed(lambda: fetch(graph.replay() or s.out, a.depth, width), a.reps):.4f} |")
     pre = fetch(s.out, a.depth, width)
     print(f"| prefixes.tree n={width} (host) | {timed(lambda: pre.tree(0, width), a.reps):.4f} |")
+backend = native.load()  # the decoder's host search: in C where it builds
 for budget in (16, 32, 64, 128):
     prop = DraftProposal(logits)
-    print(f"| host search build_ddtree B={budget} (topk, fetch, heap, tree) | {timed(lambda: build_ddtree(0, prop, budget, a.depth), a.reps):.4f} |")
+    print(f"| host search build_ddtree B={budget} (topk, fetch, heap, tree) | {timed(lambda: build_ddtree(0, prop, budget, a.depth, backend), a.reps):.4f} |")
 
 
 def graph_ms(fn, reps):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from specdiff import decode as decode_mod
+from specdiff import native
 from specdiff.bench.harness import read_prompt_file
 from specdiff.loading import eos_ids, load_models
 from specdiff.config import CaDDTreeOptions, DecodeConfig, SamplingConfig
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--drafter", default=None)
     args = p.parse_args()
     model, tok, drafter = load_models(args.target, args.drafter, args.device, args.dtype)
-    target = make_target(model, args.engine)
+    target = make_target(model, args.engine, native.load())  # build_decoder's backend
     dev = target.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     parts: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -86,9 +86,8 @@ def main() -> None:
             prop.drafter.draft.timed = True
         decoders.append((spec, dec))
     target.forward, target.commit = timed("forward", target.forward), timed("commit", target.commit)
-    decode_mod.verify_walk = timed("walk", decode_mod.verify_walk)
     for _, dec in decoders:
-        dec.verifier = decode_mod.verify_walk
+        dec.verifier = timed("walk", dec.verifier)
     stats = collections.defaultdict(lambda: ([], []))  # method -> (tau per prompt, round ms)
     for i, ids in enumerate([encoded[0]] + encoded):  # the first prompt again: a warm-up, dropped
         k = i % len(decoders)  # rotated order, as the bench: a drift lands on every method alike

@@ -10,6 +10,7 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run under its interpreter, on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from specdiff import native
 from specdiff.methods.base import DecodeState
 from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.methods.ddtree import build_ddtree
@@ -27,15 +28,13 @@ def target_model(request):
 @pytest.fixture(params=["native", "python"])
 def tree_search(request, monkeypatch):
     """Run a tree test with the C best-first search and with the Python heap (as on a machine
-    without a C compiler)."""
-    from specdiff import native
-
+    without a C compiler): the backend to pass (None for Python), also what `native.load()`
+    gives a decoder the test builds."""
     if request.param == "python":
-        monkeypatch.setattr(native, "_lib", None)
-        monkeypatch.setattr(native, "_tried", True)
-    elif not native.available():
+        monkeypatch.setattr(native, "load", lambda: None)
+    elif native.load() is None:
         pytest.skip("no C compiler")
-    return request.param
+    return native.load()
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +56,7 @@ class OracleProposer:
     def __init__(self, model, tree: str = "chain", budget: int = 32, slots: int = 7, noise: float = 0.0, seed: int = 0):
         self.model, self.tree, self.budget, self.slots, self.noise = model, tree, budget, slots, noise
         self.name = f"oracle-{tree}"
+        self.native = native.load()  # the tree search a built decoder's proposer has
         self.max_nodes = 1 + (slots if tree == "chain" else budget)
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -80,7 +80,7 @@ class OracleProposer:
         proposal = DraftProposal(logits, source="oracle")
         if self.tree == "chain":
             return build_chain(state.root, proposal, depth)
-        return build_ddtree(state.root, proposal, self.budget, depth)
+        return build_ddtree(state.root, proposal, self.budget, depth, self.native)
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None:
         pass

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
+from specdiff import native
 from specdiff.config import D2SDOptions, DecodeConfig, SamplingConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.methods import make_proposer
@@ -124,8 +125,9 @@ def oracle_decoder(model, method: str, sampling: SamplingConfig, max_new_tokens:
     drafter = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed)
     vp = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed + 1, noise=0.5)
     profile = rising_profile() if method == "caddtree" else None
-    proposer = make_proposer(cfg, drafter=drafter, vp_drafter=vp, profile=profile)
+    backend = native.load()  # as build_decoder hands it out
+    proposer = make_proposer(cfg, drafter=drafter, vp_drafter=vp, profile=profile, native=backend)
     for d in (drafter, vp):
         d.watch(proposer)
-    kwargs = {} if verifier is None else {"verifier": verifier}
-    return SpeculativeDecoder(make_target(model, engine), proposer, cfg, eos_ids, **kwargs)
+    return SpeculativeDecoder(make_target(model, engine, backend), proposer, cfg, eos_ids, verifier=verifier,
+                              native=backend)

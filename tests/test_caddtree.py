@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from specdiff import native
 from specdiff.config import CaDDTreeOptions, DecodeConfig
 from specdiff.engine import build_decoder
 from specdiff.models.tiny import tiny_drafter
@@ -19,6 +20,7 @@ from specdiff.methods.ddtree import build_ddtree, iter_best_first
 from specdiff.types import DraftProposal
 
 NODES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+NATIVE = native.load()  # the C search where it builds, as a decoder has it
 
 
 def profile(verify_rows, draft_ms=2.0, contexts=(128,)):
@@ -55,8 +57,8 @@ def test_root_alone_is_weighed_after_the_peak(seed, jump):
     logits = torch.randn(15, 200, generator=g) * 3
     ys = [8.0] + [8 + jump + 0.02 * n + 1e-4 * n * n for n in NODES[1:]]
     prof = profile([fit_verify_row(NODES, ys)])
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
-    full = build_ddtree(0, DraftProposal(logits), 600, 15)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600, native=NATIVE)
+    full = build_ddtree(0, DraftProposal(logits), 600, 15, native=NATIVE)
     scores = prefix_scores(full, logits)
     thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
     assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
@@ -100,13 +102,13 @@ def test_stops_at_the_best_budget(seed, steepness, tree_search):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * 3
     prof = profile([fit_monotone_convex(NODES, [8 + steepness * n + 1e-4 * n * n for n in NODES])])
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600, native=tree_search)
     n = tree.num_nodes - 1
     # the chosen tree is DDTree's tree of the same size
-    ref = build_ddtree(0, DraftProposal(logits), n, 15)
+    ref = build_ddtree(0, DraftProposal(logits), n, 15, native=tree_search)
     assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
     # and n maximises theta over every budget (brute force over DDTree's pop order)
-    full = build_ddtree(0, DraftProposal(logits), 600, 15)
+    full = build_ddtree(0, DraftProposal(logits), 600, 15, native=tree_search)
     scores = prefix_scores(full, logits)
     thetas = [theta(scores[1:], k, prof, 128) for k in range(0, 601)]
     assert thetas[n] == pytest.approx(max(thetas), rel=1e-6)
@@ -125,11 +127,11 @@ def test_bucketed_cost_fills_the_best_bucket(seed, steepness, tree_search):
     ys = [8 + steepness * n + 1e-4 * n * n for n in BUCKETS]
     prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
                        nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, native=tree_search)
     assert tree.num_nodes in BUCKETS
-    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15)
+    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15, native=tree_search)
     assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
-    full = build_ddtree(0, DraftProposal(logits), 511, 15)
+    full = build_ddtree(0, DraftProposal(logits), 511, 15, native=tree_search)
     scores = prefix_scores(full, logits)
     thetas = {b: theta(scores[1:], b - 1, prof, 128) for b in BUCKETS}
     assert thetas[tree.num_nodes] == pytest.approx(max(thetas.values()), rel=1e-6)
@@ -145,8 +147,8 @@ def test_root_alone_is_priced_as_caddtree_takes_it(seed, root_ms, tree_search):
     logits = torch.randn(15, 200, generator=g) * (1 + seed)  # from flat to peaked marginals
     prof = dataclasses.replace(profile([fit_verify_row(NODES, [8.0] + [8.5 + 0.05 * n for n in NODES[1:]])]),
                                root_alone_ms=[root_ms])
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
-    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15), logits)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600, native=tree_search)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15, native=tree_search), logits)
     thetas = [1 / (prof.draft_ms + root_ms)] + [theta(scores[1:], k, prof, 128) for k in range(1, 601)]
     assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
     if root_ms >= prof.verify(2, 128):
@@ -161,11 +163,11 @@ def test_round_overhead_is_part_of_the_cost(seed, overhead, tree_search):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(15, 200, generator=g) * 3
     prof = profile([fit_monotone_convex(NODES, [1 + 0.05 * n + 1e-4 * n * n for n in NODES])])
-    plain = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600)
+    plain = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600, native=tree_search)
     tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=600,
-                          overhead_ms=overhead)
+                          overhead_ms=overhead, native=tree_search)
     assert tree.num_nodes >= plain.num_nodes
-    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15), logits)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 600, 15, native=tree_search), logits)
     thetas = [theta(scores[1:], k, prof, 128, overhead) for k in range(0, 601)]
     assert thetas[tree.num_nodes - 1] == pytest.approx(max(thetas), rel=1e-6)
 
@@ -187,13 +189,14 @@ def test_decode_horizon_maximises_the_rounds_gain(seed, lam, bucketed, tree_sear
     else:
         prof = profile([fit_monotone_convex(NODES, [8 + 0.01 * n + 1e-4 * n * n for n in NODES])])
         sizes = list(range(2, 513))
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, lam=lam)
-    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 511, 15), logits)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, lam=lam,
+                          native=tree_search)
+    scores = prefix_scores(build_ddtree(0, DraftProposal(logits), 511, 15, native=tree_search), logits)
     phi = np.cumsum([math.exp(x) for x in scores[1:]])
     gains = {1: 1 - lam * (prof.draft_ms + prof.root_alone(128))}
     gains.update({n: 1 + phi[n - 2] - lam * (prof.draft_ms + prof.verify(n, 128)) for n in sizes})
     assert gains[tree.num_nodes] == pytest.approx(max(gains.values()), rel=1e-9, abs=1e-9)
-    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15)
+    ref = build_ddtree(0, DraftProposal(logits), tree.num_nodes - 1, 15, native=tree_search)
     assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
     assert tree.phi == pytest.approx(phi[tree.num_nodes - 2] if tree.num_nodes > 1 else 0.0)
 
@@ -207,7 +210,8 @@ def test_decode_horizon_spends_nodes_where_they_pay():
     rounds = [DraftProposal(torch.randn(15, 200, generator=g) * s) for s in (6.0, 1.0)]
 
     def pair(lam):
-        trees = [build_caddtree(0, p, prof, context=128, max_depth=15, max_nodes=511, lam=lam) for p in rounds]
+        trees = [build_caddtree(0, p, prof, context=128, max_depth=15, max_nodes=511, lam=lam, native=NATIVE)
+                 for p in rounds]
         cost = sum(prof.draft_ms + prof.verify(t.num_nodes, 128) for t in trees)
         return trees, sum(1 + t.phi for t in trees) / cost
 
@@ -253,7 +257,7 @@ def test_round_overhead_estimate():
 def test_flat_cost_grows_to_the_cap():
     logits = torch.randn(15, 100, generator=torch.Generator().manual_seed(0))
     prof = profile([[10.0] * len(NODES)])
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=300)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=300, native=NATIVE)
     assert tree.num_nodes == 301
 
 
@@ -299,7 +303,7 @@ def test_flat_marginals_fetch_as_many_candidates_as_the_decision_needs(seed, sca
     ys = [8 + 0.002 * n + 1e-5 * n * n for n in BUCKETS]
     prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
                        nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, native=tree_search)
     top = torch.topk(torch.log_softmax(logits, -1), CANDIDATES, -1).values
     phi = np.cumsum([math.exp(score) for _, _, score in itertools.islice(iter_best_first(top), 511)])
     cost = {b: prof.draft_ms + prof.verify(b, 128) for b in BUCKETS}
@@ -316,7 +320,7 @@ def test_caddtree_trees_keep_each_depths_top_candidates():
     ys = [8 + 1e-6 * n for n in BUCKETS]  # nodes nearly free: the largest tree pays
     prof = CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
                        nodes=BUCKETS, verify_ms=[ys], buckets=BUCKETS)
-    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511)
+    tree = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=511, native=NATIVE)
     assert tree.num_nodes == 512
     top = torch.topk(logits, CANDIDATES, -1).indices
     for tok, d in zip(tree.tokens[1:].tolist(), tree.depths[1:].tolist()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specdiff import native
 from specdiff.methods.caddtree.tree import build_caddtree
 from specdiff.methods.ddtree import build_ddtree
 from specdiff.methods.device_search import PrefixSearch, candidate_pairs, fetch, reference_top_prefixes
@@ -14,6 +15,7 @@ from specdiff.types import DraftProposal, TopPrefixes
 
 triton = pytest.importorskip("triton", reason="the kernel needs Triton (its interpreter runs it on a CPU)")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+NATIVE = native.load()  # the host search in C where it builds, as a decoder has it
 
 
 def paths(p: TopPrefixes) -> list[tuple[int, ...]]:
@@ -75,11 +77,11 @@ def test_trees_from_the_prefixes_equal_the_host_search(seed, steepness, width):
     prefixes = reference_top_prefixes(logits, width)
     with_pre, host = DraftProposal(logits, prefixes=prefixes), DraftProposal(logits)
     for budget in (16, width):
-        a, b = build_ddtree(0, with_pre, budget, 15), build_ddtree(0, host, budget, 15)
+        a, b = build_ddtree(0, with_pre, budget, 15, native=NATIVE), build_ddtree(0, host, budget, 15, native=NATIVE)
         assert set(zip(a.parents.tolist(), a.tokens.tolist())) == set(zip(b.parents.tolist(), b.tokens.tolist()))
     prof = bucket_profile(steepness)
-    a = build_caddtree(0, with_pre, prof, context=128, max_depth=15, max_nodes=255)
-    b = build_caddtree(0, host, prof, context=128, max_depth=15, max_nodes=255)
+    a = build_caddtree(0, with_pre, prof, context=128, max_depth=15, max_nodes=255, native=NATIVE)
+    b = build_caddtree(0, host, prof, context=128, max_depth=15, max_nodes=255, native=NATIVE)
     assert a.num_nodes == b.num_nodes
     assert sorted(a.tokens.tolist()) == sorted(b.tokens.tolist())
 
@@ -88,6 +90,7 @@ def test_caddtree_leaves_prefixes_of_another_depth_alone():
     logits = torch.randn(15, 100, generator=torch.Generator().manual_seed(1)) * 3
     stale = reference_top_prefixes(logits[:10], 64)  # searched over 10 slots, asked for 15
     prof = bucket_profile(0.02)
-    a = build_caddtree(0, DraftProposal(logits, prefixes=stale), prof, context=128, max_depth=15, max_nodes=255)
-    b = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=255)
+    a = build_caddtree(0, DraftProposal(logits, prefixes=stale), prof, context=128, max_depth=15, max_nodes=255,
+                       native=NATIVE)
+    b = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=255, native=NATIVE)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)

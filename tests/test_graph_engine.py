@@ -4,6 +4,7 @@ GPU) against the plain static target and the plain drafter."""
 import pytest
 import torch
 
+from specdiff import native
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 from specdiff.models.tiny import tiny_drafter
 from specdiff.target import StaticTarget
@@ -11,6 +12,8 @@ from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_f
 from specdiff.types import DraftTree
 
 from test_target import path_to, random_tree
+
+NATIVE = native.load()  # the C masks and search where they build, as a decoder has them
 
 
 @pytest.mark.parametrize("seed,prompt_len", [(0, 11), (1, 11), (2, 240)])
@@ -24,7 +27,8 @@ def test_graph_target_equals_static(target_model, seed, prompt_len):
     trees = [random_tree(14, vocab, g), DraftTree.chain(5, [6, 7]), random_tree(37, vocab, g)]
     leaves = [int(torch.randint(1, t.num_nodes, (1,), generator=g)) for t in trees]
     outs = []
-    for t in (StaticTarget(target_model, tap_layers=[0, 2]), GraphedTarget(target_model, [0, 2], use_graphs=False)):
+    for t in (StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE),
+              GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE)):
         t.reset(prompt_len + 120)
         res = [t.prefill(prompt)]
         for tree, leaf in zip(trees, leaves):
@@ -102,7 +106,7 @@ def test_span_and_alloc_buckets():
 def test_prepare_covers_every_bucket_a_decode_uses(target_model):
     """After `prepare`, forwards of any tree up to the cap at any context up to the prepared
     length find their (node, span) bucket ready: nothing is allocated or captured while timed."""
-    t = GraphedTarget(target_model, use_graphs=False)
+    t = GraphedTarget(target_model, use_graphs=False, native=NATIVE)
     t.prepare(max_len=300 + 60, max_nodes=60)
     ready, alloc = set(t._buckets), t.max_len
     g = torch.Generator().manual_seed(5)
@@ -133,6 +137,6 @@ def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_mode
     ref_logp, ref_ids = top_k_tensors(DraftProposal(logits), 32, slots)
     assert torch.equal(top_ids, ref_ids) and torch.equal(top_logp, ref_logp)
     assert graphed.propose(5, slots - 2).candidates is None  # taken over all the slots, not fewer
-    a = build_ddtree(5, DraftProposal(logits, candidates=(top_logp, top_ids)), 32, slots)
-    b = build_ddtree(5, DraftProposal(logits), 32, slots)
+    a = build_ddtree(5, DraftProposal(logits, candidates=(top_logp, top_ids)), 32, slots, native=NATIVE)
+    b = build_ddtree(5, DraftProposal(logits), 32, slots, native=NATIVE)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)

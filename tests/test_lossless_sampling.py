@@ -32,7 +32,7 @@ from oracle_drafters import AR_DRAFTER_METHODS, oracle_decoder
 
 PROMPT = [1, 2, 3]
 NEW = 3
-SAMPLES = 3000
+SAMPLES = 2000  # planted bugs give p < 1e-100 at this size; the fits are checked against p > 1e-3
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 12, 0.6)])

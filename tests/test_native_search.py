@@ -19,7 +19,8 @@ def bucket_profile(steepness: float) -> CostProfile:
     return CostProfile(device="test", target="t", drafter="d", dtype="float32", draft_ms=2.0, contexts=[128],
                        nodes=BUCKETS, verify_ms=[fit_monotone_convex(BUCKETS, ys)], buckets=BUCKETS)
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the Python heap runs instead")
+NATIVE = native.load()
+pytestmark = pytest.mark.skipif(NATIVE is None, reason="no C compiler: the Python heap runs instead")
 
 
 @pytest.mark.parametrize("depth,vocab,k,width,scale", [
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: t
 def test_same_pops_as_the_python_heap(depth, vocab, k, width, scale, seed):
     logits = torch.randn(depth, vocab, generator=torch.Generator().manual_seed(seed)) * scale
     top_logp, top_ids = top_k_tensors(DraftProposal(logits), k, depth)
-    got = native.top_prefixes(top_logp, top_ids, width, complete=k >= vocab)
+    got = NATIVE.top_prefixes(top_logp, top_ids, width, complete=k >= vocab)
     ref = best_first_prefixes(top_logp, width)
     exact = next((i + 1 for i, (_, r, _) in enumerate(ref) if r == k - 1 and k < vocab), len(ref))
     assert got.width == min(exact, width)
@@ -47,14 +48,12 @@ def test_same_pops_as_the_python_heap(depth, vocab, k, width, scale, seed):
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("budget", [8, 32, 100])
-def test_ddtree_is_the_same_tree_with_either_search(seed, budget, monkeypatch):
+def test_ddtree_is_the_same_tree_with_either_search(seed, budget):
     """The C pops (one fetch of `budget` candidates) give the Python heap's tree (which fetches
     FIRST_K candidates first, then `budget` if they ran out)."""
     logits = torch.randn(15, 300, generator=torch.Generator().manual_seed(seed)) * (0.3 + seed)
-    fast = build_ddtree(0, DraftProposal(logits), budget, 15)
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_tried", True)
-    slow = build_ddtree(0, DraftProposal(logits), budget, 15)
+    fast = build_ddtree(0, DraftProposal(logits), budget, 15, native=NATIVE)
+    slow = build_ddtree(0, DraftProposal(logits), budget, 15, native=None)
     for a, b in ((fast.tokens, slow.tokens), (fast.parents, slow.parents), (fast.depths, slow.depths)):
         assert torch.equal(a, b)
 
@@ -74,7 +73,7 @@ def test_caddtree_search_in_c_decides_as_grow(seed, k, scale, lam):
     fixed = prof.draft_ms + 0.1 * seed
     top_logp, top_ids = top_k_tensors(DraftProposal(logits), k, 15)
     complete = k >= 200
-    _, n = native.caddtree_search(top_logp, top_ids, complete, costs, fixed, lam)
+    _, n = NATIVE.caddtree_search(top_logp, top_ids, complete, costs, fixed, lam)
     ref = _grow(top_logp, costs.sizes, [fixed + c for c in costs.steps], fixed + costs.root_step,
                 last_rank=None if complete else k - 1, lam=lam)
     assert (n is None) == (ref is None)
@@ -97,7 +96,7 @@ def test_choice_read_off_the_prefixes_decides_as_grow(seed, width, lam):
     costs = _step_costs(prof, 128, 255)
     fixed = prof.draft_ms
     top_logp, top_ids = top_k_tensors(DraftProposal(logits), 200, 15)
-    prefixes = native.top_prefixes(top_logp, top_ids, width, complete=True)
+    prefixes = NATIVE.top_prefixes(top_logp, top_ids, width, complete=True)
     n = _choose(prefixes, costs.sizes, costs.steps, fixed, costs.root_step, lam)
     ref = _grow(top_logp, costs.sizes, [fixed + c for c in costs.steps], fixed + costs.root_step, lam=lam)
     # None: the delta bound cannot rule out a size past the search (the caller searches wider)

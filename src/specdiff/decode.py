@@ -9,6 +9,7 @@ new token comes out of a verification round (so AR's tau is exactly 1).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, Sequence
 
@@ -17,6 +18,7 @@ import torch
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.methods.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
+from specdiff.native import Native
 from specdiff.sampling import NoiseCache
 from specdiff.target.hf_causal import HFTarget
 from specdiff.types import DraftTree, GenerationResult, TargetOutput, VerifyResult
@@ -28,8 +30,11 @@ Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig, NoiseCache], 
 
 class SpeculativeDecoder:
     def __init__(self, target: HFTarget, proposer: Proposer, cfg: DecodeConfig, eos_ids: Sequence[int] = (),
-                 verifier: Verifier = verify_walk):
+                 verifier: Verifier | None = None, native: Native | None = None):
+        """verifier: None for `verify_walk`, with `native` its C walk (None: the Python walk)."""
         cfg.validate()
+        if verifier is None:
+            verifier = functools.partial(verify_walk, native=native)
         self.target, self.proposer, self.cfg, self.verifier = target, proposer, cfg, verifier
         self.noise = NoiseCache()  # T>0: the sampling noise of the positions this decoder draws at
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()

@@ -6,29 +6,35 @@ from typing import Sequence
 
 import torch
 
+from specdiff import native
 from specdiff.config import DecodeConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.drafters.dflash import DFlashDrafter, check_fits, check_pair
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 from specdiff.errors import SpecdiffError
 from specdiff.methods import REGISTRY, make_proposer
+from specdiff.native import Native
 from specdiff.target.hf_causal import HFTarget
 from specdiff.target.graphed import GraphedTarget
 from specdiff.target.static_model import StaticTarget
 
 
-def make_target(model: torch.nn.Module, engine: str = "hf") -> HFTarget:
-    """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph"."""
+def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | None = None) -> HFTarget:
+    """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph";
+    `native`: its ancestor masks in C (`native.load()`; None: in Python)."""
     if engine == "graph":
-        return GraphedTarget(model)
-    return StaticTarget(model) if engine == "static" else HFTarget(model)
+        return GraphedTarget(model, native=native)
+    return StaticTarget(model, native=native) if engine == "static" else HFTarget(model, native=native)
 
 
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,
                   eos_ids: Sequence[int] = (), vp_drafter: DFlashDrafter | None = None) -> SpeculativeDecoder:
+    """The decoder for `cfg`, with the C backend (`native.load()`, where it builds) in the target it
+    makes, the proposer's tree search and the walk. A target passed in keeps its own backend."""
     cfg.validate()
     info = REGISTRY[cfg.method]
-    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine)
+    backend = native.load()
+    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend)
     if info.drafter:
         if drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")
@@ -44,5 +50,6 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
         drafter = GraphedDrafter(drafter)
         if info.vp_drafter:
             vp_drafter = GraphedVPDrafter(vp_drafter, cfg.d2sd.branches)
-    proposer = make_proposer(cfg, target, drafter if info.drafter else None, vp_drafter if info.vp_drafter else None)
-    return SpeculativeDecoder(target, proposer, cfg, eos_ids)
+    proposer = make_proposer(cfg, target, drafter if info.drafter else None, vp_drafter if info.vp_drafter else None,
+                             native=backend)
+    return SpeculativeDecoder(target, proposer, cfg, eos_ids, native=backend)

@@ -72,7 +72,7 @@ class DraftTree:
 
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i. In Python: a chain, one int
-        per row, or level by level (`native.tree_mask` is the same in C)."""
+        per row, or level by level (`native.Native.tree_mask` is the same in C)."""
         n = self.num_nodes
         if torch.equal(self.parents, torch.arange(-1, n - 1)):  # a chain: plain causal
             return torch.ones(n, n, dtype=torch.bool).tril_()

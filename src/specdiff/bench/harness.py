@@ -23,44 +23,12 @@ from typing import Callable
 import torch
 
 from specdiff import native
-from specdiff.config import CaDDTreeOptions, D2SDOptions, DecodeConfig, SamplingConfig
+from specdiff.bench.config import BenchConfig
 from specdiff.bench.tables import environment_line, markdown_table
 from specdiff.errors import SpecdiffError
 from specdiff.methods import REGISTRY
 from specdiff.sampling import derive_seed
 from specdiff.types import GenerationResult
-
-
-@dataclass
-class BenchConfig:
-    methods: list[str] = field(default_factory=lambda: ["ar", "dflash", "ddtree"])
-    budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
-    temperatures: list[float] = field(default_factory=lambda: [0.0])
-    prompt_files: list[str] = field(default_factory=list)
-    limit: int = 32
-    max_new_tokens: int = DecodeConfig.max_new_tokens
-    warmup: int = 2
-    seed: int = 0
-    profile: str | None = None  # caddtree's cost profile (None: the per-device cache)
-    device: str = "cpu"
-    dtype: str = "float32"
-    engine: str = DecodeConfig.engine
-    tree_search: str = DecodeConfig.tree_search  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
-    # caddtree's horizons (CaDDTreeOptions.horizon): the first runs as "caddtree", each other
-    # one beside it as "caddtree/<horizon>"
-    caddtree_horizons: list[str] = field(default_factory=lambda: ["round"])
-    target: str = ""
-    drafter: str = ""
-    branches: int = D2SDOptions.branches  # d2sd, d2sd-hybrid: K
-    vp_drafter: str = ""  # d2sd, d2sd-hybrid: the VP drafter folder
-
-    def decode_config(self, label: str, method: str, budget: int, temperature: float) -> DecodeConfig:
-        """The decode of one variant (`variants`) at one temperature."""
-        horizon = label.partition("/")[2] or self.caddtree_horizons[0]
-        return DecodeConfig(method=method, budget=budget, max_new_tokens=self.max_new_tokens, engine=self.engine,
-                            tree_search=self.tree_search, sampling=SamplingConfig(temperature=temperature, seed=self.seed),
-                            caddtree=CaDDTreeOptions(profile=self.profile, horizon=horizon),
-                            d2sd=D2SDOptions(branches=self.branches))
 
 
 @dataclass
@@ -124,7 +92,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     from specdiff.loading import eos_ids
     from specdiff.engine import build_decoder, make_target
 
-    target = make_target(model, cfg.engine)
+    backend = native.load()  # the one build_decoder hands each decoder
+    target = make_target(model, cfg.engine, backend)
     eos = eos_ids(model, tokenizer)
     # every prompt file is read (and refused, if bad) before the first decode
     sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]
@@ -135,7 +104,8 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     def result_so_far(complete: bool) -> dict:
         return {
             "config": dataclasses.asdict(cfg),
-            "environment": environment(cfg.device),
+            # the same trees either way, not the same host time
+            "environment": {**environment(cfg.device), "host_tree_search": "c" if backend is not None else "python"},
             "complete": complete,
             "mismatches": mismatches,
             "summary": summarize(runs),
@@ -247,8 +217,7 @@ def environment(device: str) -> dict:
     import transformers
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "platform": platform.platform(), "device": device,
-           "host_tree_search": "c" if native.available() else "python"}  # the same trees, not the same host time
+           "platform": platform.platform(), "device": device}
     if device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 if TYPE_CHECKING:
     from specdiff.config import DecodeConfig
     from specdiff.methods.base import Proposer
+    from specdiff.native import Native
     from specdiff.target.hf_causal import HFTarget
 
 Method = Literal["ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid"]
@@ -24,7 +25,7 @@ Method = Literal["ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybr
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
-    module: str  # holds `make_proposer(cfg, target, drafter, vp_drafter, profile)` for this method
+    module: str  # holds `make_proposer(cfg, target, drafter, vp_drafter, profile, native)` for this method
     summary: str
     drafter: bool = False  # drafts with the DFlash drafter
     vp_drafter: bool = False  # also with D²SD's variable-prefix drafter
@@ -58,12 +59,13 @@ def needs_vp_drafter(method: str) -> bool:
 
 
 def make_proposer(cfg: DecodeConfig, target: HFTarget | None = None, drafter=None, vp_drafter=None,
-                  profile=None) -> Proposer:
+                  profile=None, native: Native | None = None) -> Proposer:
     """The proposer for `cfg.method`, from its own module. `drafter`, `vp_drafter`: bound to the
-    target already; `profile`: caddtree's cost profile (None: the one saved for this device)."""
+    target already; `profile`: caddtree's cost profile (None: the one saved for this device);
+    `native`: the C tree search (`native.load()`; None: the Python one)."""
     info = REGISTRY[cfg.method]
     if info.drafter and drafter is None:
         raise ValueError(f"method {info.name} needs a DFlash drafter")
     if info.vp_drafter and vp_drafter is None:
         raise ValueError(f"method {info.name} needs a VP drafter")
-    return importlib.import_module(info.module).make_proposer(cfg, target, drafter, vp_drafter, profile)
+    return importlib.import_module(info.module).make_proposer(cfg, target, drafter, vp_drafter, profile, native)

@@ -23,5 +23,5 @@ class ARProposer:
         pass
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> ARProposer:
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> ARProposer:
     return ARProposer()

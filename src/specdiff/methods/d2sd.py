@@ -213,6 +213,6 @@ class D2SDProposer(DFlashProposer):
         return build_d2sd_tree(cands)
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> D2SDProposer:
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> D2SDProposer:
     return D2SDProposer(drafter, vp_drafter, cfg.d2sd.branches, cfg.method == "d2sd-hybrid", cfg.budget,
                         cfg.block_size)

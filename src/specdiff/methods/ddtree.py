@@ -18,9 +18,9 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from specdiff import native
 from specdiff.methods.base import DecodeState, Drafter
 from specdiff.methods.dflash import DFlashProposer
+from specdiff.native import Native
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -117,8 +117,10 @@ def saturated(nodes: list[Pop], k: int) -> bool:
     return any(rank == k - 1 for _, rank, _ in nodes)
 
 
-def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int) -> DraftTree:
-    """The `budget` most probable prefixes (plus the root) of the drafter's marginals.
+def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int,
+                 native: Native | None = None) -> DraftTree:
+    """The `budget` most probable prefixes (plus the root) of the drafter's marginals, searched in
+    C by `native` (None: the Python heap, the same tree).
 
     With the C search, `budget` candidates per depth in one fetch: a top-k costs about the same
     for any k here, a refetch costs another one and a sync. The Python heap fetches FIRST_K and
@@ -129,7 +131,7 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
         return DraftTree.chain(root, [])
     if proposal.prefixes is not None and proposal.prefixes.covers(budget, depth):
         return proposal.prefixes.tree(root, budget)
-    if native.available():  # the same pops, in C; with k = budget every pop is exact
+    if native is not None:  # the same pops, in C; with k = budget every pop is exact
         top_logp, top_ids = candidates(proposal, budget, depth)
         exact = native.top_prefixes(top_logp, top_ids, budget, complete=budget >= proposal.logits.shape[-1])
         return exact.tree(root, budget)
@@ -145,20 +147,20 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
 class DDTreeProposer(DFlashProposer):
     """The DFlash drafter's proposal -> its `budget` most probable prefixes. Where the drafter can,
     its own graph searches them on the device (`tree_search` "device") or takes the top candidates
-    the host's C search reads (one copy instead of an eager top-k)."""
+    the host's C search (`native`) reads (one copy instead of an eager top-k)."""
 
     name = "ddtree"
 
     def __init__(self, drafter: Drafter, budget: int = 64, block_size: int | None = None,
-                 device_search: bool = False):
+                 device_search: bool = False, native: Native | None = None):
         super().__init__(drafter, block_size)
-        self.budget = budget
+        self.budget, self.native = budget, native
         self.max_nodes = 1 + budget
         width, k = self.search_sizes(budget)
         # what the drafter's steps hand over: the top `width` prefixes searched on the device, else
         # the top-`k` candidates per slot for the host's C search (0: none; the host takes its own)
         self.prefix_width = drafter.enable_prefix_search(width) if device_search else 0
-        use_k = not self.prefix_width and native.available()
+        use_k = not self.prefix_width and native is not None
         self.candidates_k = drafter.enable_candidates(k) if use_k else 0
 
     def search_sizes(self, budget: int) -> tuple[int, int]:
@@ -166,8 +168,9 @@ class DDTreeProposer(DFlashProposer):
         return budget, budget
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
-        return build_ddtree(state.root, proposal, self.budget, depth)
+        return build_ddtree(state.root, proposal, self.budget, depth, self.native)
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> DDTreeProposer:
-    return DDTreeProposer(drafter, cfg.budget, cfg.block_size, device_search=cfg.tree_search == "device")
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> DDTreeProposer:
+    return DDTreeProposer(drafter, cfg.budget, cfg.block_size, device_search=cfg.tree_search == "device",
+                          native=native)

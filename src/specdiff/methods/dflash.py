@@ -62,5 +62,5 @@ class DFlashProposer:
         self._pending = out.features[idx] if len(idx) != out.features.shape[0] else out.features
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> DFlashProposer:
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> DFlashProposer:
     return DFlashProposer(drafter, cfg.block_size)

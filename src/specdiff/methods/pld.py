@@ -29,5 +29,5 @@ class PLDProposer(ARProposer):
         return DraftTree.chain(state.root, [])
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> PLDProposer:
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> PLDProposer:
     return PLDProposer(cfg.pld)

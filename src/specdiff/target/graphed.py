@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from specdiff import native
+from specdiff.native import Native
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
 
@@ -100,8 +100,8 @@ class GraphedTarget(StaticTarget):
     engine = "graph"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), use_graphs: bool | None = None,
-                 min_alloc: int = 1024):
-        super().__init__(model, tap_layers)
+                 min_alloc: int = 1024, native: Native | None = None):
+        super().__init__(model, tap_layers, native=native)
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.min_alloc = min_alloc
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
@@ -181,8 +181,8 @@ class GraphedTarget(StaticTarget):
         hp[nb : nb + n] = tree.depths + start
         hp[nb + n : 2 * nb] = start
         hp[2 * nb] = start
-        if native.available():  # straight into the pinned buffer, padding rows included
-            native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc.numpy())
+        if self.native is not None:  # straight into the pinned buffer, padding rows included
+            self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc.numpy())
         else:
             b.host_anc[:n, :n] = tree.ancestor_mask()
             b.host_anc[n:, :n] = False

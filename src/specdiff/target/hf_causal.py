@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, StaticCache
 
 from specdiff.errors import SpecdiffError
+from specdiff.native import Native
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import DraftTree, TargetOutput
 
@@ -49,8 +50,10 @@ def sliding_window(cfg) -> int | None:
 class HFTarget:
     engine = "hf"
 
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = ()):
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), native: Native | None = None):
+        """native: the tree's ancestor mask in C (None: in Python, the same mask)."""
         self.model = model.eval()
+        self.native = native
         self.config = model.config.get_text_config(decoder=True)
         layers = getattr(model.get_decoder(), "layers", None)
         if not isinstance(layers, torch.nn.ModuleList):
@@ -113,7 +116,7 @@ class HFTarget:
     # -- forwards ----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, tree: DraftTree) -> TargetOutput:
-        plan = TreePlan.build(tree, self.length, self.max_len, self.device, self.dtype)
+        plan = TreePlan.build(tree, self.length, self.max_len, self.device, self.dtype, self.native)
         return self.run(plan)
 
     @torch.inference_mode()

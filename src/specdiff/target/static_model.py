@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
+from specdiff.native import Native
 from specdiff.ops import apply_rope, rms_norm
 from specdiff.target.hf_causal import HFTarget
 from specdiff.target.tree_plan import TreePlan
@@ -65,11 +66,11 @@ class StaticTarget(HFTarget):
     engine = "static"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked",
-                 check: bool = True):
+                 check: bool = True, native: Native | None = None):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
-        super().__init__(model, tap_layers)
+        super().__init__(model, tap_layers, native=native)
         check_config(self.config)
         attn = self.layers[0].self_attn
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdiff import native
+from specdiff.native import Native
 from specdiff.types import DraftTree
 
 
@@ -35,13 +35,16 @@ class TreePlan:
         return int(self.input_ids.shape[1])
 
     @staticmethod
-    def build(tree: DraftTree, start: int, max_len: int, device, dtype: torch.dtype) -> TreePlan:
+    def build(tree: DraftTree, start: int, max_len: int, device, dtype: torch.dtype,
+              native: Native | None = None) -> TreePlan:
+        """native: the ancestor mask in C (None: `DraftTree.ancestor_mask`, the same mask)."""
         n = tree.num_nodes
         if start + n > max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")
         # only the [N, N] tree block comes from the host; the [N, max_len] mask is built on the device
         hidden = torch.finfo(dtype).min
-        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~native.tree_mask(tree), hidden)
+        ancestors = tree.ancestor_mask() if native is None else native.tree_mask(tree)
+        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, hidden)
         mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
         mask[:, :start] = 0.0
         mask[:, start : start + n] = tree_block.to(device)

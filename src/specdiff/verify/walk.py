@@ -13,19 +13,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specdiff import native
 from specdiff.config import SamplingConfig
+from specdiff.native import Native
 from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.types import DraftTree, VerifyResult
 
 
 def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig,
-                noise: NoiseCache | None = None) -> VerifyResult:
+                noise: NoiseCache | None = None, native: Native | None = None) -> VerifyResult:
     """tree: N nodes, root at absolute position `start`; logits: [N, V], row i predicts the token
     after node i, at position start + depth_i + 1; noise: the decoder's cache of sampling noise
-    (the same draws with or without it)."""
+    (the same draws with or without it); native: the C walk (None: the children table, the same
+    nodes)."""
     draws = draw_tree(logits, start + 1, tree.depths, cfg, noise).cpu()  # the round's one host sync
-    if native.available():
+    if native is not None:
         parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
         drawn = draws.numpy()
         accepted = native.walk(parents, tokens, drawn)

@@ -30,9 +30,10 @@ def load_profile(cfg, target, drafter) -> CostProfile:
     return CostProfile.load(path)
 
 
-def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None) -> CaDDTreeProposer:
+def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> CaDDTreeProposer:
     if profile is None:
         if target is None:
             raise ValueError("caddtree needs a cost profile, or the target to find its saved one")
         profile = load_profile(cfg, target, drafter)
-    return CaDDTreeProposer(drafter, profile, cfg.caddtree, cfg.block_size, device_search=cfg.tree_search == "device")
+    return CaDDTreeProposer(drafter, profile, cfg.caddtree, cfg.block_size, device_search=cfg.tree_search == "device",
+                            native=native)

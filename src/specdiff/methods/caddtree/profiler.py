@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from specdiff import native
 from specdiff.config import SamplingConfig
 from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import BUCKETS
@@ -110,7 +111,10 @@ def peaked_proposal(vocab: int, depth: int, g: torch.Generator, device) -> Draft
 
 
 @torch.inference_mode()
-def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int) -> dict:
+def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int,
+            backend: native.Native | None = None) -> dict:
+    """Each size's step (search, forward, walk, commit) and the root-alone step per context, with
+    the tree search and the walk in C by `backend` (as a decode runs them), and the drafter's pass."""
     g = torch.Generator().manual_seed(0)
     dev = target.device
     raw, root_alone = [], []
@@ -122,12 +126,12 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
         for n in nodes:
             proposal = peaked_proposal(target.vocab_size, 15, g, dev)
 
-            path = _sample_path(build_ddtree(0, proposal, n - 1, 15))
+            path = _sample_path(build_ddtree(0, proposal, n - 1, 15, backend))
 
             def round_() -> None:
-                tree = build_ddtree(0, proposal, n - 1, 15)
+                tree = build_ddtree(0, proposal, n - 1, 15, backend)
                 out = target.forward(tree)
-                verify_walk(tree, out.logits, ctx, greedy)
+                verify_walk(tree, out.logits, ctx, greedy, native=backend)
                 if out.features is not None:
                     _ = out.features[path]  # the proposer's gather of the path's taps, timed with the rest
                 target.commit(path)
@@ -139,7 +143,7 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
         if nodes:
             raw.append(row)
         root_alone.append(_timed_root_alone(target, peaked_proposal(target.vocab_size, 15, g, dev), ctx, reps,
-                                            warmup))
+                                            warmup, backend))
         steps = ", ".join(f"{n}:{ms:.2f} ms" for n, ms in zip(nodes, row))
         print(f"profile: context {ctx}: {steps + '; ' if steps else ''}root alone after the candidate fetch "
               f"{root_alone[-1]:.2f} ms", flush=True)
@@ -162,7 +166,8 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
     return {"raw": raw, "draft_ms": draft_ms, "root_alone": root_alone}
 
 
-def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps: int, warmup: int) -> float:
+def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps: int, warmup: int,
+                      backend: native.Native | None = None) -> float:
     """caddtree's root-alone step as it takes it: the candidates are fetched and searched before
     the choice, then the root alone is forwarded, walked and committed. Unlike AR's step (C_v(1)),
     it pays the fetch (a top-k and a sync on the device)."""
@@ -172,7 +177,7 @@ def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps:
     def round_() -> None:
         top_k_marginals(proposal, FIRST_K, proposal.logits.shape[0])
         out = target.forward(root)
-        verify_walk(root, out.logits, ctx, greedy)
+        verify_walk(root, out.logits, ctx, greedy, native=backend)
         target.commit([0])
         target.length -= 1
 
@@ -244,7 +249,8 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
     nodes = sorted(set(nodes)) if nodes else default_nodes(engine)
     if min(nodes) < 1 or min(contexts) < 1:
         raise SpecdiffError("--nodes and --contexts must be positive")
-    target = make_target(model, engine)
+    backend = native.load()  # the one build_decoder gives the decodes it times
+    target = make_target(model, engine, backend)
     # on a launch-bound GPU the host's work overlaps the device's, so two steps timed apart do not
     # add up to a round; on the CPU everything is serial and steps are the quieter measure
     measure_kind = measure_kind or ("rounds" if engine == "graph" else "steps")
@@ -267,7 +273,7 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
     steps = measure_kind == "steps"
     trees = [i for i, n in enumerate(nodes) if n > 1]
     m = measure(target, drafter, contexts if steps or not trees else [], nodes if steps else [],
-                reps if steps else 30, warmup)
+                reps if steps else 30, warmup, backend)
     raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
         rounds = measure_rounds(target, plain, contexts, nodes, reps, warmup, engine, tokenizer)["raw"]

@@ -10,6 +10,7 @@ from specdiff.methods.base import DecodeState, Drafter
 from specdiff.methods.caddtree.cost_model import CostProfile, DecodeRate, RoundOverhead
 from specdiff.methods.caddtree.tree import CANDIDATES, DEVICE_WIDTH, build_caddtree
 from specdiff.methods.ddtree import DDTreeProposer
+from specdiff.native import Native
 from specdiff.types import DraftProposal, DraftTree, TargetOutput
 
 
@@ -17,12 +18,12 @@ class CaDDTreeProposer(DDTreeProposer):
     name = "caddtree"
 
     def __init__(self, drafter: Drafter, profile: CostProfile, options: CaDDTreeOptions | None = None,
-                 block_size: int | None = None, device_search: bool = False):
+                 block_size: int | None = None, device_search: bool = False, native: Native | None = None):
         options = options or CaDDTreeOptions()
         # the tree never outgrows what the profile measured: beyond it the cost is a guess, and the
         # cap sizes the caches and the graphs prepared
         cap = min(options.max_nodes, max(profile.nodes) - 1)
-        super().__init__(drafter, cap, block_size, device_search)
+        super().__init__(drafter, cap, block_size, device_search, native)
         self.profile = profile
         # the per-round cost the profile misses, measured from one propose call to the next (one
         # whole round: draft, target forward, verify, commit, update; each ends in a sync). A
@@ -55,9 +56,10 @@ class CaDDTreeProposer(DDTreeProposer):
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         overhead = self.overhead.ms if self.overhead is not None else 0.0
         if self.rate is None:
-            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead)
+            return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
+                                  native=self.native)
         tree = build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
-                              self.rate.lam)
+                              self.rate.lam, self.native)
         cost = self.profile.draft_ms + overhead + self.profile.tree_step(tree.num_nodes, state.start)
         self.rate.observe(1.0 + tree.phi, cost)
         return tree

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import math
 
-from specdiff import native
 from specdiff.methods.caddtree.cost_model import CostProfile
 from specdiff.methods.ddtree import Pop, candidates, iter_best_first, top_k_marginals, tree_from_pops
+from specdiff.native import Native, StepCosts
 from specdiff.types import DraftProposal, DraftTree, TopPrefixes
 
 # candidates per depth fetched first. caddtree pops past the size it keeps, to the next compared
@@ -58,9 +58,11 @@ DEVICE_WIDTH = 96
 
 
 def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, context: int, max_depth: int,
-                   max_nodes: int = 1024, overhead_ms: float = 0.0, lam: float = 0.0) -> DraftTree:
+                   max_nodes: int = 1024, overhead_ms: float = 0.0, lam: float = 0.0,
+                   native: Native | None = None) -> DraftTree:
     """The tree of the size whose value peaks: theta (lam = 0) or its gain to a decode running at
-    `lam` expected tokens per ms (module docstring). The tree carries its Phi."""
+    `lam` expected tokens per ms (module docstring), searched in C by `native` (None: `_grow`, the
+    same tree). The tree carries its Phi."""
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0:
         return DraftTree.chain(root, [], phi=0.0)
@@ -72,7 +74,7 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
         n = _choose(proposal.prefixes, sizes, steps, fixed, root_step, lam)
         if n is not None:
             return proposal.prefixes.tree(root, n)
-    if native.available() and sizes:  # `_grow` in C over each depth's top CANDIDATES tokens
+    if native is not None and sizes:  # `_grow` in C over each depth's top CANDIDATES tokens
         top_logp, top_ids = candidates(proposal, min(max_nodes, CANDIDATES), depth)
         prefixes, n = native.caddtree_search(top_logp, top_ids, True, costs, fixed, lam)
         return prefixes.tree(root, n)
@@ -91,16 +93,16 @@ def build_caddtree(root: int, proposal: DraftProposal, profile: CostProfile, con
 CONTEXT_STEP = 8  # contexts this close share a round's costs (C_v's slope in context is tiny)
 
 
-def _step_costs(profile: CostProfile, context: int, max_nodes: int) -> native.StepCosts:
+def _step_costs(profile: CostProfile, context: int, max_nodes: int) -> StepCosts:
     """The sizes theta is compared at for a round at `context` (every size, or the engine's
     buckets; root included), C_v at each and the root-alone step. Memoised on the profile per cap
     and context step: every round asks, and a round's host time is round time on a GPU."""
 
-    def make() -> native.StepCosts:
+    def make() -> StepCosts:
         sizes = tuple(b for b in profile.buckets if 1 < b <= max_nodes + 1) if profile.buckets else \
             tuple(range(2, max_nodes + 2))
         at = context - context % CONTEXT_STEP
-        return native.StepCosts(sizes, profile.costs_at(at, sizes), profile.root_alone(at))
+        return StepCosts(sizes, profile.costs_at(at, sizes), profile.root_alone(at))
 
     return profile.memo(("step_costs", max_nodes, context // CONTEXT_STEP), make)
 
