@@ -9,12 +9,12 @@ from pathlib import Path
 from specdiff.cli.common import (
     ProgressBar, add_model_args, add_setting, config_flags, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
 )
-from specdiff.config import CaDDTreeOptions
+from specdiff.bench.config import BenchConfig
 from specdiff.errors import SpecdiffError
 
 # this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
 # example) and cmd_<name>
-COMMANDS = ("bench", "profile", "versus", "bound", "round-costs")
+COMMANDS = ("bench", "profile", "versus", "bound", "round-costs", "speed")
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -23,25 +23,29 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     specdiff bench --prompts data/prompts/function_completion.jsonl --methods ar,ddtree --limit 8 --out out/b
     """
     add_model_args(p)
-    p.add_argument("--methods", default="ar,dflash,ddtree", help="comma-separated methods; ar always runs first as the baseline")
+    d = BenchConfig()
+    p.add_argument("--methods", default=",".join(d.methods),
+                   help="comma-separated methods; ar always runs first as the baseline")
     p.add_argument("--prompts", action="append", required=True, help="JSONL prompt file (repeatable)")
-    p.add_argument("--limit", type=int, default=32, help="prompts per prompt file")
-    p.add_argument("--temperature", default="0", help="comma-separated temperatures")
-    p.add_argument("--budgets", default="16,64,256", help="comma-separated node budgets for ddtree and d2sd-hybrid")
+    p.add_argument("--limit", type=int, default=d.limit, help="prompts per prompt file")
+    p.add_argument("--temperature", default=",".join(f"{t:g}" for t in d.temperatures),
+                   help="comma-separated temperatures")
+    p.add_argument("--budgets", default=",".join(map(str, d.budgets)),
+                   help="comma-separated node budgets for ddtree and d2sd-hybrid")
     for path, flag, f in config_flags():
         if path in (("max_new_tokens",), ("d2sd", "branches"), ("caddtree", "profile")):
             add_setting(p, flag, f)
-    p.add_argument("--warmup", type=int, default=2, help="untimed decodes per method before the timed ones")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed decodes per method before the timed ones")
+    p.add_argument("--seed", type=int, default=d.seed,
                    help="each prompt decodes with its own seed, derived from (seed, prompt set, prompt id)")
-    p.add_argument("--caddtree-horizon", default=CaDDTreeOptions.horizon,
+    p.add_argument("--caddtree-horizon", default=",".join(d.caddtree_horizons),
                    help="what caddtree's round size maximises: round (its own tokens per ms, the default) or decode "
                         "(the decode's); a comma-separated list runs the others beside it as caddtree/<horizon>")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md and the plots")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from specdiff.bench.harness import BenchConfig, report, run_bench
+    from specdiff.bench.harness import report, run_bench
     from specdiff.config import METHODS, check_temperature
     from specdiff.methods import needs_drafter, needs_vp_drafter
 
@@ -175,4 +179,44 @@ def cmd_round_costs(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"| {r['prompt_set']} | {r['temperature']:g} | {r['method']} | {r['bucket']} | {r['rounds']} | "
               f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['ratio']:.2f} |")
+    return 0
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """a shape's AR ms/token and drafted round costs (random weights), next to the HBM bound
+
+    specdiff speed --shape qwen3-8b --device cuda --dtype bfloat16 --engine graph
+    """
+    from specdiff.bench.speed import SpeedConfig
+    from specdiff.models.shapes import PUBLIC
+
+    d = SpeedConfig()
+    p.add_argument("--shape", default=d.shape, help=f"{', '.join(PUBLIC)} or HIDDENxLAYERS, random weights")
+    p.add_argument("--target", help="a target folder instead of random weights")
+    p.add_argument("--vocab", type=int, help="HIDDENxLAYERS: the vocabulary (default: 151,936)")
+    p.add_argument("--drafter-layers", type=int, default=d.drafter_layers, help="the random DFlash drafter's depth")
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="where the models run")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="weights and compute")
+    p.add_argument("--engine", default=d.engine, choices=["hf", "static", "graph"], help="the forwards")
+    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="the prompt's length")
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens each decode generates")
+    p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="comma-separated ddtree budgets")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from specdiff.bench.speed import SpeedConfig, measure, table
+
+    budgets = split_list(args.budgets, int, "--budgets")
+    for flag in ("drafter_layers", "prompt_tokens", "new_tokens", "vocab"):
+        if getattr(args, flag) is not None:
+            check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if any(b < 1 for b in budgets):
+        raise SpecdiffError("budgets must be >= 1")
+    result = measure(SpeedConfig(shape=args.shape, target=args.target, drafter_layers=args.drafter_layers,
+                                 vocab=args.vocab, device=args.device, dtype=args.dtype, engine=args.engine,
+                                 prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
+    print(json.dumps(result) if args.json else table(result), end="\n" if args.json else "")
     return 0

@@ -1,0 +1,51 @@
+"""`specdiff speed`: a shape's per-token and per-round costs next to the HBM bound (tiny shapes on
+the CPU here; the numbers themselves come from the GPU)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from specdiff.bench.speed import read_bytes_per_token, shape_config
+from specdiff.cli import main
+
+
+def test_public_shapes_have_their_published_sizes():
+    """Qwen3-8B has 8.19B parameters and Qwen3-1.7B 1.72B (1.41B without its tied embedding)."""
+    for name, params in (("qwen3-8b", 8.19e9), ("qwen3-1.7b", 1.72e9)):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(shape_config(name))
+        assert abs(sum(p.numel() for p in model.parameters()) / params - 1) < 0.01, name
+
+
+def test_an_ar_step_reads_every_weight_but_the_input_embedding_plus_the_cache():
+    cfg = shape_config("256x2", vocab=512)
+    model = AutoModelForCausalLM.from_config(cfg)
+    embed = model.get_input_embeddings().weight.numel() * 4
+    weights = sum(p.numel() for p in model.parameters()) * 4 - embed
+    kv = 2 * 2 * cfg.num_key_value_heads * cfg.head_dim * 100 * 4
+    assert read_bytes_per_token(model, 100) == weights + kv
+
+
+def test_speed_prints_every_method_for_a_tiny_shape(capsys):
+    rc = main(["speed", "--shape", "256x2", "--vocab", "512", "--device", "cpu", "--dtype", "float32", "--engine",
+               "static", "--prompt-tokens", "12", "--new-tokens", "6", "--budgets", "4,8", "--drafter-layers", "1",
+               "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in result["rows"]] == ["ar", "dflash", "ddtree@4", "ddtree@8"]
+    assert all(r["ms_per_token"] > 0 and r["tau"] >= 1 for r in result["rows"])
+    assert result["bound_ms"] is None  # no peak bandwidth known for a CPU
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--shape", "qwen9"], "unknown shape"),
+    (["--shape", "100x2"], "multiple of 64"),
+    (["--budgets", "0"], "budgets must be >= 1"),
+    (["--new-tokens", "0"], "--new-tokens must be >= 1"),
+])
+def test_speed_bad_input_is_one_line(capsys, argv, message):
+    assert main(["speed", "--device", "cpu", "--dtype", "float32", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
