@@ -23,7 +23,7 @@ EXTRA = {
 }
 # the engines that must reproduce these families exactly
 EXACT = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe"}
-ARCHS = sorted(EXACT | {"gemma", "gemma2", "gemma3_text", "phi3"})
+ARCHS = sorted(EXACT | {"gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox", "opt"})
 PROMPT = [5, 17, 42, 8, 77, 3, 61, 29]
 
 
@@ -60,8 +60,10 @@ def test_every_engine_is_exact_or_refuses_in_one_line(arch):
         outcomes[engine] = "exact"
     if arch in EXACT:
         assert outcomes == {"hf": "exact", "static": "exact", "graph": "exact"}
-    if arch.startswith("gemma") or arch == "phi3":
+    if arch.startswith("gemma") or arch in ("phi3", "gpt_neox", "opt"):
         assert outcomes["static"] == outcomes["graph"] == "refused"
+    if arch in ("gemma", "phi3", "gpt_neox", "opt"):  # probed at load on hf, and passing: no false refusal
+        assert outcomes["hf"] == "exact"
 
 
 @pytest.mark.parametrize("arch", ["gemma", "gemma2"])
@@ -92,3 +94,21 @@ def test_a_sliding_window_shorter_than_the_decode_is_refused_on_every_engine():
         with pytest.raises(SpecdiffError, match="sliding window"):
             ours(model, engine, 16)
     assert ours(tiny("mistral", sliding_window=64), "static", 8) == hf_greedy(tiny("mistral", sliding_window=64), 8)
+
+
+def test_the_hf_engine_probe_refuses_a_tree_forward_that_ignores_the_mask(monkeypatch):
+    """Planted: a tree plan whose mask lets every node see every other one (siblings included);
+    the hf engine's load-time probe must refuse the model (probed here as an untested family)."""
+    from specdiff.target import hf_causal, tree_plan
+
+    monkeypatch.setattr(hf_causal, "TREE_FORWARD_TESTED", ())
+    build = tree_plan.TreePlan.build
+
+    def leaky(tree, *args, **kwargs):
+        plan = build(tree, *args, **kwargs)
+        plan.mask.zero_()  # nothing hidden
+        return plan
+
+    monkeypatch.setattr(tree_plan.TreePlan, "build", staticmethod(leaky))
+    with pytest.raises(SpecdiffError, match="does not reproduce"):
+        ours(tiny("llama"), "hf", 4)

@@ -28,6 +28,14 @@ from specdiff.target.tree_plan import TreePlan
 from specdiff.types import DraftTree, TargetOutput
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROBE_TOKENS = 8
+# The largest probe error (max |logit difference| over the largest |logit|) that rounding explains:
+# two forwards order their float work differently. A modelling difference (a missing scale, norm
+# offset, cap or mask) moves logits by a large share of their scale.
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# Families whose tree forward through this adapter tests/test_architectures.py pins against
+# transformers' own generate; any other family is probed at load (`HFTarget.check_probe`)
+TREE_FORWARD_TESTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -50,8 +58,10 @@ def sliding_window(cfg) -> int | None:
 class HFTarget:
     engine = "hf"
 
-    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), native: Native | None = None):
-        """native: the tree's ancestor mask in C (None: in Python, the same mask)."""
+    def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), native: Native | None = None,
+                 check: bool = True):
+        """native: the tree's ancestor mask in C (None: in Python, the same mask); check: run the
+        load-time probe (`check_probe`)."""
         self.model = model.eval()
         self.native = native
         self.config = model.config.get_text_config(decoder=True)
@@ -75,6 +85,36 @@ class HFTarget:
         self._taps: dict[int, torch.Tensor] = {}
         self._hooks: list = []
         self.set_taps(tap_layers)
+        if check and getattr(self.config, "model_type", None) not in TREE_FORWARD_TESTED:
+            self.check_probe()
+
+    def check_probe(self) -> None:
+        """Refuse (one line) a model whose tree forward this adapter does not get right: a small
+        tree after a short prompt, each node's logits against the model's own forward over that
+        node's path. Families whose attention ignores a custom 4D mask or the static cache fail here
+        instead of returning other tokens."""
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_size, (PROBE_TOKENS + 3,), generator=g).tolist()
+        prompt, (a, b, c) = ids[:PROBE_TOKENS], ids[PROBE_TOKENS:]
+        tree = DraftTree.from_lists([prompt[-1], a, b, c], [-1, 0, 0, 1])  # siblings a, b; c under a
+        try:
+            with torch.inference_mode():
+                self.reset(len(ids) + 1)
+                self.prefill(prompt[:-1])
+                got = self.forward(tree).logits.float()  # [4, V]
+                # nodes 0, 1, 3 lie on the path prompt + a + c, node 2 on prompt + b
+                chain = self.model(input_ids=torch.tensor([prompt + [a, c]], device=self.device)).logits[0, -3:]
+                side = self.model(input_ids=torch.tensor([prompt + [b]], device=self.device)).logits[0, -1:]
+                ref = torch.cat([chain[:2], side, chain[2:]]).float()
+        except Exception as e:  # an architecture whose forward cannot take the tree at all
+            raise SpecdiffError(f"specdiff cannot run {type(self.model).__name__}'s tree forward "
+                                f"({type(e).__name__}: {first_line(e)})") from None
+        finally:
+            self.cache, self.max_len, self.length = None, 0, 0
+        err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+        if not err <= PROBE_TOLERANCE[self.dtype]:
+            raise SpecdiffError(f"specdiff's tree forward does not reproduce {type(self.model).__name__}'s logits "
+                                f"(probe error {err:.2g} of their scale); this model is not supported")
 
     # -- embeddings the drafter borrows ------------------------------------------------------
     @property

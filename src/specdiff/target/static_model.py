@@ -26,16 +26,11 @@ from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
 from specdiff.ops import apply_rope, rms_norm
-from specdiff.target.hf_causal import HFTarget
+from specdiff.target.hf_causal import PROBE_TOKENS, PROBE_TOLERANCE, HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
 
 
-PROBE_TOKENS = 8
-# The largest probe error (max |logit difference| over the largest |logit|) that rounding explains:
-# the two forwards order their float work differently. A modelling difference (a missing scale, norm
-# offset or cap) moves logits by a large share of their scale.
-PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 # Config fields whose computation this forward lacks, when they are set: field -> what it is
 UNMODELLED = {
     "attn_logit_softcapping": "soft-capped attention logits",
@@ -70,9 +65,12 @@ class StaticTarget(HFTarget):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
-        super().__init__(model, tap_layers, native=native)
+        super().__init__(model, tap_layers, native=native, check=False)  # its own probe below
         check_config(self.config)
-        attn = self.layers[0].self_attn
+        attn = getattr(self.layers[0], "self_attn", None)
+        if attn is None:
+            raise SpecdiffError(f"the {self.engine} engine needs Llama-style layers ({type(self.layers[0]).__name__} "
+                                "has no self_attn); use --engine hf")
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             if not hasattr(attn, name):
                 raise SpecdiffError(f"the {self.engine} engine needs Llama-style attention ({type(attn).__name__} has "
