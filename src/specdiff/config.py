@@ -18,9 +18,11 @@ from specdiff.methods import METHODS, Method  # noqa: F401  (the registry owns t
 Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
 TreeSearch = Literal["host", "device"]
+Kernels = Literal["auto", "triton", "torch"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 HORIZONS: tuple[str, ...] = get_args(Horizon)
 TREE_SEARCHES: tuple[str, ...] = get_args(TreeSearch)
+KERNELS: tuple[str, ...] = get_args(Kernels)
 
 
 def option(default, help: str, flag: str | None = None, **kw):
@@ -129,6 +131,10 @@ class DecodeConfig:
     engine: Engine = option("hf", "forwards: the model's own (hf), the static-cache path (static), or that "
                                   "path replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)",
                             choices=ENGINES)
+    # static and graph engines: the target forward as fused Triton kernels with fused weights
+    # (`target.fused`), or as the HF modules' own PyTorch ops; auto = triton on a CUDA GPU
+    kernels: Kernels = option("auto", "static, graph: the target forward as fused Triton kernels (triton), as "
+                                      "PyTorch ops (torch), or triton on a CUDA GPU (auto)", choices=KERNELS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
     # CUDA GPU with Triton only). The host search measured faster (docs/results.md).
@@ -145,6 +151,8 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.engine not in ENGINES:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.kernels not in KERNELS:
+            raise SpecdiffError(f"unknown kernels {self.kernels!r}; choose one of {', '.join(KERNELS)}")
         if self.tree_search not in TREE_SEARCHES:
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
         if self.budget < 1:

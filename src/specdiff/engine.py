@@ -19,12 +19,16 @@ from specdiff.target.graphed import GraphedTarget
 from specdiff.target.static_model import StaticTarget
 
 
-def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | None = None) -> HFTarget:
+def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | None = None,
+                kernels: str = "auto") -> HFTarget:
     """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph";
-    `native`: its ancestor masks in C (`native.load()`; None: in Python)."""
+    `native`: its ancestor masks in C (`native.load()`; None: in Python); `kernels`: the static
+    forward's kernels (`DecodeConfig.kernels`)."""
     if engine == "graph":
-        return GraphedTarget(model, native=native)
-    return StaticTarget(model, native=native) if engine == "static" else HFTarget(model, native=native)
+        return GraphedTarget(model, native=native, kernels=kernels)
+    if engine == "static":
+        return StaticTarget(model, native=native, kernels=kernels)
+    return HFTarget(model, native=native)
 
 
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,
@@ -34,7 +38,7 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
     cfg.validate()
     info = REGISTRY[cfg.method]
     backend = native.load()
-    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend)
+    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend, cfg.kernels)
     if info.drafter:
         if drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")

@@ -93,7 +93,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     from specdiff.engine import build_decoder, make_target
 
     backend = native.load()  # the one build_decoder hands each decoder
-    target = make_target(model, cfg.engine, backend)
+    target = make_target(model, cfg.engine, backend, cfg.kernels)
     eos = eos_ids(model, tokenizer)
     # every prompt file is read (and refused, if bad) before the first decode
     sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]

@@ -37,6 +37,7 @@ class SpeedConfig:
     device: str = "cuda"
     dtype: str = "bfloat16"
     engine: str = "graph"
+    kernels: str = "auto"  # DecodeConfig.kernels
     prompt_tokens: int = 200
     new_tokens: int = 96
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
@@ -151,10 +152,11 @@ def measure(cfg: SpeedConfig) -> dict:
     read = read_bytes_per_token(model, cfg.prompt_tokens + cfg.new_tokens // 2)
     # one target for every method: its cache and graphs serve them all (a target per method would
     # hold a graph set each)
-    target = make_target(model, cfg.engine, native.load())
+    target = make_target(model, cfg.engine, native.load(), cfg.kernels)
     rows = []
     for method, budget in [("ar", 1), ("dflash", 1)] + [("ddtree", b) for b in cfg.budgets]:
         dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.new_tokens, engine=cfg.engine,
+                          kernels=cfg.kernels,
                           stop_at_eos=False)
         decoder = build_decoder(target, dc, drafter)
         decoder.prepare(len(prompt))
@@ -170,10 +172,50 @@ def measure(cfg: SpeedConfig) -> dict:
                      "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None})
         del decoder
         gc.collect()  # the drafter's graphs of this method go before the next method's are captured
+    parts = anatomy(target, drafter, prompt, cfg, [1, 16] + sorted(set(cfg.budgets)))
     return {"shape": name, "params": sum(p.numel() for p in model.parameters()), "device":
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": cfg.dtype,
-            "engine": cfg.engine, "read_bytes_per_token": read, "peak_bandwidth": peak,
-            "bound_ms": 1000 * read / peak if peak else None, "rows": rows}
+            "engine": cfg.engine, "kernels": "triton" if getattr(target, "fused", None) is not None else "torch",
+            "read_bytes_per_token": read, "peak_bandwidth": peak,
+            "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
+
+
+def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[int], reps: int = 20) -> dict:
+    """Each part of a round alone, back to back with one sync at the end (so host work hides
+    behind the device, as in a decode): the drafter's step (fuse the committed features, draft a
+    block) and the target's forward of N nodes, N in `sizes` -> {"draft_ms", "verify_ms": {N: ms}}.
+    A round's time beyond the two is the host's (tree search, walk, commit)."""
+    import time
+
+    import torch
+
+    from specdiff.config import DecodeConfig
+    from specdiff.engine import build_decoder
+    from specdiff.types import DraftTree
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        if target.device.type == "cuda":
+            torch.cuda.synchronize(target.device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if target.device.type == "cuda":
+            torch.cuda.synchronize(target.device)
+        return 1000 * (time.perf_counter() - t) / reps
+
+    dc = DecodeConfig(method="dflash", max_new_tokens=cfg.new_tokens, engine=cfg.engine, kernels=cfg.kernels,
+                      stop_at_eos=False)
+    decoder = build_decoder(target, dc, drafter)
+    decoder.prepare(len(prompt))
+    decoder.generate(prompt)  # the drafter holds the whole context, as mid-decode
+    step = decoder.proposer.drafters[0]
+    draft_ms = timed(lambda: step.propose(prompt[-1], step.block_size - 1))
+    target.reset(len(prompt) + cfg.new_tokens + max(sizes))
+    target.prefill(prompt)
+    verify = {n: timed(lambda: target.forward(DraftTree.chain(prompt[-1], [prompt[-1]] * (n - 1)))) for n in sizes}
+    return {"draft_ms": draft_ms, "verify_ms": verify}
 
 
 def table(result: dict) -> str:
@@ -181,11 +223,16 @@ def table(result: dict) -> str:
 
     bound = result["bound_ms"]
     head = (f"{result['shape']} ({result['params'] / 1e9:.2f}B parameters), {result['device']}, {result['dtype']}, "
-            f"engine {result['engine']}; HBM bound for AR: "
+            f"engine {result['engine']}, {result.get('kernels', 'torch')} kernels; HBM bound for AR: "
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
              f"{r['mean_nodes']:.0f}", f"{100 * bound / r['ms_per_token']:.0f}%" if bound and r["method"] == "ar"
              else "-"] for r in result["rows"]]
-    return "\n".join([head, "", *markdown_table(["method", "ms/token", "round ms (median)", "tau", "nodes/round",
-                                                  "of HBM bandwidth"], rows)]) + "\n"
+    lines = [head, "", *markdown_table(["method", "ms/token", "round ms (median)", "tau", "nodes/round",
+                                        "of HBM bandwidth"], rows)]
+    parts = result.get("anatomy")
+    if parts:
+        lines += ["", "Alone: drafter step {:.2f} ms; target forward of N nodes: {}".format(
+            parts["draft_ms"], ", ".join(f"{n}: {ms:.2f} ms" for n, ms in parts["verify_ms"].items()))]
+    return "\n".join(lines) + "\n"

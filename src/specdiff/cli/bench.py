@@ -68,7 +68,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     vp_drafter = load_vp_drafter(args) if any(map(needs_vp_drafter, methods)) else None  # D²SD's second drafter
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
-                      profile=args.profile, engine=args.engine, tree_search=args.tree_search,
+                      profile=args.profile, engine=args.engine, kernels=args.kernels, tree_search=args.tree_search,
                       caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
@@ -109,7 +109,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_file(args.out)
     model, tokenizer, drafter = load_models(args, need_drafter=True)
-    path = build_profile(model, tokenizer, drafter, contexts, nodes, args.engine, args.dtype, args.measure, args.reps,
+    path = build_profile(model, tokenizer, drafter, contexts, nodes, args.engine, args.kernels, args.dtype, args.measure, args.reps,
                          args.warmup, str(args.target or "bundled"), str(args.drafter or "bundled"), args.out)
     print(f"profile saved: {path}")
     return 0
@@ -198,6 +198,8 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="where the models run")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="weights and compute")
     p.add_argument("--engine", default=d.engine, choices=["hf", "static", "graph"], help="the forwards")
+    p.add_argument("--kernels", default=d.kernels, choices=["auto", "triton", "torch"],
+                   help="static, graph: fused Triton kernels, PyTorch ops, or triton on a CUDA GPU (auto)")
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="the prompt's length")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens each decode generates")
     p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="comma-separated ddtree budgets")
@@ -217,6 +219,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
         raise SpecdiffError("budgets must be >= 1")
     result = measure(SpeedConfig(shape=args.shape, target=args.target, drafter_layers=args.drafter_layers,
                                  vocab=args.vocab, device=args.device, dtype=args.dtype, engine=args.engine,
-                                 prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
+                                 kernels=args.kernels, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
     print(json.dumps(result) if args.json else table(result), end="\n" if args.json else "")
     return 0

@@ -9,6 +9,12 @@ from the host. Padding rows sit at
 the root's position, see only the committed slots and themselves, and write K/V to slots past
 the tree that no real row can see and the next round overwrites.
 
+All buckets' graphs share one memory pool: a private pool per graph kept every bucket's
+activations and [Nb, V] logits reserved at once, which ran a Qwen3-8B-shaped model out of an
+80 GB GPU before its 256-node bucket. Sharing is safe because the graphs never run concurrently and a forward's outputs
+are read before the next forward (the decode loop verifies, commits and hands the features to the
+drafter first; `prefill` copies its outputs): a later replay of another bucket may reuse them.
+
 The K/V buffer (`alloc` slots, a power of two) grows only when a longer sequence needs it, which
 drops the graphs; a forward's cost follows its span bucket, not `alloc`, so sizing the buffer for
 a large tree cap costs nothing per round. Graphs are captured the first time a bucket is needed
@@ -60,10 +66,10 @@ def alloc_for(need: int, min_alloc: int) -> int:
     return alloc
 
 
-def capture_graph(fn, device: torch.device) -> "torch.cuda.CUDAGraph":
+def capture_graph(fn, device: torch.device, pool=None) -> "torch.cuda.CUDAGraph":
     """Warm `fn` up twice on a side stream (lazy inits, autotuning), then capture it. `fn` must
     touch device tensors only; its writes during warm-up must be harmless (callers aim them at
-    uncommitted slots)."""
+    uncommitted slots). pool: a memory pool shared with other graphs (None: the graph's own)."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -71,7 +77,7 @@ def capture_graph(fn, device: torch.device) -> "torch.cuda.CUDAGraph":
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         fn()
     return graph
 
@@ -100,16 +106,17 @@ class GraphedTarget(StaticTarget):
     engine = "graph"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), use_graphs: bool | None = None,
-                 min_alloc: int = 1024, native: Native | None = None):
-        super().__init__(model, tap_layers, native=native)
+                 min_alloc: int = 1024, native: Native | None = None, kernels: str = "auto"):
+        super().__init__(model, tap_layers, native=native, kernels=kernels)
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.min_alloc = min_alloc
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
+        self._pool = None  # the buckets' shared graph memory pool
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
         if tuple(layer_ids) != getattr(self, "tap_layers", None):
-            self._buckets = {}  # the graphs bake in which layers are tapped
+            self._buckets, self._pool = {}, None  # the graphs bake in which layers are tapped
         super().set_taps(layer_ids)
 
     def reset(self, max_len: int) -> None:
@@ -121,7 +128,7 @@ class GraphedTarget(StaticTarget):
             self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.max_len = alloc
             self._cols = torch.arange(alloc, device=self.device)
-            self._buckets = {}  # graphs point at the old buffers
+            self._buckets, self._pool = {}, None  # graphs point at the old buffers
         self.length = 0
 
     def prepare(self, max_len: int, max_nodes: int) -> None:
@@ -148,7 +155,9 @@ class GraphedTarget(StaticTarget):
             )
             b.packed[2 * nb] = self.length  # a capture writes only uncommitted slots
             if self.use_graphs:
-                b.graph = capture_graph(lambda: self._bucket_forward(b), self.device)
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                b.graph = capture_graph(lambda: self._bucket_forward(b), self.device, self._pool)
             self._buckets[nb, span] = b
         return b
 
@@ -156,13 +165,16 @@ class GraphedTarget(StaticTarget):
         """Device tensors only: safe to capture."""
         nb, cols = b.size, self._cols[: b.span]
         ids, pos, start = b.packed[:nb], b.packed[nb : 2 * nb], b.packed[2 * nb :]
+        slots = start + self._cols[:nb]
+        if self.fused is not None:  # the kernel reads `start` and the ancestor block itself
+            b.logits, b.features = self.fused(ids[None], pos[None], slots, start, b.anc, b.span)
+            return
         rel = cols - start  # [span] slot relative to the tree's first slot
         in_tree = (rel >= 0) & (rel < nb)
         tree_vis = b.anc.gather(1, rel.clamp(0, nb - 1).expand(nb, -1)) & in_tree  # [Nb, span]
         visible = tree_vis | (cols < start)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         mask = mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
-        slots = start + self._cols[:nb]
         b.logits, b.features = self.decode_layers(ids[None], pos[None], slots, mask)
 
     # -- forward -----------------------------------------------------------------------------

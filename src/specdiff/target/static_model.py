@@ -26,6 +26,7 @@ from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
 from specdiff.ops import apply_rope, rms_norm
+from specdiff.target.fused import make_fused
 from specdiff.target.hf_causal import PROBE_TOKENS, PROBE_TOLERANCE, HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
@@ -53,7 +54,9 @@ def check_config(cfg) -> None:
 
 
 class StaticTarget(HFTarget):
-    """`attention="cascade"` splits each layer's attention into the committed slots [0, start)
+    """`kernels`: "triton" runs the forward as fused kernels (`target.fused`), "torch" as the HF
+    modules' own ops, "auto" the first on a CUDA GPU where Triton runs. `attention="cascade"` (torch
+    kernels) splits each layer's attention into the committed slots [0, start)
     (no mask) and the tree block [start, start + N) (ancestor mask), merged by log-sum-exp
     (`specdiff.attention`); "masked" (default) is one masked attention over the whole cache."""
 
@@ -61,7 +64,7 @@ class StaticTarget(HFTarget):
     engine = "static"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked",
-                 check: bool = True, native: Native | None = None):
+                 check: bool = True, native: Native | None = None, kernels: str = "auto"):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
@@ -80,6 +83,7 @@ class StaticTarget(HFTarget):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
+        self.fused = make_fused(self, kernels) if attention == "masked" else None
         if check:
             self.check_probe()
 
@@ -94,7 +98,11 @@ class StaticTarget(HFTarget):
             mask = torch.full((PROBE_TOKENS, PROBE_TOKENS), float("-inf"), device=self.device).triu(1)
             slots = torch.arange(PROBE_TOKENS, device=self.device)
             try:
-                got, _ = self.decode_layers(ids, slots[None], slots, mask.to(self.dtype)[None, None])
+                if self.fused is not None:
+                    causal = torch.ones(PROBE_TOKENS, PROBE_TOKENS, dtype=torch.bool, device=self.device).tril()
+                    got, _ = self.fused(ids, slots[None], slots, slots[:1], causal, PROBE_TOKENS)
+                else:
+                    got, _ = self.decode_layers(ids, slots[None], slots, mask.to(self.dtype)[None, None])
             except Exception as e:  # an architecture this forward cannot run at all
                 raise SpecdiffError(f"the {self.engine} engine cannot run {type(self.model).__name__} "
                                     f"({type(e).__name__}); use --engine hf") from None
@@ -124,6 +132,11 @@ class StaticTarget(HFTarget):
     @torch.inference_mode()
     def run(self, plan: TreePlan) -> TargetOutput:
         slots = torch.arange(plan.start, plan.start + plan.num_nodes, device=self.device)
+        if self.fused is not None:
+            start_t = torch.tensor([plan.start], device=self.device)
+            logits, features = self.fused(plan.input_ids, plan.position_ids, slots, start_t, plan.ancestors,
+                                          plan.start + plan.num_nodes)
+            return TargetOutput(logits=logits, features=features)
         start = plan.start if self.attention == "cascade" else None
         logits, features = self.decode_layers(plan.input_ids, plan.position_ids, slots, plan.mask, start)
         return TargetOutput(logits=logits, features=features)

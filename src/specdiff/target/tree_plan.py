@@ -29,6 +29,7 @@ class TreePlan:
     position_ids: torch.Tensor  # [1, N] long: start + depth
     mask: torch.Tensor  # [1, 1, N, max_len] additive (0 = visible, dtype-min = hidden)
     start: int  # first cache slot written
+    ancestors: torch.Tensor  # [N, N] bool: the tree block of `mask` (the fused forward reads this)
 
     @property
     def num_nodes(self) -> int:
@@ -44,13 +45,15 @@ class TreePlan:
         # only the [N, N] tree block comes from the host; the [N, max_len] mask is built on the device
         hidden = torch.finfo(dtype).min
         ancestors = tree.ancestor_mask() if native is None else native.tree_mask(tree)
-        tree_block = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, hidden)
+        ancestors = ancestors.to(device)
+        tree_block = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~ancestors, hidden)
         mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
         mask[:, :start] = 0.0
-        mask[:, start : start + n] = tree_block.to(device)
+        mask[:, start : start + n] = tree_block
         return TreePlan(
             input_ids=tree.tokens.view(1, n).to(device),
             position_ids=(tree.depths + start).view(1, n).to(device),
             mask=mask.view(1, 1, n, max_len),
             start=start,
+            ancestors=ancestors,
         )

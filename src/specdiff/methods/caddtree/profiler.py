@@ -68,7 +68,7 @@ def profile_key(device: torch.device, target_cfg: dict, drafter_cfg: dict, dtype
 
 def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype: str) -> Path:
     root = Path(os.environ.get("SPECDIFF_PROFILES", Path.home() / ".cache" / "specdiff" / "profiles"))
-    engine = target.engine
+    engine = target.engine + ("+triton" if getattr(target, "fused", None) is not None else "")  # other costs
     key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype, engine)
     return root / f"{key}.json"
 
@@ -236,7 +236,7 @@ def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[i
 
 
 def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[int] | None = None,
-                  engine: str = "hf", dtype: str = "float32", measure_kind: str | None = None,
+                  engine: str = "hf", kernels: str = "auto", dtype: str = "float32", measure_kind: str | None = None,
                   reps: int | None = None, warmup: int = 3, target_name: str = "bundled",
                   drafter_name: str = "bundled", out: Path | None = None) -> Path:
     """Measure this device's costs for `model` and `drafter` (module docstring), fit and save the
@@ -250,7 +250,7 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
     if min(nodes) < 1 or min(contexts) < 1:
         raise SpecdiffError("--nodes and --contexts must be positive")
     backend = native.load()  # the one build_decoder gives the decodes it times
-    target = make_target(model, engine, backend)
+    target = make_target(model, engine, backend, kernels)
     # on a launch-bound GPU the host's work overlaps the device's, so two steps timed apart do not
     # add up to a round; on the CPU everything is serial and steps are the quieter measure
     measure_kind = measure_kind or ("rounds" if engine == "graph" else "steps")

@@ -1,0 +1,79 @@
+"""GPU: where a graphed forward's time goes, kernel by kernel (torch.profiler over CUDA graph replays).
+
+Builds a random-weight model of a public shape (as `specdiff speed` does), replays the target's
+graph at N nodes and the drafter's step, and prints per kernel name: calls per forward, total
+microseconds per forward and share, largest first.
+
+    usage: python scripts/gpu_profile.py --shape qwen3-8b --nodes 1,64 [--kernels triton]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM
+
+from specdiff import native
+from specdiff.bench.speed import random_drafter, shape_config
+from specdiff.config import DecodeConfig
+from specdiff.engine import build_decoder, make_target
+from specdiff.types import DraftTree
+
+
+def kernel_table(fn, reps: int, top: int) -> str:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    per = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type.name == "CUDA" and e.device_time_total > 0:
+            name = e.name[:90]
+            per[name][0] += 1
+            per[name][1] += e.device_time_total
+    total = sum(us for _, us in per.values())
+    lines = [f"  device total {total / reps:.0f} us per call, {sum(c for c, _ in per.values()) / reps:.0f} kernels"]
+    for name, (calls, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:top]:
+        lines.append(f"  {us / reps:8.1f} us {100 * us / total:5.1f}%  x{calls / reps:5.1f}  {name}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="qwen3-8b")
+    p.add_argument("--nodes", default="1,64")
+    p.add_argument("--kernels", default="triton")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--top", type=int, default=14)
+    args = p.parse_args()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(shape_config(args.shape), attn_implementation="sdpa").eval()
+    torch.set_default_dtype(torch.float32)
+    drafter = random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
+    target = make_target(model, "graph", native.load(), args.kernels)
+    prompt = torch.randint(0, 1000, (200,)).tolist()
+    dec = build_decoder(target, DecodeConfig(method="dflash", engine="graph", kernels=args.kernels,
+                                             max_new_tokens=64, stop_at_eos=False), drafter)
+    dec.prepare(len(prompt))
+    dec.generate(prompt)
+    step = dec.proposer.drafters[0]
+    print(f"{args.shape}, {args.kernels} kernels: drafter step")
+    print(kernel_table(lambda: step.propose(prompt[-1], 15), args.reps, args.top), flush=True)
+    nodes = [int(n) for n in args.nodes.split(",")]
+    target.reset(len(prompt) + 64 + max(nodes))
+    target.prefill(prompt)
+    for n in nodes:
+        tree = DraftTree.chain(prompt[-1], [prompt[-1]] * (n - 1))
+        print(f"{args.shape}, {args.kernels} kernels: target forward of {n} nodes")
+        print(kernel_table(lambda: target.forward(tree), args.reps, args.top), flush=True)
+
+
+if __name__ == "__main__":
+    main()

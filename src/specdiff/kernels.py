@@ -1,0 +1,343 @@
+"""Fused Triton kernels of a decoding forward, each beside the PyTorch function it must equal.
+
+At decoding sizes a large model's forward is bound by reading its weights, and every kernel
+between two GEMMs adds launch and tail latency: the eager static forward runs about 35 kernels
+per layer, most of them elementwise. These fold a layer's glue into five launches beside its four
+GEMMs (fused QKV, o, fused gate/up, down):
+
+- `add_rms_norm`: the residual add and the next RMSNorm in one pass over each row;
+- `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),
+  RoPE, and the K/V rows written into the static cache;
+- `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection;
+- `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
+  over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
+  at or past start + N.
+
+Each `*_reference` is the same contract in eager PyTorch, with Hugging Face's rounding order
+(normalise in fp32, cast, then scale by the weight; each RoPE product rounded before the sum). The
+kernels round the same way, so they differ from their references only in the order of their sums.
+On a CPU the tests run the kernels under Triton's interpreter against the references.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:  # the CPU install has no Triton: the forward then runs the references
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where Triton is missing
+    triton = None
+
+BLOCK_N = 64  # keys per attention tile
+
+
+def runnable(device: torch.device) -> str | None:
+    """Why the kernels cannot run on `device` (None: they can): a CUDA GPU, or Triton's interpreter."""
+    if triton is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"Triton kernels need a CUDA device (this forward runs on {device.type})"
+    return None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# -- references ------------------------------------------------------------------------------------
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Hugging Face's Llama/Qwen RMSNorm: normalise in fp32, cast back, then scale."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * y.to(x.dtype)
+
+
+def add_rms_norm_reference(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+    """x [N, H] += delta (in place; None: no add) -> RMSNorm(x) [N, H]."""
+    if delta is not None:
+        x.add_(delta)
+    return rms_norm_reference(x, weight, eps)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE as Hugging Face computes it: x [N, heads, D], cos/sin [N, D]."""
+    a, b = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat((-b, a), dim=-1) * sin[:, None]
+
+
+def qkv_rope_store_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                             norm_weight: torch.Tensor | None, eps: float, k_cache: torch.Tensor,
+                             v_cache: torch.Tensor, slots: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """qkv [N, (Hq + 2 Hkv) * D] (one fused projection); cos/sin [N, D]; norm_weight [2, D] (q, k
+    RMSNorm weights) or None; caches [Hkv, S, D]; slots [N] -> q [N, Hq, D] after norm and RoPE.
+    K (normed, rotated) and V are written to the caches at `slots`."""
+    n, hkv, d = qkv.shape[0], k_cache.shape[0], k_cache.shape[-1]
+    q, k, v = qkv.view(n, -1, d).split([num_heads, hkv, hkv], dim=1)
+    if norm_weight is not None:
+        q, k = rms_norm_reference(q, norm_weight[0], eps), rms_norm_reference(k, norm_weight[1], eps)
+    q, k = rope_reference(q, cos, sin), rope_reference(k, cos, sin)
+    k_cache.index_copy_(1, slots, k.transpose(0, 1))
+    v_cache.index_copy_(1, slots, v.transpose(0, 1))
+    return q
+
+
+def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    """[N, 2I] (gate then up) -> SiLU(gate) * up [N, I], each op rounded as eager PyTorch does."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def tree_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
+                             ancestors: torch.Tensor, span: int, scale: float) -> torch.Tensor:
+    """q [N, Hq, D]; caches [Hkv, S, D]; start [1] long (the tree's first slot); ancestors [N, N]
+    bool (row i sees tree slot j); span >= start + N -> [N, Hq, D]. Row i sees every slot below
+    start and the tree slots its ancestor row marks; nothing at or past start + N."""
+    n = q.shape[0]
+    cols = torch.arange(span, device=q.device)
+    rel = cols - start
+    in_tree = (rel >= 0) & (rel < n)
+    visible = (cols < start) | (ancestors.gather(1, rel.clamp(0, n - 1).expand(n, -1)) & in_tree)  # [N, span]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_cache[None, :, :span], v_cache[None, :, :span],
+                                         attn_mask=visible[None, None], scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
+# -- kernels ---------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _round(x, dt: tl.constexpr):
+        """fp32 -> dt, to nearest even. Spelled out for bf16 because Triton's interpreter truncates
+        there (the GPU's cvt rounds the same as this), so the CPU tests see the GPU's rounding."""
+        if dt == tl.bfloat16:
+            b = x.to(tl.uint32, bitcast=True)
+            b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+            return b.to(tl.float32, bitcast=True).to(dt)
+        else:
+            return x.to(dt)
+
+    @triton.jit
+    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, H, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        m = offs < H
+        dt = x_ptr.dtype.element_ty
+        x = tl.load(x_ptr + row * H + offs, mask=m, other=0.0)
+        if ADD:
+            d = tl.load(d_ptr + row * H + offs, mask=m, other=0.0)
+            x = _round(x.to(tl.float32) + d.to(tl.float32), dt)
+            tl.store(x_ptr + row * H + offs, x, mask=m)
+        xf = x.to(tl.float32)
+        y = _round(xf * tl.rsqrt(tl.sum(xf * xf, axis=0) / H + eps), dt)
+        w = tl.load(w_ptr + offs, mask=m, other=0.0)
+        tl.store(out_ptr + row * H + offs, _round(y.to(tl.float32) * w.to(tl.float32), dt), mask=m)
+
+    @triton.jit
+    def _qkv_rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, nw_ptr, q_ptr, kc_ptr, vc_ptr, slot_ptr,
+                               HQ, HKV, cache_sh, cache_ss, eps, NORM: tl.constexpr, D: tl.constexpr,
+                               BLOCK_H: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        hh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads in [q | k | v] order
+        HALF: tl.constexpr = D // 2
+        dt = qkv_ptr.dtype.element_ty
+        i = tl.arange(0, HALF)[None, :]
+        live = hh < HQ + 2 * HKV
+        is_q, is_v = hh < HQ, hh >= HQ + HKV
+        is_k = live & ~is_q & ~is_v
+        src = qkv_ptr + n * (HQ + 2 * HKV) * D + hh[:, None] * D
+        x1 = tl.load(src + i, mask=live[:, None], other=0.0)  # [BLOCK_H, D/2]
+        x2 = tl.load(src + HALF + i, mask=live[:, None], other=0.0)
+        r1, r2 = x1, x2
+        if NORM:
+            f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+            r = tl.rsqrt((tl.sum(f1 * f1, axis=1) + tl.sum(f2 * f2, axis=1)) / D + eps)[:, None]
+            woff = tl.where(is_q, 0, D)[:, None]
+            w1 = tl.load(nw_ptr + woff + i, mask=(is_q | is_k)[:, None], other=0.0).to(tl.float32)
+            w2 = tl.load(nw_ptr + woff + HALF + i, mask=(is_q | is_k)[:, None], other=0.0).to(tl.float32)
+            r1 = _round(_round(f1 * r, dt).to(tl.float32) * w1, dt)
+            r2 = _round(_round(f2 * r, dt).to(tl.float32) * w2, dt)
+        c1 = tl.load(cos_ptr + n * D + i).to(tl.float32)
+        c2 = tl.load(cos_ptr + n * D + HALF + i).to(tl.float32)
+        s1 = tl.load(sin_ptr + n * D + i).to(tl.float32)
+        s2 = tl.load(sin_ptr + n * D + HALF + i).to(tl.float32)
+        a1, a2 = r1.to(tl.float32), r2.to(tl.float32)
+        o1 = _round(_round(a1 * c1, dt).to(tl.float32) + _round(-a2 * s1, dt).to(tl.float32), dt)
+        o2 = _round(_round(a2 * c2, dt).to(tl.float32) + _round(a1 * s2, dt).to(tl.float32), dt)
+        slot = tl.load(slot_ptr + n)
+        q_dst = q_ptr + (n * HQ + tl.where(is_q, hh, 0))[:, None] * D
+        tl.store(q_dst + i, o1, mask=is_q[:, None])
+        tl.store(q_dst + HALF + i, o2, mask=is_q[:, None])
+        k_dst = kc_ptr + tl.where(is_k, hh - HQ, 0)[:, None] * cache_sh + slot * cache_ss
+        tl.store(k_dst + i, o1, mask=is_k[:, None])
+        tl.store(k_dst + HALF + i, o2, mask=is_k[:, None])
+        v_dst = vc_ptr + tl.where(is_v & live, hh - HQ - HKV, 0)[:, None] * cache_sh + slot * cache_ss
+        tl.store(v_dst + i, x1, mask=(is_v & live)[:, None])  # V goes to the cache as projected
+        tl.store(v_dst + HALF + i, x2, mask=(is_v & live)[:, None])
+
+    @triton.jit
+    def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < I
+        dt = gu_ptr.dtype.element_ty
+        g = tl.load(gu_ptr + row * 2 * I + offs, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(gu_ptr + row * 2 * I + I + offs, mask=m, other=0.0).to(tl.float32)
+        s = _round(g / (1.0 + tl.exp(-g)), dt)
+        tl.store(out_ptr + row * I + offs, _round(s.to(tl.float32) * u, dt), mask=m)
+
+    @triton.jit
+    def _tree_attention_kernel(q_ptr, k_ptr, v_ptr, start_ptr, anc_ptr, out_ptr, part_ptr, ml_ptr,
+                               N, HQ, HKV, cache_sh, cache_ss, scale, KEYS,
+                               G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               DIRECT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+        kvh = tl.program_id(0)
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * G + group member
+        split = tl.program_id(2)
+        rmask = rows < N * G
+        tok = rows // G
+        head = kvh * G + rows % G
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + (tok[:, None] * HQ + head[:, None]) * D + d[None, :], mask=rmask[:, None], other=0.0)
+        if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
+            q = q.to(tl.float32)
+        start = tl.load(start_ptr)
+        lo = split * KEYS
+        hi = tl.minimum(lo + KEYS, start + N)  # no slot at or past the tree's end is visible
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        k_base = k_ptr + kvh * cache_sh
+        v_base = v_ptr + kvh * cache_sh
+        for j in range(lo, hi, BLOCK_N):
+            cols = j + tl.arange(0, BLOCK_N)
+            cmask = cols < hi
+            k = tl.load(k_base + cols[None, :] * cache_ss + d[:, None], mask=cmask[None, :], other=0.0)  # [D, BN]
+            if INTERPRETED:
+                k = k.to(tl.float32)
+            s = tl.dot(q, k, input_precision=PRECISION) * scale
+            rel = cols - start
+            tree = (rel >= 0) & cmask
+            anc = tl.load(anc_ptr + tok[:, None] * N + rel[None, :], mask=rmask[:, None] & tree[None, :], other=0)
+            visible = ((cols < start)[None, :] | (anc != 0)) & cmask[None, :]
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_ref)
+            p = tl.exp(s - m_ref[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + cols[:, None] * cache_ss + d[None, :], mask=cmask[:, None], other=0.0)  # [BN, D]
+            if INTERPRETED:
+                pv = tl.dot(_round(p, v.dtype).to(tl.float32), v.to(tl.float32))
+            else:
+                pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+        if DIRECT:  # one split: normalise here
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows of the tile see nothing
+            dst = out_ptr + (tok[:, None] * HQ + head[:, None]) * D + d[None, :]
+            tl.store(dst, _round(out, out_ptr.dtype.element_ty), mask=rmask[:, None])
+        else:  # partial (unnormalised) output, its running max and sum: `_combine_kernel` merges
+            idx = (split * HKV + kvh) * (N * G) + rows
+            tl.store(part_ptr + idx[:, None] * D + d[None, :], acc, mask=rmask[:, None])
+            tl.store(ml_ptr + 2 * idx, m_i, mask=rmask)
+            tl.store(ml_ptr + 2 * idx + 1, l_i, mask=rmask)
+
+    @triton.jit
+    def _combine_kernel(part_ptr, ml_ptr, out_ptr, N, HQ, HKV, SPLITS,
+                        G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr):
+        kvh = tl.program_id(0)
+        row = tl.program_id(1)
+        s = tl.arange(0, SPLITS_P2)
+        smask = s < SPLITS
+        idx = (s * HKV + kvh) * (N * G) + row
+        m = tl.load(ml_ptr + 2 * idx, mask=smask, other=float("-inf"))
+        l_s = tl.load(ml_ptr + 2 * idx + 1, mask=smask, other=0.0)
+        w = tl.exp(m - tl.max(m, axis=0))  # splits that saw nothing: exp(-inf) = 0
+        d = tl.arange(0, D)
+        o = tl.load(part_ptr + idx[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
+        out = tl.sum(o * w[:, None], axis=0) / tl.sum(l_s * w, axis=0)
+        tok, head = row // G, kvh * G + row % G
+        tl.store(out_ptr + (tok * HQ + head) * D + d, _round(out, out_ptr.dtype.element_ty))
+
+
+# -- launchers -------------------------------------------------------------------------------------
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`add_rms_norm_reference` in one kernel: x [N, H] contiguous, updated in place."""
+    n, h = x.shape
+    out = torch.empty_like(x)
+    _add_rms_norm_kernel[(n,)](x, x if delta is None else delta, weight, out, h, eps,
+                               ADD=delta is not None, BLOCK=_next_pow2(h), num_warps=8 if h >= 2048 else 4)
+    return out
+
+
+def qkv_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None,
+                   eps: float, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                   num_heads: int) -> torch.Tensor:
+    """`qkv_rope_store_reference` in one kernel: one program per token and 8 heads."""
+    n = qkv.shape[0]
+    hkv, _, d = k_cache.shape
+    q = torch.empty(n, num_heads, d, dtype=qkv.dtype, device=qkv.device)
+    block_h = 8
+    _qkv_rope_store_kernel[(n, triton.cdiv(num_heads + 2 * hkv, block_h))](
+        qkv, cos, sin, qkv if norm_weight is None else norm_weight, q, k_cache, v_cache, slots,
+        num_heads, hkv, k_cache.stride(0), k_cache.stride(1), eps, NORM=norm_weight is not None, D=d,
+        BLOCK_H=block_h)
+    return q
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """`silu_mul_reference` in one kernel."""
+    n, two_i = gate_up.shape
+    i = two_i // 2
+    out = torch.empty(n, i, dtype=gate_up.dtype, device=gate_up.device)
+    block = min(2048, _next_pow2(i))
+    _silu_mul_kernel[(n, triton.cdiv(i, block))](gate_up, out, i, BLOCK=block)
+    return out
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """0 off a GPU: the interpreter runs programs one by one, so splitting only adds work."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
+                   ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None) -> torch.Tensor:
+    """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
+    host int, the most slots any row can see) sizes the split; the kernel stops at start + N.
+    splits: key splits (None: enough programs to fill the GPU twice over)."""
+    n, hq, d = q.shape
+    hkv = k_cache.shape[0]
+    g = hq // hkv
+    rows = n * g
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    row_blocks = triton.cdiv(rows, block_m)
+    tiles = triton.cdiv(span, BLOCK_N)
+    if splits is None:
+        splits = max(1, min(tiles, 2 * _multiprocessors(q.device) // (hkv * row_blocks)))
+    keys = triton.cdiv(tiles, splits) * BLOCK_N
+    splits = triton.cdiv(span, keys)
+    out = torch.empty_like(q)
+    direct = splits == 1
+    part = ml = out  # unused when direct
+    if not direct:
+        part = torch.empty(splits, hkv, rows, d, dtype=torch.float32, device=q.device)
+        ml = torch.empty(splits, hkv, rows, 2, dtype=torch.float32, device=q.device)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _tree_attention_kernel[(hkv, row_blocks, splits)](
+        q, k_cache, v_cache, start, ancestors.view(torch.uint8), out, part, ml,
+        n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale, keys,
+        G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4)
+    if not direct:
+        _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits))
+    return out

@@ -1,0 +1,150 @@
+"""The static forward made of fused kernels: weights fused at load, nine launches per layer.
+
+`StaticTarget`'s eager forward runs each HF module's own kernels (about 35 a layer); at decoding
+sizes a large model then spends as long between its GEMMs as in them. `FusedForward` runs the same
+layer as four GEMMs (fused QKV, o, fused gate/up, down; cuBLAS) and five Triton kernels from
+`specdiff.kernels` (norm with the residual add, the QKV split with q/k norms, RoPE and the cache
+write, tree attention and its merge, SiLU-multiply).
+
+QKV and gate/up weights are concatenated once, and the modules' own weights become views into the
+fused tensors: memory does not grow, and the eager path and the model's own forward read the very
+same numbers. An MLP that is not SwiGLU (a mixture of experts, GELU) runs as the model's module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specdiff import kernels
+from specdiff.errors import SpecdiffError
+
+SWIGLU = ("silu", "swish")
+
+
+def norm_params(norm: nn.Module) -> tuple[torch.Tensor, float]:
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    return norm.weight, float(eps)
+
+
+@torch.no_grad()
+def fuse_linears(mods: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of `mods` along their outputs and make each module's
+    own parameters views into the result -> (weight [sum(out), in], bias [sum(out)] or None)."""
+    biased = [m.bias is not None for m in mods]
+    if any(biased) and not all(biased):
+        raise SpecdiffError("cannot fuse projections where only some have a bias")
+    weight = torch.cat([m.weight for m in mods])
+    bias = torch.cat([m.bias for m in mods]) if all(biased) else None
+    off = 0
+    for m in mods:
+        rows = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[off : off + rows], requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[off : off + rows], requires_grad=False)
+        off += rows
+    return weight, bias
+
+
+@dataclass
+class FusedLayer:
+    qkv: tuple[torch.Tensor, torch.Tensor | None]  # weight [(Hq + 2 Hkv) D, H], bias
+    qk_norm: torch.Tensor | None  # [2, D]: q and k RMSNorm weights (Qwen3), or None
+    qk_eps: float
+    o_proj: nn.Linear
+    post_norm: tuple[torch.Tensor, float]
+    gate_up: tuple[torch.Tensor, torch.Tensor | None] | None  # [2 I, H]; None: `mlp` runs as a module
+    down: nn.Linear | None
+    mlp: nn.Module
+    scale: float
+
+
+def why_not(target) -> str | None:
+    """Why the fused forward cannot run `target` (a StaticTarget), or None."""
+    why = kernels.runnable(target.device)
+    if why is not None:
+        return why
+    d = target.head_dim
+    if d < 16 or d & (d - 1):
+        return f"the fused kernels need a power-of-two head size >= 16 (this model's is {d})"
+    return None
+
+
+class FusedForward:
+    """The forward of a `StaticTarget` (whose K/V buffers it writes) from fused kernels."""
+
+    def __init__(self, target):
+        self.target = target
+        cfg = target.config
+        self.num_heads = int(cfg.num_attention_heads)
+        swiglu = getattr(cfg, "hidden_act", None) in SWIGLU
+        self.layers: list[FusedLayer] = []
+        for layer in target.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qk_norm, qk_eps = None, 0.0
+            if hasattr(attn, "q_norm"):
+                (qw, qk_eps), (kw, _) = norm_params(attn.q_norm), norm_params(attn.k_norm)
+                qk_norm = torch.stack([qw, kw]).detach()
+            dense = swiglu and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
+            self.layers.append(FusedLayer(
+                qkv=fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]),
+                qk_norm=qk_norm,
+                qk_eps=qk_eps,
+                o_proj=attn.o_proj,
+                post_norm=norm_params(layer.post_attention_layernorm),
+                gate_up=fuse_linears([mlp.gate_proj, mlp.up_proj]) if dense else None,
+                down=mlp.down_proj if dense else None,
+                mlp=mlp,
+                scale=float(attn.scaling),
+            ))
+        self.input_norms = [norm_params(layer.input_layernorm) for layer in target.layers]
+        self.final_norm = norm_params(target.decoder.norm)
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor, start: torch.Tensor,
+                 ancestors: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids/positions [1, N]; cache slots [N]; start [1] long (the tree's first slot, on the
+        device); ancestors [N, N] bool; span: the most cache slots a row sees (a host int)
+        -> logits [N, V], taps [N, T*H]. Device tensors only: graph-capturable."""
+        t = self.target
+        n = input_ids.shape[1]
+        x = t.decoder.embed_tokens(input_ids)[0].contiguous()  # [N, H], the residual stream
+        cos, sin = t.decoder.rotary_emb(x[None], position_ids)  # [1, N, D]
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()
+        taps = {}
+        w, eps = self.input_norms[0]
+        h = kernels.add_rms_norm(x, None, w, eps)
+        for i, f in enumerate(self.layers):
+            k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
+            qkv = F.linear(h, *f.qkv)
+            q = kernels.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
+            a = kernels.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale)  # [N, Hq, D]
+            h = kernels.add_rms_norm(x, f.o_proj(a.view(n, -1)), *f.post_norm)
+            if f.gate_up is not None:
+                d = f.down(kernels.silu_mul(F.linear(h, *f.gate_up)))
+            else:
+                d = f.mlp(h[None])[0]
+            w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
+            if i in t.tap_layers:  # the layer's output is read before the next norm
+                x.add_(d)
+                taps[i] = x.clone()
+                d = None
+            h = kernels.add_rms_norm(x, d, w, eps)
+        logits = t.lm_head(h)
+        features = torch.cat([taps[i] for i in t.tap_layers], dim=-1) if t.tap_layers else None
+        return logits, features
+
+
+def make_fused(target, kernels_choice: str) -> FusedForward | None:
+    """The fused forward for `kernels_choice`: "triton" (refused in one line where it cannot
+    run), "torch" (None: the eager forward), or "auto" (triton on a CUDA GPU where it can run)."""
+    if kernels_choice == "torch":
+        return None
+    why = why_not(target)
+    if kernels_choice == "auto":
+        return FusedForward(target) if why is None and target.device.type == "cuda" else None
+    if why is not None:
+        raise SpecdiffError(f"--kernels triton cannot run here: {why}")
+    return FusedForward(target)

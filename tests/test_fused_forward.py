@@ -1,0 +1,115 @@
+"""The fused-kernel target forward (`--kernels triton`; Triton's interpreter on a CPU) against the
+eager static forward and against transformers' own greedy decoding, and where it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdiff import native
+from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.engine import build_decoder
+from specdiff.errors import SpecdiffError
+from specdiff.models.tiny import tiny_drafter
+from specdiff.target import StaticTarget
+from specdiff.target.graphed import GraphedTarget
+from specdiff.types import DraftTree
+
+from test_architectures import EXACT, PROMPT, hf_greedy, tiny
+from test_target import path_to, random_tree
+
+pytest.importorskip("triton", reason="the fused forward needs Triton (its interpreter runs it on a CPU)")
+NATIVE = native.load()
+
+
+@pytest.mark.parametrize("engine", ["static", "graph"])
+def test_fused_forward_equals_eager(target_model, engine):
+    """Prefill, a padded tree, a chain and the next tree after commits: logits and taps equal the
+    eager forward's to fp32 rounding, so the fused cache writes and tree attention hold up."""
+    g = torch.Generator().manual_seed(11)
+    vocab = target_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (23,), generator=g).tolist()
+    trees = [random_tree(13, vocab, g), DraftTree.chain(5, [6, 7]), random_tree(9, vocab, g)]
+    leaves = [int(torch.randint(1, t.num_nodes, (1,), generator=g)) for t in trees]
+    eager = StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE, kernels="torch")
+    if engine == "graph":
+        fused = GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE, kernels="triton")
+    else:
+        fused = StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE, kernels="triton")
+    assert eager.fused is None and fused.fused is not None
+    outs = []
+    for t in (eager, fused):
+        t.reset(len(prompt) + 40)
+        res = [t.prefill(prompt)]
+        for tree, leaf in zip(trees, leaves):
+            out = t.forward(tree)
+            res.append((out.logits.clone(), out.features.clone()))
+            t.commit(path_to(tree, leaf))
+        outs.append(res[1:] + [(res[0].logits, res[0].features)])
+    for (la, fa), (lb, fb) in zip(*outs):
+        torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_weights_are_views_of_the_model(qwen3_model):
+    """Fusing QKV and gate/up costs no memory and changes no number: the modules' weights become
+    views into the fused tensors, and the model's own forward gives the same logits bitwise."""
+    ids = torch.tensor([PROMPT])
+    with torch.inference_mode():
+        before = qwen3_model(input_ids=ids).logits
+    t = StaticTarget(qwen3_model, kernels="triton")
+    layer, fused = qwen3_model.model.layers[1], t.fused.layers[1]
+    w_qkv, w_gate_up = fused.qkv[0], fused.gate_up[0]
+    q_rows = layer.self_attn.q_proj.weight.shape[0]
+    assert layer.self_attn.q_proj.weight.data_ptr() == w_qkv.data_ptr()
+    assert layer.self_attn.k_proj.weight.data_ptr() == w_qkv[q_rows:].data_ptr()
+    assert layer.mlp.up_proj.weight.data_ptr() == w_gate_up[layer.mlp.gate_proj.weight.shape[0]:].data_ptr()
+    with torch.inference_mode():
+        assert torch.equal(qwen3_model(input_ids=ids).logits, before)
+
+
+def test_fused_decode_is_lossless(qwen3_model):
+    """Drafted methods through the fused forward give transformers' greedy tokens, and at T=1
+    the tokens AR gives with the same seed (the interpreter is slow: a few short decodes)."""
+    drafter = tiny_drafter(qwen3_model, block_size=8)
+    n = 10
+    expected = hf_greedy(qwen3_model, n)
+    runs = {}
+    for engine, method, budget, temperature in (("static", "ar", 1, 0.0), ("static", "dflash", 1, 0.0),
+                                                ("graph", "ddtree", 12, 0.0), ("static", "ar", 1, 1.0),
+                                                ("static", "ddtree", 12, 1.0)):
+        cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=n, engine=engine, kernels="triton",
+                           stop_at_eos=False, sampling=SamplingConfig(temperature=temperature, seed=3))
+        dec = build_decoder(qwen3_model, cfg, drafter)
+        assert dec.target.fused is not None
+        runs[engine, method, temperature] = dec.generate(PROMPT).token_ids
+    for (engine, method, temperature), got in runs.items():
+        want = expected if temperature == 0.0 else runs["static", "ar", 1.0]
+        assert got == want, f"{method} on {engine} at T={temperature}"
+
+
+@pytest.mark.parametrize("arch", sorted(EXACT))
+def test_fused_forward_is_exact_per_family(arch):
+    """Llama, Mistral, Qwen2 (QKV biases), Qwen3 (q/k norms) and Qwen3-MoE (its MLP as the model's
+    module) through the fused kernels: transformers' greedy tokens."""
+    model = tiny(arch)
+    cfg = DecodeConfig(method="ar", engine="static", kernels="triton", max_new_tokens=10, stop_at_eos=False)
+    dec = build_decoder(model, cfg)
+    assert dec.target.fused is not None
+    assert dec.generate(PROMPT).token_ids == hf_greedy(model, 10)
+
+
+def test_kernels_choice_and_refusal(qwen3_model, monkeypatch):
+    """auto keeps the eager forward on a CPU; triton where Triton cannot run is refused in one
+    line; a head size the kernels do not tile is refused too."""
+    assert StaticTarget(qwen3_model, kernels="auto").fused is None
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SpecdiffError, match="--kernels triton cannot run here: Triton kernels need a CUDA device"):
+        StaticTarget(qwen3_model, kernels="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    odd = tiny("llama", head_dim=24, hidden_size=96)
+    with pytest.raises(SpecdiffError, match="power-of-two head size") as e:
+        StaticTarget(odd, kernels="triton")
+    assert "\n" not in str(e.value)
+    with pytest.raises(SpecdiffError, match="unknown kernels"):
+        DecodeConfig(kernels="cuda").validate()

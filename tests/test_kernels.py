@@ -1,0 +1,108 @@
+"""The fused decoding kernels against their PyTorch references (under Triton's interpreter on a
+CPU): norms, the QKV split with RoPE and cache writes, SwiGLU, and tree attention over a cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdiff import kernels
+from specdiff.types import DraftTree
+
+triton = pytest.importorskip("triton", reason="the kernels need Triton (its interpreter runs them on a CPU)")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> None:
+    scale = b.float().abs().max().clamp_min(1.0)
+    err = float((a.float() - b.float()).abs().max() / scale)
+    assert err <= TOL[dtype], err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("add", [True, False])
+def test_add_rms_norm(dtype, add):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 96, generator=g).to(DEVICE, dtype)
+    d = torch.randn(5, 96, generator=g).to(DEVICE, dtype) if add else None
+    w = (1 + 0.1 * torch.randn(96, generator=g)).to(DEVICE, dtype)
+    x_ref = x.clone()
+    want = kernels.add_rms_norm_reference(x_ref, d, w, 1e-6)
+    got = kernels.add_rms_norm(x, d, w, 1e-6)
+    close(got, want, dtype)
+    assert torch.equal(x, x_ref)  # the residual add rounds once, as the eager add does
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", [True, False])
+def test_qkv_rope_store(dtype, norm):
+    g = torch.Generator().manual_seed(1)
+    n, hq, hkv, d, slots_total = 3, 4, 2, 16, 10
+    qkv = torch.randn(n, (hq + 2 * hkv) * d, generator=g).to(DEVICE, dtype)
+    angle = torch.rand(n, d // 2, generator=g) * 6
+    cos = torch.cat([angle.cos(), angle.cos()], -1).to(DEVICE, dtype)
+    sin = torch.cat([angle.sin(), angle.sin()], -1).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(2, d, generator=g)).to(DEVICE, dtype) if norm else None
+    slots = torch.tensor([7, 2, 5], device=DEVICE)
+    caches = [torch.zeros(hkv, slots_total, d, dtype=dtype, device=DEVICE) for _ in range(4)]
+    want = kernels.qkv_rope_store_reference(qkv, cos, sin, nw, 1e-6, caches[0], caches[1], slots, hq)
+    got = kernels.qkv_rope_store(qkv, cos, sin, nw, 1e-6, caches[2], caches[3], slots, hq)
+    close(got, want, dtype)
+    close(caches[2], caches[0], dtype)
+    assert torch.equal(caches[3], caches[1])  # V is copied, not computed
+    untouched = [s for s in range(slots_total) if s not in slots.tolist()]
+    assert not caches[2][:, untouched].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul(dtype):
+    g = torch.Generator().manual_seed(2)
+    gu = (3 * torch.randn(4, 2 * 80, generator=g)).to(DEVICE, dtype)
+    close(kernels.silu_mul(gu), kernels.silu_mul_reference(gu), dtype)
+
+
+def random_tree(n: int, g: torch.Generator) -> DraftTree:
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+    return DraftTree.from_lists(list(range(n)), parents)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,hq,hkv,start,splits", [
+    (1, 4, 2, 37, None),  # one AR row, GQA 2
+    (1, 2, 2, 130, 3),    # keys split three ways
+    (9, 4, 1, 70, 2),     # a tree, GQA 4, a split inside the tree
+    (20, 2, 2, 0, None),  # a tree with no committed slots (prefill-like)
+    (40, 4, 2, 5, 1),     # rows over several row blocks
+])
+def test_tree_attention(dtype, n, hq, hkv, start, splits):
+    g = torch.Generator().manual_seed(n + start)
+    d, alloc = 16, 256
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE, dtype)
+    k = torch.randn(hkv, alloc, d, generator=g).to(DEVICE, dtype)
+    v = torch.randn(hkv, alloc, d, generator=g).to(DEVICE, dtype)
+    anc = random_tree(n, g).ancestor_mask().to(DEVICE)
+    span = min(alloc, start + n + 17)  # more slots than the tree ends at: the kernel must not read them
+    k[:, start + n :] = float("nan")
+    v[:, start + n :] = float("nan")
+    st = torch.tensor([start], device=DEVICE)
+    want = kernels.tree_attention_reference(q, k.nan_to_num(), v.nan_to_num(), st, anc, span, d ** -0.5)
+    got = kernels.tree_attention(q, k, v, st, anc, span, d ** -0.5, splits=splits)
+    assert not got.isnan().any()
+    close(got, want, dtype)
+
+
+def test_tree_attention_catches_a_wrong_mask():
+    """The comparison can fail: a row that also sees a sibling gives another output."""
+    g = torch.Generator().manual_seed(5)
+    n, d = 6, 16
+    q, k, v = (torch.randn(*s, generator=g).to(DEVICE) for s in ((n, 2, d), (2, 64, d), (2, 64, d)))
+    tree = DraftTree.from_lists(list(range(n)), [-1, 0, 0, 1, 2, 3])
+    anc = tree.ancestor_mask().to(DEVICE)
+    st = torch.tensor([10], device=DEVICE)
+    leaked = anc.clone()
+    leaked[3, 2] = True  # node 3 (under 1) sees node 2 (its parent's sibling)
+    want = kernels.tree_attention_reference(q, k, v, st, anc, 20, d ** -0.5)
+    got = kernels.tree_attention(q, k, v, st, leaked, 20, d ** -0.5)
+    assert (got[3] - want[3]).abs().max() > 1e-3
+    close(torch.cat([got[:3], got[4:]]), torch.cat([want[:3], want[4:]]), torch.float32)
