@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--kernels", default="triton")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--top", type=int, default=14)
+    p.add_argument("--rounds", default="", help="ddtree budgets whose whole decode to profile: host ops and GPU busy time")
     args = p.parse_args()
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
@@ -73,6 +74,42 @@ def main() -> None:
         tree = DraftTree.chain(prompt[-1], [prompt[-1]] * (n - 1))
         print(f"{args.shape}, {args.kernels} kernels: target forward of {n} nodes")
         print(kernel_table(lambda: target.forward(tree), args.reps, args.top), flush=True)
+    for budget in [int(b) for b in args.rounds.split(",") if b]:
+        cfg = DecodeConfig(method="ddtree", budget=budget, engine="graph", kernels=args.kernels, max_new_tokens=48,
+                           stop_at_eos=False)
+        dec = build_decoder(target, cfg, drafter)
+        dec.prepare(len(prompt))
+        dec.generate(prompt)
+        print(f"{args.shape}, {args.kernels} kernels: ddtree@{budget} decode, host ops by self CPU time")
+        print(round_table(lambda: dec.generate(prompt), args.top), flush=True)
+
+
+def round_table(fn, top: int) -> str:
+    """One decode under the profiler: wall time per round, the GPU's busy time in it, and the host
+    ops that take the most CPU time (self), per round."""
+    import time
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        r = fn()
+        torch.cuda.synchronize()
+        wall = 1000 * (time.perf_counter() - t)
+    n = r.rounds
+    gpu = sum(e.device_time_total for e in prof.events() if e.device_type.name == "CUDA") / 1000
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    lines = [f"  {n} rounds, {wall / n:.2f} ms per round under the profiler, GPU busy {gpu / n:.2f} ms per round"]
+    for e in rows:
+        lines.append(f"  {e.self_cpu_time_total / 1000 / n:8.3f} ms  x{e.count / n:6.1f}  {e.key[:80]}")
+    per = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type.name == "CUDA" and e.device_time_total > 0:
+            per[e.name[:80]][0] += 1
+            per[e.name[:80]][1] += e.device_time_total
+    lines.append("  GPU kernels per round, largest first:")
+    for name, (calls, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:top]:
+        lines.append(f"  {us / 1000 / n:8.3f} ms  x{calls / n:6.1f}  {name}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,23 @@ def test_kernels_choice_and_refusal(qwen3_model, monkeypatch):
     assert "\n" not in str(e.value)
     with pytest.raises(SpecdiffError, match="unknown kernels"):
         DecodeConfig(kernels="cuda").validate()
+
+
+@pytest.mark.parametrize("prompt_len", [20, 250])
+def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len):
+    """The drafter's fused step (context fusion, then the block through the fused layers, its K/V
+    past the context) gives the eager drafter's logits round after round, also across the first
+    span bucket."""
+    from specdiff.drafters.graphed import GraphedDrafter
+
+    from test_graph_engine import plain_and_graphed
+
+    g = torch.Generator().manual_seed(7)
+    plain, fused = plain_and_graphed(qwen3_model, lambda d: GraphedDrafter(d, use_graphs=False, kernels="triton"),
+                                     prompt_len, g)
+    assert fused._fused is not None
+    for n, root, slots in [(0, 3, 7), (3, 9, 7), (8, 4, 5), (1, 11, 7)]:
+        feats = torch.randn(n, plain.fc.in_features, generator=g)
+        plain.extend_context(feats)
+        fused.extend_context(feats)
+        torch.testing.assert_close(fused.draft(root, slots), plain.draft(root, slots), atol=1e-4, rtol=1e-4)

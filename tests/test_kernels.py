@@ -106,3 +106,13 @@ def test_tree_attention_catches_a_wrong_mask():
     got = kernels.tree_attention(q, k, v, st, leaked, 20, d ** -0.5)
     assert (got[3] - want[3]).abs().max() > 1e-3
     close(torch.cat([got[:3], got[4:]]), torch.cat([want[:3], want[4:]]), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k,bias", [(1, 40, 96, False), (5, 64, 300, True), (16, 33, 64, False)])
+def test_skinny_linear(dtype, m, n, k, bias):
+    g = torch.Generator().manual_seed(m + n)
+    x = torch.randn(m, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if bias else None
+    close(kernels.skinny_linear(x, w, b, block_n=16, block_k=64), torch.nn.functional.linear(x, w, b), dtype)

@@ -51,7 +51,7 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
         check_pair(drafter, vp_drafter)
         vp_drafter.bind(target.embed_tokens, target.lm_head)
     if cfg.engine == "graph" and info.drafter:
-        drafter = GraphedDrafter(drafter)
+        drafter = GraphedDrafter(drafter, kernels=cfg.kernels)
         if info.vp_drafter:
             vp_drafter = GraphedVPDrafter(vp_drafter, cfg.d2sd.branches)
     proposer = make_proposer(cfg, target, drafter if info.drafter else None, vp_drafter if info.vp_drafter else None,

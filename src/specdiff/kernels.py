@@ -268,6 +268,28 @@ if triton is not None:
         tl.store(out_ptr + (tok * HQ + head) * D + d, _round(out, out_ptr.dtype.element_ty))
 
 
+    @triton.jit
+    def _skinny_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                              INTERPRETED: tl.constexpr):
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = tl.arange(0, BLOCK_M)
+        nmask = rn < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k in range(0, K, BLOCK_K):
+            rk = k + tl.arange(0, BLOCK_K)
+            kmask = rk < K
+            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=nmask[None, :] & kmask[:, None], other=0.0)
+            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
+                acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+            else:
+                acc += tl.dot(x, w, input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
+        if BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], _round(acc, y_ptr.dtype.element_ty),
+                 mask=(rm < M)[:, None] & nmask[None, :])
+
 # -- launchers -------------------------------------------------------------------------------------
 
 
@@ -311,7 +333,8 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
-                   ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None) -> torch.Tensor:
+                   ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None,
+                   block_m: int | None = None, num_warps: int = 8) -> torch.Tensor:
     """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
     host int, the most slots any row can see) sizes the split; the kernel stops at start + N.
     splits: key splits (None: enough programs to fill the GPU twice over)."""
@@ -319,11 +342,14 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     hkv = k_cache.shape[0]
     g = hq // hkv
     rows = n * g
-    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    # measured on an H100 at Qwen3-8B's heads (scripts/gpu_attention.py): small row blocks up to
+    # 256 rows, and no key split once the row blocks alone give half the SMs a program
+    block_m = block_m or (16 if rows <= 256 else 64)
     row_blocks = triton.cdiv(rows, block_m)
     tiles = triton.cdiv(span, BLOCK_N)
     if splits is None:
-        splits = max(1, min(tiles, 2 * _multiprocessors(q.device) // (hkv * row_blocks)))
+        sms, programs = _multiprocessors(q.device), hkv * row_blocks
+        splits = 1 if 2 * programs >= sms else max(1, min(tiles, 2 * sms // programs))
     keys = triton.cdiv(tiles, splits) * BLOCK_N
     splits = triton.cdiv(span, keys)
     out = torch.empty_like(q)
@@ -337,7 +363,42 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         q, k_cache, v_cache, start, ancestors.view(torch.uint8), out, part, ml,
         n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale, keys,
         G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4)
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps)
     if not direct:
         _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits))
     return out
+
+
+SKINNY_ROWS = 16  # rows up to which `skinny_linear` reads the weight once for all of them
+# the smallest weight `linear` streams itself: below it cuBLAS was as fast or faster on an H100
+# (scripts/gpu_gemv.py: 3-15% faster from Qwen3-8B's 4096 x 4096, parity or slower at 1.7B's)
+SKINNY_MIN_WEIGHT = 4096 * 4096
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` for a decoding forward: `skinny_linear` for a few rows of a large weight on a
+    GPU, with the launch settings measured fastest for its shape; cuBLAS otherwise."""
+    n, k = weight.shape
+    if x.shape[0] > SKINNY_ROWS or n * k < SKINNY_MIN_WEIGHT or x.device.type != "cuda":
+        return F.linear(x, weight, bias)
+    if n * k <= SKINNY_MIN_WEIGHT:  # a square hidden x hidden projection (o)
+        return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
+    if 16384 <= n < 65536:  # the fused gate/up projection
+        return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
+    return skinny_linear(x, weight, bias, block_n=64, block_k=256, num_stages=5)
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,
+                  block_k: int = 256, num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
+    """`F.linear` for at most SKINNY_ROWS rows as one weight-streaming kernel: each program owns
+    block_n output features and reads their weight rows once, for every input row (a decode step
+    reads each weight once; the arithmetic is free)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _skinny_linear_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, weight if bias is None else bias, y, m, n, k, BIAS=bias is not None, BLOCK_M=SKINNY_ROWS,
+        BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
+        num_warps=num_warps, num_stages=num_stages)
+    return y

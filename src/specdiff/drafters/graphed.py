@@ -13,7 +13,8 @@ of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, 
 (`methods/device_search.py`), and `propose` hands them over with the logits in one copy. `GraphedVPDrafter` drafts D²SD's
 K branch rows (`draft_rows`, cascade attention), padded to `branches` rows. Both keep
 `DFlashDrafter`'s inference interface, so proposers do not know which engine runs them. Without
-CUDA they run the same code eagerly.
+CUDA they run the same code eagerly. With `kernels` "triton" (or "auto" on a CUDA GPU) the
+one-block step is made of fused kernels (`drafters/fused.py`); branch rows stay eager.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ import math
 import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
+from specdiff.drafters.fused import FusedDrafterStep, why_not
+from specdiff.errors import SpecdiffError
 from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
 from specdiff.methods import device_search
 from specdiff.types import DraftProposal
 
 
 class GraphedDrafter:
-    def __init__(self, drafter: DFlashDrafter, use_graphs: bool | None = None, min_alloc: int = 1024):
+    def __init__(self, drafter: DFlashDrafter, use_graphs: bool | None = None, min_alloc: int = 1024,
+                 kernels: str = "torch"):
+        """kernels: as `DecodeConfig.kernels` (the one-block step only)."""
         self.inner = drafter
         self.spec, self.config = drafter.spec, drafter.config
         self.device = drafter.fc.weight.device
@@ -48,6 +53,13 @@ class GraphedDrafter:
         self._bound_to: torch.Tensor | None = None  # the context buffer the graph was captured on
         self._search: device_search.PrefixSearch | None = None
         self._candidates: device_search.TopCandidates | None = None
+        self._fused: FusedDrafterStep | None = None
+        if kernels != "torch" and len(shape) == 1:
+            why = why_not(drafter)
+            if why is not None and kernels == "triton":
+                raise SpecdiffError(f"--kernels triton cannot run the drafter here: {why}")
+            if why is None and (kernels == "triton" or self.device.type == "cuda"):
+                self._fused = FusedDrafterStep(drafter)
 
     def _ids_shape(self) -> tuple[int, ...]:
         return (self.spec.block_size,)  # the block [root, MASK x (Bk-1)]
@@ -159,9 +171,13 @@ class GraphedDrafter:
         """Device tensors only: safe to capture. Attention reads context slots [0, span)."""
         bk = self.block_size
         ctx_len, n_new = self.packed[0:1], self.packed[1:2]
-        self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
         length = ctx_len + n_new  # 2. the block(s) at positions length .. length+Bk-1
-        self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
+        if self._fused is not None:  # 1. and 2.; the block's K/V go past the context: a block more span
+            self._fused.fuse(self.feats, ctx_len + self._cols[:bk])
+            self._outs[span] = self._fused.run_block(self.ids, length, span + bk)
+        else:
+            self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
+            self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
         if self._search is not None:  # 3. the drafted slots' top prefixes (DDTree, caddtree)
             self._search.run(self._outs[span])
         if self._candidates is not None:  # 3'. or their top candidates, for the host's search

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specdiff import kernels
@@ -118,12 +117,13 @@ class FusedForward:
         h = kernels.add_rms_norm(x, None, w, eps)
         for i, f in enumerate(self.layers):
             k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
-            qkv = F.linear(h, *f.qkv)
+            qkv = kernels.linear(h, *f.qkv)
             q = kernels.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
             a = kernels.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale)  # [N, Hq, D]
-            h = kernels.add_rms_norm(x, f.o_proj(a.view(n, -1)), *f.post_norm)
+            h = kernels.add_rms_norm(x, kernels.linear(a.view(n, -1), f.o_proj.weight, f.o_proj.bias), *f.post_norm)
             if f.gate_up is not None:
-                d = f.down(kernels.silu_mul(F.linear(h, *f.gate_up)))
+                gate_up = kernels.silu_mul(kernels.linear(h, *f.gate_up))
+                d = kernels.linear(gate_up, f.down.weight, f.down.bias)
             else:
                 d = f.mlp(h[None])[0]
             w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
@@ -132,7 +132,7 @@ class FusedForward:
                 taps[i] = x.clone()
                 d = None
             h = kernels.add_rms_norm(x, d, w, eps)
-        logits = t.lm_head(h)
+        logits = kernels.linear(h, t.lm_head.weight, getattr(t.lm_head, "bias", None))
         features = torch.cat([taps[i] for i in t.tap_layers], dim=-1) if t.tap_layers else None
         return logits, features
 

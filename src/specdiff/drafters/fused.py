@@ -1,0 +1,88 @@
+"""The DFlash drafter's graph step made of fused kernels (`specdiff.kernels`), as the target's is.
+
+At a large target's width the drafter is a few full-size layers over one 16-token block; its
+eager step ran about 75 kernels per layer (separate q/k/v and gate/up GEMMs, K/V concatenated and
+expanded for GQA), twice the time its weights take to read. Here a layer is the target's fused
+layer: QKV and gate/up weights fused at load (the modules keep views), the block's K/V written
+into the context cache just past the context, and the block attending to the context and to
+itself through `tree_attention` with an all-visible tree block. Context fusion projects the new
+tokens' features with the K/V rows of the same fused weight.
+
+Same contract as `DFlashDrafter.fuse` and `run_blocks` for one block (tested equal); D²SD's
+branch rows keep the eager path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdiff import kernels
+from specdiff.drafters.dflash import DFlashDrafter
+from specdiff.target.fused import SWIGLU, fuse_linears, norm_params
+
+
+def why_not(drafter: DFlashDrafter) -> str | None:
+    """Why the fused step cannot run `drafter`, or None."""
+    why = kernels.runnable(drafter.fc.weight.device)
+    if why is not None:
+        return why
+    d = drafter.layers[0].self_attn.head_dim
+    if d < 16 or d & (d - 1):
+        return f"the fused kernels need a power-of-two head size >= 16 (the drafter's is {d})"
+    if getattr(drafter.config, "hidden_act", "silu") not in SWIGLU:
+        return f"the fused drafter needs a SiLU MLP (the drafter's is {drafter.config.hidden_act})"
+    return None
+
+
+class FusedDrafterStep:
+    def __init__(self, drafter: DFlashDrafter):
+        self.drafter = drafter
+        attn0 = drafter.layers[0].self_attn
+        self.num_heads, self.head_dim = attn0.num_heads, attn0.head_dim
+        self.q_rows = self.num_heads * self.head_dim
+        self.layers = []
+        for layer in drafter.layers:
+            a, m = layer.self_attn, layer.mlp
+            (qw, eps), (kw, _) = norm_params(a.q_norm), norm_params(a.k_norm)
+            self.layers.append(dict(
+                qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj]), qk_norm=torch.stack([qw, kw]).detach(), qk_eps=eps,
+                o_proj=a.o_proj, gate_up=fuse_linears([m.gate_proj, m.up_proj]), down=m.down_proj,
+                input_norm=norm_params(layer.input_layernorm), post_norm=norm_params(layer.post_attention_layernorm)))
+        self.hidden_norm, self.final_norm = norm_params(drafter.hidden_norm), norm_params(drafter.norm)
+        bk = drafter.spec.block_size
+        self.block_sees_block = torch.ones(bk, bk, dtype=torch.bool, device=drafter.fc.weight.device)
+
+    def fuse(self, features: torch.Tensor, slots: torch.Tensor) -> None:
+        """`DFlashDrafter.fuse`: target features [n, T*H] -> every layer's context K/V at `slots` [n]."""
+        d = self.drafter
+        ctx = kernels.add_rms_norm(kernels.linear(features.to(d.fc.weight.dtype), d.fc.weight), None, *self.hidden_norm)
+        cos, sin = d.rope(slots)
+        for i, f in enumerate(self.layers):
+            w, b = f["qkv"]
+            kv = kernels.linear(ctx, w[self.q_rows :], None if b is None else b[self.q_rows :])  # [n, 2 Hkv D]
+            kernels.qkv_rope_store(kv, cos, sin, f["qk_norm"], f["qk_eps"], d.ctx_k[i], d.ctx_v[i], slots, 0)
+
+    def run_block(self, ids: torch.Tensor, length: torch.Tensor, span: int) -> torch.Tensor:
+        """`DFlashDrafter.run_blocks` for one block: ids [Bk] at positions length.. (length [1] on
+        the device: the context's end), reading context slots [0, length) and the block ->
+        logits [Bk-1, V]. The block's K/V go to slots [length, length + Bk), past the context,
+        which the next fusion overwrites; `span` >= length + Bk bounds what the attention reads."""
+        d = self.drafter
+        embed, head = d._io
+        bk = ids.shape[0]
+        positions = length + torch.arange(bk, device=ids.device)
+        x = embed(ids).to(d.fc.weight.dtype).contiguous()  # [Bk, H], the residual stream
+        cos, sin = d.rope(positions)
+        h = kernels.add_rms_norm(x, None, *self.layers[0]["input_norm"])
+        for i, f in enumerate(self.layers):
+            q = kernels.qkv_rope_store(kernels.linear(h, *f["qkv"]), cos, sin, f["qk_norm"], f["qk_eps"], d.ctx_k[i],
+                                       d.ctx_v[i], positions, self.num_heads)
+            a = kernels.tree_attention(q, d.ctx_k[i], d.ctx_v[i], length, self.block_sees_block, span,
+                                       self.head_dim ** -0.5)
+            o = f["o_proj"]
+            h = kernels.add_rms_norm(x, kernels.linear(a.view(bk, -1), o.weight, o.bias), *f["post_norm"])
+            down = f["down"]
+            delta = kernels.linear(kernels.silu_mul(kernels.linear(h, *f["gate_up"])), down.weight, down.bias)
+            nxt = self.layers[i + 1]["input_norm"] if i + 1 < len(self.layers) else self.final_norm
+            h = kernels.add_rms_norm(x, delta, *nxt)
+        return kernels.linear(h[1:].to(head.weight.dtype), head.weight, getattr(head, "bias", None))
