@@ -19,10 +19,12 @@ Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
 TreeSearch = Literal["host", "device"]
 Kernels = Literal["auto", "triton", "torch"]
+Numerics = Literal["fast", "exact"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 HORIZONS: tuple[str, ...] = get_args(Horizon)
 TREE_SEARCHES: tuple[str, ...] = get_args(TreeSearch)
 KERNELS: tuple[str, ...] = get_args(Kernels)
+NUMERICS: tuple[str, ...] = get_args(Numerics)
 
 
 def option(default, help: str, flag: str | None = None, **kw):
@@ -135,6 +137,12 @@ class DecodeConfig:
     # (`target.fused`), or as the HF modules' own PyTorch ops; auto = triton on a CUDA GPU
     kernels: Kernels = option("auto", "static, graph: the target forward as fused Triton kernels (triton), as "
                                       "PyTorch ops (torch), or triton on a CUDA GPU (auto)", choices=KERNELS)
+    # exact: the target computes each row alone (`specdiff.invariant`), so a token's logits are
+    # bitwise the same verified alone or in any tree and outputs equal AR's in any dtype; a call
+    # per row, so only the static engine and small trees run it at a fair cost
+    numerics: Numerics = option("fast", "static: the target's rounding: bitwise the same for a token alone or in any "
+                                        "tree (exact; a call per row) or whatever each kernel gives (fast)",
+                                choices=NUMERICS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
     # CUDA GPU with Triton only). The host search measured faster (docs/results.md).
@@ -153,6 +161,10 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.kernels not in KERNELS:
             raise SpecdiffError(f"unknown kernels {self.kernels!r}; choose one of {', '.join(KERNELS)}")
+        if self.numerics not in NUMERICS:
+            raise SpecdiffError(f"unknown numerics {self.numerics!r}; choose one of {', '.join(NUMERICS)}")
+        if self.numerics == "exact" and self.engine != "static":
+            raise SpecdiffError(f"--numerics exact runs on --engine static, not {self.engine}")
         if self.tree_search not in TREE_SEARCHES:
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
         if self.budget < 1:

@@ -20,14 +20,15 @@ from specdiff.target.static_model import StaticTarget
 
 
 def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | None = None,
-                kernels: str = "auto") -> HFTarget:
+                kernels: str = "auto", numerics: str = "fast") -> HFTarget:
     """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph";
     `native`: its ancestor masks in C (`native.load()`; None: in Python); `kernels`: the static
-    forward's kernels (`DecodeConfig.kernels`)."""
+    forward's kernels (`DecodeConfig.kernels`); `numerics`: its rounding (`DecodeConfig.numerics`,
+    static engine)."""
     if engine == "graph":
         return GraphedTarget(model, native=native, kernels=kernels)
     if engine == "static":
-        return StaticTarget(model, native=native, kernels=kernels)
+        return StaticTarget(model, native=native, kernels=kernels, numerics=numerics)
     return HFTarget(model, native=native)
 
 
@@ -38,7 +39,7 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
     cfg.validate()
     info = REGISTRY[cfg.method]
     backend = native.load()
-    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend, cfg.kernels)
+    target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend, cfg.kernels, cfg.numerics)
     if info.drafter:
         if drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")

@@ -22,6 +22,7 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -402,3 +403,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=num_warps, num_stages=num_stages)
     return y
+
+
+# The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
+OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
+                      tree_attention=tree_attention)

@@ -24,6 +24,7 @@ class BenchConfig:
     dtype: str = "float32"
     engine: str = DecodeConfig.engine
     kernels: str = DecodeConfig.kernels
+    numerics: str = DecodeConfig.numerics
     tree_search: str = DecodeConfig.tree_search  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
     # caddtree's horizons (CaDDTreeOptions.horizon): the first runs as "caddtree", each other
     # one beside it as "caddtree/<horizon>"
@@ -37,6 +38,6 @@ class BenchConfig:
         """The decode of one variant (`variants`) at one temperature."""
         horizon = label.partition("/")[2] or self.caddtree_horizons[0]
         return DecodeConfig(method=method, budget=budget, max_new_tokens=self.max_new_tokens, engine=self.engine,
-                            kernels=self.kernels, tree_search=self.tree_search, sampling=SamplingConfig(temperature=temperature, seed=self.seed),
+                            kernels=self.kernels, numerics=self.numerics, tree_search=self.tree_search, sampling=SamplingConfig(temperature=temperature, seed=self.seed),
                             caddtree=CaDDTreeOptions(profile=self.profile, horizon=horizon),
                             d2sd=D2SDOptions(branches=self.branches))

@@ -93,7 +93,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     from specdiff.engine import build_decoder, make_target
 
     backend = native.load()  # the one build_decoder hands each decoder
-    target = make_target(model, cfg.engine, backend, cfg.kernels)
+    target = make_target(model, cfg.engine, backend, cfg.kernels, cfg.numerics)
     eos = eos_ids(model, tokenizer)
     # every prompt file is read (and refused, if bad) before the first decode
     sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]
@@ -105,7 +105,9 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
         return {
             "config": dataclasses.asdict(cfg),
             # the same trees either way, not the same host time
-            "environment": {**environment(cfg.device), "host_tree_search": "c" if backend is not None else "python"},
+            "environment": {**environment(cfg.device), "host_tree_search": "c" if backend is not None else "python",
+                            # what the target ran, where the config says "auto"
+                            "kernels": target.kernels_ran, "numerics": target.numerics},
             "complete": complete,
             "mismatches": mismatches,
             "summary": summarize(runs),
@@ -228,7 +230,8 @@ def report(result: dict) -> str:
     lines = [
         "# specdiff bench", "",
         f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, {environment_line(env)}, {cfg['dtype']}, "
-        f"engine {cfg.get('engine', 'hf')}; {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
+        f"engine {cfg.get('engine', 'hf')} ({env.get('kernels', 'torch')} kernels, {env.get('numerics', 'fast')} "
+        f"numerics); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
         *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar"],

@@ -175,7 +175,7 @@ def measure(cfg: SpeedConfig) -> dict:
     parts = anatomy(target, drafter, prompt, cfg, [1, 16] + sorted(set(cfg.budgets)))
     return {"shape": name, "params": sum(p.numel() for p in model.parameters()), "device":
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": cfg.dtype,
-            "engine": cfg.engine, "kernels": "triton" if getattr(target, "fused", None) is not None else "torch",
+            "engine": cfg.engine, "kernels": target.kernels_ran,
             "read_bytes_per_token": read, "peak_bandwidth": peak,
             "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
 

@@ -68,7 +68,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     vp_drafter = load_vp_drafter(args) if any(map(needs_vp_drafter, methods)) else None  # D²SD's second drafter
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
-                      profile=args.profile, engine=args.engine, kernels=args.kernels, tree_search=args.tree_search,
+                      profile=args.profile, engine=args.engine, kernels=args.kernels, numerics=args.numerics,
+                      tree_search=args.tree_search,
                       caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))

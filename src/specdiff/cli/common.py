@@ -119,7 +119,7 @@ def config_flags(cls: type = DecodeConfig) -> list[tuple[tuple[str, ...], str, d
     return out
 
 
-MODEL_SETTINGS = ("engine", "kernels", "tree_search")  # decode settings that every model-loading command takes
+MODEL_SETTINGS = ("engine", "kernels", "numerics", "tree_search")  # decode settings that every model-loading command takes
 
 
 def add_setting(p: argparse.ArgumentParser, flag: str, f: dataclasses.Field) -> None:

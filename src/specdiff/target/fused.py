@@ -9,6 +9,9 @@ write, tree attention and its merge, SiLU-multiply).
 QKV and gate/up weights are concatenated once, and the modules' own weights become views into the
 fused tensors: memory does not grow, and the eager path and the model's own forward read the very
 same numbers. An MLP that is not SwiGLU (a mixture of experts, GELU) runs as the model's module.
+
+The ops are a parameter: `kernels.OPS` (the Triton kernels) or `invariant.OPS` (each row computed
+alone, bitwise the same in any forward: `--numerics exact`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from specdiff import kernels
+from specdiff import invariant, kernels
 from specdiff.errors import SpecdiffError
 
 SWIGLU = ("silu", "swish")
@@ -75,8 +78,8 @@ def why_not(target) -> str | None:
 class FusedForward:
     """The forward of a `StaticTarget` (whose K/V buffers it writes) from fused kernels."""
 
-    def __init__(self, target):
-        self.target = target
+    def __init__(self, target, ops=kernels.OPS):
+        self.target, self.ops = target, ops
         cfg = target.config
         self.num_heads = int(cfg.num_attention_heads)
         swiglu = getattr(cfg, "hidden_act", None) in SWIGLU
@@ -113,17 +116,17 @@ class FusedForward:
         cos, sin = t.decoder.rotary_emb(x[None], position_ids)  # [1, N, D]
         cos, sin = cos[0].contiguous(), sin[0].contiguous()
         taps = {}
+        ops = self.ops
         w, eps = self.input_norms[0]
-        h = kernels.add_rms_norm(x, None, w, eps)
+        h = ops.add_rms_norm(x, None, w, eps)
         for i, f in enumerate(self.layers):
             k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
-            qkv = kernels.linear(h, *f.qkv)
-            q = kernels.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
-            a = kernels.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale)  # [N, Hq, D]
-            h = kernels.add_rms_norm(x, kernels.linear(a.view(n, -1), f.o_proj.weight, f.o_proj.bias), *f.post_norm)
+            qkv = ops.linear(h, *f.qkv)
+            q = ops.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
+            a = ops.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale)  # [N, Hq, D]
+            h = ops.add_rms_norm(x, ops.linear(a.reshape(n, -1), f.o_proj.weight, f.o_proj.bias), *f.post_norm)
             if f.gate_up is not None:
-                gate_up = kernels.silu_mul(kernels.linear(h, *f.gate_up))
-                d = kernels.linear(gate_up, f.down.weight, f.down.bias)
+                d = ops.linear(ops.silu_mul(ops.linear(h, *f.gate_up)), f.down.weight, f.down.bias)
             else:
                 d = f.mlp(h[None])[0]
             w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
@@ -131,8 +134,8 @@ class FusedForward:
                 x.add_(d)
                 taps[i] = x.clone()
                 d = None
-            h = kernels.add_rms_norm(x, d, w, eps)
-        logits = kernels.linear(h, t.lm_head.weight, getattr(t.lm_head, "bias", None))
+            h = ops.add_rms_norm(x, d, w, eps)
+        logits = ops.linear(h, t.lm_head.weight, getattr(t.lm_head, "bias", None))
         features = torch.cat([taps[i] for i in t.tap_layers], dim=-1) if t.tap_layers else None
         return logits, features
 
@@ -148,3 +151,12 @@ def make_fused(target, kernels_choice: str) -> FusedForward | None:
     if why is not None:
         raise SpecdiffError(f"--kernels triton cannot run here: {why}")
     return FusedForward(target)
+
+
+def make_exact(target) -> FusedForward:
+    """The fused forward with batch-invariant ops (`--numerics exact`; any device)."""
+    forward = FusedForward(target, ops=invariant.OPS)
+    if any(f.gate_up is None for f in forward.layers):
+        raise SpecdiffError(f"--numerics exact needs a SwiGLU MLP in every layer ({type(target.model).__name__} has "
+                            "another); use --numerics fast")
+    return forward

@@ -57,6 +57,8 @@ def sliding_window(cfg) -> int | None:
 
 class HFTarget:
     engine = "hf"
+    numerics = "fast"  # its rounding (`DecodeConfig.numerics`)
+    kernels_ran = "torch"  # the forward's kernels: torch, triton (fused) or invariant (exact numerics)
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), native: Native | None = None,
                  check: bool = True):

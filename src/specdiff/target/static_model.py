@@ -26,7 +26,7 @@ from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
 from specdiff.ops import apply_rope, rms_norm
-from specdiff.target.fused import make_fused
+from specdiff.target.fused import make_exact, make_fused
 from specdiff.target.hf_causal import PROBE_TOKENS, PROBE_TOLERANCE, HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
@@ -55,7 +55,8 @@ def check_config(cfg) -> None:
 
 class StaticTarget(HFTarget):
     """`kernels`: "triton" runs the forward as fused kernels (`target.fused`), "torch" as the HF
-    modules' own ops, "auto" the first on a CUDA GPU where Triton runs. `attention="cascade"` (torch
+    modules' own ops, "auto" the first on a CUDA GPU where Triton runs. `numerics="exact"` runs
+    the fused forward with batch-invariant ops instead (`specdiff.invariant`). `attention="cascade"` (torch
     kernels) splits each layer's attention into the committed slots [0, start)
     (no mask) and the tree block [start, start + N) (ancestor mask), merged by log-sum-exp
     (`specdiff.attention`); "masked" (default) is one masked attention over the whole cache."""
@@ -64,7 +65,7 @@ class StaticTarget(HFTarget):
     engine = "static"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked",
-                 check: bool = True, native: Native | None = None, kernels: str = "auto"):
+                 check: bool = True, native: Native | None = None, kernels: str = "auto", numerics: str = "fast"):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
@@ -83,7 +84,13 @@ class StaticTarget(HFTarget):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
-        self.fused = make_fused(self, kernels) if attention == "masked" else None
+        if numerics == "exact":  # every op computes each row alone: bitwise the same in any forward
+            self.fused = make_exact(self)
+        else:
+            self.fused = make_fused(self, kernels) if attention == "masked" else None
+        self.numerics = numerics
+        if self.fused is not None:
+            self.kernels_ran = "invariant" if numerics == "exact" else "triton"
         if check:
             self.check_probe()
 
