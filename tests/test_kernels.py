@@ -116,3 +116,35 @@ def test_skinny_linear(dtype, m, n, k, bias):
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
     b = torch.randn(n, generator=g).to(DEVICE, dtype) if bias else None
     close(kernels.skinny_linear(x, w, b, block_n=16, block_k=64), torch.nn.functional.linear(x, w, b), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
+    """The exact op set: the GEMM at any row count and the position-ordered attention give a row
+    bitwise what they give it alone (and agree with the references to rounding)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(37, 64, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE, dtype)
+    all_rows = kernels.invariant_linear(x, w)
+    close(all_rows, torch.nn.functional.linear(x, w), dtype)
+    assert all(torch.equal(all_rows[i], kernels.invariant_linear(x[i : i + 1], w)[0]) for i in (0, 17, 36))
+
+    n, hq, hkv, d, start = 12, 4, 2, 16, 70
+    tree = random_tree(n, g)
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE, dtype)
+    k = torch.randn(hkv, 128, d, generator=g).to(DEVICE, dtype)
+    v = torch.randn(hkv, 128, d, generator=g).to(DEVICE, dtype)
+    st = torch.tensor([start], device=DEVICE)
+    anc = tree.ancestor_mask().to(DEVICE)
+    got = kernels.position_attention(q, k, v, st, anc, start + n, d ** -0.5)
+    close(got, kernels.tree_attention_reference(q, k, v, st, anc, start + n, d ** -0.5), dtype)
+    leaf = n - 1  # the same query alone on its path, laid out as AR steps: slots start .. start + depth
+    path = torch.nonzero(anc[leaf]).flatten()
+    k_ar, v_ar = k.clone(), v.clone()
+    k_ar[:, start : start + len(path)] = k[:, start + path]
+    v_ar[:, start : start + len(path)] = v[:, start + path]
+    chain = torch.ones(len(path), len(path), dtype=torch.bool, device=DEVICE).tril()
+    q_ar = torch.zeros(len(path), hq, d, dtype=dtype, device=DEVICE)
+    q_ar[-1] = q[leaf]
+    alone = kernels.position_attention(q_ar, k_ar, v_ar, st, chain, start + len(path), d ** -0.5)
+    assert torch.equal(alone[-1], got[leaf])

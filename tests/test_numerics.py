@@ -17,7 +17,10 @@ from specdiff.engine import build_decoder
 from specdiff.errors import SpecdiffError
 from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.target import StaticTarget
+from specdiff.target.graphed import GraphedTarget
 from specdiff.types import DraftTree
+
+from test_architectures import tiny
 
 PROMPT = [5, 17, 42, 8, 77, 3, 61, 29, 11, 90, 4, 33]
 ROOT, A, B = 7, 21, 50  # the root, its child A, A's child B: in every tree, and the AR steps
@@ -52,8 +55,21 @@ def path_logits(target: StaticTarget, sizes: list[int]) -> dict[int, torch.Tenso
     return out
 
 
-def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model):
-    logits = path_logits(StaticTarget(bf16_model, numerics="exact"), [1, 7, 64, 300])
+@pytest.mark.parametrize("path", ["torch", "triton", "triton-graph"])
+def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, path):
+    """PyTorch's invariant ops (static engine), the Triton kernels' (static, and the graph
+    engine's padded buckets, under Triton's interpreter on a CPU)."""
+    if path == "torch":
+        target, sizes = StaticTarget(bf16_model, numerics="exact", kernels="torch"), [1, 7, 64, 300]
+    else:
+        pytest.importorskip("triton", reason="the exact kernels need Triton (its interpreter runs them on a CPU)")
+        if path == "triton":
+            target = StaticTarget(bf16_model, numerics="exact", kernels="triton")
+        else:
+            target = GraphedTarget(bf16_model, use_graphs=False, numerics="exact", kernels="triton")
+        sizes = [1, 7, 40]  # the interpreter runs each program in turn
+    assert target.kernels_ran == ("invariant" if path == "torch" else "triton")
+    logits = path_logits(target, sizes)
     ar = logits.pop(0)
     for n, got in logits.items():
         assert torch.equal(got, ar[: got.shape[0]]), f"a tree of {n} nodes"
@@ -90,12 +106,13 @@ def test_exact_speculative_decodes_equal_ar_in_bf16(bf16_model):
         assert tokens == runs["ar", 1, temperature], f"{method}@{budget} at T={temperature}"
 
 
-def test_exact_needs_the_static_engine_and_a_swiglu_mlp():
-    with pytest.raises(SpecdiffError, match="--numerics exact runs on --engine static, not graph"):
-        DecodeConfig(engine="graph", numerics="exact").validate()
+def test_exact_needs_a_fast_engine_and_a_swiglu_mlp():
+    with pytest.raises(SpecdiffError, match="--numerics exact runs on the static and graph engines, not hf"):
+        DecodeConfig(engine="hf", numerics="exact").validate()
+    with pytest.raises(SpecdiffError, match="on the graph engine needs the Triton kernels"):
+        GraphedTarget(tiny("qwen3"), use_graphs=True, numerics="exact", kernels="torch")
     with pytest.raises(SpecdiffError, match="unknown numerics"):
         DecodeConfig(numerics="bitwise").validate()
-    from test_architectures import tiny
 
     with pytest.raises(SpecdiffError, match="needs a SwiGLU MLP"):
         StaticTarget(tiny("qwen3_moe"), numerics="exact")

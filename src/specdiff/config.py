@@ -138,10 +138,10 @@ class DecodeConfig:
     kernels: Kernels = option("auto", "static, graph: the target forward as fused Triton kernels (triton), as "
                                       "PyTorch ops (torch), or triton on a CUDA GPU (auto)", choices=KERNELS)
     # exact: the target computes each row alone (`specdiff.invariant`), so a token's logits are
-    # bitwise the same verified alone or in any tree and outputs equal AR's in any dtype; a call
-    # per row, so only the static engine and small trees run it at a fair cost
-    numerics: Numerics = option("fast", "static: the target's rounding: bitwise the same for a token alone or in any "
-                                        "tree (exact; a call per row) or whatever each kernel gives (fast)",
+    # bitwise the same verified alone or in any tree and outputs equal AR's in any dtype (Triton
+    # kernels with the graph engine on a GPU; PyTorch ops on the static engine elsewhere)
+    numerics: Numerics = option("fast", "static, graph: the target's rounding: bitwise the same for a token alone or "
+                                        "in any tree (exact) or whatever each kernel gives (fast)",
                                 choices=NUMERICS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
@@ -163,8 +163,8 @@ class DecodeConfig:
             raise SpecdiffError(f"unknown kernels {self.kernels!r}; choose one of {', '.join(KERNELS)}")
         if self.numerics not in NUMERICS:
             raise SpecdiffError(f"unknown numerics {self.numerics!r}; choose one of {', '.join(NUMERICS)}")
-        if self.numerics == "exact" and self.engine != "static":
-            raise SpecdiffError(f"--numerics exact runs on --engine static, not {self.engine}")
+        if self.numerics == "exact" and self.engine == "hf":
+            raise SpecdiffError("--numerics exact runs on the static and graph engines, not hf")
         if self.tree_search not in TREE_SEARCHES:
             raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
         if self.budget < 1:

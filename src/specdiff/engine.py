@@ -26,7 +26,7 @@ def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | Non
     forward's kernels (`DecodeConfig.kernels`); `numerics`: its rounding (`DecodeConfig.numerics`,
     static engine)."""
     if engine == "graph":
-        return GraphedTarget(model, native=native, kernels=kernels)
+        return GraphedTarget(model, native=native, kernels=kernels, numerics=numerics)
     if engine == "static":
         return StaticTarget(model, native=native, kernels=kernels, numerics=numerics)
     return HFTarget(model, native=native)

@@ -195,6 +195,20 @@ if triton is not None:
         tl.store(out_ptr + row * I + offs, _round(s.to(tl.float32) * u, dt), mask=m)
 
     @triton.jit
+    def _softmax_step(s, v, m_i, l_i, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+        """One key block of online softmax: scores s [M, BN] (-inf where hidden), values v [BN, D]
+        -> the updated running max, sum and unnormalised output."""
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_ref)
+        p = tl.exp(s - m_ref[:, None])
+        if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
+            pv = tl.dot(_round(p, v.dtype).to(tl.float32), v.to(tl.float32))
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + pv
+
+    @triton.jit
     def _tree_attention_kernel(q_ptr, k_ptr, v_ptr, start_ptr, anc_ptr, out_ptr, part_ptr, ml_ptr,
                                N, HQ, HKV, cache_sh, cache_ss, scale, KEYS,
                                G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -229,18 +243,8 @@ if triton is not None:
             anc = tl.load(anc_ptr + tok[:, None] * N + rel[None, :], mask=rmask[:, None] & tree[None, :], other=0)
             visible = ((cols < start)[None, :] | (anc != 0)) & cmask[None, :]
             s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_ref)
-            p = tl.exp(s - m_ref[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + cols[:, None] * cache_ss + d[None, :], mask=cmask[:, None], other=0.0)  # [BN, D]
-            if INTERPRETED:
-                pv = tl.dot(_round(p, v.dtype).to(tl.float32), v.to(tl.float32))
-            else:
-                pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, PRECISION, INTERPRETED)
         if DIRECT:  # one split: normalise here
             out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows of the tile see nothing
             dst = out_ptr + (tok[:, None] * HQ + head[:, None]) * D + d[None, :]
@@ -274,7 +278,7 @@ if triton is not None:
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                               INTERPRETED: tl.constexpr):
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rm = tl.arange(0, BLOCK_M)
+        rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # one row block per program: any M
         nmask = rn < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k in range(0, K, BLOCK_K):
@@ -290,6 +294,42 @@ if triton is not None:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], _round(acc, y_ptr.dtype.element_ty),
                  mask=(rm < M)[:, None] & nmask[None, :])
+
+    @triton.jit
+    def _position_attention_kernel(q_ptr, k_ptr, v_ptr, start_ptr, path_ptr, depth_ptr, out_ptr, HQ, PATH_W,
+                                   cache_sh, cache_ss, scale, G: tl.constexpr, D: tl.constexpr,
+                                   BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+                                   INTERPRETED: tl.constexpr):
+        kvh = tl.program_id(0)
+        row = tl.program_id(1).to(tl.int64)
+        g = tl.arange(0, BLOCK_G)
+        gmask = g < G
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + (row * HQ + kvh * G + g)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0)
+        if INTERPRETED:
+            q = q.to(tl.float32)
+        start = tl.load(start_ptr)
+        total = start + tl.load(depth_ptr + row) + 1  # the row's keys: positions 0 .. its own
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, D], tl.float32)
+        k_base = k_ptr + kvh * cache_sh
+        v_base = v_ptr + kvh * cache_sh
+        for p0 in range(0, total, BLOCK_N):  # blocks aligned in position space, as an AR step's
+            pos = p0 + tl.arange(0, BLOCK_N)
+            pmask = pos < total
+            tree = pos >= start
+            node = tl.load(path_ptr + row * PATH_W + (pos - start), mask=pmask & tree, other=0)
+            slot = tl.where(tree, start + node, pos)
+            k = tl.load(k_base + slot[None, :] * cache_ss + d[:, None], mask=pmask[None, :], other=0.0)
+            if INTERPRETED:
+                k = k.to(tl.float32)
+            s = tl.where(pmask[None, :], tl.dot(q, k, input_precision=PRECISION) * scale, float("-inf"))
+            v = tl.load(v_base + slot[:, None] * cache_ss + d[None, :], mask=pmask[:, None], other=0.0)
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, PRECISION, INTERPRETED)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + (row * HQ + kvh * G + g)[:, None] * D + d[None, :], _round(out, out_ptr.dtype.element_ty),
+                 mask=gmask[:, None])
 
 # -- launchers -------------------------------------------------------------------------------------
 
@@ -391,13 +431,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,
                   block_k: int = 256, num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
-    """`F.linear` for at most SKINNY_ROWS rows as one weight-streaming kernel: each program owns
-    block_n output features and reads their weight rows once, for every input row (a decode step
-    reads each weight once; the arithmetic is free)."""
+    """`F.linear` as a weight-streaming kernel: each program owns block_n output features of one
+    block of SKINNY_ROWS rows and reads their weight rows once (a decode step of up to that many
+    rows reads each weight once; the arithmetic is free). A row's result depends on that row
+    alone: every tile has the same shape and sums K in the same order, whatever M is."""
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    _skinny_linear_kernel[(triton.cdiv(n, block_n),)](
+    _skinny_linear_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, SKINNY_ROWS))](
         x, weight, weight if bias is None else bias, y, m, n, k, BIAS=bias is not None, BLOCK_M=SKINNY_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
@@ -408,3 +449,48 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 # The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
 OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
                       tree_attention=tree_attention)
+
+
+def ancestor_paths(ancestors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, N] bool -> (path [N, N + 1] int32: row i's ancestor at each depth, itself last; depth
+    [N] int32), by device ops only (graph-capturable). A node's depth is its ancestor count - 1."""
+    n = ancestors.shape[0]
+    depth = ancestors.sum(1) - 1
+    column = torch.where(ancestors, depth[None, :], n)  # where each ancestor goes; n: nowhere
+    path = torch.zeros(n, n + 1, dtype=torch.int32, device=ancestors.device)
+    path.scatter_(1, column, torch.arange(n, dtype=torch.int32, device=ancestors.device).expand(n, n))
+    return path, depth.to(torch.int32)
+
+
+def position_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
+                       ancestors: torch.Tensor, span: int, scale: float) -> torch.Tensor:
+    """`tree_attention_reference`'s contract with each row computed as the AR step at its
+    position would be: one program per (KV head, row) reads the row's keys in position order (the
+    committed slots, then its path by depth) in blocks aligned at position 0, so a token's output
+    is bitwise the same alone or in any tree (`--numerics exact`)."""
+    n, hq, d = q.shape
+    hkv = k_cache.shape[0]
+    g = hq // hkv
+    path, depth = ancestor_paths(ancestors)
+    out = torch.empty_like(q)
+    _position_attention_kernel[(hkv, n)](
+        q, k_cache, v_cache, start, path, depth, out, hq, path.shape[1], k_cache.stride(0), k_cache.stride(1),
+        scale, G=g, D=d, BLOCK_G=max(16, _next_pow2(g)), BLOCK_N=BLOCK_N,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=4)
+    return out
+
+
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`skinny_linear` at any row count with settings chosen by the weight's shape alone: a row's
+    result depends on that row alone (`--numerics exact`)."""
+    n, k = weight.shape
+    if n * k <= SKINNY_MIN_WEIGHT:
+        return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
+    return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
+
+
+# Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
+# kernels already do: one program per row or element)
+EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
+                            silu_mul=silu_mul, tree_attention=position_attention)

@@ -153,9 +153,18 @@ def make_fused(target, kernels_choice: str) -> FusedForward | None:
     return FusedForward(target)
 
 
-def make_exact(target) -> FusedForward:
-    """The fused forward with batch-invariant ops (`--numerics exact`; any device)."""
-    forward = FusedForward(target, ops=invariant.OPS)
+def make_exact(target, kernels_choice: str = "auto", graphs: bool = False) -> FusedForward:
+    """The fused forward with batch-invariant ops (`--numerics exact`): the Triton kernels'
+    (`kernels.EXACT_OPS`) where `kernels_choice` would run Triton, else PyTorch's
+    (`invariant.OPS`, any device, not graph-capturable: refused when `graphs`)."""
+    why = why_not(target)
+    triton = kernels_choice == "triton" or (kernels_choice == "auto" and why is None and target.device.type == "cuda")
+    if triton and why is not None:
+        raise SpecdiffError(f"--kernels triton cannot run here: {why}")
+    if graphs and not triton:
+        raise SpecdiffError("--numerics exact on the graph engine needs the Triton kernels (a CUDA GPU with Triton); "
+                            "use --engine static")
+    forward = FusedForward(target, ops=kernels.EXACT_OPS if triton else invariant.OPS)
     if any(f.gate_up is None for f in forward.layers):
         raise SpecdiffError(f"--numerics exact needs a SwiGLU MLP in every layer ({type(target.model).__name__} has "
                             "another); use --numerics fast")

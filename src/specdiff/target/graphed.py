@@ -106,9 +106,11 @@ class GraphedTarget(StaticTarget):
     engine = "graph"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), use_graphs: bool | None = None,
-                 min_alloc: int = 1024, native: Native | None = None, kernels: str = "auto"):
-        super().__init__(model, tap_layers, native=native, kernels=kernels)
-        self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+                 min_alloc: int = 1024, native: Native | None = None, kernels: str = "auto",
+                 numerics: str = "fast"):
+        device = next(model.parameters()).device
+        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs  # before the forward is made
+        super().__init__(model, tap_layers, native=native, kernels=kernels, numerics=numerics)
         self.min_alloc = min_alloc
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
         self._pool = None  # the buckets' shared graph memory pool

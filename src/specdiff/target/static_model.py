@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from specdiff import invariant
 from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
@@ -85,12 +86,12 @@ class StaticTarget(HFTarget):
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
         if numerics == "exact":  # every op computes each row alone: bitwise the same in any forward
-            self.fused = make_exact(self)
+            self.fused = make_exact(self, kernels, graphs=getattr(self, "use_graphs", False))
         else:
             self.fused = make_fused(self, kernels) if attention == "masked" else None
         self.numerics = numerics
         if self.fused is not None:
-            self.kernels_ran = "invariant" if numerics == "exact" else "triton"
+            self.kernels_ran = "triton" if self.fused.ops is not invariant.OPS else "invariant"
         if check:
             self.check_probe()
 
