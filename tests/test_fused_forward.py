@@ -133,3 +133,25 @@ def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len):
         plain.extend_context(feats)
         fused.extend_context(feats)
         torch.testing.assert_close(fused.draft(root, slots), plain.draft(root, slots), atol=1e-4, rtol=1e-4)
+
+
+BF16_LOGIT_TOLERANCE = 2e-2  # max |difference| over max |logit|: bf16 rounding, not a modelling gap
+
+
+def test_fused_forward_bf16_logits_within_tolerance():
+    """In bf16 the fused forward rounds in other places than the eager one (one rounding per fused
+    kernel), so logits are held to a stated tolerance rather than equality."""
+    from specdiff.models.tiny import tiny_target
+
+    model = tiny_target("qwen3", seed=4).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(12)
+    prompt = torch.randint(0, 96, (19,), generator=g).tolist()
+    tree = random_tree(11, 96, g)
+    outs = []
+    for kernels in ("torch", "triton"):
+        t = StaticTarget(model, native=NATIVE, kernels=kernels)
+        t.reset(len(prompt) + 16)
+        t.prefill(prompt)
+        outs.append(t.forward(tree).logits.float())
+    err = float((outs[1] - outs[0]).abs().max() / outs[0].abs().max())
+    assert err <= BF16_LOGIT_TOLERANCE, err

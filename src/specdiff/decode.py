@@ -9,9 +9,10 @@ new token comes out of a verification round (so AR's tau is exactly 1).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from typing import Callable, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
 import torch
 
@@ -21,7 +22,7 @@ from specdiff.errors import SpecdiffError
 from specdiff.native import Native
 from specdiff.sampling import NoiseCache
 from specdiff.target.hf_causal import HFTarget
-from specdiff.types import DraftTree, GenerationResult, TargetOutput, VerifyResult
+from specdiff.types import DraftTree, GenerationResult, RoundChunk, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
 
 # (tree, logits [N, V], root position, sampling, the decoder's noise cache) -> VerifyResult; pure
@@ -76,11 +77,32 @@ class SpeculativeDecoder:
             if hasattr(d, "prepare"):
                 d.prepare(max_len)
 
-    @torch.inference_mode()
+    def stream(self, prompt_ids: Sequence[int]) -> Iterator[RoundChunk]:
+        """Decode after `prompt_ids`, yielding each round's tokens as soon as they are committed.
+        Closing the iterator ends the decode at that round boundary (a client that left)."""
+        yield from self._rounds(prompt_ids)
+
     def generate(self, prompt_ids: Sequence[int],
                  on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        """Decode after `prompt_ids`; `on_tokens` (optional) sees each round's new tokens as they are
-        committed (progress, streaming)."""
+        """Decode after `prompt_ids` to the end; `on_tokens` (optional) sees each round's new
+        tokens as they are committed (progress)."""
+        chunks: list[RoundChunk] = []
+        rounds = self._rounds(prompt_ids)
+        while True:
+            try:
+                chunk = next(rounds)
+            except StopIteration as done:
+                prefill_s, decode_s = done.value
+                break
+            chunks.append(chunk)
+            if on_tokens is not None:
+                on_tokens(chunk.tokens)
+        # the loop's own clock: it ends after the device has finished, not at the last round's yield
+        return dataclasses.replace(GenerationResult.from_rounds(chunks), prefill_s=prefill_s, decode_s=decode_s)
+
+    @torch.inference_mode()
+    def _rounds(self, prompt_ids: Sequence[int]) -> Generator[RoundChunk, None, tuple[float, float]]:
+        """The loop: yields each round, returns (prefill seconds, decode seconds)."""
         cfg, target, proposer = self.cfg, self.target, self.proposer
         prompt = [int(t) for t in prompt_ids]
         self.check_prompt(len(prompt))
@@ -101,15 +123,11 @@ class SpeculativeDecoder:
         self._sync()
         t1 = time.perf_counter()
 
-        new: list[int] = []
-        accept_lengths: list[int] = []
-        round_ms: list[float] = []  # wall time per round: each round ends in the walk's host sync
+        emitted_total = 0
         t_round = t1
-        tree_sizes: list[int] = []
-        candidate_rows: list[int] = []
-        stop = "length"
-        while len(new) < max_new:
-            state.max_depth = max_new - len(new) - 1  # a round emits at most max_depth + 1 tokens
+        round_index = 0
+        while emitted_total < max_new:
+            state.max_depth = max_new - emitted_total - 1  # a round emits at most max_depth + 1 tokens
             tree = proposer.propose(state)  # 2. propose
             out = target.forward(tree)  # 3. one target forward over the whole tree
             result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
@@ -117,33 +135,23 @@ class SpeculativeDecoder:
             proposer.update(result, out)  # 6. drafter learns what was committed
             # the loop itself ends the output at max_new_tokens and at the first end-of-text,
             # whatever a proposer drafted past them
-            emitted = result.tokens[: max_new - len(new)]
+            emitted = result.tokens[: max_new - emitted_total]
+            stop = None
             for j, tok in enumerate(emitted):
                 if tok in self.eos_ids:
                     emitted, stop = emitted[: j + 1], "eos"
                     break
-            new.extend(emitted)
+            emitted_total += len(emitted)
             state.tokens.extend(emitted)
-            if on_tokens is not None:
-                on_tokens(emitted)
-            accept_lengths.append(len(emitted))
-            tree_sizes.append(tree.num_nodes)
-            candidate_rows.append(tree.candidate_rows or tree.num_nodes)
+            if stop is None and emitted_total >= max_new:
+                stop = "length"
             now = time.perf_counter()
-            round_ms.append(1000 * (now - t_round))
+            yield RoundChunk(tokens=emitted, round=round_index, tree_nodes=tree.num_nodes,
+                             candidate_rows=tree.candidate_rows or tree.num_nodes, round_ms=1000 * (now - t_round),
+                             stop_reason=stop, prefill_ms=1000 * (t1 - t0) if round_index == 0 else 0.0)
             t_round = now
-            if stop == "eos":
+            round_index += 1
+            if stop is not None:
                 break
         self._sync()
-        t2 = time.perf_counter()
-        return GenerationResult(
-            token_ids=new,
-            rounds=len(accept_lengths),
-            accept_lengths=accept_lengths,
-            tree_sizes=tree_sizes,
-            candidate_rows=candidate_rows,
-            prefill_s=t1 - t0,
-            decode_s=t2 - t1,
-            stop_reason=stop,
-            round_ms=round_ms,
-        )
+        return t1 - t0, time.perf_counter() - t1

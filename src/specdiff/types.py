@@ -189,6 +189,20 @@ class VerifyResult:
         return self.tokens[-1]
 
 
+@dataclass(frozen=True)
+class RoundChunk:
+    """One verification round as `SpeculativeDecoder.stream` yields it, once its tokens are
+    committed."""
+
+    tokens: list[int]  # the round's new tokens, cut at max_new_tokens and end-of-text
+    round: int  # 0-based
+    tree_nodes: int  # nodes verified (root included)
+    candidate_rows: int  # DraftTree.candidate_rows, else the tree size
+    round_ms: float  # wall time of the round
+    stop_reason: str | None = None  # on the last round: "length" | "eos" (a text stream adds "stop")
+    prefill_ms: float = 0.0  # on the first round: the prompt's prefill
+
+
 @dataclass
 class GenerationResult:
     """One completion with its acceptance statistics (what `specdiff generate --json` prints)."""
@@ -210,6 +224,18 @@ class GenerationResult:
     @property
     def tau(self) -> float:
         return self.num_new_tokens / self.rounds if self.rounds else 0.0
+
+    @staticmethod
+    def from_rounds(chunks: list[RoundChunk], stop_reason: str | None = None) -> GenerationResult:
+        """A streamed decode's rounds as one result (decode time: the rounds' wall times)."""
+        return GenerationResult(
+            token_ids=[t for c in chunks for t in c.tokens], rounds=len(chunks),
+            accept_lengths=[len(c.tokens) for c in chunks], tree_sizes=[c.tree_nodes for c in chunks],
+            candidate_rows=[c.candidate_rows for c in chunks],
+            prefill_s=chunks[0].prefill_ms / 1000 if chunks else 0.0,
+            decode_s=sum(c.round_ms for c in chunks) / 1000,
+            stop_reason=stop_reason or (chunks[-1].stop_reason if chunks else None) or "length",
+            round_ms=[c.round_ms for c in chunks])
 
     def accept_hist(self, max_len: int | None = None) -> list[int]:
         """hist[k] = number of rounds that committed exactly k tokens."""

@@ -48,6 +48,9 @@ def add_generate_args(g: argparse.ArgumentParser) -> None:
     add_decode_args(g)
     g.add_argument("--prompt", help="the prompt text")
     g.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the completion at this text (repeatable); the text ends before it")
+    g.add_argument("--stream", action="store_true", help="print the text as each round commits it")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -69,11 +72,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         done[0] += len(tokens)
         bar(cfg.method, done[0], cfg.max_new_tokens)
 
-    try:
-        result = decoder.generate(ids, on_tokens=progress)
-    finally:
-        bar.close()
-    text = tokenizer.decode(result.token_ids)
+    if args.stop or args.stream:
+        from specdiff.streaming import stream_text
+        from specdiff.types import GenerationResult
+
+        if args.stream and not args.json:
+            print(prompt, end="", flush=True)
+        chunks = []
+        for chunk in stream_text(decoder, tokenizer, ids, stop=args.stop):
+            chunks.append(chunk)
+            if args.stream and not args.json:
+                print(chunk.text, end="", flush=True)
+        result = GenerationResult.from_rounds([c.round for c in chunks], chunks[-1].finish_reason if chunks else None)
+        text = "".join(c.text for c in chunks)
+        if args.stream and not args.json:
+            print()
+            print(f"[{cfg.method}] {result.num_new_tokens} tokens, {result.rounds} rounds, tau {result.tau:.2f}",
+                  file=sys.stderr)
+            return 0
+    else:
+        try:
+            result = decoder.generate(ids, on_tokens=progress)
+        finally:
+            bar.close()
+        text = tokenizer.decode(result.token_ids)
     emit(args.json, result_json(cfg, result, text), prompt + text,
          f"[{cfg.method}] {result.num_new_tokens} tokens, {result.rounds} rounds, tau {result.tau:.2f}, "
          f"{1000 * result.decode_s / max(1, result.num_new_tokens):.1f} ms/token")
