@@ -72,7 +72,21 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 def encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """A prompt's ids with the special tokens the tokenizer adds (a BOS where the model has one)."""
+    return list(tokenizer(text)["input_ids"])
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Chat messages ({"role", "content"}) through the tokenizer's chat template, ending with the
+    assistant's turn opened; one line if the tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SpecdiffError("this tokenizer has no chat template; give the prompt as plain text")
+    try:
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # a template that rejects these messages (roles, order)
+        raise SpecdiffError(f"the chat template cannot render these messages: {type(e).__name__}: {e}") from None
+    ids = out["input_ids"] if hasattr(out, "keys") else out
+    return [int(i) for i in ids]
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 from specdiff.cli.common import Parser, quiet_libraries, run_guarded
 
 
-MODULES = ("generate", "bench", "train", "dllm", "models")  # specdiff.cli.<module>, each listing its COMMANDS
+MODULES = ("generate", "serve", "bench", "train", "dllm", "models")  # specdiff.cli.<module>, each listing its COMMANDS
 
 
 class Command(NamedTuple):

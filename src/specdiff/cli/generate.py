@@ -48,6 +48,9 @@ def add_generate_args(g: argparse.ArgumentParser) -> None:
     add_decode_args(g)
     g.add_argument("--prompt", help="the prompt text")
     g.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
+    g.add_argument("--chat", action="store_true",
+                   help="the prompt is a user message, put through the tokenizer's chat template")
+    g.add_argument("--system", metavar="TEXT", help="a system message before the user's (implies --chat)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end the completion at this text (repeatable); the text ends before it")
     g.add_argument("--stream", action="store_true", help="print the text as each round commits it")
@@ -57,14 +60,18 @@ def add_generate_args(g: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from specdiff.engine import build_decoder
     from specdiff.methods import needs_drafter, needs_vp_drafter
-    from specdiff.loading import encode, eos_ids
+    from specdiff.loading import encode, encode_chat, eos_ids
 
     cfg = decode_config(args)
     prompt = read_prompt(args)
     model, tokenizer, drafter = load_models(args, needs_drafter(cfg.method))
     vp_drafter = load_vp_drafter(args) if needs_vp_drafter(cfg.method) else None
     decoder = build_decoder(model, cfg, drafter, eos_ids(model, tokenizer), vp_drafter=vp_drafter)
-    ids = encode(tokenizer, prompt)
+    if args.chat or args.system is not None:
+        system = [{"role": "system", "content": args.system}] if args.system is not None else []
+        ids = encode_chat(tokenizer, system + [{"role": "user", "content": prompt}])
+    else:
+        ids = encode(tokenizer, prompt)
     # a bar of the tokens on a terminal (a CPU decode takes a while); nothing in a pipe or with --json
     bar, done = ProgressBar("token", quiet=args.json or not sys.stderr.isatty()), [0]
 

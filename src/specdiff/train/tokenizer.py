@@ -24,6 +24,10 @@ from specdiff.errors import SpecdiffError
 from specdiff.train.corpus import EOT_TOKEN, MASK_TOKEN, SPECIAL_TOKENS, iter_documents
 
 CONFIG_FILE = "specdiff_tokenizer_config.json"  # not tokenizer_config.json: that one is HF's
+# A plain chat template (role tags on their own lines) so chat messages have a defined encoding:
+# the bundled models were trained on code, not dialogues, so any format is as good as another
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 STATS_FILE = "tokenizer_stats.json"
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # byte alphabet + specials + at least one merge
 
@@ -96,6 +100,7 @@ def _save_hf(tok: Tokenizer, out_dir: Path) -> PreTrainedTokenizerFast:
         mask_token=MASK_TOKEN,
         clean_up_tokenization_spaces=False,  # exact round trip of source text
     )
+    hf.chat_template = CHAT_TEMPLATE
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out_dir))
     return hf
