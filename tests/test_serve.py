@@ -174,3 +174,20 @@ def test_a_taken_port_is_one_line_and_exit_2():
         done = subprocess.run([sys.executable, "-m", "specdiff", "serve", "--method", "ar", "--port", str(port)],
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot listen on" in done.stderr
+
+
+def test_bench_serve_reports_latency_per_server(server, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "specdiff", "bench-serve", "--url", server, "--url", server, "--rate",
+                           "20", "--requests", "6", "--max-tokens", "8", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [s["method"] for s in result["servers"]] == ["ddtree", "ddtree"]
+    for s in result["servers"]:
+        assert s["summary"]["failed"] == 0 and s["summary"]["tokens"] == 6 * 8
+        assert all(r["ttft_ms"] > 0 and r["per_token_ms"] > 0 for r in s["records"])
+        assert 0 < s["summary"]["ttft_p50_ms"] <= s["summary"]["ttft_p99_ms"]
+    assert "TTFT p50 ms" in done.stdout
+    gone = subprocess.run([sys.executable, "-m", "specdiff", "bench-serve", "--url", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and "no specdiff server answers" in gone.stderr

@@ -6,11 +6,12 @@ import argparse
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from specdiff.cli.common import add_decode_args, add_model_args, decode_config, load_models, load_vp_drafter
 from specdiff.errors import SpecdiffError
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "bench-serve")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -57,4 +58,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # one a no-op, so a drained server exits 0 rather than dying of the signal
     signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
+    """a Poisson stream of streamed requests against running servers: TTFT, per-token latency, tokens/s
+
+    specdiff bench-serve --url http://127.0.0.1:8000 --url http://127.0.0.1:8001 --rate 2 --requests 32
+    """
+    p.add_argument("--url", action="append", required=True, help="a `specdiff serve` URL (repeat: ar beside a "
+                                                                   "speculative method)")
+    p.add_argument("--rate", type=float, default=1.0, help="requests per second (Poisson arrivals)")
+    p.add_argument("--requests", type=int, default=16, help="requests per server")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
+    p.add_argument("--seed", type=int, default=0, help="the arrivals' and the sampling's seed")
+    p.add_argument("--prompts", help="a JSONL prompt file (its `prompt` fields, cycled; default: one code prompt)")
+    p.add_argument("--out", type=Path, help="a folder for results.json and latency.png")
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    import json
+
+    from specdiff.bench.serve_load import LoadConfig, plot, run, table
+    from specdiff.loading import read_text
+
+    prompts = None
+    if args.prompts:
+        try:
+            prompts = [json.loads(line)["prompt"] for line in read_text(args.prompts, "prompt file").splitlines()
+                       if line.strip()]
+        except (ValueError, KeyError, TypeError):
+            raise SpecdiffError(f"{args.prompts} is not JSONL with a `prompt` field on every line") from None
+        if not prompts:
+            raise SpecdiffError(f"{args.prompts} holds no prompts")
+    result = run(LoadConfig(urls=args.url, rate=args.rate, requests=args.requests, max_tokens=args.max_tokens,
+                            temperature=args.temperature, seed=args.seed, prompts=prompts))
+    print(table(result), end="")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+        if plot(result, args.out / "latency.png"):
+            print(f"plot: {args.out / 'latency.png'}")
     return 0
