@@ -368,3 +368,17 @@ def test_progress_off_a_terminal_is_the_first_line_then_one_per_tenth_and_quiet_
     quiet = ProgressBar("decode", quiet=True)
     quiet("x", 1, 1)
     assert capsys.readouterr().err == ""
+
+
+def test_demo_on_a_cpu_says_why_and_runs_the_cpus_best_setting():
+    """On a CPU the demo says in one line, before the numbers, why a tree gains little there, and
+    sets ar beside pld (no drafter forward) rather than a method slower than ar."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "specdiff", "demo", "--max-new-tokens", "16", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.index("compute-bound") < out.index("method     tokens")
+    assert "\npld " in out and "pld output identical to ar: True" in out
