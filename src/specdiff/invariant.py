@@ -38,15 +38,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.cat([F.linear(chunk, weight, bias) for chunk in padded.split(ROWS)])[:n]
 
 
-_paths: tuple | None = None  # (ancestors, start, groups): one forward's layers share its tree
-
-
 def key_slots(ancestors: torch.Tensor, start: int) -> list[tuple[list[int], torch.Tensor]]:
     """Rows grouped by depth -> [(rows, slots [rows, start + depth + 1])]: each row's keys in
     position order, the committed slots then its path (a parent precedes its child)."""
-    global _paths
-    if _paths is not None and _paths[0] is ancestors and _paths[1] == start:
-        return _paths[2]
     anc = ancestors.cpu()
     by_depth: dict[int, list[int]] = {}
     for i, count in enumerate(anc.sum(1).tolist()):
@@ -56,17 +50,21 @@ def key_slots(ancestors: torch.Tensor, start: int) -> list[tuple[list[int], torc
     for count, rows in sorted(by_depth.items()):
         path = torch.stack([torch.nonzero(anc[i]).flatten() for i in rows]) + start  # [rows, count]
         groups.append((rows, torch.cat([committed.expand(len(rows), -1), path], 1).to(ancestors.device)))
-    _paths = (ancestors, start, groups)
     return groups
 
 
+def tree_index(start: torch.Tensor, ancestors: torch.Tensor) -> dict:
+    """What `tree_attention` reads of a forward's tree, made once for all its layers."""
+    return {"groups": key_slots(ancestors, int(start))}
+
+
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
-                   ancestors: torch.Tensor, span: int, scale: float) -> torch.Tensor:
+                   ancestors: torch.Tensor, span: int, scale: float, groups: list | None = None) -> torch.Tensor:
     """`kernels.tree_attention_reference`'s contract, each row over its own keys in position order
-    (`key_slots`), rows of one depth as one batched call (batch elements are computed apart):
-    q [N, Hq, D] -> [N, Hq, D]."""
+    (`key_slots`; `groups`: them, made already), rows of one depth as one batched call (batch
+    elements are computed apart): q [N, Hq, D] -> [N, Hq, D]."""
     out = torch.empty_like(q)
-    for rows, slots in key_slots(ancestors, int(start)):
+    for rows, slots in groups if groups is not None else key_slots(ancestors, int(start)):
         k, v = k_cache[:, slots].transpose(0, 1), v_cache[:, slots].transpose(0, 1)  # [rows, Hkv, keys, D]
         o = F.scaled_dot_product_attention(q[rows][:, :, None], k, v, scale=scale, enable_gqa=True)
         out[rows] = o[:, :, 0]
@@ -86,5 +84,6 @@ OPS = SimpleNamespace(
     add_rms_norm=add_rms_norm,
     qkv_rope_store=kernels.qkv_rope_store_reference,
     silu_mul=kernels.silu_mul_reference,
+    tree_index=tree_index,
     tree_attention=tree_attention,
 )

@@ -27,6 +27,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from specdiff.errors import SpecdiffError
+from specdiff.ops import apply_rope
+
 try:  # the CPU install has no Triton: the forward then runs the references
     import triton
     import triton.language as tl
@@ -43,6 +46,19 @@ def runnable(device: torch.device) -> str | None:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"Triton kernels need a CUDA device (this forward runs on {device.type})"
     return None
+
+
+def use_triton(kernels_choice: str, why_not: str | None, device: torch.device, what: str = "") -> bool:
+    """Whether `--kernels` runs the Triton kernels for a model that `why_not` says cannot take
+    them (None: it can): "triton" (refused in one line where they cannot run), "torch" (no),
+    "auto" (on a CUDA GPU where they can run). what: the model named in the refusal."""
+    if kernels_choice == "torch":
+        return False
+    if kernels_choice == "auto":
+        return why_not is None and device.type == "cuda"
+    if why_not is not None:
+        raise SpecdiffError(f"--kernels triton cannot run{what} here: {why_not}")
+    return True
 
 
 def _next_pow2(n: int) -> int:
@@ -69,8 +85,7 @@ def add_rms_norm_reference(x: torch.Tensor, delta: torch.Tensor | None, weight: 
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE as Hugging Face computes it: x [N, heads, D], cos/sin [N, D]."""
-    a, b = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-b, a), dim=-1) * sin[:, None]
+    return apply_rope(x, cos[:, None], sin[:, None])
 
 
 def qkv_rope_store_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -95,16 +110,21 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def tree_visibility(ancestors: torch.Tensor, start: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[N, N] ancestor block, the tree's first slot, cache slots cols [S] -> [N, S] bool: row i sees
+    every slot below start and the tree slots its ancestor row marks, nothing at or past start + N."""
+    n = ancestors.shape[0]
+    rel = cols - start  # [S] slot relative to the tree's first slot
+    in_tree = (rel >= 0) & (rel < n)
+    return (cols < start) | (ancestors.gather(1, rel.clamp(0, n - 1).expand(n, -1)) & in_tree)
+
+
 def tree_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
                              ancestors: torch.Tensor, span: int, scale: float) -> torch.Tensor:
     """q [N, Hq, D]; caches [Hkv, S, D]; start [1] long (the tree's first slot); ancestors [N, N]
     bool (row i sees tree slot j); span >= start + N -> [N, Hq, D]. Row i sees every slot below
     start and the tree slots its ancestor row marks; nothing at or past start + N."""
-    n = q.shape[0]
-    cols = torch.arange(span, device=q.device)
-    rel = cols - start
-    in_tree = (rel >= 0) & (rel < n)
-    visible = (cols < start) | (ancestors.gather(1, rel.clamp(0, n - 1).expand(n, -1)) & in_tree)  # [N, span]
+    visible = tree_visibility(ancestors, start, torch.arange(span, device=q.device))  # [N, span]
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_cache[None, :, :span], v_cache[None, :, :span],
                                          attn_mask=visible[None, None], scale=scale, enable_gqa=True)
     return out[0].transpose(0, 1)
@@ -446,9 +466,15 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y
 
 
+def tree_index(start: torch.Tensor, ancestors: torch.Tensor) -> dict:
+    """What `tree_attention` reads beyond start and the ancestor block: nothing."""
+    return {}
+
+
 # The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
+# `tree_index` runs once per forward; its result goes to every layer's `tree_attention`.
 OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
-                      tree_attention=tree_attention)
+                      tree_index=tree_index, tree_attention=tree_attention)
 
 
 def ancestor_paths(ancestors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,16 +488,23 @@ def ancestor_paths(ancestors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return path, depth.to(torch.int32)
 
 
+def position_tree_index(start: torch.Tensor, ancestors: torch.Tensor) -> dict:
+    """`position_attention`'s path table, made once per forward."""
+    return {"paths": ancestor_paths(ancestors)}
+
+
 def position_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
-                       ancestors: torch.Tensor, span: int, scale: float) -> torch.Tensor:
+                       ancestors: torch.Tensor, span: int, scale: float,
+                       paths: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """`tree_attention_reference`'s contract with each row computed as the AR step at its
     position would be: one program per (KV head, row) reads the row's keys in position order (the
     committed slots, then its path by depth) in blocks aligned at position 0, so a token's output
-    is bitwise the same alone or in any tree (`--numerics exact`)."""
+    is bitwise the same alone or in any tree (`--numerics exact`). paths: `ancestor_paths`, made
+    already."""
     n, hq, d = q.shape
     hkv = k_cache.shape[0]
     g = hq // hkv
-    path, depth = ancestor_paths(ancestors)
+    path, depth = paths if paths is not None else ancestor_paths(ancestors)
     out = torch.empty_like(q)
     _position_attention_kernel[(hkv, n)](
         q, k_cache, v_cache, start, path, depth, out, hq, path.shape[1], k_cache.stride(0), k_cache.stride(1),
@@ -493,4 +526,4 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 # Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
 # kernels already do: one program per row or element)
 EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
-                            silu_mul=silu_mul, tree_attention=position_attention)
+                            silu_mul=silu_mul, tree_index=position_tree_index, tree_attention=position_attention)

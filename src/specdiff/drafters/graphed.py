@@ -25,7 +25,7 @@ import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.drafters.fused import FusedDrafterStep, why_not
-from specdiff.errors import SpecdiffError
+from specdiff.kernels import use_triton
 from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
 from specdiff.methods import device_search
 from specdiff.types import DraftProposal
@@ -54,12 +54,8 @@ class GraphedDrafter:
         self._search: device_search.PrefixSearch | None = None
         self._candidates: device_search.TopCandidates | None = None
         self._fused: FusedDrafterStep | None = None
-        if kernels != "torch" and len(shape) == 1:
-            why = why_not(drafter)
-            if why is not None and kernels == "triton":
-                raise SpecdiffError(f"--kernels triton cannot run the drafter here: {why}")
-            if why is None and (kernels == "triton" or self.device.type == "cuda"):
-                self._fused = FusedDrafterStep(drafter)
+        if len(shape) == 1 and use_triton(kernels, why_not(drafter), self.device, " the drafter"):
+            self._fused = FusedDrafterStep(drafter)
 
     def _ids_shape(self) -> tuple[int, ...]:
         return (self.spec.block_size,)  # the block [root, MASK x (Bk-1)]

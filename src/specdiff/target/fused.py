@@ -117,13 +117,14 @@ class FusedForward:
         cos, sin = cos[0].contiguous(), sin[0].contiguous()
         taps = {}
         ops = self.ops
+        tree = ops.tree_index(start, ancestors)  # once: every layer attends over the same tree
         w, eps = self.input_norms[0]
         h = ops.add_rms_norm(x, None, w, eps)
         for i, f in enumerate(self.layers):
             k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
             qkv = ops.linear(h, *f.qkv)
             q = ops.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
-            a = ops.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale)  # [N, Hq, D]
+            a = ops.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale, **tree)  # [N, Hq, D]
             h = ops.add_rms_norm(x, ops.linear(a.reshape(n, -1), f.o_proj.weight, f.o_proj.bias), *f.post_norm)
             if f.gate_up is not None:
                 d = ops.linear(ops.silu_mul(ops.linear(h, *f.gate_up)), f.down.weight, f.down.bias)
@@ -141,26 +142,15 @@ class FusedForward:
 
 
 def make_fused(target, kernels_choice: str) -> FusedForward | None:
-    """The fused forward for `kernels_choice`: "triton" (refused in one line where it cannot
-    run), "torch" (None: the eager forward), or "auto" (triton on a CUDA GPU where it can run)."""
-    if kernels_choice == "torch":
-        return None
-    why = why_not(target)
-    if kernels_choice == "auto":
-        return FusedForward(target) if why is None and target.device.type == "cuda" else None
-    if why is not None:
-        raise SpecdiffError(f"--kernels triton cannot run here: {why}")
-    return FusedForward(target)
+    """The fused forward where `kernels_choice` runs Triton (`kernels.use_triton`), else None (eager)."""
+    return FusedForward(target) if kernels.use_triton(kernels_choice, why_not(target), target.device) else None
 
 
 def make_exact(target, kernels_choice: str = "auto", graphs: bool = False) -> FusedForward:
     """The fused forward with batch-invariant ops (`--numerics exact`): the Triton kernels'
     (`kernels.EXACT_OPS`) where `kernels_choice` would run Triton, else PyTorch's
     (`invariant.OPS`, any device, not graph-capturable: refused when `graphs`)."""
-    why = why_not(target)
-    triton = kernels_choice == "triton" or (kernels_choice == "auto" and why is None and target.device.type == "cuda")
-    if triton and why is not None:
-        raise SpecdiffError(f"--kernels triton cannot run here: {why}")
+    triton = kernels.use_triton(kernels_choice, why_not(target), target.device)
     if graphs and not triton:
         raise SpecdiffError("--numerics exact on the graph engine needs the Triton kernels (a CUDA GPU with Triton); "
                             "use --engine static")

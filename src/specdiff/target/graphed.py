@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from specdiff.kernels import tree_visibility
 from specdiff.native import Native
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
@@ -171,10 +172,7 @@ class GraphedTarget(StaticTarget):
         if self.fused is not None:  # the kernel reads `start` and the ancestor block itself
             b.logits, b.features = self.fused(ids[None], pos[None], slots, start, b.anc, b.span)
             return
-        rel = cols - start  # [span] slot relative to the tree's first slot
-        in_tree = (rel >= 0) & (rel < nb)
-        tree_vis = b.anc.gather(1, rel.clamp(0, nb - 1).expand(nb, -1)) & in_tree  # [Nb, span]
-        visible = tree_vis | (cols < start)
+        visible = tree_visibility(b.anc, start, cols)  # [Nb, span]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         mask = mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[None, None]
         b.logits, b.features = self.decode_layers(ids[None], pos[None], slots, mask)

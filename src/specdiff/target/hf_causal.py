@@ -59,6 +59,7 @@ class HFTarget:
     engine = "hf"
     numerics = "fast"  # its rounding (`DecodeConfig.numerics`)
     kernels_ran = "torch"  # the forward's kernels: torch, triton (fused) or invariant (exact numerics)
+    fused = None  # a forward that reads the ancestor block, not the [N, max_len] mask (static engine)
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), native: Native | None = None,
                  check: bool = True):
@@ -158,7 +159,8 @@ class HFTarget:
     # -- forwards ----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, tree: DraftTree) -> TargetOutput:
-        plan = TreePlan.build(tree, self.length, self.max_len, self.device, self.dtype, self.native)
+        plan = TreePlan.build(tree, self.length, self.max_len, self.device, self.dtype, self.native,
+                              with_mask=self.fused is None)
         return self.run(plan)
 
     @torch.inference_mode()

@@ -27,7 +27,7 @@ from specdiff.types import DraftTree
 class TreePlan:
     input_ids: torch.Tensor  # [1, N] long
     position_ids: torch.Tensor  # [1, N] long: start + depth
-    mask: torch.Tensor  # [1, 1, N, max_len] additive (0 = visible, dtype-min = hidden)
+    mask: torch.Tensor | None  # [1, 1, N, max_len] additive (0 = visible, dtype-min = hidden); None: not built
     start: int  # first cache slot written
     ancestors: torch.Tensor  # [N, N] bool: the tree block of `mask` (the fused forward reads this)
 
@@ -37,8 +37,9 @@ class TreePlan:
 
     @staticmethod
     def build(tree: DraftTree, start: int, max_len: int, device, dtype: torch.dtype,
-              native: Native | None = None) -> TreePlan:
-        """native: the ancestor mask in C (None: `DraftTree.ancestor_mask`, the same mask)."""
+              native: Native | None = None, with_mask: bool = True) -> TreePlan:
+        """native: the ancestor mask in C (None: `DraftTree.ancestor_mask`, the same mask);
+        with_mask: build the [N, max_len] mask (a forward that reads `ancestors` alone needs none)."""
         n = tree.num_nodes
         if start + n > max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")
@@ -46,14 +47,17 @@ class TreePlan:
         hidden = torch.finfo(dtype).min
         ancestors = tree.ancestor_mask() if native is None else native.tree_mask(tree)
         ancestors = ancestors.to(device)
-        tree_block = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~ancestors, hidden)
-        mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
-        mask[:, :start] = 0.0
-        mask[:, start : start + n] = tree_block
+        mask = None
+        if with_mask:
+            tree_block = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~ancestors, hidden)
+            mask = torch.full((n, max_len), hidden, dtype=dtype, device=device)
+            mask[:, :start] = 0.0
+            mask[:, start : start + n] = tree_block
+            mask = mask.view(1, 1, n, max_len)
         return TreePlan(
             input_ids=tree.tokens.view(1, n).to(device),
             position_ids=(tree.depths + start).view(1, n).to(device),
-            mask=mask.view(1, 1, n, max_len),
+            mask=mask,
             start=start,
             ancestors=ancestors,
         )
