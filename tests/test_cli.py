@@ -376,9 +376,11 @@ def test_demo_on_a_cpu_says_why_and_runs_the_cpus_best_setting():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "specdiff", "demo", "--max-new-tokens", "16", "--device", "cpu"],
+    done = subprocess.run([sys.executable, "-m", "specdiff", "demo", "--max-new-tokens", "16", "--prompts", "3",
+                           "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.index("compute-bound") < out.index("method     tokens")
-    assert "\npld " in out and "pld output identical to ar: True" in out
+    assert "\npld " in out and "pld outputs identical to ar: 3 of 3" in out
+    assert out.startswith("specdiff demo on ") and "3 held-out prompts" in out

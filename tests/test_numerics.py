@@ -1,11 +1,13 @@
 """`--numerics exact`: a token's logits are bitwise the same forwarded alone or inside a tree of any
-size (bf16), a planted batch-dependent kernel is caught, and bf16 speculative decodes equal AR's."""
+size (bf16), a planted batch-dependent kernel is caught, and bf16 speculative decodes equal AR's.
+On a CUDA machine the same tests run the compiled kernels and the graph engine's captured graphs."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,18 +19,21 @@ from specdiff.engine import build_decoder
 from specdiff.errors import SpecdiffError
 from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.target import StaticTarget
+from specdiff.target import fused
 from specdiff.target.graphed import GraphedTarget
 from specdiff.types import DraftTree
 
 from test_architectures import tiny
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INTERPRETED = DEVICE.type == "cpu"  # Triton's interpreter runs each program in turn: smaller trees
 PROMPT = [5, 17, 42, 8, 77, 3, 61, 29, 11, 90, 4, 33]
 ROOT, A, B = 7, 21, 50  # the root, its child A, A's child B: in every tree, and the AR steps
 
 
 @pytest.fixture(scope="module")
 def bf16_model():
-    return tiny_target("qwen3", seed=3).to(torch.bfloat16)
+    return tiny_target("qwen3", seed=3).to(DEVICE, torch.bfloat16)
 
 
 def tree_with_path(n: int, g: torch.Generator) -> DraftTree:
@@ -66,8 +71,8 @@ def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, 
         if path == "triton":
             target = StaticTarget(bf16_model, numerics="exact", kernels="triton")
         else:
-            target = GraphedTarget(bf16_model, use_graphs=False, numerics="exact", kernels="triton")
-        sizes = [1, 7, 40]  # the interpreter runs each program in turn
+            target = GraphedTarget(bf16_model, use_graphs=not INTERPRETED, numerics="exact", kernels="triton")
+        sizes = [1, 7, 40] if INTERPRETED else [1, 7, 64, 300]
     assert target.kernels_ran == ("invariant" if path == "torch" else "triton")
     logits = path_logits(target, sizes)
     ar = logits.pop(0)
@@ -87,20 +92,21 @@ def test_a_planted_batch_dependent_kernel_is_caught(bf16_model, monkeypatch):
         return y if bias is None else y + bias
 
     monkeypatch.setattr(invariant.OPS, "linear", planted)
-    logits = path_logits(StaticTarget(bf16_model, numerics="exact"), [7, 64])
+    logits = path_logits(StaticTarget(bf16_model, numerics="exact", kernels="torch"), [7, 64])
     ar = logits.pop(0)
     assert any(not torch.equal(got, ar[: got.shape[0]]) for got in logits.values())
 
 
 def test_exact_speculative_decodes_equal_ar_in_bf16(bf16_model):
-    drafter = tiny_drafter(bf16_model, block_size=8).to(torch.bfloat16)
+    drafter = tiny_drafter(bf16_model, block_size=8).to(DEVICE, torch.bfloat16)
+    engine, ran = ("static", "invariant") if INTERPRETED else ("graph", "triton")
     runs = {}
     for method, budget in (("ar", 1), ("dflash", 1), ("ddtree", 6), ("ddtree", 30)):
         for temperature in (0.0, 1.0):
-            cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=14, engine="static", numerics="exact",
+            cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=14, engine=engine, numerics="exact",
                                stop_at_eos=False, sampling=SamplingConfig(temperature=temperature, seed=5))
             dec = build_decoder(bf16_model, cfg, drafter)
-            assert dec.target.kernels_ran == "invariant"
+            assert dec.target.kernels_ran == ran
             runs[method, budget, temperature] = dec.generate(PROMPT).token_ids
     for (method, budget, temperature), tokens in runs.items():
         assert tokens == runs["ar", 1, temperature], f"{method}@{budget} at T={temperature}"
@@ -116,6 +122,23 @@ def test_exact_needs_a_fast_engine_and_a_swiglu_mlp():
 
     with pytest.raises(SpecdiffError, match="needs a SwiGLU MLP"):
         StaticTarget(tiny("qwen3_moe"), numerics="exact")
+
+
+def test_auto_numerics_is_exact_only_where_it_costs_about_what_fast_does(monkeypatch):
+    """auto: exact on the graph engine's Triton kernels while the GEMM weights fit in L2; fast on
+    other engines, without Triton, past L2, and for a model exact cannot run."""
+    model = tiny("qwen3").to(torch.bfloat16)
+    target = StaticTarget(model, kernels="torch", check=False)
+    assert target.numerics == "fast"  # the default (auto) on a CPU
+    gemm_bytes = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    monkeypatch.setattr(fused.kernels, "use_triton", lambda *a, **k: True)
+    for l2, graphs, want in ((gemm_bytes, True, "exact"), (gemm_bytes - 1, True, "fast"), (gemm_bytes, False, "fast")):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d, l2=l2: SimpleNamespace(L2_cache_size=l2))
+        assert fused.auto_numerics(target, "auto", graphs=graphs) == want, (l2, graphs)
+    moe = StaticTarget(tiny("qwen3_moe"), kernels="torch", check=False)
+    assert fused.auto_numerics(moe, "auto", graphs=True) == "fast"
+    monkeypatch.setattr(fused.kernels, "use_triton", lambda *a, **k: False)
+    assert fused.auto_numerics(target, "auto", graphs=True) == "fast"
 
 
 def test_bench_exact_bf16_on_the_bundled_pair_matches_ar(tmp_path):

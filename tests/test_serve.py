@@ -176,6 +176,15 @@ def test_a_taken_port_is_one_line_and_exit_2():
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot listen on" in done.stderr
 
 
+def test_a_missing_server_library_is_one_line_and_exit_2():
+    hide = ("import importlib.util as u, sys; f = u.find_spec; "
+            "u.find_spec = lambda n, *a: None if n == 'uvicorn' else f(n, *a); "
+            "from specdiff.cli import main; sys.exit(main(['serve', '--method', 'ar', '--port', '0']))")
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "needs the uvicorn package" in done.stderr
+
+
 def test_bench_serve_reports_latency_per_server(server, tmp_path):
     done = subprocess.run([sys.executable, "-m", "specdiff", "bench-serve", "--url", server, "--url", server, "--rate",
                            "20", "--requests", "6", "--max-tokens", "8", "--out", str(tmp_path)],

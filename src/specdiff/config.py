@@ -19,7 +19,7 @@ Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
 TreeSearch = Literal["host", "device"]
 Kernels = Literal["auto", "triton", "torch"]
-Numerics = Literal["fast", "exact"]
+Numerics = Literal["auto", "exact", "fast"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 HORIZONS: tuple[str, ...] = get_args(Horizon)
 TREE_SEARCHES: tuple[str, ...] = get_args(TreeSearch)
@@ -139,9 +139,12 @@ class DecodeConfig:
                                       "PyTorch ops (torch), or triton on a CUDA GPU (auto)", choices=KERNELS)
     # exact: the target computes each row alone (`specdiff.invariant`), so a token's logits are
     # bitwise the same verified alone or in any tree and outputs equal AR's in any dtype (Triton
-    # kernels with the graph engine on a GPU; PyTorch ops on the static engine elsewhere)
-    numerics: Numerics = option("fast", "static, graph: the target's rounding: bitwise the same for a token alone or "
-                                        "in any tree (exact) or whatever each kernel gives (fast)",
+    # kernels with the graph engine on a GPU; PyTorch ops on the static engine elsewhere).
+    # auto: exact where it costs about what fast does (`target.fused.auto_numerics`), else fast
+    numerics: Numerics = option("auto", "static, graph: the target's rounding: bitwise the same for a token alone or "
+                                        "in any tree (exact), whatever each kernel gives (fast), or exact where it "
+                                        "costs about what fast does: the graph engine's Triton kernels with GEMM "
+                                        "weights that fit in the GPU's L2 cache (auto)",
                                 choices=NUMERICS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a

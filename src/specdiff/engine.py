@@ -20,11 +20,11 @@ from specdiff.target.static_model import StaticTarget
 
 
 def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | None = None,
-                kernels: str = "auto", numerics: str = "fast") -> HFTarget:
+                kernels: str = "auto", numerics: str = "auto") -> HFTarget:
     """The target adapter for `engine`: "hf" (the model's own forward), "static" or "graph";
     `native`: its ancestor masks in C (`native.load()`; None: in Python); `kernels`: the static
     forward's kernels (`DecodeConfig.kernels`); `numerics`: its rounding (`DecodeConfig.numerics`,
-    static engine)."""
+    static and graph engines; the hf engine's is fast)."""
     if engine == "graph":
         return GraphedTarget(model, native=native, kernels=kernels, numerics=numerics)
     if engine == "static":

@@ -297,8 +297,10 @@ if triton is not None:
     def _skinny_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                               INTERPRETED: tl.constexpr):
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # one row block per program: any M
+        # one row block per program: any M. Row blocks vary fastest, so the programs that read one
+        # weight tile run side by side and all but the first find it in L2
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k in range(0, K, BLOCK_K):
@@ -458,7 +460,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    _skinny_linear_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, SKINNY_ROWS))](
+    _skinny_linear_kernel[(triton.cdiv(m, SKINNY_ROWS), triton.cdiv(n, block_n))](
         x, weight, weight if bias is None else bias, y, m, n, k, BIAS=bias is not None, BLOCK_M=SKINNY_ROWS,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import socket
 import sys
@@ -29,7 +30,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default="specdiff", help="the model id the API reports")
 
 
+def need(command: str, modules: tuple[str, ...]) -> None:
+    """One line, not a traceback, where a library the command runs on is missing (each installs
+    with specdiff; a bare environment may lack them)."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise SpecdiffError(f"specdiff {command} needs the {name} package, which installs with specdiff: "
+                                f"pip install {name.replace('_', '-')}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    need("serve", ("fastapi", "uvicorn", "sse_starlette", "prometheus_client"))
     import uvicorn
 
     from specdiff.engine import build_decoder
@@ -78,6 +89,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    need("bench-serve", ("httpx",))
     import json
 
     from specdiff.bench.serve_load import LoadConfig, plot, run, table

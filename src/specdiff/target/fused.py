@@ -146,6 +146,28 @@ def make_fused(target, kernels_choice: str) -> FusedForward | None:
     return FusedForward(target) if kernels.use_triton(kernels_choice, why_not(target), target.device) else None
 
 
+def swiglu_layers(target) -> bool:
+    """Whether every layer's MLP is SwiGLU (the exact mode's fused MLP)."""
+    if getattr(target.config, "hidden_act", None) not in SWIGLU:
+        return False
+    return all(all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) for layer in target.layers)
+
+
+def auto_numerics(target, kernels_choice: str, graphs: bool) -> str:
+    """`--numerics auto`: "exact" where it costs about what fast does, else "fast". Exact GEMMs
+    read every weight once per 16 rows of a forward: free while the target's GEMM weights fit in
+    the GPU's L2 cache (the re-reads hit it), a multiple of a round where they stream from HBM,
+    and per-row attention and fixed-size GEMM calls cost a CPU or an uncaptured forward
+    more (measured in docs/results.md)."""
+    if not graphs or not swiglu_layers(target):
+        return "fast"
+    if not kernels.use_triton(kernels_choice, why_not(target), target.device):
+        return "fast"
+    gemm_bytes = sum(m.weight.numel() * m.weight.element_size() for m in target.model.modules()
+                     if isinstance(m, nn.Linear))
+    return "exact" if gemm_bytes <= torch.cuda.get_device_properties(target.device).L2_cache_size else "fast"
+
+
 def make_exact(target, kernels_choice: str = "auto", graphs: bool = False) -> FusedForward:
     """The fused forward with batch-invariant ops (`--numerics exact`): the Triton kernels'
     (`kernels.EXACT_OPS`) where `kernels_choice` would run Triton, else PyTorch's
@@ -154,8 +176,7 @@ def make_exact(target, kernels_choice: str = "auto", graphs: bool = False) -> Fu
     if graphs and not triton:
         raise SpecdiffError("--numerics exact on the graph engine needs the Triton kernels (a CUDA GPU with Triton); "
                             "use --engine static")
-    forward = FusedForward(target, ops=kernels.EXACT_OPS if triton else invariant.OPS)
-    if any(f.gate_up is None for f in forward.layers):
+    if not swiglu_layers(target):
         raise SpecdiffError(f"--numerics exact needs a SwiGLU MLP in every layer ({type(target.model).__name__} has "
                             "another); use --numerics fast")
-    return forward
+    return FusedForward(target, ops=kernels.EXACT_OPS if triton else invariant.OPS)

@@ -108,7 +108,7 @@ class GraphedTarget(StaticTarget):
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), use_graphs: bool | None = None,
                  min_alloc: int = 1024, native: Native | None = None, kernels: str = "auto",
-                 numerics: str = "fast"):
+                 numerics: str = "auto"):
         device = next(model.parameters()).device
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs  # before the forward is made
         super().__init__(model, tap_layers, native=native, kernels=kernels, numerics=numerics)

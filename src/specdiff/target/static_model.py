@@ -27,7 +27,7 @@ from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
 from specdiff.ops import apply_rope, rms_norm
-from specdiff.target.fused import make_exact, make_fused
+from specdiff.target.fused import auto_numerics, make_exact, make_fused
 from specdiff.target.hf_causal import PROBE_TOKENS, PROBE_TOLERANCE, HFTarget
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import TargetOutput
@@ -66,7 +66,7 @@ class StaticTarget(HFTarget):
     engine = "static"
 
     def __init__(self, model: torch.nn.Module, tap_layers: Sequence[int] = (), attention: str = "masked",
-                 check: bool = True, native: Native | None = None, kernels: str = "auto", numerics: str = "fast"):
+                 check: bool = True, native: Native | None = None, kernels: str = "auto", numerics: str = "auto"):
         if attention not in self.ATTENTION:
             raise SpecdiffError(f"unknown attention {attention!r}; choose one of {', '.join(self.ATTENTION)}")
         self.attention = attention
@@ -85,6 +85,8 @@ class StaticTarget(HFTarget):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
+        if numerics == "auto":
+            numerics = auto_numerics(self, kernels, graphs=getattr(self, "use_graphs", False))
         if numerics == "exact":  # every op computes each row alone: bitwise the same in any forward
             self.fused = make_exact(self, kernels, graphs=getattr(self, "use_graphs", False))
         else:

@@ -69,6 +69,8 @@ def profile_key(device: torch.device, target_cfg: dict, drafter_cfg: dict, dtype
 def default_profile_path(device: torch.device, target: HFTarget, drafter, dtype: str) -> Path:
     root = Path(os.environ.get("SPECDIFF_PROFILES", Path.home() / ".cache" / "specdiff" / "profiles"))
     engine = target.engine + ("" if target.kernels_ran == "torch" else "+" + target.kernels_ran)  # other costs
+    if target.numerics == "exact" and target.kernels_ran == "triton":  # the exact kernels cost more at scale
+        engine += "+exact"
     key = profile_key(device, target.config.to_dict(), drafter.config.to_dict() if drafter else {}, dtype, engine)
     return root / f"{key}.json"
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU: the bundled pair (target, DFlash and VP drafters) inflated to the Qwen3-8B shape in bf16,
+# then on the graph engine with the fused kernels: exact numerics against fast on function
+# completion (EXACT_METHODS at budgets 64 and 256, T=0 and T=1); then, while DEADLINE (seconds from
+# the start) allows, the whole-round profile of that shape, the bench of every AR-drafter method
+# (ddtree and d2sd-hybrid at BUDGETS, caddtree with that profile) on both held-out sets at T=0 and
+# T=1, the measured rounds against the profile and caddtree against the best fixed budget.
+# Writes $OUT/bench.tar after every step.
+#   usage: LIMIT=8 DEADLINE=560 bash scripts/gpu_8b.sh
+set -uo pipefail
+source scripts/bench_env.sh
+I=/tmp/inflated
+G="--target $I/target --drafter $I/dflash --vp-drafter $I/vp --device cuda --dtype bfloat16 --engine graph"
+left() { echo $(( ${DEADLINE:-100000} - (SECONDS - t0) )); }
+{
+nvidia-smi --query-gpu=name,memory.total --format=csv
+echo "--- inflate ($((SECONDS - t0)) s)"
+python3 -m specdiff inflate --shape qwen3-8b --out $I --device cuda | tail -1
+for n in exact fast; do
+  echo "--- bench $n ($((SECONDS - t0)) s)"
+  sd bench $G --numerics $n --prompts data/prompts/function_completion.jsonl \
+    --methods "${EXACT_METHODS:-ar,dflash,ddtree,d2sd}" --budgets 64,256 --temperature 0,1 --limit "$L" \
+    --out "$R/bench8b_$n" | grep -v "^|"
+done
+echo "--- profile ($((SECONDS - t0)) s)"
+timeout "$(left)" python3 -m specdiff profile $G --contexts 256,1024 --out "$R/profile_8b.json" | tail -3
+echo "--- bench all ($((SECONDS - t0)) s)"
+timeout "$(left)" python3 -m specdiff bench $G $P --methods ar,dflash,ddtree,caddtree,d2sd,d2sd-hybrid \
+  --budgets ${BUDGETS:-16,64,256,512} --temperature 0,1 --limit "$L" --profile "$R/profile_8b.json" \
+  --out "$R/bench8b_all" | grep -v "^|"
+python3 -m specdiff round-costs "$R/bench8b_all" "$R/profile_8b.json" > "$R/round_costs_8b.md"
+python3 -m specdiff versus "$R/bench8b_all" --method caddtree
+echo "--- done ($((SECONDS - t0)) s)"
+} 2>&1 | grep -v "it/s]" | grep -v MISMATCH | tee -a "$R/gpu_8b.log"
+tar -C "$R" -cf "$OUT/bench.tar" .
