@@ -79,9 +79,10 @@ def main() -> None:
         dec = build_decoder(target, cfg, drafter, eos_ids(model, tok))
         dec.prepare(max(len(e) for e in encoded))
         prop = dec.proposer
-        for name in ("_catch_up", "propose", "update"):
-            setattr(prop, name, timed(name.strip("_"), getattr(prop, name)))
-        if not hasattr(prop.drafter.draft, "timed"):  # drafters shared by decoders: wrap once
+        for name in ("catch_up", "propose", "update"):
+            if hasattr(prop, name):  # ar has no drafter to catch up
+                setattr(prop, name, timed(name, getattr(prop, name)))
+        if getattr(prop, "drafter", None) is not None and not hasattr(prop.drafter.draft, "timed"):  # drafters shared by decoders: wrap once
             prop.drafter.draft = timed("draft", prop.drafter.draft)
             prop.drafter.draft.timed = True
         decoders.append((spec, dec))
@@ -98,7 +99,7 @@ def main() -> None:
                 stats[spec][0].append(r.tau)
                 stats[spec][1].extend(r.round_ms)
     for spec, _ in decoders:
-        med = {k: statistics.median(v) for k, v in parts[spec].items()}
+        med = collections.defaultdict(float, {k: statistics.median(v) for k, v in parts[spec].items()})
         tau, rounds = stats[spec]
         print(f"{spec}: tau {statistics.mean(tau):.2f}, round (synced parts) {statistics.median(rounds):.3f} ms | "
               + " | ".join(f"{k} {med[k]:.3f}" for k in

@@ -35,9 +35,10 @@ def test_generate_json(capsys, demo, method):
                              "--vp-drafter", drafter, "--budget", "16", "--branches", "3", "--prompt", "def add(a, b):\n", "--max-new-tokens", "12", "--json", "--ignore-eos")
     assert code == 0, err
     row = json.loads(out)  # exactly one JSON object
-    for key in ("method", "text", "token_ids", "num_new_tokens", "rounds", "tau", "accept_hist", "wall_s", "ms_per_token"):
+    for key in ("method", "numerics", "text", "token_ids", "num_new_tokens", "rounds", "tau", "accept_hist", "wall_s", "ms_per_token"):
         assert key in row
     assert row["method"] == method and row["num_new_tokens"] == len(row["token_ids"]) == 12
+    assert row["numerics"] == "fast"  # auto on a CPU
     assert row["tau"] == pytest.approx(row["num_new_tokens"] / row["rounds"])
     assert sum(row["accept_hist"]) == row["rounds"]
     assert sum(k * c for k, c in enumerate(row["accept_hist"])) == row["num_new_tokens"]

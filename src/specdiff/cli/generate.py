@@ -17,10 +17,12 @@ from specdiff.errors import SpecdiffError
 COMMANDS = ("generate", "demo", "plot")
 
 
-def result_json(cfg, result, text: str) -> dict:
+def result_json(cfg, result, text: str, numerics: str = "fast") -> dict:
+    """numerics: the rounding the target ran (`--numerics auto` resolved)."""
     n = result.num_new_tokens
     return {
         "method": cfg.method,
+        "numerics": numerics,
         "text": text,
         "token_ids": result.token_ids,
         "num_new_tokens": n,
@@ -102,7 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         text = tokenizer.decode(result.token_ids)
-    emit(args.json, result_json(cfg, result, text), prompt + text,
+    emit(args.json, result_json(cfg, result, text, decoder.target.numerics), prompt + text,
          f"[{cfg.method}] {result.num_new_tokens} tokens, {result.rounds} rounds, tau {result.tau:.2f}, "
          f"{1000 * result.decode_s / max(1, result.num_new_tokens):.1f} ms/token")
     return 0
