@@ -1,15 +1,21 @@
 """The graph engine's bucketed, padded forwards (run eagerly here, replayed as CUDA graphs on a
 GPU) against the plain static target and the plain drafter."""
 
+import warnings
+
 import pytest
 import torch
 
 from specdiff import native
+from specdiff.config import DecodeConfig, SamplingConfig
+from specdiff.engine import build_decoder
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
-from specdiff.models.tiny import tiny_drafter
+from specdiff.methods.dflash import build_chain
+from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.target import StaticTarget
 from specdiff.target.graphed import GraphedTarget, alloc_for, bucket_for, span_for, spans_up_to
-from specdiff.types import DraftTree
+from specdiff.types import DraftProposal, DraftTree
+from specdiff.verify import verify_walk
 
 from test_target import path_to, random_tree
 
@@ -140,3 +146,51 @@ def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_mode
     a = build_ddtree(5, DraftProposal(logits, candidates=(top_logp, top_ids)), 32, slots, native=NATIVE)
     b = build_ddtree(5, DraftProposal(logits), 32, slots, native=NATIVE)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_chain_drafted_on_the_device_is_read_back_with_the_draws(target_model, temperature):
+    """A DFlash chain keeps the drafter's argmax tensor (`drafted`): the graph engine's forward
+    copies it on the device and the walk reads it back with its draws. Logits, accepted nodes
+    and tokens equal those of the same chain built on the host (C and Python walks)."""
+    g = torch.Generator().manual_seed(7)
+    vocab = target_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (11,), generator=g).tolist()
+    logits = torch.randn(6, vocab, generator=g)
+    drafted = build_chain(prompt[-1], DraftProposal(logits), 6)
+    host = DraftTree.chain(prompt[-1], logits.argmax(-1).tolist())
+    assert drafted.drafted and not host.drafted and torch.equal(drafted.tokens, host.tokens)
+    sampling = SamplingConfig(temperature=temperature, seed=3)
+    got = []
+    for tree in (host, drafted):
+        t = GraphedTarget(target_model, use_graphs=False, native=NATIVE)
+        t.reset(64)
+        t.prefill(prompt[:-1])
+        out = t.forward(tree)
+        walks = [verify_walk(tree, out.logits, len(prompt) - 1, sampling, native=n) for n in (NATIVE, None)]
+        got.append((out.logits.clone(), [(w.accepted, w.tokens) for w in walks]))
+    assert torch.equal(got[0][0], got[1][0]) and got[0][1] == got[1][1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
+@pytest.mark.parametrize("method", ["ar", "dflash"])
+def test_a_graph_engine_round_reads_the_device_once(method):
+    """ar and dflash rounds on the graph engine: at most one synchronizing call each (the walk's
+    copy of its draws, with dflash's drafted chain in the same copy), counted by PyTorch's sync
+    debug mode; the prefill and the decode's end add a few."""
+    model = tiny_target("qwen3", seed=0).cuda()
+    drafter = tiny_drafter(model, block_size=8).cuda()
+    cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False)
+    dec = build_decoder(model, cfg, drafter)
+    prompt = list(range(5, 17))
+    dec.prepare(len(prompt))
+    dec.generate(prompt)  # warm-up: every graph this decode uses is captured
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = dec.generate(prompt)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    assert result.rounds >= 5 and syncs <= result.rounds + 3, (syncs, result.rounds)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+
+def device_index(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """values as a [len] long tensor on `device`. On a GPU through pinned memory and a
+    non-blocking copy: a copy from pageable memory would wait for the device (a host sync)."""
+    host = torch.tensor(list(values), dtype=torch.long)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ class DraftTree:
         depths  = [0, 1, 2, 1]
     """
 
-    tokens: torch.Tensor  # [N] long, on the host
+    tokens: torch.Tensor  # [N] long, on the host (or the drafter's tensor: `drafted`)
     parents: torch.Tensor  # [N] long, on the host; parents[0] = -1
     depths: torch.Tensor  # [N] long, on the host; depths[0] = 0
     # tokens its candidates would take verified as separate rows, root included (D²SD's (K+1)·γ,
@@ -41,6 +41,9 @@ class DraftTree:
     # expected accepted draft tokens under the drafter's marginals (Phi: the sum of the kept
     # prefixes' probabilities), where the builder knows it (DDTree, caddtree)
     phi: float | None = None
+    # tokens is the drafter's own [N] tensor, left on its device (`device_chain`): the target
+    # forward copies it there and the walk reads it back with its draws, in the round's one copy
+    drafted: bool = False
 
     @property
     def num_nodes(self) -> int:
@@ -69,6 +72,14 @@ class DraftTree:
     def chain(root: int, draft: list[int], phi: float | None = None) -> DraftTree:
         tree = DraftTree.from_lists([root, *draft], list(range(-1, len(draft))))
         return tree if phi is None else replace(tree, phi=phi)
+
+    @staticmethod
+    def device_chain(root: int, draft: torch.Tensor) -> DraftTree:
+        """`chain` with the draft left where it was drafted: draft [D] long on any device (the
+        drafter's argmax), tokens [1 + D] on that device, parents and depths on the host."""
+        n = 1 + draft.shape[0]
+        tokens = torch.cat([torch.full((1,), root, dtype=torch.long, device=draft.device), draft.long()])
+        return DraftTree(tokens, torch.arange(-1, n - 1), torch.arange(n), drafted=True)
 
     def ancestor_mask(self) -> torch.Tensor:
         """[N, N] bool: mask[i, j] is True when j is i or an ancestor of i. In Python: a chain, one int

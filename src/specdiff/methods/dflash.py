@@ -9,14 +9,18 @@ round; a method is the tree it builds from that proposal (`build`).
 from __future__ import annotations
 
 from specdiff.methods.base import DecodeState, Drafter
+from specdiff.ops import device_index
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
 def build_chain(root: int, proposal: DraftProposal, max_depth: int) -> DraftTree:
-    """Argmax at each slot, up to `max_depth` draft tokens (the proposal's temperature is 1)."""
+    """Argmax at each slot, up to `max_depth` draft tokens (the proposal's temperature is 1). The
+    chain stays on the drafter's device: its shape is known without its tokens, so the round
+    reads nothing back before the target forward."""
     depth = min(max_depth, proposal.logits.shape[0])
-    draft = proposal.logits[:depth].argmax(dim=-1).tolist() if depth > 0 else []
-    return DraftTree.chain(root, draft)
+    if depth <= 0:
+        return DraftTree.chain(root, [])
+    return DraftTree.device_chain(root, proposal.logits[:depth].argmax(dim=-1))
 
 
 class DFlashProposer:
@@ -58,8 +62,11 @@ class DFlashProposer:
 
     def update(self, result: VerifyResult, out: TargetOutput) -> None:
         # the accepted path (root first) becomes drafter context at its committed positions
-        idx = result.accepted
-        self._pending = out.features[idx] if len(idx) != out.features.shape[0] else out.features
+        idx, k = result.accepted, len(result.accepted)
+        if idx[-1] == k - 1:  # a prefix of the tree (every chain): a view, nothing copied
+            self._pending = out.features[:k]
+        else:
+            self._pending = out.features[device_index(idx, out.features.device)]
 
 
 def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> DFlashProposer:

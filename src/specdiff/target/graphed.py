@@ -188,7 +188,8 @@ class GraphedTarget(StaticTarget):
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({self.max_len})")
         b = self._bucket(nb, span_for(start + nb, self.max_len))
         hp = b.host_packed
-        hp[:n] = tree.tokens
+        if not tree.drafted:
+            hp[:n] = tree.tokens
         hp[n:nb] = 0
         hp[nb : nb + n] = tree.depths + start
         hp[nb + n : 2 * nb] = start
@@ -200,6 +201,8 @@ class GraphedTarget(StaticTarget):
             b.host_anc[n:, :n] = False
             b.host_anc[:n, n:] = False
         b.packed.copy_(hp, non_blocking=True)
+        if tree.drafted:  # the drafter's tensor: copied on the device, after the packed row
+            b.packed[:n].copy_(tree.tokens)
         b.anc.copy_(b.host_anc, non_blocking=True)
         if b.graph is not None:
             b.graph.replay()

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, StaticCache
 
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
+from specdiff.ops import device_index
 from specdiff.target.tree_plan import TreePlan
 from specdiff.types import DraftTree, TargetOutput
 
@@ -192,7 +193,7 @@ class HFTarget:
         """Keep tree nodes `accepted` (increasing, root first) as the next committed slots."""
         k = len(accepted)
         if list(accepted) != list(range(k)):  # a prefix of the tree is already in place
-            src = torch.tensor(accepted, device=self.device) + self.length
+            src = device_index(accepted, self.device) + self.length
             for keys, values in self._layer_states():
                 keys[:, :, self.length : self.length + k] = keys.index_select(2, src)
                 values[:, :, self.length : self.length + k] = values.index_select(2, src)

@@ -26,7 +26,7 @@ from specdiff import invariant
 from specdiff.attention import cascade_attention
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
-from specdiff.ops import apply_rope, rms_norm
+from specdiff.ops import apply_rope, device_index, rms_norm
 from specdiff.target.fused import auto_numerics, make_exact, make_fused
 from specdiff.target.hf_causal import PROBE_TOKENS, PROBE_TOLERANCE, HFTarget
 from specdiff.target.tree_plan import TreePlan
@@ -201,7 +201,7 @@ class StaticTarget(HFTarget):
     def commit(self, accepted: Sequence[int]) -> None:
         k = len(accepted)
         if list(accepted) != list(range(k)):
-            src = torch.tensor(accepted, device=self.device) + self.length
+            src = device_index(accepted, self.device) + self.length
             self.k[:, :, :, self.length : self.length + k] = self.k.index_select(3, src)
             self.v[:, :, :, self.length : self.length + k] = self.v.index_select(3, src)
         self.length += k

@@ -10,6 +10,8 @@ target's distribution exactly. The min(1, p/q) rule must not be used here: the t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -25,7 +27,12 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     after node i, at position start + depth_i + 1; noise: the decoder's cache of sampling noise
     (the same draws with or without it); native: the C walk (None: the children table, the same
     nodes)."""
-    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise).cpu()  # the round's one host sync
+    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise)
+    if tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
+        draws, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu()
+        tree = replace(tree, tokens=tokens, drafted=False)
+    else:
+        draws = draws.cpu()  # the round's one host sync
     if native is not None:
         parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
         drawn = draws.numpy()
