@@ -1,0 +1,82 @@
+"""Fused Triton kernels of a decoding forward, each beside the PyTorch function it must equal.
+
+At decoding sizes a large model's forward is bound by reading its weights, and every kernel
+between two GEMMs adds launch and tail latency: the eager static forward runs about 35 kernels
+per layer, most of them elementwise. These fold a layer's glue into five launches beside its four
+GEMMs (fused QKV, o, fused gate/up, down):
+
+- `add_rms_norm`: the residual add and the next RMSNorm in one pass over each row;
+- `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),
+  RoPE, and the K/V rows written into the static cache;
+- `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection;
+- `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
+  over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
+  at or past start + N.
+
+Each `*_reference` is the same contract in eager PyTorch, with Hugging Face's rounding order
+(normalise in fp32, cast, then scale by the weight; each RoPE product rounded before the sum). The
+kernels round the same way, so they differ from their references only in the order of their sums.
+On a CPU the tests run the kernels under Triton's interpreter against the references.
+
+Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
+attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM
+and its batch-invariant use), `common` (Triton where installed, bf16 rounding). This package holds
+the op sets (`OPS`, `EXACT_OPS`) and the `--kernels` decision, and re-exports the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import torch
+
+from specdiff.errors import SpecdiffError
+from specdiff.kernels.attention import (ancestor_paths, position_attention, position_tree_index, tree_attention,
+                                        tree_attention_reference, tree_index, tree_visibility)
+from specdiff.kernels.common import BLOCK_N, triton
+from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, qkv_rope_store,
+                                          qkv_rope_store_reference, rms_norm_reference, rope_reference, silu_mul,
+                                          silu_mul_reference)
+from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, invariant_linear, linear, skinny_linear
+
+__all__ = [
+    "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
+    "ancestor_paths", "invariant_linear", "linear", "position_attention", "position_tree_index", "qkv_rope_store",
+    "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
+    "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
+    "tree_visibility", "use_triton",
+]
+
+
+def runnable(device: torch.device) -> str | None:
+    """Why the kernels cannot run on `device` (None: they can): a CUDA GPU, or Triton's interpreter."""
+    if triton is None:
+        return "Triton is not installed"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"Triton kernels need a CUDA device (this forward runs on {device.type})"
+    return None
+
+
+def use_triton(kernels_choice: str, why_not: str | None, device: torch.device, what: str = "") -> bool:
+    """Whether `--kernels` runs the Triton kernels for a model that `why_not` says cannot take
+    them (None: it can): "triton" (refused in one line where they cannot run), "torch" (no),
+    "auto" (on a CUDA GPU where they can run). what: the model named in the refusal."""
+    if kernels_choice == "torch":
+        return False
+    if kernels_choice == "auto":
+        return why_not is None and device.type == "cuda"
+    if why_not is not None:
+        raise SpecdiffError(f"--kernels triton cannot run{what} here: {why_not}")
+    return True
+
+
+# The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
+# `tree_index` runs once per forward; its result goes to every layer's `tree_attention`.
+OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
+                      tree_index=tree_index, tree_attention=tree_attention)
+
+# Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
+# kernels already do: one program per row or element)
+EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
+                            silu_mul=silu_mul, tree_index=position_tree_index, tree_attention=position_attention)
