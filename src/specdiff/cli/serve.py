@@ -64,7 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     decoder.prepare(args.max_prompt_tokens)  # caches sized and graphs captured once, not per request
     decoder.generate(encode(tokenizer, "def warm_up():\n"))
     app = create_app(Worker(decoder, tokenizer, args.queue), tokenizer, args.model_name, cfg.method)
-    print(f"specdiff serve: {cfg.method} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    t = decoder.target
+    print(f"specdiff serve: {cfg.method} on http://{args.host}:{args.port} ({t.engine} engine, {t.kernels_ran} kernels, "
+          f"{t.numerics} numerics)", file=sys.stderr, flush=True)
     # uvicorn drains on SIGTERM, then raises the signal again for the handler it found: make that
     # one a no-op, so a drained server exits 0 rather than dying of the signal
     signal.signal(signal.SIGTERM, lambda *_: None)
