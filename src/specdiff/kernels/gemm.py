@@ -21,7 +21,7 @@ if triton is not None:
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                               INTERPRETED: tl.constexpr):
         # one row block per program: any M. Row blocks vary fastest, so the programs that read one
-        # weight tile run side by side and all but the first find it in L2
+        # weight tile run side by side and can share it through L2
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
