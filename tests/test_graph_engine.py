@@ -1,12 +1,11 @@
 """The graph engine's bucketed, padded forwards (run eagerly here, replayed as CUDA graphs on a
 GPU) against the plain static target and the plain drafter."""
 
-import warnings
-
 import pytest
 import torch
 
 from specdiff import native
+from specdiff.bench.speed import count_syncs
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.engine import build_decoder
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
@@ -185,12 +184,5 @@ def test_a_graph_engine_round_reads_the_device_once(method):
     prompt = list(range(5, 17))
     dec.prepare(len(prompt))
     dec.generate(prompt)  # warm-up: every graph this decode uses is captured
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = dec.generate(prompt)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
-    assert result.rounds >= 5 and syncs <= result.rounds + 3, (syncs, result.rounds)
+    syncs, rounds = count_syncs(dec, prompt)
+    assert rounds >= 5 and syncs <= rounds + 3, (syncs, rounds)

@@ -164,7 +164,9 @@ def measure(cfg: SpeedConfig) -> dict:
         t = time.perf_counter()
         r = decoder.generate(prompt)
         wall = time.perf_counter() - t
+        syncs = count_syncs(decoder, prompt)
         rows.append({"method": method if method != "ddtree" else f"ddtree@{budget}", "tau": r.tau,
+                     "syncs_per_round": syncs[0] / syncs[1] if syncs else None,
                      "ms_per_token": 1000 * wall / max(1, r.num_new_tokens),
                      "round_ms": statistics.median(r.round_ms[1:] or r.round_ms),
                      "mean_nodes": sum(r.tree_sizes) / max(1, len(r.tree_sizes)),
@@ -178,6 +180,26 @@ def measure(cfg: SpeedConfig) -> dict:
             "engine": cfg.engine, "kernels": target.kernels_ran,
             "read_bytes_per_token": read, "peak_bandwidth": peak,
             "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
+
+
+def count_syncs(decoder, prompt: list[int]) -> tuple[int, int] | None:
+    """(synchronizing calls, rounds) of one more decode under PyTorch's sync debug mode, which
+    flags each call that makes the host wait for the GPU (prefill and the decode's end included);
+    None off CUDA. Untimed: the mode's checks cost host time."""
+    import warnings
+
+    import torch
+
+    if decoder.target.device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = decoder.generate(prompt)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught), result.rounds
 
 
 def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[int], reps: int = 20) -> dict:
@@ -227,10 +249,12 @@ def table(result: dict) -> str:
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
-             f"{r['mean_nodes']:.0f}", f"{100 * bound / r['ms_per_token']:.0f}%" if bound and r["method"] == "ar"
-             else "-"] for r in result["rows"]]
+             f"{r['mean_nodes']:.0f}",
+             f"{r['syncs_per_round']:.2f}" if r.get("syncs_per_round") is not None else "-",
+             f"{100 * bound / r['ms_per_token']:.0f}%" if bound and r["method"] == "ar" else "-"]
+            for r in result["rows"]]
     lines = [head, "", *markdown_table(["method", "ms/token", "round ms (median)", "tau", "nodes/round",
-                                        "of HBM bandwidth"], rows)]
+                                        "host syncs/round", "of HBM bandwidth"], rows)]
     parts = result.get("anatomy")
     if parts:
         lines += ["", "Alone: drafter step {:.2f} ms; target forward of N nodes: {}".format(
