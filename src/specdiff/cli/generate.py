@@ -17,7 +17,7 @@ from specdiff.errors import SpecdiffError
 COMMANDS = ("generate", "demo", "plot")
 
 
-def result_json(cfg, result, text: str, numerics: str = "fast") -> dict:
+def result_json(cfg, result, text: str, numerics: str) -> dict:
     """numerics: the rounding the target ran (`--numerics auto` resolved)."""
     n = result.num_new_tokens
     return {

@@ -85,10 +85,11 @@ class StaticTarget(HFTarget):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.num_kv = int(cfg.num_key_value_heads)
         self.k = self.v = None  # [layers, 1, kv_heads, max_len, head_dim]
+        graphs = getattr(self, "use_graphs", False)  # the graph engine sets it before this runs
         if numerics == "auto":
-            numerics = auto_numerics(self, kernels, graphs=getattr(self, "use_graphs", False))
+            numerics = auto_numerics(self, kernels, graphs)
         if numerics == "exact":  # every op computes each row alone: bitwise the same in any forward
-            self.fused = make_exact(self, kernels, graphs=getattr(self, "use_graphs", False))
+            self.fused = make_exact(self, kernels, graphs)
         else:
             self.fused = make_fused(self, kernels) if attention == "masked" else None
         self.numerics = numerics
