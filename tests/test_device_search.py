@@ -94,3 +94,28 @@ def test_caddtree_leaves_prefixes_of_another_depth_alone():
                        native=NATIVE)
     b = build_caddtree(0, DraftProposal(logits), prof, context=128, max_depth=15, max_nodes=255, native=NATIVE)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
+
+
+@pytest.mark.parametrize("width", [16, 24])
+def test_the_search_leaves_its_prefixes_as_a_resident_tree(width):
+    """The kernel also writes its prefixes as tree columns under the block's root (`table`); the
+    first n + 1 columns of that resident tree are the tree `fetch` reads, without a read; a
+    vocabulary narrower than the width (columns with no prefix) gives no resident tree."""
+    g = torch.Generator().manual_seed(width)
+    logits = (torch.randn(7, 60, generator=g) * 2).to(DEVICE)
+    search = PrefixSearch(width, 7, DEVICE)
+    search.run(logits, torch.tensor([42], device=DEVICE))
+    resident = search.device_tree()
+    assert resident.resident and resident.depth_bound == 7 and resident.num_nodes == width + 1
+    fetched = fetch(search.out, 7, width)
+    for n in (1, 5, width):
+        a, b = resident.first(n + 1).host(), fetched.tree(42, n)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
+        assert torch.equal(a.depths, b.depths)
+        tree = build_ddtree(42, DraftProposal(logits, device_prefixes=resident), n, 7)
+        assert tree.resident and torch.equal(tree.host().tokens, b.tokens)
+    # a round that drafts fewer slots than were searched builds its tree on the host
+    assert not build_ddtree(42, DraftProposal(logits[:5], device_prefixes=resident), 4, 5).resident
+    narrow = PrefixSearch(width, 3, DEVICE)
+    narrow.run(logits[:3, :10], torch.tensor([42], device=DEVICE))
+    assert narrow.device_tree() is None

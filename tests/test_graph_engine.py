@@ -171,15 +171,41 @@ def test_a_chain_drafted_on_the_device_is_read_back_with_the_draws(target_model,
     assert torch.equal(got[0][0], got[1][0]) and got[0][1] == got[1][1]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model, temperature):
+    """A DDTree tree left on the device (`resident`: tokens, parents and depths device tensors) is
+    turned into the graph engine's inputs there, and the walk reads it back with its draws. Logits,
+    accepted nodes and tokens equal those of the same tree on the host (C and Python walks); the
+    static engine, which plans on the host, reads it first and agrees too."""
+    g = torch.Generator().manual_seed(11)
+    vocab = target_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (11,), generator=g).tolist()
+    host = random_tree(37, vocab, g)
+    resident = DraftTree(host.tokens.clone(), host.parents.clone(), host.depths.clone(), drafted=True,
+                         resident=True, depth_bound=int(host.depths.max()) + 2)
+    sampling = SamplingConfig(temperature=temperature, seed=3)
+    got = []
+    for tree, make in ((host, GraphedTarget), (resident, GraphedTarget), (resident, StaticTarget)):
+        t = make(target_model, use_graphs=False, native=NATIVE) if make is GraphedTarget else make(target_model)
+        t.reset(96)
+        t.prefill(prompt[:-1])
+        out = t.forward(tree)
+        walks = [verify_walk(tree, out.logits, len(prompt) - 1, sampling, native=n) for n in (NATIVE, None)]
+        got.append((out.logits.clone(), [(w.accepted, w.tokens) for w in walks]))
+    assert torch.equal(got[0][0], got[1][0]) and got[0][1] == got[1][1]
+    torch.testing.assert_close(got[2][0], got[0][0], atol=1e-4, rtol=1e-4)
+    assert got[2][1] == got[0][1]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
-@pytest.mark.parametrize("method", ["ar", "dflash"])
-def test_a_graph_engine_round_reads_the_device_once(method):
-    """ar and dflash rounds on the graph engine: at most one synchronizing call each (the walk's
-    copy of its draws, with dflash's drafted chain in the same copy), counted by PyTorch's sync
-    debug mode; the prefill and the decode's end add a few."""
+@pytest.mark.parametrize("method,tree_search", [("ar", "host"), ("dflash", "host"), ("ddtree", "device")])
+def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
+    """ar, dflash and ddtree (searched on the device) rounds on the graph engine: at most one
+    synchronizing call each (the walk's copy of its draws, with the drafted chain or tree in the
+    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few."""
     model = tiny_target("qwen3", seed=0).cuda()
     drafter = tiny_drafter(model, block_size=8).cuda()
-    cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False)
+    cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search)
     dec = build_decoder(model, cfg, drafter)
     prompt = list(range(5, 17))
     dec.prepare(len(prompt))

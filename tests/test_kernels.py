@@ -148,3 +148,24 @@ def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
     q_ar[-1] = q[leaf]
     alone = kernels.position_attention(q_ar, k_ar, v_ar, st, chain, start + len(path), d ** -0.5)
     assert torch.equal(alone[-1], got[leaf])
+
+
+@pytest.mark.parametrize("n,nb", [(1, 1), (2, 4), (17, 24), (65, 96), (30, 32)])
+def test_tree_inputs_build_a_resident_trees_target_inputs(n, nb):
+    """A tree left on the device becomes the graph engine's packed row (ids, positions, start) and
+    ancestor block: the kernel and its reference equal what the host builds from the same tree,
+    padding rows at the root's position seeing themselves only."""
+    g = torch.Generator().manual_seed(n)
+    parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+    tree = DraftTree.from_lists(torch.randint(0, 500, (n,), generator=g).tolist(), parents)
+    start = 37
+    want_anc = torch.eye(nb, dtype=torch.bool)
+    want_anc[:n, :n] = tree.ancestor_mask()
+    pad = torch.zeros(nb - n, dtype=torch.long)
+    want_packed = torch.cat([tree.tokens, pad, tree.depths + start, pad + start, torch.tensor([start])])
+    for fn in (kernels.tree_inputs, kernels.tree_inputs_reference):
+        packed = torch.full((2 * nb + 1,), -5, dtype=torch.long, device=DEVICE)
+        anc = torch.zeros(nb, nb, dtype=torch.bool, device=DEVICE)
+        fn(tree.tokens.to(DEVICE), tree.parents.to(DEVICE), tree.depths.to(DEVICE), start, packed, anc)
+        assert torch.equal(anc.cpu(), want_anc), fn
+        assert torch.equal(packed.cpu(), want_packed), fn

@@ -239,14 +239,15 @@ def keyed_gumbel(seed: int, first_position: int, count: int, vocab_size: int, de
 
 
 def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, cfg: SamplingConfig,
-              noise: NoiseCache | None = None) -> torch.Tensor:
-    """`draw` for a tree's rows: row i lands at position first_position + depths[i] ([N] host
-    long). The noise is made per depth (from `noise`'s cached blocks, when given) and gathered by
+              noise: NoiseCache | None = None, depth_bound: int | None = None) -> torch.Tensor:
+    """`draw` for a tree's rows: row i lands at position first_position + depths[i] ([N] long, on
+    the host, or on the logits' device with `depth_bound`, no depth above it, so that nothing is
+    read). The noise is made per depth (from `noise`'s cached blocks, when given) and gathered by
     depth: the same tokens as `draw`, without hashing [N, V] ids every round."""
     logp = process_logits(logits, cfg)
     if cfg.greedy:
         return logp.argmax(dim=-1)
-    num_depths = int(depths.max()) + 1
+    num_depths = (int(depths.max()) if depth_bound is None else depth_bound) + 1
     g = keyed_gumbel(cfg.seed, first_position, num_depths, logp.shape[-1], logits.device, noise)
     return (logp + g[depths.to(logits.device)]).argmax(dim=-1)
 

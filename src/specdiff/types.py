@@ -44,6 +44,11 @@ class DraftTree:
     # tokens is the drafter's own [N] tensor, left on its device (`device_chain`): the target
     # forward copies it there and the walk reads it back with its draws, in the round's one copy
     drafted: bool = False
+    # parents and depths are device tensors too (`DraftProposal.device_prefixes`): the graph
+    # engine's target builds its inputs from them on the device, and the walk reads tokens and
+    # parents back with its draws; `depth_bound` (no node is deeper) sizes the draws unread
+    resident: bool = False
+    depth_bound: int | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -52,6 +57,17 @@ class DraftTree:
     @property
     def max_depth(self) -> int:
         return int(self.depths.max())
+
+    def first(self, n: int) -> DraftTree:
+        """The first n nodes (a tree: parents come first); a resident tree's are views, unread."""
+        return replace(self, tokens=self.tokens[:n], parents=self.parents[:n], depths=self.depths[:n], phi=None)
+
+    def host(self) -> DraftTree:
+        """This tree with every tensor on the host (for a resident tree: a read of the device)."""
+        if not (self.drafted or self.resident):
+            return self
+        tokens, parents, depths = (t.cpu() for t in (self.tokens, self.parents, self.depths))
+        return replace(self, tokens=tokens, parents=parents, depths=depths, drafted=False, resident=False)
 
     @staticmethod
     def from_lists(tokens: list[int], parents: list[int]) -> DraftTree:
@@ -129,6 +145,10 @@ class DraftProposal:
     # host [L, k] top log-probs (float32, rows sorted) and their ids (int64), when the drafter's
     # graph took them (one copy instead of an eager top-k and two)
     candidates: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the top prefixes of all L slots as a resident tree (root first, best-first order, so its
+    # first n + 1 nodes are the top-n tree), when the drafter's graph searched them and nothing
+    # was read back
+    device_prefixes: DraftTree | None = None
 
 
 @dataclass(frozen=True)

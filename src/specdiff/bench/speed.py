@@ -38,6 +38,8 @@ class SpeedConfig:
     dtype: str = "bfloat16"
     engine: str = "graph"
     kernels: str = "auto"  # DecodeConfig.kernels
+    numerics: str = "auto"  # DecodeConfig.numerics
+    tree_searches: list[str] = field(default_factory=lambda: ["host"])  # DecodeConfig.tree_search, each timed
     prompt_tokens: int = 200
     new_tokens: int = 96
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
@@ -152,12 +154,13 @@ def measure(cfg: SpeedConfig) -> dict:
     read = read_bytes_per_token(model, cfg.prompt_tokens + cfg.new_tokens // 2)
     # one target for every method: its cache and graphs serve them all (a target per method would
     # hold a graph set each)
-    target = make_target(model, cfg.engine, native.load(), cfg.kernels)
+    target = make_target(model, cfg.engine, native.load(), cfg.kernels, cfg.numerics)
     rows = []
-    for method, budget in [("ar", 1), ("dflash", 1)] + [("ddtree", b) for b in cfg.budgets]:
+    runs = [("ar", 1, "host"), ("dflash", 1, "host")] + [("ddtree", b, s) for s in cfg.tree_searches
+                                                            for b in cfg.budgets]
+    for method, budget, search in runs:
         dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.new_tokens, engine=cfg.engine,
-                          kernels=cfg.kernels,
-                          stop_at_eos=False)
+                          kernels=cfg.kernels, numerics=cfg.numerics, tree_search=search, stop_at_eos=False)
         decoder = build_decoder(target, dc, drafter)
         decoder.prepare(len(prompt))
         decoder.generate(prompt)  # warm-up
@@ -165,7 +168,8 @@ def measure(cfg: SpeedConfig) -> dict:
         r = decoder.generate(prompt)
         wall = time.perf_counter() - t
         syncs = count_syncs(decoder, prompt)
-        rows.append({"method": method if method != "ddtree" else f"ddtree@{budget}", "tau": r.tau,
+        label = method if method != "ddtree" else f"ddtree@{budget}" + (f" ({search} search)" if search != "host" else "")
+        rows.append({"method": label, "tau": r.tau,
                      "syncs_per_round": syncs[0] / syncs[1] if syncs else None,
                      "ms_per_token": 1000 * wall / max(1, r.num_new_tokens),
                      "round_ms": statistics.median(r.round_ms[1:] or r.round_ms),
@@ -177,7 +181,7 @@ def measure(cfg: SpeedConfig) -> dict:
     parts = anatomy(target, drafter, prompt, cfg, [1, 16] + sorted(set(cfg.budgets)))
     return {"shape": name, "params": sum(p.numel() for p in model.parameters()), "device":
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": cfg.dtype,
-            "engine": cfg.engine, "kernels": target.kernels_ran,
+            "engine": cfg.engine, "kernels": target.kernels_ran, "numerics": target.numerics,
             "read_bytes_per_token": read, "peak_bandwidth": peak,
             "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
 
@@ -228,7 +232,7 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
         return 1000 * (time.perf_counter() - t) / reps
 
     dc = DecodeConfig(method="dflash", max_new_tokens=cfg.new_tokens, engine=cfg.engine, kernels=cfg.kernels,
-                      stop_at_eos=False)
+                      numerics=cfg.numerics, stop_at_eos=False)
     decoder = build_decoder(target, dc, drafter)
     decoder.prepare(len(prompt))
     decoder.generate(prompt)  # the drafter holds the whole context, as mid-decode
@@ -245,7 +249,8 @@ def table(result: dict) -> str:
 
     bound = result["bound_ms"]
     head = (f"{result['shape']} ({result['params'] / 1e9:.2f}B parameters), {result['device']}, {result['dtype']}, "
-            f"engine {result['engine']}, {result.get('kernels', 'torch')} kernels; HBM bound for AR: "
+            f"engine {result['engine']}, {result.get('kernels', 'torch')} kernels, {result.get('numerics', 'fast')} "
+            "numerics; HBM bound for AR: "
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",

@@ -55,6 +55,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise SpecdiffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     temps = split_list(args.temperature, float, "--temperature")
     budgets = split_list(args.budgets, int, "--budgets")
+    searches = [s.strip() for s in split_list(args.tree_search, str, "--tree-search")]
+    bad = [s for s in searches if s not in ("host", "device")] or ([] if searches else [""])
+    if bad:
+        raise SpecdiffError(f"--tree-search takes host, device or both, got {bad[0]!r}")
     for t in temps:
         check_temperature(t)
     if any(b < 1 for b in budgets):
@@ -204,6 +208,10 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="the prompt's length")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens each decode generates")
     p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="comma-separated ddtree budgets")
+    p.add_argument("--numerics", default=d.numerics, choices=["auto", "exact", "fast"],
+                   help="static, graph: the forward's rounding (as `specdiff generate --numerics`)")
+    p.add_argument("--tree-search", default=",".join(d.tree_searches),
+                   help="ddtree's best-first search: host, device, or both comma-separated (each timed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -213,6 +221,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from specdiff.bench.speed import SpeedConfig, measure, table
 
     budgets = split_list(args.budgets, int, "--budgets")
+    searches = [s.strip() for s in split_list(args.tree_search, str, "--tree-search")]
+    bad = [s for s in searches if s not in ("host", "device")] or ([] if searches else [""])
+    if bad:
+        raise SpecdiffError(f"--tree-search takes host, device or both, got {bad[0]!r}")
     for flag in ("drafter_layers", "prompt_tokens", "new_tokens", "vocab"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -220,6 +232,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         raise SpecdiffError("budgets must be >= 1")
     result = measure(SpeedConfig(shape=args.shape, target=args.target, drafter_layers=args.drafter_layers,
                                  vocab=args.vocab, device=args.device, dtype=args.dtype, engine=args.engine,
-                                 kernels=args.kernels, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
+                                 kernels=args.kernels, numerics=args.numerics, tree_searches=searches,
+                                 prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
     print(json.dumps(result) if args.json else table(result), end="\n" if args.json else "")
     return 0

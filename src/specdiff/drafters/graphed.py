@@ -52,6 +52,7 @@ class GraphedDrafter:
         self._cols: torch.Tensor | None = None
         self._bound_to: torch.Tensor | None = None  # the context buffer the graph was captured on
         self._search: device_search.PrefixSearch | None = None
+        self._search_on_device = False
         self._candidates: device_search.TopCandidates | None = None
         self._fused: FusedDrafterStep | None = None
         if len(shape) == 1 and use_triton(kernels, why_not(drafter), self.device, " the drafter"):
@@ -64,15 +65,17 @@ class GraphedDrafter:
     def block_size(self) -> int:
         return self.spec.block_size
 
-    def enable_prefix_search(self, width: int) -> int:
+    def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
         """Search each drafted block's top `width` prefixes inside the graph; the width enabled
         (0 where the device search cannot run: no CUDA graphs, no Triton, too wide, or a vocabulary
-        past 2^24, whose ids its float32 result would round)."""
+        past 2^24, whose ids its float32 result would round). on_device: `propose` hands them over
+        as a resident tree, unread (DDTree), instead of reading them (caddtree needs their Phi)."""
         width = device_search.search_width(width)
         if not (width and self.use_graphs and device_search.available(self.device)) or \
                 self.inner.config.vocab_size > 1 << 24:
             return 0
         self._search = device_search.PrefixSearch(width, self.block_size - 1, self.device)
+        self._search_on_device = on_device
         self._graphs = {}
         return width
 
@@ -126,12 +129,15 @@ class GraphedDrafter:
         """One drafting step: the logits, with the top prefixes or candidates the graph took over
         these `num_slots` where enabled (one device-to-host copy each)."""
         logits = self.draft(root, num_slots)
-        prefixes = candidates = None
+        prefixes = candidates = resident = None
         if self._search is not None and num_slots == self._search.depth:
-            prefixes = device_search.fetch(self._search.out, num_slots, self._search.width)
+            if self._search_on_device:
+                resident = self._search.device_tree()
+            if resident is None:
+                prefixes = device_search.fetch(self._search.out, num_slots, self._search.width)
         if self._candidates is not None and num_slots == self._candidates.depth:
             candidates = self._candidates.fetch()
-        return DraftProposal(logits, prefixes=prefixes, candidates=candidates)
+        return DraftProposal(logits, prefixes=prefixes, candidates=candidates, device_prefixes=resident)
 
     def _round(self, ids: torch.Tensor) -> torch.Tensor:
         """Fuse the pending features and draft `ids` (host tensor, shaped like `self.ids`) at the
@@ -175,7 +181,7 @@ class GraphedDrafter:
             self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
             self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
         if self._search is not None:  # 3. the drafted slots' top prefixes (DDTree, caddtree)
-            self._search.run(self._outs[span])
+            self._search.run(self._outs[span], self.ids[:1])
         if self._candidates is not None:  # 3'. or their top candidates, for the host's search
             self._candidates.run(self._outs[span])
 

@@ -20,7 +20,8 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM
-and its batch-invariant use), `common` (Triton where installed, bf16 rounding). This package holds
+and its batch-invariant use), `tree` (a resident tree's target inputs), `common` (Triton where
+installed, bf16 rounding). This package holds
 the op sets (`OPS`, `EXACT_OPS`) and the `--kernels` decision, and re-exports the rest.
 """
 
@@ -39,13 +40,14 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           qkv_rope_store_reference, rms_norm_reference, rope_reference, silu_mul,
                                           silu_mul_reference)
 from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, invariant_linear, linear, skinny_linear
+from specdiff.kernels.tree import tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
     "ancestor_paths", "invariant_linear", "linear", "position_attention", "position_tree_index", "qkv_rope_store",
     "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
-    "tree_visibility", "use_triton",
+    "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
 
 

@@ -129,6 +129,9 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0 or budget <= 0:
         return DraftTree.chain(root, [])
+    resident = proposal.device_prefixes
+    if resident is not None and depth == resident.depth_bound and budget < resident.num_nodes:
+        return resident.first(budget + 1)  # the root's token came from the drafter's block
     if proposal.prefixes is not None and proposal.prefixes.covers(budget, depth):
         return proposal.prefixes.tree(root, budget)
     if native is not None:  # the same pops, in C; with k = budget every pop is exact
@@ -146,10 +149,13 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
 
 class DDTreeProposer(DFlashProposer):
     """The DFlash drafter's proposal -> its `budget` most probable prefixes. Where the drafter can,
-    its own graph searches them on the device (`tree_search` "device") or takes the top candidates
-    the host's C search (`native`) reads (one copy instead of an eager top-k)."""
+    its own graph searches them on the device (`tree_search` "device"), and the tree stays there:
+    the target builds its inputs from it and the walk reads it with its draws, one read a round.
+    Else the graph takes the top candidates the host's C search (`native`) reads (one copy
+    instead of an eager top-k)."""
 
     name = "ddtree"
+    resident_trees = True  # a tree searched on the device stays there (caddtree reads its Phi)
 
     def __init__(self, drafter: Drafter, budget: int = 64, block_size: int | None = None,
                  device_search: bool = False, native: Native | None = None):
@@ -159,7 +165,7 @@ class DDTreeProposer(DFlashProposer):
         width, k = self.search_sizes(budget)
         # what the drafter's steps hand over: the top `width` prefixes searched on the device, else
         # the top-`k` candidates per slot for the host's C search (0: none; the host takes its own)
-        self.prefix_width = drafter.enable_prefix_search(width) if device_search else 0
+        self.prefix_width = drafter.enable_prefix_search(width, self.resident_trees) if device_search else 0
         use_k = not self.prefix_width and native is not None
         self.candidates_k = drafter.enable_candidates(k) if use_k else 0
 

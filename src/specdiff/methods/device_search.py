@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from specdiff.methods.ddtree import iter_best_first
-from specdiff.types import TopPrefixes
+from specdiff.types import DraftTree, TopPrefixes
 
 try:  # the kernel needs Triton; without it (the CPU install) trees are searched on the host
     import triton
@@ -82,13 +82,15 @@ if triton is not None:
         return (k ^ ((k >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _top_prefixes_kernel(vals_ptr, ids_ptr, pairs_ptr, beam_ptr, pos_ptr, out_ptr,
+    def _top_prefixes_kernel(vals_ptr, ids_ptr, pairs_ptr, beam_ptr, pos_ptr, out_ptr, table_ptr, root_ptr,
                              L: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr,
                              U: tl.constexpr):
         # M prefixes, MP = M up to a power of 2 (a block's length). vals/ids: [L, MP] per-depth
         # top-M log-probs (sorted, -inf past M) and tokens. pairs: [2, P].
         # beam: [3, L, MP] the beams (score, parent row, token rank), written for the last step.
         # pos: [L * MP] int32 scratch. out: [ROWS, MP] float32, the first M columns meaningful.
+        # table: [3, 1 + MP] int64 tree columns (token, parent, depth), column 0 the root, whose
+        # token is read from root_ptr ([1] int64).
         # One program: a depth's beam needs the one above, and a round needs one search. The beam
         # stays in registers (gathers, no memory round trip per depth: the loop is latency-bound).
         offs_m = tl.arange(0, MP)
@@ -132,6 +134,11 @@ if triton is not None:
         tl.store(out_ptr + 2 * MP + offs_m, (d + 1).to(tl.float32))
         tl.store(out_ptr + 3 * MP + offs_m, score)
         tl.store(out_ptr + 4 * MP + offs_m, tl.cumsum(tl.exp(score), axis=0))
+        TW: tl.constexpr = MP + 1
+        tl.store(table_ptr + 1 + offs_m, token.to(tl.int64))
+        tl.store(table_ptr + TW + 1 + offs_m, parent.to(tl.int64))
+        tl.store(table_ptr + 2 * TW + 1 + offs_m, (d + 1).to(tl.int64))
+        tl.store(table_ptr, tl.load(root_ptr))
 
 
 class TopCandidates:
@@ -157,8 +164,9 @@ class TopCandidates:
 
 
 class PrefixSearch:
-    """Static buffers for one width M and depth L: `run(logits)` is capturable in a CUDA graph and
-    leaves the result in `self.out` ([ROWS, M'] with M' = M up to a power of 2; read by `fetch`)."""
+    """Static buffers for one width M and depth L: `run(logits, root)` is capturable in a CUDA
+    graph and leaves the result in `self.out` ([ROWS, M'] with M' = M up to a power of 2; read by
+    `fetch`) and, as tree columns under the root, in `self.table` (read by no one: `device_tree`)."""
 
     def __init__(self, width: int, depth: int, device: torch.device, num_warps: int | None = None):
         if not 1 <= width <= MAX_WIDTH:
@@ -173,7 +181,10 @@ class PrefixSearch:
         self.beam = torch.zeros(3, depth, self.padded, **f32)
         self.pos = torch.zeros(depth * self.padded, dtype=torch.int32, device=device)
         self.out = torch.zeros(ROWS, self.padded, **f32)
+        self.table = torch.zeros(3, 1 + self.padded, dtype=torch.long, device=device)  # token, parent, depth
+        self.table[1, 0] = -1
         self.num_warps = num_warps or (4 if self.pairs.shape[1] <= 512 else 8)
+        self.vocab = 0  # the drafter's vocabulary, once a run has seen its logits
 
     def load(self, logits: torch.Tensor) -> None:
         """Each slot's top-M log-probs and tokens (-inf past the vocabulary: impossible prefixes)."""
@@ -182,17 +193,30 @@ class PrefixSearch:
         vals, ids = torch.topk(logp, k, dim=-1)
         self.vals[:, :k].copy_(vals)
         self.ids[:, :k].copy_(ids)
+        self.vocab = logp.shape[-1]
 
-    def search(self) -> torch.Tensor:
+    def search(self, root: torch.Tensor | None = None) -> torch.Tensor:
         p = self.pairs.shape[1]
-        _top_prefixes_kernel[(1,)](self.vals, self.ids, self.pairs, self.beam, self.pos, self.out, L=self.depth,
-                                   M=self.width, MP=self.padded, P=p, U=self.u, num_warps=self.num_warps)
+        root = self.table if root is None else root  # no root: column 0 keeps its token
+        _top_prefixes_kernel[(1,)](self.vals, self.ids, self.pairs, self.beam, self.pos, self.out, self.table, root,
+                                   L=self.depth, M=self.width, MP=self.padded, P=p, U=self.u,
+                                   num_warps=self.num_warps)
         return self.out
 
-    def run(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits: [>= L, V] (the drafter's slots) -> out (device tensors only)."""
+    def run(self, logits: torch.Tensor, root: torch.Tensor | None = None) -> torch.Tensor:
+        """logits: [>= L, V] (the drafter's slots), root: [1] long, the block's first token -> out
+        (device tensors only)."""
         self.load(logits)
-        return self.search()
+        return self.search(root)
+
+    def device_tree(self) -> DraftTree | None:
+        """The top M prefixes of the last run as a resident tree (views of `table`: a later run
+        overwrites them), or None where fewer than M prefixes are possible (a vocabulary smaller
+        than M leaves columns with no prefix, which only `fetch` drops)."""
+        if self.vocab < self.width:
+            return None
+        t = self.table[:, : 1 + self.width]
+        return DraftTree(t[0], t[1], t[2], drafted=True, resident=True, depth_bound=self.depth)
 
 
 def _pow2(n: int) -> int:

@@ -3,7 +3,8 @@
 A tree of N nodes runs in the smallest node bucket Nb >= N, and its attention reads the smallest
 span bucket (a power of two) of cache slots that holds the committed tokens and the tree.
 Everything a forward reads lives in per-bucket device buffers that the host fills before a replay
-with two copies (one packed int64 row: ids, positions, start; one [Nb, Nb] ancestor block); the
+with two copies (one packed int64 row: ids, positions, start; one [Nb, Nb] ancestor block), or,
+for a tree that stayed on the device (`DraftTree.resident`), one kernel makes both there; the
 [Nb, span] mask is computed inside the graph from `start` and that block, so no mask ever crosses
 from the host. Padding rows sit at
 the root's position, see only the committed slots and themselves, and write K/V to slots past
@@ -32,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from specdiff.kernels import tree_visibility
+from specdiff.kernels import tree_inputs, tree_visibility
 from specdiff.native import Native
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
@@ -187,6 +188,9 @@ class GraphedTarget(StaticTarget):
         if start + nb > self.max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({self.max_len})")
         b = self._bucket(nb, span_for(start + nb, self.max_len))
+        if tree.resident:  # searched on the device: its inputs are made there, nothing is read
+            tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
+            return self._replay(b, n)
         hp = b.host_packed
         if not tree.drafted:
             hp[:n] = tree.tokens
@@ -204,6 +208,9 @@ class GraphedTarget(StaticTarget):
         if tree.drafted:  # the drafter's tensor: copied on the device, after the packed row
             b.packed[:n].copy_(tree.tokens)
         b.anc.copy_(b.host_anc, non_blocking=True)
+        return self._replay(b, n)
+
+    def _replay(self, b: _Bucket, n: int) -> TargetOutput:
         if b.graph is not None:
             b.graph.replay()
         else:

@@ -40,6 +40,8 @@ class TreePlan:
               native: Native | None = None, with_mask: bool = True) -> TreePlan:
         """native: the ancestor mask in C (None: `DraftTree.ancestor_mask`, the same mask);
         with_mask: build the [N, max_len] mask (a forward that reads `ancestors` alone needs none)."""
+        if tree.resident:  # searched on the device, planned here: read it (the graph engine need not)
+            tree = tree.host()
         n = tree.num_nodes
         if start + n > max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({max_len})")

@@ -27,8 +27,12 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     after node i, at position start + depth_i + 1; noise: the decoder's cache of sampling noise
     (the same draws with or without it); native: the C walk (None: the children table, the same
     nodes)."""
-    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise)
-    if tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
+    draws = draw_tree(logits, start + 1, tree.depths, cfg, noise, tree.depth_bound)
+    if tree.resident:  # a tree searched on the device comes back with the draws, in the same copy
+        draws, tokens, parents = torch.stack([draws, tree.tokens, tree.parents]).cpu()
+        tree = replace(tree, tokens=tokens, parents=parents, depths=torch.empty(0, dtype=torch.long),
+                       drafted=False, resident=False)  # the walk reads no depths
+    elif tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
         draws, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu()
         tree = replace(tree, tokens=tokens, drafted=False)
     else:

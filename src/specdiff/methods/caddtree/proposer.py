@@ -16,6 +16,7 @@ from specdiff.types import DraftProposal, DraftTree, TargetOutput
 
 class CaDDTreeProposer(DDTreeProposer):
     name = "caddtree"
+    resident_trees = False  # the tree's size is chosen from the searched prefixes' Phi, on the host
 
     def __init__(self, drafter: Drafter, profile: CostProfile, options: CaDDTreeOptions | None = None,
                  block_size: int | None = None, device_search: bool = False, native: Native | None = None):

@@ -1,0 +1,73 @@
+"""A resident tree's target inputs, made on the device: the graph engine's packed input row (ids,
+positions, the tree's first slot) and its [Nb, Nb] ancestor block from device tokens, parents and
+depths, so that a tree searched on the device is verified without the host reading it first.
+
+`tree_inputs` is one Triton launch (one program per row: the row walks its parent chain, a tree's
+depth at most); `tree_inputs_reference` is the same contract in PyTorch ops (pointer jumping),
+which runs where Triton cannot.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from specdiff.kernels.common import _next_pow2, triton, tl
+
+
+def tree_inputs_reference(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, start: int,
+                          packed: torch.Tensor, anc: torch.Tensor) -> None:
+    """tokens, parents, depths: [n] long, a tree (parents first, parents[0] = -1); packed:
+    [2 * Nb + 1] long <- ids (0 past n), positions start + depth (start past n), start; anc:
+    [Nb, Nb] bool <- row i marks i and its ancestors (padding rows: themselves only)."""
+    n, nb = tokens.shape[0], anc.shape[0]
+    par = torch.full((nb,), -1, dtype=torch.long, device=anc.device)
+    par[:n] = parents
+    reach = torch.eye(nb, dtype=torch.bool, device=anc.device)  # ancestors less than 2^k up, k = 0
+    for _ in range(nb.bit_length()):  # 2^k > nb - 1 >= any depth
+        up = par >= 0
+        reach |= reach[par.clamp(min=0)] & up[:, None]
+        par = torch.where(up, par[par.clamp(min=0)], par)
+    anc.copy_(reach)
+    packed.zero_()
+    packed[:n] = tokens
+    packed[nb : 2 * nb] = start
+    packed[nb : nb + n] += depths
+    packed[2 * nb] = start
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tree_inputs_kernel(tok_ptr, par_ptr, dep_ptr, packed_ptr, anc_ptr, n, start,
+                            NB: tl.constexpr, NBP: tl.constexpr):
+        i = tl.program_id(0)
+        real = i < n
+        cols = tl.arange(0, NBP)
+        row = cols == i
+        node = tl.load(par_ptr + i, mask=real, other=-1)
+        steps = i * 0
+        while (node >= 0) & (steps < NB):  # the bound stops a malformed (cyclic) table
+            row = row | (cols == node)
+            node = tl.load(par_ptr + node)
+            steps += 1
+        tl.store(anc_ptr + i * NB + cols, row, mask=cols < NB)
+        tl.store(packed_ptr + i, tl.load(tok_ptr + i, mask=real, other=0))
+        position = start + tl.load(dep_ptr + i, mask=real, other=0)
+        tl.store(packed_ptr + NB + i, position)
+        if i == 0:  # the root: depth 0, its position is the tree's first slot
+            tl.store(packed_ptr + 2 * NB, position)
+
+
+def tree_inputs(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, start: int,
+                packed: torch.Tensor, anc: torch.Tensor) -> None:
+    """`tree_inputs_reference`'s contract in one launch where Triton runs (a CUDA device, or its
+    interpreter); elsewhere the reference."""
+    runs = triton is not None and (anc.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if not runs:
+        tree_inputs_reference(tokens, parents, depths, start, packed, anc)
+        return
+    nb = anc.shape[0]
+    _tree_inputs_kernel[(nb,)](tokens, parents, depths, packed, anc, tokens.shape[0], start,
+                               NB=nb, NBP=_next_pow2(nb), num_warps=1)
