@@ -2,7 +2,7 @@
 # GPU: the bundled pair (target, DFlash and VP drafters) inflated to the Qwen3-8B shape in bf16,
 # then on the graph engine with the fused kernels, in the order STEPS names (default "exact all"):
 #   exact  exact numerics against fast on function completion (EXACT_METHODS at EXACT_BUDGETS,
-#          T=0 and T=1);
+#          at EXACT_TEMPS, default T=0 and T=1);
 #   all    the bench of ALL_METHODS (ddtree and d2sd-hybrid at BUDGETS, caddtree with the profile)
 #          on both held-out sets at T=0 and T=1, the measured rounds against the profile and
 #          caddtree against the best fixed budget.
@@ -28,7 +28,7 @@ for step in ${STEPS:-exact all}; do
     for n in exact fast; do
       echo "--- bench $n ($((SECONDS - t0)) s)"
       timeout "$(left)" python3 -m specdiff bench $G --numerics $n --prompts data/prompts/function_completion.jsonl \
-        --methods "${EXACT_METHODS:-ar,dflash,ddtree,d2sd}" --budgets "${EXACT_BUDGETS:-64,256}" --temperature 0,1 \
+        --methods "${EXACT_METHODS:-ar,dflash,ddtree,d2sd}" --budgets "${EXACT_BUDGETS:-64,256}" --temperature "${EXACT_TEMPS:-0,1}" \
         --limit "$L" --profile "$PROF" --out "$R/bench8b_$n" | grep -v "^|"
       tar -C "$R" -cf "$OUT/bench.tar" .
     done

@@ -4,8 +4,10 @@
 #   speed:SHAPE    `specdiff speed` (random weights, bf16, graph engine) with ddtree searched on
 #                  the host and on the device (its tree left there);
 #   exact:SHAPE    the same shape's AR and 64-node round in exact numerics;
-#   bundled        the bundled pair's ar, ddtree@64 and caddtree (PROFILE) with each tree search
-#                  on function completion at T=0 and T=1 (LIMIT prompts).
+#   bundled        the bundled pair's BUNDLED_METHODS (ar,ddtree,caddtree; caddtree with PROFILE)
+#                  at BUNDLED_BUDGETS (64) with each tree search in SEARCHES (host device) on
+#                  function completion (both held-out sets with BOTH_SETS=1) at T=0 and T=1
+#                  (LIMIT prompts).
 # Steps past DEADLINE (seconds from the start) are cut off. Writes $OUT/bench.tar after every step.
 #   usage: LIMIT=24 DEADLINE=540 bash scripts/gpu_onesync.sh
 set -uo pipefail
@@ -29,10 +31,12 @@ for step in ${STEPS:-tests speed:qwen3-8b exact:qwen3-8b bundled speed:qwen3-1.7
     speed:*) speed "${step#speed:}" "${step#speed:}" --budgets 16,64,256 --tree-search host,device ;;
     exact:*) speed "exact_${step#exact:}" "${step#exact:}" --budgets 64 --numerics exact ;;
     bundled)
-      for search in host device; do
+      sets=${BOTH_SETS:+$P}
+      for search in ${SEARCHES:-host device}; do
         timeout "$(left)" python3 -m specdiff bench --device cuda --dtype bfloat16 --engine graph \
-          --tree-search $search --prompts data/prompts/function_completion.jsonl --methods ar,ddtree,caddtree \
-          --budgets 64 --temperature 0,1 --limit "$L" --profile "$PROFILE" --out "$R/bundled_$search" | grep -v "^|"
+          --tree-search $search ${sets:---prompts data/prompts/function_completion.jsonl} \
+          --methods "${BUNDLED_METHODS:-ar,ddtree,caddtree}" --budgets "${BUNDLED_BUDGETS:-64}" --temperature 0,1 \
+          --limit "$L" --profile "$PROFILE" --out "$R/bundled_$search" | grep -v "^|"
       done ;;
   esac
   pack

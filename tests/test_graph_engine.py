@@ -202,7 +202,9 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
 def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
     """ar, dflash and ddtree (searched on the device) rounds on the graph engine: at most one
     synchronizing call each (the walk's copy of its draws, with the drafted chain or tree in the
-    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few."""
+    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few.
+    ddtree's rounds within a block of the end draft fewer slots than the device searched, so their
+    trees are searched on the host (a second read each)."""
     model = tiny_target("qwen3", seed=0).cuda()
     drafter = tiny_drafter(model, block_size=8).cuda()
     cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search)
@@ -211,4 +213,5 @@ def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
     dec.prepare(len(prompt))
     dec.generate(prompt)  # warm-up: every graph this decode uses is captured
     syncs, rounds = count_syncs(dec, prompt)
-    assert rounds >= 5 and syncs <= rounds + 3, (syncs, rounds)
+    short = drafter.spec.block_size - 1 if method == "ddtree" else 0  # rounds that draft fewer slots
+    assert rounds >= 5 and syncs <= rounds + short + 3, (syncs, rounds)

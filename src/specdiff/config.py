@@ -17,7 +17,7 @@ from specdiff.methods import METHODS, Method  # noqa: F401  (the registry owns t
 
 Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
-TreeSearch = Literal["host", "device"]
+TreeSearch = Literal["auto", "host", "device"]
 Kernels = Literal["auto", "triton", "torch"]
 Numerics = Literal["auto", "exact", "fast"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -148,9 +148,12 @@ class DecodeConfig:
                                 choices=NUMERICS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
-    # CUDA GPU with Triton only). The host search measured faster (docs/results.md).
-    tree_search: TreeSearch = option("host", "ddtree/caddtree with --engine graph: best-first search on the host "
-                                             "(C) or on the device inside the drafter's graph (Triton)",
+    # CUDA GPU with Triton only; ddtree's tree then stays on the device: one host read a round).
+    # auto: device for ddtree up to `methods.ddtree.DEVICE_BUDGET` nodes, where it measured faster,
+    # else host (caddtree reads the searched prefixes back, which measured slower than the C search)
+    tree_search: TreeSearch = option("auto", "ddtree/caddtree with --engine graph: best-first search on the host "
+                                             "(C), on the device inside the drafter's graph (Triton), or on the "
+                                             "device for ddtree budgets up to 64 and on the host otherwise (auto)",
                                      choices=TREE_SEARCHES)
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flag_prefix": ""})
     pld: PLDOptions = field(default_factory=PLDOptions)
@@ -169,7 +172,7 @@ class DecodeConfig:
         if self.numerics == "exact" and self.engine == "hf":
             raise SpecdiffError("--numerics exact runs on the static and graph engines, not hf")
         if self.tree_search not in TREE_SEARCHES:
-            raise SpecdiffError(f"--tree-search must be host or device, got {self.tree_search!r}")
+            raise SpecdiffError(f"--tree-search must be auto, host or device, got {self.tree_search!r}")
         if self.budget < 1:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.max_new_tokens < 1:

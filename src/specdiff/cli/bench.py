@@ -55,10 +55,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise SpecdiffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     temps = split_list(args.temperature, float, "--temperature")
     budgets = split_list(args.budgets, int, "--budgets")
-    searches = [s.strip() for s in split_list(args.tree_search, str, "--tree-search")]
-    bad = [s for s in searches if s not in ("host", "device")] or ([] if searches else [""])
-    if bad:
-        raise SpecdiffError(f"--tree-search takes host, device or both, got {bad[0]!r}")
     for t in temps:
         check_temperature(t)
     if any(b < 1 for b in budgets):

@@ -177,6 +177,12 @@ class DDTreeProposer(DFlashProposer):
         return build_ddtree(state.root, proposal, self.budget, depth, self.native)
 
 
+# `--tree-search auto`: the largest budget searched on the device. The kernel's sort grows with the
+# width: against the host's C search a round measured 2-5% cheaper at 16 and 64 nodes and 3-5%
+# dearer at 256 (Qwen3-8B and 1.7B shapes, H100; docs/results.md)
+DEVICE_BUDGET = 64
+
+
 def make_proposer(cfg, target=None, drafter=None, vp_drafter=None, profile=None, native=None) -> DDTreeProposer:
-    return DDTreeProposer(drafter, cfg.budget, cfg.block_size, device_search=cfg.tree_search == "device",
-                          native=native)
+    device = cfg.tree_search == "device" or (cfg.tree_search == "auto" and cfg.budget <= DEVICE_BUDGET)
+    return DDTreeProposer(drafter, cfg.budget, cfg.block_size, device_search=device, native=native)

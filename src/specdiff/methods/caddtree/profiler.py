@@ -220,8 +220,9 @@ def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[i
         prompt = round_prompt(tokenizer, target.vocab_size, ctx, g)
         decoders = []
         for n in nodes:
+            # searched on the host, as caddtree's own rounds are
             cfg = DecodeConfig(method="ddtree" if n > 1 else "ar", budget=max(1, n - 1), max_new_tokens=new_tokens,
-                               engine=engine, stop_at_eos=False)
+                               engine=engine, tree_search="host", stop_at_eos=False)
             decoders.append(build_decoder(target, cfg, drafter if n > 1 else None))
             decoders[-1].prepare(ctx)
             for _ in range(warmup):
