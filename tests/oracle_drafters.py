@@ -92,7 +92,7 @@ class OracleDrafter:
     def propose(self, root: int, num_slots: int) -> DraftProposal:
         return DraftProposal(self.draft(root, num_slots))
 
-    def enable_prefix_search(self, width: int) -> int:
+    def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
         return 0
 
     def enable_candidates(self, k: int) -> int:

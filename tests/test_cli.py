@@ -201,12 +201,14 @@ def test_profile_then_caddtree(capsys, demo, tmp_path, measure):
     ar's text."""
     target, drafter = demo
     path = tmp_path / "prof.json"
+    vp = ["--vp-drafter", drafter, "--branches", "3"] if measure is None else []  # D²SD's re-draft, priced
     code, out, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
                              "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
-                             *(["--measure", measure] if measure else []), "--out", str(path))
+                             *(["--measure", measure] if measure else []), *vp, "--out", str(path))
     assert code == 0, err
     prof = json.loads(path.read_text())
     assert prof["buckets"] and prof["nodes"] == [1, 2, 4, 8, 16, 24, 32] and prof["draft_ms"] > 0
+    assert (prof["redraft_ms"] > 0, prof["redraft_rows"]) == ((True, 3) if vp else (False, 0))
     measure = measure or "rounds"
     assert prof["measure"] == measure and ("whole rounds" in out) == (measure == "rounds")
     assert all(len(row) == 7 and min(row) > 0 for row in prof["raw_verify_ms"])
@@ -266,6 +268,13 @@ def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
         mine = [r for r in rows if r["method"] == method]
         assert max(r["bucket"] for r in mine) == bucket and all(r["bucket"] & (r["bucket"] - 1) == 0 for r in mine)
     assert all(r["predicted_ms"] == (1.0 if r["bucket"] == 1 else 4.0) for r in rows)  # a root alone: no drafter
+    # D²SD's rounds also pay the VP re-draft, where the profile measured it
+    from dataclasses import replace
+
+    from specdiff.bench.round_costs import drafter_ms
+
+    vp_prof = replace(prof, redraft_ms=2.0, redraft_rows=4)
+    assert [drafter_ms(vp_prof, m) for m in ("ddtree@8", "caddtree/decode", "d2sd", "d2sd-hybrid@16")] == [3, 3, 5, 5]
 
 
 def _runs(method: str, seconds: list[float]) -> list[dict]:

@@ -17,6 +17,7 @@ holds the loop's own work, and its bound would hide the overhead this table is f
 from __future__ import annotations
 
 
+from specdiff.bench.round_costs import drafter_ms
 from specdiff.methods.caddtree.cost_model import CostProfile
 
 
@@ -24,7 +25,7 @@ def bound_table(result: dict, profile: CostProfile, context: int) -> list[dict]:
     rows = []
     for r in result["summary"]:
         n = max(1, round(r["mean_tree_nodes"]))
-        draft = 0.0 if r["method"] == "ar" else profile.draft_ms
+        draft = 0.0 if r["method"] == "ar" else drafter_ms(profile, r["method"])
         bound = (draft + profile.verify(n, context)) / r["tau"]
         rows.append({**r, "bound_ms_per_token": bound, "overhead": r["ms_per_token"] / bound - 1.0})
     return rows

@@ -97,6 +97,9 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 30 steps, or 8 decodes "
                                                           "per size for rounds)")
     p.add_argument("--warmup", type=int, default=3, help="untimed repetitions before each measurement")
+    for path, flag, f in config_flags():
+        if path == ("d2sd", "branches"):  # with --vp-drafter: the rows of the VP re-draft measured
+            add_setting(p, flag, f)
     p.add_argument("--out", type=Path, help="profile JSON (default: the per-device cache caddtree reads)")
 
 
@@ -109,9 +112,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise SpecdiffError("--contexts must name at least one context length")
     if args.out is not None:
         check_out_file(args.out)
+    check_positive(args.branches, "--branches")
     model, tokenizer, drafter = load_models(args, need_drafter=True)
+    vp_drafter = load_vp_drafter(args) if args.vp_drafter else None  # D²SD's re-draft, priced when named
     path = build_profile(model, tokenizer, drafter, contexts, nodes, args.engine, args.kernels, args.dtype, args.measure, args.reps,
-                         args.warmup, str(args.target or "bundled"), str(args.drafter or "bundled"), args.out)
+                         args.warmup, str(args.target or "bundled"), str(args.drafter or "bundled"), args.out,
+                         vp_drafter, args.branches)
     print(f"profile saved: {path}")
     return 0
 

@@ -127,6 +127,11 @@ class CostProfile:
     # [context]: caddtree's root-alone step, which fetched candidates before choosing ([] in
     # profiles made before it was measured: priced as C_v(1))
     root_alone_ms: list[float] = field(default_factory=list)
+    # one pass of the VP drafter over D²SD's `redraft_rows` branch rows (with its context
+    # extension), where the profile was made with a VP drafter (0: not measured). caddtree never
+    # pays it; `bench.round_costs` prices D²SD's rounds with it
+    redraft_ms: float = 0.0
+    redraft_rows: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_memo", {})  # not a field: never saved, compared or copied

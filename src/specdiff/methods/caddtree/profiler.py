@@ -114,9 +114,10 @@ def peaked_proposal(vocab: int, depth: int, g: torch.Generator, device) -> Draft
 
 @torch.inference_mode()
 def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], reps: int, warmup: int,
-            backend: native.Native | None = None) -> dict:
+            backend: native.Native | None = None, vp_drafter=None, branches: int = 0) -> dict:
     """Each size's step (search, forward, walk, commit) and the root-alone step per context, with
-    the tree search and the walk in C by `backend` (as a decode runs them), and the drafter's pass."""
+    the tree search and the walk in C by `backend` (as a decode runs them), the drafter's pass and,
+    with `vp_drafter`, its re-draft of `branches` rows (D²SD's second draft)."""
     g = torch.Generator().manual_seed(0)
     dev = target.device
     raw, root_alone = [], []
@@ -165,7 +166,30 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
             round_()
         draft_ms = _timed(round_, reps, dev)
         print(f"profile: drafter pass {draft_ms:.2f} ms", flush=True)
-    return {"raw": raw, "draft_ms": draft_ms, "root_alone": root_alone}
+    redraft_ms = _timed_redraft(vp_drafter, branches, reps, warmup, dev, g) if vp_drafter is not None else 0.0
+    return {"raw": raw, "draft_ms": draft_ms, "root_alone": root_alone, "redraft_ms": redraft_ms}
+
+
+def _timed_redraft(vp_drafter, branches: int, reps: int, warmup: int, dev, g: torch.Generator) -> float:
+    """A D²SD round's VP work: fuse 4 committed tokens' features, then re-draft `branches` rows of
+    a block (each a root and masks: the cost does not depend on which prefix a row keeps)."""
+    base = getattr(vp_drafter, "inner", vp_drafter)
+    bk = vp_drafter.block_size
+    vp_drafter.reset(512 + 4 * (warmup + reps) + bk)
+    feats = torch.randn(512, base.fc.in_features, generator=g).to(dev, base.fc.weight.dtype)
+    vp_drafter.extend_context(feats)
+    rows = torch.full((branches, bk), base.spec.mask_token_id, dtype=torch.long)
+    rows[:, 0] = 1
+
+    def round_() -> None:
+        vp_drafter.extend_context(feats[:4])
+        vp_drafter.draft_rows(rows)
+
+    for _ in range(warmup):
+        round_()
+    ms = _timed(round_, reps, dev)
+    print(f"profile: VP re-draft of {branches} rows {ms:.2f} ms", flush=True)
+    return ms
 
 
 def _timed_root_alone(target: HFTarget, proposal: DraftProposal, ctx: int, reps: int, warmup: int,
@@ -241,13 +265,15 @@ def measure_rounds(target: HFTarget, drafter, contexts: list[int], nodes: list[i
 def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[int] | None = None,
                   engine: str = "hf", kernels: str = "auto", dtype: str = "float32", measure_kind: str | None = None,
                   reps: int | None = None, warmup: int = 3, target_name: str = "bundled",
-                  drafter_name: str = "bundled", out: Path | None = None) -> Path:
+                  drafter_name: str = "bundled", out: Path | None = None, vp_drafter=None,
+                  branches: int = 4) -> Path:
     """Measure this device's costs for `model` and `drafter` (module docstring), fit and save the
     profile at `out` (None: the per-device cache caddtree reads) -> where it was saved.
 
     nodes: tree sizes, root included (None: `default_nodes(engine)`); measure_kind: "steps" or
     "rounds" (None: rounds on the graph engine, steps elsewhere); reps: timed repetitions (None: 8
-    decodes per size for rounds, 30 steps otherwise)."""
+    decodes per size for rounds, 30 steps otherwise); vp_drafter: D²SD's VP drafter, whose
+    re-draft of `branches` rows is then measured too (`CostProfile.redraft_ms`)."""
     contexts = sorted(set(contexts))
     nodes = sorted(set(nodes)) if nodes else default_nodes(engine)
     if min(nodes) < 1 or min(contexts) < 1:
@@ -267,16 +293,20 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
     drafter.bind(target.embed_tokens, target.lm_head)
     target.set_taps(drafter.spec.target_layer_ids)  # a decode's forwards also return these taps
     plain = drafter
+    if vp_drafter is not None:
+        vp_drafter.bind(target.embed_tokens, target.lm_head)
     if engine == "graph":
-        from specdiff.drafters.graphed import GraphedDrafter
+        from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
 
         drafter = GraphedDrafter(drafter)
+        if vp_drafter is not None:
+            vp_drafter = GraphedVPDrafter(vp_drafter, branches)
     # the drafter step; for steps, the target step per size and the root-alone step per context
     # (a rounds profile prices the root alone by its smallest tree's round, when it has one)
     steps = measure_kind == "steps"
     trees = [i for i, n in enumerate(nodes) if n > 1]
     m = measure(target, drafter, contexts if steps or not trees else [], nodes if steps else [],
-                reps if steps else 30, warmup, backend)
+                reps if steps else 30, warmup, backend, vp_drafter, branches)
     raw, root_alone = m["raw"], m["root_alone"]
     if not steps:
         rounds = measure_rounds(target, plain, contexts, nodes, reps, warmup, engine, tokenizer)["raw"]
@@ -294,6 +324,7 @@ def build_profile(model, tokenizer, drafter, contexts: list[int], nodes: list[in
         verify_ms=[fit_verify_row(nodes, row) for row in raw], raw_verify_ms=raw, measure=measure_kind,
         root_alone_ms=root_alone,
         buckets=list(BUCKETS) if engine == "graph" else [],
+        redraft_ms=m["redraft_ms"], redraft_rows=branches if vp_drafter is not None else 0,
     )
     path = out or default_profile_path(target.device, target, drafter, dtype)
     prof.save(path)
