@@ -23,6 +23,7 @@ from specdiff.methods import make_proposer
 from specdiff.sampling import draw
 from specdiff.engine import make_target
 from specdiff.methods.caddtree.cost_model import CostProfile, fit_monotone_convex
+from specdiff.methods.device_search import PrefixSearch, fetch
 from specdiff.types import DraftProposal
 
 AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
@@ -30,8 +31,11 @@ AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybri
 
 class OracleDrafter:
     def __init__(self, model, sampling: SamplingConfig, block_size: int = 8, aware: bool = True,
-                 noise: float = 1.0, bonus: float = 4.0, seed: int = 0):
+                 noise: float = 1.0, bonus: float = 4.0, seed: int = 0, device_search: bool = False):
+        """device_search: `enable_prefix_search` takes effect, the search being the device's kernel
+        (under Triton's interpreter on a CPU), as the graph engine's drafter runs it."""
         self.model, self.sampling, self.aware, self.noise, self.bonus = model, sampling, aware, noise, bonus
+        self.device_search, self.search, self.search_on_device = device_search, None, False
         self.vocab = model.config.vocab_size
         self.block_size = block_size
         # one tap (the proposers pass features on); a mask id outside the vocabulary: a VP row's
@@ -90,10 +94,20 @@ class OracleDrafter:
         return self.rollout(self.tokens, num_slots)
 
     def propose(self, root: int, num_slots: int) -> DraftProposal:
-        return DraftProposal(self.draft(root, num_slots))
+        logits = self.draft(root, num_slots)
+        if self.search is None or num_slots != self.search.depth:
+            return DraftProposal(logits)
+        self.search.run(logits, torch.tensor([root]))
+        if self.search_on_device:
+            return DraftProposal(logits, device_prefixes=self.search.device_tree())
+        return DraftProposal(logits, prefixes=fetch(self.search.out, num_slots, self.search.width))
 
     def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
-        return 0
+        if not self.device_search:
+            return 0
+        self.search = PrefixSearch(width, self.block_size - 1, torch.device("cpu"))
+        self.search_on_device = on_device
+        return width
 
     def enable_candidates(self, k: int) -> int:
         return 0
@@ -118,11 +132,12 @@ def rising_profile() -> CostProfile:
 
 def oracle_decoder(model, method: str, sampling: SamplingConfig, max_new_tokens: int, eos_ids=(), aware: bool = True,
                    budget: int = 12, block_size: int = 8, seed: int = 0, verifier=None,
-                   engine: str = "hf") -> SpeculativeDecoder:
-    """`method`'s own proposer (make_proposer) over oracle drafters; pld uses the context only."""
+                   engine: str = "hf", device_search: bool = False) -> SpeculativeDecoder:
+    """`method`'s own proposer (make_proposer) over oracle drafters; pld uses the context only.
+    device_search: trees searched by the device's kernel (`--tree-search device`)."""
     cfg = DecodeConfig(method=method, budget=budget, d2sd=D2SDOptions(branches=2), max_new_tokens=max_new_tokens, engine=engine,
-                       sampling=SamplingConfig(**vars(sampling)))
-    drafter = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed)
+                       sampling=SamplingConfig(**vars(sampling)), tree_search="device" if device_search else "host")
+    drafter = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed, device_search=device_search)
     vp = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed + 1, noise=0.5)
     profile = rising_profile() if method == "caddtree" else None
     backend = native.load()  # as build_decoder hands it out

@@ -197,6 +197,29 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
     assert got[2][1] == got[0][1]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, temperature):
+    """The whole one-read round with the device's search (its Triton kernel, under the interpreter
+    on a CPU) and a drafter that agrees with the target: every full-depth ddtree tree stays on the
+    device (the target makes its inputs from it, the walk reads it with the draws). The decode
+    gives AR's tokens (T=0, and T=1 with the same seed), accepting deep into the trees."""
+    pytest.importorskip("triton", reason="the device search is a Triton kernel")
+    from oracle_drafters import oracle_decoder
+
+    sampling = SamplingConfig(temperature=temperature, seed=5)
+    dec = oracle_decoder(target_model, "ddtree", sampling, 24, budget=8, block_size=6, engine="graph",
+                         device_search=True)
+    resident = []
+    forward = dec.target.forward
+    dec.target.forward = lambda tree: (resident.append(tree.resident), forward(tree))[1]
+    prompt = list(range(3, 14))
+    got = dec.generate(prompt)
+    ar = oracle_decoder(target_model, "ar", sampling, 24, engine="graph").generate(prompt)
+    assert got.token_ids == ar.token_ids and got.tau > 2
+    drafted = resident[1:-2]  # the prefill's forward first; the last rounds draft fewer slots than searched
+    assert drafted and all(drafted), resident
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
 @pytest.mark.parametrize("method,tree_search", [("ar", "host"), ("dflash", "host"), ("ddtree", "device")])
 def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
