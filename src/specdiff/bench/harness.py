@@ -225,13 +225,27 @@ def environment(device: str) -> dict:
     return env
 
 
+def search_note(cfg: dict, env: dict) -> str:
+    """Where the graph engine's tree searches ran, for the report's first line (the device search
+    needs a CUDA GPU: elsewhere every search ran on the host)."""
+    if cfg.get("engine") != "graph" or "tree_search" not in cfg:
+        return ""
+    if env.get("device") != "cuda":
+        return ", trees searched on the host"
+    if cfg["tree_search"] == "auto":
+        from specdiff.methods.ddtree import DEVICE_BUDGET
+
+        return f", trees searched on the device for ddtree up to {DEVICE_BUDGET} nodes, else on the host"
+    return f", trees searched on the {cfg['tree_search']}"
+
+
 def report(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     lines = [
         "# specdiff bench", "",
         f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, {environment_line(env)}, {cfg['dtype']}, "
         f"engine {cfg.get('engine', 'hf')} ({env.get('kernels', 'torch')} kernels, {env.get('numerics', 'fast')} "
-        f"numerics); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
+        f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
         *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar"],
