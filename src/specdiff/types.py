@@ -33,8 +33,8 @@ class DraftTree:
     """
 
     tokens: torch.Tensor  # [N] long, on the host (or the drafter's tensor: `drafted`)
-    parents: torch.Tensor  # [N] long, on the host; parents[0] = -1
-    depths: torch.Tensor  # [N] long, on the host; depths[0] = 0
+    parents: torch.Tensor  # [N] long, on the host (on the device: `resident`); parents[0] = -1
+    depths: torch.Tensor  # [N] long, on the host (on the device: `resident`); depths[0] = 0
     # tokens its candidates would take verified as separate rows, root included (D²SD's (K+1)·γ,
     # before they were merged into this trie); None: the tree was built as a tree
     candidate_rows: int | None = None
