@@ -39,7 +39,7 @@ class SpeedConfig:
     engine: str = "graph"
     kernels: str = "auto"  # DecodeConfig.kernels
     numerics: str = "auto"  # DecodeConfig.numerics
-    tree_searches: list[str] = field(default_factory=lambda: ["host"])  # DecodeConfig.tree_search, each timed
+    tree_searches: list[str] = field(default_factory=lambda: ["auto"])  # DecodeConfig.tree_search, each timed
     prompt_tokens: int = 200
     new_tokens: int = 96
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
@@ -156,7 +156,7 @@ def measure(cfg: SpeedConfig) -> dict:
     # hold a graph set each)
     target = make_target(model, cfg.engine, native.load(), cfg.kernels, cfg.numerics)
     rows = []
-    runs = [("ar", 1, "host"), ("dflash", 1, "host")] + [("ddtree", b, s) for s in cfg.tree_searches
+    runs = [("ar", 1, "auto"), ("dflash", 1, "auto")] + [("ddtree", b, s) for s in cfg.tree_searches
                                                             for b in cfg.budgets]
     for method, budget, search in runs:
         dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.new_tokens, engine=cfg.engine,
@@ -168,7 +168,7 @@ def measure(cfg: SpeedConfig) -> dict:
         r = decoder.generate(prompt)
         wall = time.perf_counter() - t
         syncs = count_syncs(decoder, prompt)
-        label = method if method != "ddtree" else f"ddtree@{budget}" + (f" ({search} search)" if search != "host" else "")
+        label = method if method != "ddtree" else f"ddtree@{budget}" + (f" ({search} search)" if search != "auto" else "")
         rows.append({"method": label, "tau": r.tau,
                      "syncs_per_round": syncs[0] / syncs[1] if syncs else None,
                      "ms_per_token": 1000 * wall / max(1, r.num_new_tokens),

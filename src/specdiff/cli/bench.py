@@ -213,7 +213,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--numerics", default=d.numerics, choices=["auto", "exact", "fast"],
                    help="static, graph: the forward's rounding (as `specdiff generate --numerics`)")
     p.add_argument("--tree-search", default=",".join(d.tree_searches),
-                   help="ddtree's best-first search: host, device, or both comma-separated (each timed)")
+                   help="ddtree's best-first search: auto, host, device, or several comma-separated (each timed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -221,12 +221,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
     import json
 
     from specdiff.bench.speed import SpeedConfig, measure, table
+    from specdiff.config import TREE_SEARCHES
 
     budgets = split_list(args.budgets, int, "--budgets")
     searches = [s.strip() for s in split_list(args.tree_search, str, "--tree-search")]
-    bad = [s for s in searches if s not in ("host", "device")] or ([] if searches else [""])
+    bad = [s for s in searches if s not in TREE_SEARCHES] or ([] if searches else [""])
     if bad:
-        raise SpecdiffError(f"--tree-search takes host, device or both, got {bad[0]!r}")
+        raise SpecdiffError(f"--tree-search takes {', '.join(TREE_SEARCHES)} (comma-separated), got {bad[0]!r}")
     for flag in ("drafter_layers", "prompt_tokens", "new_tokens", "vocab"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
