@@ -94,12 +94,13 @@ class OracleDrafter:
         return self.rollout(self.tokens, num_slots)
 
     def propose(self, root: int, num_slots: int) -> DraftProposal:
-        logits = self.draft(root, num_slots)
-        if self.search is None or num_slots != self.search.depth:
-            return DraftProposal(logits)
-        self.search.run(logits, torch.tensor([root]))
+        if self.search is None or num_slots > self.search.depth:
+            return DraftProposal(self.draft(root, num_slots))
+        block = self.draft(root, self.search.depth)  # the whole block, as the graph drafts it
+        self.search.run(block, torch.tensor([root]), torch.tensor([num_slots]))
+        logits = block[:num_slots]
         if self.search_on_device:
-            return DraftProposal(logits, device_prefixes=self.search.device_tree())
+            return DraftProposal(logits, device_prefixes=self.search.device_tree(num_slots))
         return DraftProposal(logits, prefixes=fetch(self.search.out, num_slots, self.search.width))
 
     def enable_prefix_search(self, width: int, on_device: bool = False) -> int:

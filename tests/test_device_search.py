@@ -119,3 +119,18 @@ def test_the_search_leaves_its_prefixes_as_a_resident_tree(width):
     narrow = PrefixSearch(width, 3, DEVICE)
     narrow.run(logits[:3, :10], torch.tensor([42], device=DEVICE))
     assert narrow.device_tree() is None
+
+
+def test_a_depth_limit_searches_the_first_slots_only():
+    """A round near a decode's end drafts fewer slots than the graph searches: with a depth limit
+    the kernel's top prefixes are the host's over those slots, and the resident tree keeps it."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(7, 60, generator=g) * 2).to(DEVICE)
+    search = PrefixSearch(16, 7, DEVICE)
+    for limit in (1, 3, 7):
+        search.run(logits, torch.tensor([42], device=DEVICE), torch.tensor([limit], device=DEVICE))
+        got = fetch(search.out, limit, 16)
+        ref = reference_top_prefixes(logits[:limit].cpu(), 16)
+        assert set(paths(got)) == set(paths(ref)) and max(got.depths) <= limit
+        tree = build_ddtree(42, DraftProposal(logits[:limit], device_prefixes=search.device_tree(limit)), 16, limit)
+        assert tree.resident and torch.equal(tree.host().parents, got.tree(42, 16).parents)

@@ -200,9 +200,10 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, temperature):
     """The whole one-read round with the device's search (its Triton kernel, under the interpreter
-    on a CPU) and a drafter that agrees with the target: every full-depth ddtree tree stays on the
-    device (the target makes its inputs from it, the walk reads it with the draws). The decode
-    gives AR's tokens (T=0, and T=1 with the same seed), accepting deep into the trees."""
+    on a CPU) and a drafter that agrees with the target: every ddtree tree stays on the device
+    (the target makes its inputs from it, the walk reads it with the draws), the last rounds'
+    shallower ones too. The decode gives AR's tokens (T=0, and T=1 with the same seed), accepting
+    deep into the trees."""
     pytest.importorskip("triton", reason="the device search is a Triton kernel")
     from oracle_drafters import oracle_decoder
 
@@ -211,13 +212,13 @@ def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, t
                          device_search=True)
     resident = []
     forward = dec.target.forward
-    dec.target.forward = lambda tree: (resident.append(tree.resident), forward(tree))[1]
+    # a root alone (the last token of a decode) is no drafted tree
+    dec.target.forward = lambda tree: (resident.append(tree.resident or tree.num_nodes == 1), forward(tree))[1]
     prompt = list(range(3, 14))
     got = dec.generate(prompt)
     ar = oracle_decoder(target_model, "ar", sampling, 24, engine="graph").generate(prompt)
     assert got.token_ids == ar.token_ids and got.tau > 2
-    drafted = resident[1:-2]  # the prefill's forward first; the last rounds draft fewer slots than searched
-    assert drafted and all(drafted), resident
+    assert len(resident) > 2 and all(resident[1:]), resident  # every round; the prefill's forward first
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
@@ -225,9 +226,7 @@ def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, t
 def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
     """ar, dflash and ddtree (searched on the device) rounds on the graph engine: at most one
     synchronizing call each (the walk's copy of its draws, with the drafted chain or tree in the
-    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few.
-    ddtree's rounds within a block of the end draft fewer slots than the device searched, so their
-    trees are searched on the host (a second read each)."""
+    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few."""
     model = tiny_target("qwen3", seed=0).cuda()
     drafter = tiny_drafter(model, block_size=8).cuda()
     cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search)
@@ -236,5 +235,4 @@ def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
     dec.prepare(len(prompt))
     dec.generate(prompt)  # warm-up: every graph this decode uses is captured
     syncs, rounds = count_syncs(dec, prompt)
-    short = drafter.spec.block_size - 1 if method == "ddtree" else 0  # rounds that draft fewer slots
-    assert rounds >= 5 and syncs <= rounds + short + 3, (syncs, rounds)
+    assert rounds >= 5 and syncs <= rounds + 3, (syncs, rounds)

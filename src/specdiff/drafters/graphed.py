@@ -6,7 +6,8 @@ shapes once the features are padded to a block and attention spans a power-of-tw
 context buffer under a mask computed on the device from two scalars (ctx_len, n_new), so they run
 as one graph per span bucket. Padding rows write K/V past the new context end, where the mask
 hides them and the next round overwrites them. Longer extensions (the prompt) take the eager path
-of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, n_new, ids...].
+of `DFlashDrafter`. A round's inputs cross to the device in one copy: [ctx_len, n_new, the
+slots searched, ids...].
 
 `GraphedDrafter` drafts one block (`draft`, the DFlash chain); with a prefix search enabled
 (DDTree, caddtree) its graph also searches the block's top prefixes on the device
@@ -44,8 +45,10 @@ class GraphedDrafter:
         feat_dim = drafter.fc.weight.shape[1]
         self.feats = torch.zeros(bk, feat_dim, dtype=drafter.fc.weight.dtype, device=self.device)
         shape = self._ids_shape()
-        self.packed = torch.zeros(2 + math.prod(shape), dtype=torch.long, device=self.device)  # ctx_len, n_new, ids
-        self.ids = self.packed[2:].view(shape)
+        # ctx_len, n_new, the slots the prefix search may use (a round near the decode's end drafts
+        # fewer), ids
+        self.packed = torch.zeros(3 + math.prod(shape), dtype=torch.long, device=self.device)
+        self.ids = self.packed[3:].view(shape)
         self._outs: dict[int, torch.Tensor] = {}  # span -> logits [..., Bk-1, V] after a step
         self._graphs: dict[int, "torch.cuda.CUDAGraph"] = {}  # span -> graph
         self._pending: torch.Tensor | None = None
@@ -123,29 +126,32 @@ class GraphedDrafter:
         """Same contract as `DFlashDrafter.draft`: logits [num_slots, V] for the slots after root."""
         block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long)
         block[0] = root
-        return self._round(block)[:num_slots]
+        return self._round(block, num_slots)[:num_slots]
 
     def propose(self, root: int, num_slots: int) -> DraftProposal:
         """One drafting step: the logits, with the top prefixes or candidates the graph took over
-        these `num_slots` where enabled (one device-to-host copy each)."""
+        these `num_slots` where enabled (one device-to-host copy each, or none for a resident
+        tree). The prefix search covers the first `num_slots` slots, however few."""
         logits = self.draft(root, num_slots)
         prefixes = candidates = resident = None
-        if self._search is not None and num_slots == self._search.depth:
+        if self._search is not None and num_slots <= self._search.depth:
             if self._search_on_device:
-                resident = self._search.device_tree()
+                resident = self._search.device_tree(num_slots)
             if resident is None:
                 prefixes = device_search.fetch(self._search.out, num_slots, self._search.width)
         if self._candidates is not None and num_slots == self._candidates.depth:
             candidates = self._candidates.fetch()
         return DraftProposal(logits, prefixes=prefixes, candidates=candidates, device_prefixes=resident)
 
-    def _round(self, ids: torch.Tensor) -> torch.Tensor:
+    def _round(self, ids: torch.Tensor, slots: int | None = None) -> torch.Tensor:
         """Fuse the pending features and draft `ids` (host tensor, shaped like `self.ids`) at the
-        end of the context -> this span's output buffer."""
+        end of the context -> this span's output buffer. slots: what the prefix search covers
+        (None: the whole block)."""
         n = 0 if self._pending is None else self._pending.shape[0]
         if n:
             self.feats[:n].copy_(self._pending)
-        self.packed.copy_(torch.cat([torch.tensor([self.inner.ctx_len, n]), ids.flatten()]), non_blocking=True)
+        slots = self.block_size - 1 if slots is None else slots
+        self.packed.copy_(torch.cat([torch.tensor([self.inner.ctx_len, n, slots]), ids.flatten()]), non_blocking=True)
         span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
         if self.use_graphs:
             # warm-up and capture write context slots at ctx_len.., which are not yet context
@@ -181,7 +187,7 @@ class GraphedDrafter:
             self.inner.fuse(self.feats, ctx_len + self._cols[:bk])  # 1. pending features -> slots ctx_len + [0, Bk)
             self._outs[span] = self.inner.run_blocks(self.ids, length + self._cols[:bk], span, self._cols[:span] < length)
         if self._search is not None:  # 3. the drafted slots' top prefixes (DDTree, caddtree)
-            self._search.run(self._outs[span], self.ids[:1])
+            self._search.run(self._outs[span], self.ids[:1], self.packed[2:3])
         if self._candidates is not None:  # 3'. or their top candidates, for the host's search
             self._candidates.run(self._outs[span])
 

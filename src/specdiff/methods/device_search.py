@@ -185,14 +185,18 @@ class PrefixSearch:
         self.table[1, 0] = -1
         self.num_warps = num_warps or (4 if self.pairs.shape[1] <= 512 else 8)
         self.vocab = 0  # the drafter's vocabulary, once a run has seen its logits
+        self.slot_index = torch.arange(depth, device=device)[:, None]  # [L, 1]
 
-    def load(self, logits: torch.Tensor) -> None:
-        """Each slot's top-M log-probs and tokens (-inf past the vocabulary: impossible prefixes)."""
+    def load(self, logits: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """Each slot's top-M log-probs and tokens (-inf past the vocabulary: impossible prefixes;
+        and for every slot from `slots` ([1] long) on, so that no prefix goes deeper)."""
         logp = torch.log_softmax(logits[: self.depth].float(), dim=-1)
         k = min(self.width, logp.shape[-1])
         vals, ids = torch.topk(logp, k, dim=-1)
         self.vals[:, :k].copy_(vals)
         self.ids[:, :k].copy_(ids)
+        if slots is not None:
+            self.vals.masked_fill_(self.slot_index >= slots, -math.inf)
         self.vocab = logp.shape[-1]
 
     def search(self, root: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,20 +207,23 @@ class PrefixSearch:
                                    num_warps=self.num_warps)
         return self.out
 
-    def run(self, logits: torch.Tensor, root: torch.Tensor | None = None) -> torch.Tensor:
-        """logits: [>= L, V] (the drafter's slots), root: [1] long, the block's first token -> out
-        (device tensors only)."""
-        self.load(logits)
+    def run(self, logits: torch.Tensor, root: torch.Tensor | None = None,
+            slots: torch.Tensor | None = None) -> torch.Tensor:
+        """logits: [>= L, V] (the drafter's slots), root: [1] long, the block's first token, slots:
+        [1] long, the prefixes' depth limit (None: L) -> out (device tensors only)."""
+        self.load(logits, slots)
         return self.search(root)
 
-    def device_tree(self) -> DraftTree | None:
-        """The top M prefixes of the last run as a resident tree (views of `table`: a later run
-        overwrites them), or None where fewer than M prefixes are possible (a vocabulary smaller
-        than M leaves columns with no prefix, which only `fetch` drops)."""
+    def device_tree(self, depth: int | None = None) -> DraftTree | None:
+        """The top M prefixes of the last run, searched to `depth` slots (None: L), as a resident
+        tree (views of `table`: a later run overwrites them), or None where fewer than M prefixes
+        are possible (a vocabulary smaller than M leaves columns with no prefix, which only `fetch`
+        drops)."""
         if self.vocab < self.width:
             return None
         t = self.table[:, : 1 + self.width]
-        return DraftTree(t[0], t[1], t[2], drafted=True, resident=True, depth_bound=self.depth)
+        return DraftTree(t[0], t[1], t[2], drafted=True, resident=True,
+                         depth_bound=self.depth if depth is None else depth)
 
 
 def _pow2(n: int) -> int:
