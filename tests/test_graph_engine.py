@@ -147,6 +147,15 @@ def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_mode
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
 
 
+def verified(target, tree: DraftTree, prompt: list[int], sampling: SamplingConfig):
+    """(logits, [(accepted, tokens)] of the C and Python walks) of `tree` after `prompt`."""
+    target.reset(96)
+    target.prefill(prompt[:-1])
+    out = target.forward(tree)
+    walks = [verify_walk(tree, out.logits, len(prompt) - 1, sampling, native=n) for n in (NATIVE, None)]
+    return out.logits.clone(), [(w.accepted, w.tokens) for w in walks]
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_chain_drafted_on_the_device_is_read_back_with_the_draws(target_model, temperature):
     """A DFlash chain keeps the drafter's argmax tensor (`drafted`): the graph engine's forward
@@ -160,14 +169,8 @@ def test_a_chain_drafted_on_the_device_is_read_back_with_the_draws(target_model,
     host = DraftTree.chain(prompt[-1], logits.argmax(-1).tolist())
     assert drafted.drafted and not host.drafted and torch.equal(drafted.tokens, host.tokens)
     sampling = SamplingConfig(temperature=temperature, seed=3)
-    got = []
-    for tree in (host, drafted):
-        t = GraphedTarget(target_model, use_graphs=False, native=NATIVE)
-        t.reset(64)
-        t.prefill(prompt[:-1])
-        out = t.forward(tree)
-        walks = [verify_walk(tree, out.logits, len(prompt) - 1, sampling, native=n) for n in (NATIVE, None)]
-        got.append((out.logits.clone(), [(w.accepted, w.tokens) for w in walks]))
+    got = [verified(GraphedTarget(target_model, use_graphs=False, native=NATIVE), tree, prompt, sampling)
+           for tree in (host, drafted)]
     assert torch.equal(got[0][0], got[1][0]) and got[0][1] == got[1][1]
 
 
@@ -184,14 +187,9 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
     resident = DraftTree(host.tokens.clone(), host.parents.clone(), host.depths.clone(), drafted=True,
                          resident=True, depth_bound=int(host.depths.max()) + 2)
     sampling = SamplingConfig(temperature=temperature, seed=3)
-    got = []
-    for tree, make in ((host, GraphedTarget), (resident, GraphedTarget), (resident, StaticTarget)):
-        t = make(target_model, use_graphs=False, native=NATIVE) if make is GraphedTarget else make(target_model)
-        t.reset(96)
-        t.prefill(prompt[:-1])
-        out = t.forward(tree)
-        walks = [verify_walk(tree, out.logits, len(prompt) - 1, sampling, native=n) for n in (NATIVE, None)]
-        got.append((out.logits.clone(), [(w.accepted, w.tokens) for w in walks]))
+    graphed = lambda: GraphedTarget(target_model, use_graphs=False, native=NATIVE)  # noqa: E731
+    got = [verified(target, tree, prompt, sampling)
+           for tree, target in ((host, graphed()), (resident, graphed()), (resident, StaticTarget(target_model)))]
     assert torch.equal(got[0][0], got[1][0]) and got[0][1] == got[1][1]
     torch.testing.assert_close(got[2][0], got[0][0], atol=1e-4, rtol=1e-4)
     assert got[2][1] == got[0][1]

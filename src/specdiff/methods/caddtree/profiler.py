@@ -151,43 +151,37 @@ def measure(target: HFTarget, drafter, contexts: list[int], nodes: list[int], re
         print(f"profile: context {ctx}: {steps + '; ' if steps else ''}root alone after the candidate fetch "
               f"{root_alone[-1]:.2f} ms", flush=True)
     draft_ms = 0.0
-    if drafter is not None:
-        # a round's drafter work: fuse 4 committed tokens' features, then draft one block
-        base = getattr(drafter, "inner", drafter)
-        drafter.reset(512 + 4 * (warmup + reps) + drafter.block_size)
-        feats = torch.randn(512, base.fc.in_features, generator=g).to(dev, base.fc.weight.dtype)
-        drafter.extend_context(feats)
-
-        def round_() -> None:
-            drafter.extend_context(feats[:4])
-            drafter.draft(1, drafter.block_size - 1)
-
-        for _ in range(warmup):
-            round_()
-        draft_ms = _timed(round_, reps, dev)
+    if drafter is not None:  # a round's drafter work: one block
+        draft_ms = _timed_drafter_round(drafter, lambda: drafter.draft(1, drafter.block_size - 1), reps, warmup, dev, g)
         print(f"profile: drafter pass {draft_ms:.2f} ms", flush=True)
     redraft_ms = _timed_redraft(vp_drafter, branches, reps, warmup, dev, g) if vp_drafter is not None else 0.0
     return {"raw": raw, "draft_ms": draft_ms, "root_alone": root_alone, "redraft_ms": redraft_ms}
 
 
-def _timed_redraft(vp_drafter, branches: int, reps: int, warmup: int, dev, g: torch.Generator) -> float:
-    """A D²SD round's VP work: fuse 4 committed tokens' features, then re-draft `branches` rows of
-    a block (each a root and masks: the cost does not depend on which prefix a row keeps)."""
-    base = getattr(vp_drafter, "inner", vp_drafter)
-    bk = vp_drafter.block_size
-    vp_drafter.reset(512 + 4 * (warmup + reps) + bk)
+def _timed_drafter_round(drafter, step, reps: int, warmup: int, dev, g: torch.Generator) -> float:
+    """A round's work of `drafter` after a 512-token context: fuse 4 committed tokens' features,
+    then `step()` (its draft)."""
+    base = getattr(drafter, "inner", drafter)
+    drafter.reset(512 + 4 * (warmup + reps) + drafter.block_size)
     feats = torch.randn(512, base.fc.in_features, generator=g).to(dev, base.fc.weight.dtype)
-    vp_drafter.extend_context(feats)
-    rows = torch.full((branches, bk), base.spec.mask_token_id, dtype=torch.long)
-    rows[:, 0] = 1
+    drafter.extend_context(feats)
 
     def round_() -> None:
-        vp_drafter.extend_context(feats[:4])
-        vp_drafter.draft_rows(rows)
+        drafter.extend_context(feats[:4])
+        step()
 
     for _ in range(warmup):
         round_()
-    ms = _timed(round_, reps, dev)
+    return _timed(round_, reps, dev)
+
+
+def _timed_redraft(vp_drafter, branches: int, reps: int, warmup: int, dev, g: torch.Generator) -> float:
+    """A D²SD round's VP work: re-draft `branches` rows of a block (each a root and masks: the
+    cost does not depend on which prefix a row keeps)."""
+    base = getattr(vp_drafter, "inner", vp_drafter)
+    rows = torch.full((branches, vp_drafter.block_size), base.spec.mask_token_id, dtype=torch.long)
+    rows[:, 0] = 1
+    ms = _timed_drafter_round(vp_drafter, lambda: vp_drafter.draft_rows(rows), reps, warmup, dev, g)
     print(f"profile: VP re-draft of {branches} rows {ms:.2f} ms", flush=True)
     return ms
 
