@@ -22,10 +22,11 @@ pytest.importorskip("triton", reason="the fused forward needs Triton (its interp
 NATIVE = native.load()
 
 
-@pytest.mark.parametrize("engine", ["static", "graph"])
-def test_fused_forward_equals_eager(target_model, engine):
+@pytest.mark.parametrize("engine,choice", [("static", "triton"), ("graph", "triton"), ("static", "glued")])
+def test_fused_forward_equals_eager(target_model, engine, choice):
     """Prefill, a padded tree, a chain and the next tree after commits: logits and taps equal the
-    eager forward's to fp32 rounding, so the fused cache writes and tree attention hold up."""
+    eager forward's to fp32 rounding, so the fused cache writes and tree attention hold up. Glued,
+    the few-row forwards run the GEMMs with the glue inside and the prefill does not."""
     g = torch.Generator().manual_seed(11)
     vocab = target_model.config.vocab_size
     prompt = torch.randint(0, vocab, (23,), generator=g).tolist()
@@ -33,10 +34,10 @@ def test_fused_forward_equals_eager(target_model, engine):
     leaves = [int(torch.randint(1, t.num_nodes, (1,), generator=g)) for t in trees]
     eager = StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE, kernels="torch")
     if engine == "graph":
-        fused = GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE, kernels="triton")
+        fused = GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE, kernels=choice)
     else:
-        fused = StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE, kernels="triton")
-    assert eager.fused is None and fused.fused is not None
+        fused = StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE, kernels=choice)
+    assert eager.fused is None and fused.fused is not None and fused.kernels_ran == choice
     outs = []
     for t in (eager, fused):
         t.reset(len(prompt) + 40)
@@ -70,15 +71,17 @@ def test_fused_weights_are_views_of_the_model(qwen3_model):
 
 def test_fused_decode_is_lossless(qwen3_model):
     """Drafted methods through the fused forward give transformers' greedy tokens, and at T=1
-    the tokens AR gives with the same seed (the interpreter is slow: a few short decodes)."""
+    the tokens AR gives with the same seed (the interpreter is slow: a few short decodes). The
+    glued dflash run verifies its blocks, and drafts them, through the glued GEMMs."""
     drafter = tiny_drafter(qwen3_model, block_size=8)
     n = 10
     expected = hf_greedy(qwen3_model, n)
     runs = {}
-    for engine, method, budget, temperature in (("static", "ar", 1, 0.0), ("static", "dflash", 1, 0.0),
-                                                ("graph", "ddtree", 12, 0.0), ("static", "ar", 1, 1.0),
-                                                ("static", "ddtree", 12, 1.0)):
-        cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=n, engine=engine, kernels="triton",
+    for engine, method, budget, temperature, choice in (
+            ("static", "ar", 1, 0.0, "triton"), ("static", "dflash", 1, 0.0, "glued"),
+            ("graph", "ddtree", 12, 0.0, "triton"), ("static", "ar", 1, 1.0, "triton"),
+            ("static", "ddtree", 12, 1.0, "glued")):
+        cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=n, engine=engine, kernels=choice,
                            stop_at_eos=False, sampling=SamplingConfig(temperature=temperature, seed=3))
         dec = build_decoder(qwen3_model, cfg, drafter)
         assert dec.target.fused is not None
@@ -91,9 +94,10 @@ def test_fused_decode_is_lossless(qwen3_model):
 @pytest.mark.parametrize("arch", sorted(EXACT))
 def test_fused_forward_is_exact_per_family(arch):
     """Llama, Mistral, Qwen2 (QKV biases), Qwen3 (q/k norms) and Qwen3-MoE (its MLP as the model's
-    module) through the fused kernels: transformers' greedy tokens."""
+    module) through the fused kernels, decode steps through the glued GEMMs: transformers' greedy
+    tokens."""
     model = tiny(arch)
-    cfg = DecodeConfig(method="ar", engine="static", kernels="triton", max_new_tokens=10, stop_at_eos=False)
+    cfg = DecodeConfig(method="ar", engine="static", kernels="glued", max_new_tokens=10, stop_at_eos=False)
     dec = build_decoder(model, cfg)
     assert dec.target.fused is not None
     assert dec.generate(PROMPT).token_ids == hf_greedy(model, 10)
@@ -115,19 +119,19 @@ def test_kernels_choice_and_refusal(qwen3_model, monkeypatch):
         DecodeConfig(kernels="cuda").validate()
 
 
-@pytest.mark.parametrize("prompt_len", [20, 250])
-def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len):
+@pytest.mark.parametrize("prompt_len,choice", [(20, "triton"), (250, "triton"), (20, "glued")])
+def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len, choice):
     """The drafter's fused step (context fusion, then the block through the fused layers, its K/V
     past the context) gives the eager drafter's logits round after round, also across the first
-    span bucket."""
+    span bucket; glued, through the GEMMs with the glue inside."""
     from specdiff.drafters.graphed import GraphedDrafter
 
     from test_graph_engine import plain_and_graphed
 
     g = torch.Generator().manual_seed(7)
-    plain, fused = plain_and_graphed(qwen3_model, lambda d: GraphedDrafter(d, use_graphs=False, kernels="triton"),
+    plain, fused = plain_and_graphed(qwen3_model, lambda d: GraphedDrafter(d, use_graphs=False, kernels=choice),
                                      prompt_len, g)
-    assert fused._fused is not None
+    assert fused._fused is not None and fused._fused.glue == (choice == "glued")
     for n, root, slots in [(0, 3, 7), (3, 9, 7), (8, 4, 5), (1, 11, 7)]:
         feats = torch.randn(n, plain.fc.in_features, generator=g)
         plain.extend_context(feats)
@@ -138,9 +142,11 @@ def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len):
 BF16_LOGIT_TOLERANCE = 2e-2  # max |difference| over max |logit|: bf16 rounding, not a modelling gap
 
 
-def test_fused_forward_bf16_logits_within_tolerance():
+@pytest.mark.parametrize("choice", ["triton", "glued"])
+def test_fused_forward_bf16_logits_within_tolerance(choice):
     """In bf16 the fused forward rounds in other places than the eager one (one rounding per fused
-    kernel), so logits are held to a stated tolerance rather than equality."""
+    kernel; glued, the norm scales the product), so logits are held to a stated tolerance rather
+    than equality."""
     from specdiff.models.tiny import tiny_target
 
     model = tiny_target("qwen3", seed=4).to(torch.bfloat16)
@@ -148,7 +154,7 @@ def test_fused_forward_bf16_logits_within_tolerance():
     prompt = torch.randint(0, 96, (19,), generator=g).tolist()
     tree = random_tree(11, 96, g)
     outs = []
-    for kernels in ("torch", "triton"):
+    for kernels in ("torch", choice):
         t = StaticTarget(model, native=NATIVE, kernels=kernels)
         t.reset(len(prompt) + 16)
         t.prefill(prompt)

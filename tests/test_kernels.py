@@ -119,6 +119,36 @@ def test_skinny_linear(dtype, m, n, k, bias):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,glue,bias", [(1, "norm", False), (5, "swiglu", True), (16, "residual", True),
+                                         (20, "norm+swiglu", False), (3, "none", False)])
+def test_decode_gemm_equals_the_separate_kernels(dtype, m, glue, bias):
+    """The GEMM with a layer's glue inside: the norm in its prologue, SiLU-multiply or the
+    residual add in its epilogue, each against the eager ops it replaces; 20 rows span two row
+    blocks."""
+    g = torch.Generator().manual_seed(m)
+    k, rows = 80, 48
+    x = torch.randn(m, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(rows, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(rows, generator=g).to(DEVICE, dtype) if bias else None
+    nw = (1 + 0.1 * torch.randn(k, generator=g)).to(DEVICE, dtype)
+    norm = (nw, 1e-6) if "norm" in glue else None
+    h = kernels.rms_norm_reference(x, nw, 1e-6) if norm else x
+    want = torch.nn.functional.linear(h, w, b)
+    if "swiglu" in glue:
+        want = kernels.silu_mul_reference(want)
+    residual = None
+    if glue == "residual":
+        residual = torch.randn(m, rows, generator=g).to(DEVICE, dtype)
+        want = residual.clone().add_(want)
+    got = kernels.decode_gemm(x, w, b, norm=norm, swiglu="swiglu" in glue, residual=residual,
+                              settings=(16, 32, 4, 2))
+    assert got.shape == want.shape
+    if residual is not None:
+        assert got.data_ptr() == residual.data_ptr()  # added in place
+    close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
     """The exact op set: the GEMM at any row count and the position-ordered attention give a row
     bitwise what they give it alone (and agree with the references to rounding)."""

@@ -18,7 +18,7 @@ from specdiff.methods import METHODS, Method  # noqa: F401  (the registry owns t
 Engine = Literal["hf", "static", "graph"]
 Horizon = Literal["round", "decode"]
 TreeSearch = Literal["auto", "host", "device"]
-Kernels = Literal["auto", "triton", "torch"]
+Kernels = Literal["auto", "triton", "glued", "torch"]
 Numerics = Literal["auto", "exact", "fast"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 HORIZONS: tuple[str, ...] = get_args(Horizon)
@@ -134,9 +134,13 @@ class DecodeConfig:
                                   "path replayed as CUDA graphs per tree-size bucket (graph; eager on a CPU)",
                             choices=ENGINES)
     # static and graph engines: the target forward as fused Triton kernels with fused weights
-    # (`target.fused`), or as the HF modules' own PyTorch ops; auto = triton on a CUDA GPU
-    kernels: Kernels = option("auto", "static, graph: the target forward as fused Triton kernels (triton), as "
-                                      "PyTorch ops (torch), or triton on a CUDA GPU (auto)", choices=KERNELS)
+    # (`target.fused`), or as the HF modules' own PyTorch ops; auto = triton on a CUDA GPU. glued:
+    # triton, with forwards of up to 16 rows (AR, a DFlash block, small trees) through GEMMs that
+    # hold the layer's norms, SiLU-multiply and residual adds (`kernels.decode_gemm`)
+    kernels: Kernels = option("auto", "static, graph: the target forward as fused Triton kernels (triton), those "
+                                      "with the norms, SiLU and residual adds inside the GEMMs of forwards of up "
+                                      "to 16 rows (glued), as PyTorch ops (torch), or triton on a CUDA GPU (auto)",
+                              choices=KERNELS)
     # exact: the target computes each row alone (`specdiff.invariant`), so a token's logits are
     # bitwise the same verified alone or in any tree and outputs equal AR's in any dtype (Triton
     # kernels with the graph engine on a GPU; PyTorch ops on the static engine elsewhere).

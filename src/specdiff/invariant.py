@@ -86,4 +86,5 @@ OPS = SimpleNamespace(
     silu_mul=kernels.silu_mul_reference,
     tree_index=tree_index,
     tree_attention=tree_attention,
+    decode_gemm=None,
 )

@@ -10,6 +10,7 @@ from specdiff.cli.common import (
     ProgressBar, add_model_args, add_setting, config_flags, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
 )
 from specdiff.bench.config import BenchConfig
+from specdiff.config import KERNELS
 from specdiff.errors import SpecdiffError
 
 # this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
@@ -205,8 +206,9 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="where the models run")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"], help="weights and compute")
     p.add_argument("--engine", default=d.engine, choices=["hf", "static", "graph"], help="the forwards")
-    p.add_argument("--kernels", default=d.kernels, choices=["auto", "triton", "torch"],
-                   help="static, graph: fused Triton kernels, PyTorch ops, or triton on a CUDA GPU (auto)")
+    p.add_argument("--kernels", default=d.kernels, choices=list(KERNELS),
+                   help="static, graph: fused Triton kernels (triton; glued: the glue inside the GEMMs of "
+                        "forwards of up to 16 rows), PyTorch ops, or triton on a CUDA GPU (auto)")
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens, help="the prompt's length")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens, help="tokens each decode generates")
     p.add_argument("--budgets", default=",".join(map(str, d.budgets)), help="comma-separated ddtree budgets")

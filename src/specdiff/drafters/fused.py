@@ -35,8 +35,9 @@ def why_not(drafter: DFlashDrafter) -> str | None:
 
 
 class FusedDrafterStep:
-    def __init__(self, drafter: DFlashDrafter):
-        self.drafter = drafter
+    def __init__(self, drafter: DFlashDrafter, glue: bool = False):
+        """glue: the block's layers through `kernels.decode_gemm` (`--kernels glued`)."""
+        self.drafter, self.glue = drafter, glue
         attn0 = drafter.layers[0].self_attn
         self.num_heads, self.head_dim = attn0.num_heads, attn0.head_dim
         self.q_rows = self.num_heads * self.head_dim
@@ -73,6 +74,8 @@ class FusedDrafterStep:
         positions = length + torch.arange(bk, device=ids.device)
         x = embed(ids).to(d.fc.weight.dtype).contiguous()  # [Bk, H], the residual stream
         cos, sin = d.rope(positions)
+        if self.glue and bk <= kernels.SKINNY_ROWS and head.weight.dtype == x.dtype:
+            return self._glued_layers(x, cos, sin, positions, length, span)
         h = kernels.add_rms_norm(x, None, *self.layers[0]["input_norm"])
         for i, f in enumerate(self.layers):
             q = kernels.qkv_rope_store(kernels.linear(h, *f["qkv"]), cos, sin, f["qk_norm"], f["qk_eps"], d.ctx_k[i],
@@ -86,3 +89,20 @@ class FusedDrafterStep:
             nxt = self.layers[i + 1]["input_norm"] if i + 1 < len(self.layers) else self.final_norm
             h = kernels.add_rms_norm(x, delta, *nxt)
         return kernels.linear(h[1:].to(head.weight.dtype), head.weight, getattr(head, "bias", None))
+
+    def _glued_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                      length: torch.Tensor, span: int) -> torch.Tensor:
+        """`run_block`'s layers with the glue inside the GEMMs (`kernels.decode_gemm`), as the
+        target's `FusedForward` runs a few rows: x [Bk, H] (updated) -> logits [Bk-1, V]."""
+        d, gemm = self.drafter, kernels.decode_gemm
+        head = d._io[1]
+        bk = x.shape[0]
+        for i, f in enumerate(self.layers):
+            q = kernels.qkv_rope_store(gemm(x, *f["qkv"], norm=f["input_norm"]), cos, sin, f["qk_norm"], f["qk_eps"],
+                                       d.ctx_k[i], d.ctx_v[i], positions, self.num_heads)
+            a = kernels.tree_attention(q, d.ctx_k[i], d.ctx_v[i], length, self.block_sees_block, span,
+                                       self.head_dim ** -0.5)
+            o, down = f["o_proj"], f["down"]
+            gemm(a.view(bk, -1), o.weight, o.bias, residual=x)
+            gemm(gemm(x, *f["gate_up"], norm=f["post_norm"], swiglu=True), down.weight, down.bias, residual=x)
+        return gemm(x[1:], head.weight, getattr(head, "bias", None), norm=self.final_norm)

@@ -59,7 +59,7 @@ class GraphedDrafter:
         self._candidates: device_search.TopCandidates | None = None
         self._fused: FusedDrafterStep | None = None
         if len(shape) == 1 and use_triton(kernels, why_not(drafter), self.device, " the drafter"):
-            self._fused = FusedDrafterStep(drafter)
+            self._fused = FusedDrafterStep(drafter, glue=kernels == "glued")
 
     def _ids_shape(self) -> tuple[int, ...]:
         return (self.spec.block_size,)  # the block [root, MASK x (Bk-1)]

@@ -3,12 +3,14 @@
 At decoding sizes a large model's forward is bound by reading its weights, and every kernel
 between two GEMMs adds launch and tail latency: the eager static forward runs about 35 kernels
 per layer, most of them elementwise. These fold a layer's glue into five launches beside its four
-GEMMs (fused QKV, o, fused gate/up, down):
+GEMMs (fused QKV, o, fused gate/up, down), and for a few rows into the GEMMs themselves:
 
 - `add_rms_norm`: the residual add and the next RMSNorm in one pass over each row;
 - `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),
   RoPE, and the K/V rows written into the static cache;
 - `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection;
+- `decode_gemm`: a GEMM of a few rows that streams its weight once, with the RMSNorm in its
+  prologue, SiLU-multiply or the residual add in its epilogue;
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
   over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
   at or past start + N.
@@ -19,8 +21,8 @@ kernels round the same way, so they differ from their references only in the ord
 On a CPU the tests run the kernels under Triton's interpreter against the references.
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
-attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM
-and its batch-invariant use), `tree` (a resident tree's target inputs), `common` (Triton where
+attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
+its glued form and its batch-invariant use), `tree` (a resident tree's target inputs), `common` (Triton where
 installed, bf16 rounding). This package holds
 the op sets (`OPS`, `EXACT_OPS`) and the `--kernels` decision, and re-exports the rest.
 """
@@ -39,12 +41,12 @@ from specdiff.kernels.common import BLOCK_N, triton
 from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, qkv_rope_store,
                                           qkv_rope_store_reference, rms_norm_reference, rope_reference, silu_mul,
                                           silu_mul_reference)
-from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, invariant_linear, linear, skinny_linear
+from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear
 from specdiff.kernels.tree import tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
-    "ancestor_paths", "invariant_linear", "linear", "position_attention", "position_tree_index", "qkv_rope_store",
+    "ancestor_paths", "decode_gemm", "invariant_linear", "linear", "position_attention", "position_tree_index", "qkv_rope_store",
     "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
     "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
@@ -62,8 +64,8 @@ def runnable(device: torch.device) -> str | None:
 
 def use_triton(kernels_choice: str, why_not: str | None, device: torch.device, what: str = "") -> bool:
     """Whether `--kernels` runs the Triton kernels for a model that `why_not` says cannot take
-    them (None: it can): "triton" (refused in one line where they cannot run), "torch" (no),
-    "auto" (on a CUDA GPU where they can run). what: the model named in the refusal."""
+    them (None: it can): "triton" and "glued" (refused in one line where they cannot run), "torch"
+    (no), "auto" (on a CUDA GPU where they can run). what: the model named in the refusal."""
     if kernels_choice == "torch":
         return False
     if kernels_choice == "auto":
@@ -76,9 +78,10 @@ def use_triton(kernels_choice: str, why_not: str | None, device: torch.device, w
 # The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
 # `tree_index` runs once per forward; its result goes to every layer's `tree_attention`.
 OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
-                      tree_index=tree_index, tree_attention=tree_attention)
+                      tree_index=tree_index, tree_attention=tree_attention, decode_gemm=decode_gemm)
 
 # Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
 # kernels already do: one program per row or element)
 EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
-                            silu_mul=silu_mul, tree_index=position_tree_index, tree_attention=position_attention)
+                            silu_mul=silu_mul, tree_index=position_tree_index, tree_attention=position_attention,
+                            decode_gemm=None)

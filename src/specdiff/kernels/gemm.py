@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from specdiff.kernels.common import triton, tl
 
 if triton is not None:
-    from specdiff.kernels.common import _round
+    from specdiff.kernels.common import _round, gdc_launch_dependents, gdc_wait
 
 
 if triton is not None:
@@ -84,3 +84,100 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if n * k <= SKINNY_MIN_WEIGHT:
         return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
     return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, M, N, K, eps, NORM: tl.constexpr,
+                            BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                            INTERPRETED: tl.constexpr, PDL: tl.constexpr, PREFETCH_K: tl.constexpr):
+        # `_skinny_linear_kernel` with a layer's glue folded in. NORM: RMSNorm(x) W^T =
+        # rstd * ((x * w_norm) W^T) with rstd a per-row scalar, so the loop multiplies the input
+        # by the norm's weight and sums its squares, and the epilogue scales by rstd: no pass over
+        # the input before the weight streams. SWIGLU: the weight holds 2N rows, gate then up; a
+        # program reads its BLOCK_N gate rows and the matching up rows as one tile and multiplies
+        # SiLU(gate) by up in the epilogue. RESIDUAL: the product is added into y in place (the
+        # residual stream). No split over K: one program owns an output tile.
+        TILE_N: tl.constexpr = 2 * BLOCK_N if SWIGLU else BLOCK_N
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, TILE_N)
+        rn = tl.program_id(1) * BLOCK_N + cols % BLOCK_N  # the output feature of each tile column
+        wrow = tl.where(cols < BLOCK_N, rn, N + rn)  # its weight row (the up half past N)
+        mmask, nmask = rm < M, rn < N
+        if PDL:  # launched before the previous kernel ends: wait for it before reading, and let the next launch
+            if PREFETCH_K > 0:  # the weight does not depend on it: pull its first columns into L2 meanwhile
+                for k in range(0, PREFETCH_K, 64):
+                    lines = w_ptr + wrow[None, :] * K + (k + tl.arange(0, 1))[:, None]
+                    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines],
+                                              dtype=tl.int32, is_pure=False, pack=1)
+            gdc_wait()
+            gdc_launch_dependents()
+        dt = x_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_M, TILE_N], tl.float32)
+        ss = tl.zeros([BLOCK_M], tl.float32)
+        for k in range(0, K, BLOCK_K):
+            rk = k + tl.arange(0, BLOCK_K)
+            kmask = rk < K
+            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+            if NORM:
+                xf = x.to(tl.float32)
+                ss += tl.sum(xf * xf, axis=1)
+                x = _round(xf * tl.load(nw_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :], dt)
+            w = tl.load(w_ptr + wrow[None, :] * K + rk[:, None], mask=nmask[None, :] & kmask[:, None], other=0.0)
+            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
+                acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+            else:
+                acc += tl.dot(x, w, input_precision=PRECISION)  # [BLOCK_M, TILE_N]
+        if NORM:
+            acc = acc * tl.rsqrt(ss / K + eps)[:, None]
+        if BIAS:
+            acc += tl.load(b_ptr + wrow, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        if SWIGLU:  # `silu_mul`'s rounding: the projections, SiLU(gate), then the product
+            gate, up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
+            g = _round(gate, dt).to(tl.float32)
+            s = _round(g / (1.0 + tl.exp(-g)), dt)
+            out = _round(s.to(tl.float32) * _round(up, dt).to(tl.float32), dt)
+            on = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        else:
+            out = _round(acc, dt)
+            on = rn
+        ptrs = y_ptr + rm[:, None] * N + on[None, :]
+        omask = mmask[:, None] & (on < N)[None, :]
+        if RESIDUAL:
+            out = _round(tl.load(ptrs, mask=omask, other=0.0).to(tl.float32) + out.to(tl.float32), dt)
+        tl.store(ptrs, out, mask=omask)
+
+
+# Launch settings of the fused decode GEMM by weight shape (rows, K): (block_n, block_k, warps,
+# stages). Measured on an H100 (scripts/gpu_decode_gemm.py); a shape not listed takes DEFAULT.
+DECODE_GEMM_DEFAULT = (32, 128, 4, 4)
+DECODE_GEMM_SETTINGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+
+def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
+                residual: torch.Tensor | None = None, settings: tuple[int, int, int, int] | None = None,
+                block_m: int = SKINNY_ROWS, pdl: bool = False, prefetch_k: int = 0) -> torch.Tensor:
+    """A decoding GEMM with its glue, one kernel: x [M, K] -> y = RMSNorm(x) (norm: (weight,
+    eps)) @ weight.T + bias; swiglu: weight [2I, K] (gate then up) gives SiLU(gate) * up [M, I];
+    residual [M, N]: y is added into it in place (and returned). The norm's 1/rms scales the
+    product rather than the input (the input rounds once, times the norm's weight), so logits
+    differ from the separate kernels' in bf16 rounding, as a change of summation order would. pdl: launch
+    it as a programmatic dependent (it may start while the previous kernel finishes), pulling
+    the first prefetch_k columns of its weight into L2 while it waits."""
+    m, k = x.shape
+    rows = weight.shape[0]
+    n = rows // 2 if swiglu else rows
+    bn, bk, warps, stages = settings or DECODE_GEMM_SETTINGS.get((rows, k), DECODE_GEMM_DEFAULT)
+    y = residual if residual is not None else torch.empty(m, n, dtype=x.dtype, device=x.device)
+    nw, eps = norm if norm is not None else (weight, 0.0)
+    _decode_gemm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, bn))](
+        x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
+        BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
+        BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", PDL=pdl, PREFETCH_K=prefetch_k, num_warps=warps,
+        num_stages=stages,
+        **({"launch_pdl": True} if pdl else {}))
+    return y

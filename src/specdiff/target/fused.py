@@ -1,10 +1,13 @@
-"""The static forward made of fused kernels: weights fused at load, nine launches per layer.
+"""The static forward made of fused kernels: weights fused at load, five to ten launches per layer.
 
 `StaticTarget`'s eager forward runs each HF module's own kernels (about 35 a layer); at decoding
 sizes a large model then spends as long between its GEMMs as in them. `FusedForward` runs the same
-layer as four GEMMs (fused QKV, o, fused gate/up, down; cuBLAS) and five Triton kernels from
-`specdiff.kernels` (norm with the residual add, the QKV split with q/k norms, RoPE and the cache
-write, tree attention and its merge, SiLU-multiply).
+layer as four GEMMs (fused QKV, o, fused gate/up, down) and the Triton kernels of
+`specdiff.kernels`. A forward of many rows (a prefill, a large tree) takes cuBLAS's GEMMs with the
+glue between them (norm with the residual add, SiLU-multiply); one of a few rows (an AR step, a
+DFlash block, a small tree) takes `decode_gemm`, which streams each weight once with the glue in
+its prologue and epilogue. Either way the QKV split with q/k norms, RoPE and the cache write is one
+kernel, and tree attention with its merge two.
 
 QKV and gate/up weights are concatenated once, and the modules' own weights become views into the
 fused tensors: memory does not grow, and the eager path and the model's own forward read the very
@@ -52,6 +55,18 @@ def fuse_linears(mods: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | No
 
 
 @dataclass
+class AttentionInputs:
+    """What every layer's attention of one forward shares."""
+    cos: torch.Tensor  # [N, D]
+    sin: torch.Tensor  # [N, D]
+    slots: torch.Tensor  # [N] cache slots
+    start: torch.Tensor  # [1] the tree's first slot
+    ancestors: torch.Tensor  # [N, N] bool
+    span: int  # the most cache slots a row sees
+    tree: dict  # `ops.tree_index`'s result
+
+
+@dataclass
 class FusedLayer:
     qkv: tuple[torch.Tensor, torch.Tensor | None]  # weight [(Hq + 2 Hkv) D, H], bias
     qk_norm: torch.Tensor | None  # [2, D]: q and k RMSNorm weights (Qwen3), or None
@@ -78,8 +93,9 @@ def why_not(target) -> str | None:
 class FusedForward:
     """The forward of a `StaticTarget` (whose K/V buffers it writes) from fused kernels."""
 
-    def __init__(self, target, ops=kernels.OPS):
-        self.target, self.ops = target, ops
+    def __init__(self, target, ops=kernels.OPS, glue: bool = False):
+        """glue: forwards of up to SKINNY_ROWS rows run `_glued_layers` (`--kernels glued`)."""
+        self.target, self.ops, self.glue = target, ops, glue and ops.decode_gemm is not None
         cfg = target.config
         self.num_heads = int(cfg.num_attention_heads)
         swiglu = getattr(cfg, "hidden_act", None) in SWIGLU
@@ -105,6 +121,52 @@ class FusedForward:
         self.input_norms = [norm_params(layer.input_layernorm) for layer in target.layers]
         self.final_norm = norm_params(target.decoder.norm)
 
+    def _attend(self, i: int, f: FusedLayer, qkv: torch.Tensor, at: AttentionInputs) -> torch.Tensor:
+        """Layer i's attention from its fused QKV projection [N, (Hq + 2 Hkv) D] -> [N, Hq D];
+        its K/V go to the cache."""
+        t, ops = self.target, self.ops
+        k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
+        q = ops.qkv_rope_store(qkv, at.cos, at.sin, f.qk_norm, f.qk_eps, k_cache, v_cache, at.slots, self.num_heads)
+        a = ops.tree_attention(q, k_cache, v_cache, at.start, at.ancestors, at.span, f.scale, **at.tree)  # [N, Hq, D]
+        return a.reshape(qkv.shape[0], -1)
+
+    def _layers(self, x: torch.Tensor, attend: AttentionInputs, taps: dict) -> torch.Tensor:
+        """The layers as GEMMs with the glue between them: x [N, H] (updated) -> logits [N, V]."""
+        t, ops = self.target, self.ops
+        w, eps = self.input_norms[0]
+        h = ops.add_rms_norm(x, None, w, eps)
+        for i, f in enumerate(self.layers):
+            a = self._attend(i, f, ops.linear(h, *f.qkv), attend)
+            h = ops.add_rms_norm(x, ops.linear(a, f.o_proj.weight, f.o_proj.bias), *f.post_norm)
+            if f.gate_up is not None:
+                d = ops.linear(ops.silu_mul(ops.linear(h, *f.gate_up)), f.down.weight, f.down.bias)
+            else:
+                d = f.mlp(h[None])[0]
+            w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
+            if i in t.tap_layers:  # the layer's output is read before the next norm
+                x.add_(d)
+                taps[i] = x.clone()
+                d = None
+            h = ops.add_rms_norm(x, d, w, eps)
+        return ops.linear(h, t.lm_head.weight, getattr(t.lm_head, "bias", None))
+
+    def _glued_layers(self, x: torch.Tensor, attend: AttentionInputs, taps: dict) -> torch.Tensor:
+        """`_layers` with the glue inside the GEMMs (`kernels.decode_gemm`): each norm in the
+        prologue of the GEMM that reads it, SiLU-multiply in gate/up's epilogue, the residual adds
+        in o's and down's. Five or six launches a layer where `_layers` takes nine or more."""
+        t, ops = self.target, self.ops
+        gemm = ops.decode_gemm
+        for i, f in enumerate(self.layers):
+            a = self._attend(i, f, gemm(x, *f.qkv, norm=self.input_norms[i]), attend)
+            gemm(a, f.o_proj.weight, f.o_proj.bias, residual=x)
+            if f.gate_up is not None:
+                gemm(gemm(x, *f.gate_up, norm=f.post_norm, swiglu=True), f.down.weight, f.down.bias, residual=x)
+            else:
+                x.add_(f.mlp(ops.add_rms_norm(x, None, *f.post_norm)[None])[0])
+            if i in t.tap_layers:
+                taps[i] = x.clone()
+        return gemm(x, t.lm_head.weight, getattr(t.lm_head, "bias", None), norm=self.final_norm)
+
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slots: torch.Tensor, start: torch.Tensor,
                  ancestors: torch.Tensor, span: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids/positions [1, N]; cache slots [N]; start [1] long (the tree's first slot, on the
@@ -117,33 +179,21 @@ class FusedForward:
         cos, sin = cos[0].contiguous(), sin[0].contiguous()
         taps = {}
         ops = self.ops
-        tree = ops.tree_index(start, ancestors)  # once: every layer attends over the same tree
-        w, eps = self.input_norms[0]
-        h = ops.add_rms_norm(x, None, w, eps)
-        for i, f in enumerate(self.layers):
-            k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
-            qkv = ops.linear(h, *f.qkv)
-            q = ops.qkv_rope_store(qkv, cos, sin, f.qk_norm, f.qk_eps, k_cache, v_cache, slots, self.num_heads)
-            a = ops.tree_attention(q, k_cache, v_cache, start, ancestors, span, f.scale, **tree)  # [N, Hq, D]
-            h = ops.add_rms_norm(x, ops.linear(a.reshape(n, -1), f.o_proj.weight, f.o_proj.bias), *f.post_norm)
-            if f.gate_up is not None:
-                d = ops.linear(ops.silu_mul(ops.linear(h, *f.gate_up)), f.down.weight, f.down.bias)
-            else:
-                d = f.mlp(h[None])[0]
-            w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
-            if i in t.tap_layers:  # the layer's output is read before the next norm
-                x.add_(d)
-                taps[i] = x.clone()
-                d = None
-            h = ops.add_rms_norm(x, d, w, eps)
-        logits = ops.linear(h, t.lm_head.weight, getattr(t.lm_head, "bias", None))
+        # the tree index once: every layer attends over the same tree
+        attend = AttentionInputs(cos, sin, slots, start, ancestors, span, ops.tree_index(start, ancestors))
+        if self.glue and n <= kernels.SKINNY_ROWS:
+            logits = self._glued_layers(x, attend, taps)
+        else:
+            logits = self._layers(x, attend, taps)
         features = torch.cat([taps[i] for i in t.tap_layers], dim=-1) if t.tap_layers else None
         return logits, features
 
 
 def make_fused(target, kernels_choice: str) -> FusedForward | None:
     """The fused forward where `kernels_choice` runs Triton (`kernels.use_triton`), else None (eager)."""
-    return FusedForward(target) if kernels.use_triton(kernels_choice, why_not(target), target.device) else None
+    if not kernels.use_triton(kernels_choice, why_not(target), target.device):
+        return None
+    return FusedForward(target, glue=kernels_choice == "glued")
 
 
 def swiglu_layers(target) -> bool:

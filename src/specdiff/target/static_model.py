@@ -94,7 +94,8 @@ class StaticTarget(HFTarget):
             self.fused = make_fused(self, kernels) if attention == "masked" else None
         self.numerics = numerics
         if self.fused is not None:
-            self.kernels_ran = "triton" if self.fused.ops is not invariant.OPS else "invariant"
+            self.kernels_ran = ("invariant" if self.fused.ops is invariant.OPS else
+                                "glued" if self.fused.glue else "triton")
         if check:
             self.check_probe()
 

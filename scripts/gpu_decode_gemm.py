@@ -1,0 +1,106 @@
+"""GPU: the glued decode GEMM (`kernels.decode_gemm`) against the separate kernels it replaces, per
+GEMM of a layer, with a sweep of its launch settings.
+
+Roles: qkv (norm in the prologue; before: `add_rms_norm` + `linear`), o (residual add in the
+epilogue; before: `linear`, its add folded into the next norm), gate_up (norm in the prologue,
+SiLU-multiply in the epilogue; before: `add_rms_norm` + `linear` + `silu_mul`), down (residual
+add; before: `linear`) and lm_head (norm; before: `add_rms_norm` + `linear`). Each weight is
+replicated past 256 MB and the calls cycle through the copies inside one CUDA graph, so every call
+streams its weight from HBM as in a real forward. Prints, per shape, role and row count, the
+separate kernels' and the best setting's microseconds per call and GB/s of weight read, then
+a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
+
+    usage: python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+
+import torch
+from triton.testing import do_bench_cudagraph
+
+from specdiff import kernels
+
+SHAPES = {  # hidden, intermediate, qkv rows
+    "8b": (4096, 12288, 6144), "1.7b": (2048, 6144, 4096),
+}
+SETTINGS = [(bn, bk, w, s) for bn, bk, w, s in itertools.product((16, 32, 64), (128, 256), (4,), (3, 5))]
+SETTINGS += [(64, 128, 8, 4), (128, 64, 4, 4), (32, 512, 4, 3), (16, 512, 4, 3)]
+
+
+def per_call_us(fn, copies: int) -> float:
+    return 1000 * do_bench_cudagraph(fn, rep=30) / copies
+
+
+def roles(hidden: int, inter: int, qkv: int) -> dict:
+    # name: (weight rows, K, decode_gemm glue, the separate kernels)
+    ln = (torch.ones(hidden, device="cuda", dtype=torch.bfloat16), 1e-6)
+    return {
+        "qkv": (qkv, hidden, dict(norm=ln), lambda x, w, r: kernels.linear(kernels.add_rms_norm(x, r, *ln), w)),
+        "o": (hidden, hidden, dict(residual=True), lambda x, w, r: kernels.linear(x, w)),
+        "gate_up": (2 * inter, hidden, dict(norm=ln, swiglu=True),
+                    lambda x, w, r: kernels.silu_mul(kernels.linear(kernels.add_rms_norm(x, r, *ln), w))),
+        "down": (hidden, inter, dict(residual=True), lambda x, w, r: kernels.linear(x, w)),
+        "lm_head": (151936, hidden, dict(norm=ln), lambda x, w, r: kernels.linear(kernels.add_rms_norm(x, r, *ln), w)),
+    }
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    best_settings = {}
+    for shape in (sys.argv[1] if len(sys.argv) > 1 else "8b,1.7b").split(","):
+        for role, (rows, k, glue, separate) in roles(*SHAPES[shape]).items():
+            size = rows * k * 2
+            copies = max(1, math.ceil(256e6 / size))
+            ws = [torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+            for m in (1, 16):
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                r = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                res = torch.zeros(m, rows, device="cuda", dtype=torch.bfloat16)
+                ref = per_call_us(lambda: [separate(x, w, r) for w in ws], copies)
+                want = separate(x, ws[0], None)
+
+                def call(w, s, pdl=False, prefetch_k=0):
+                    g = dict(glue)
+                    if g.pop("residual", False):
+                        g["residual"] = res
+                    return kernels.decode_gemm(x, w, settings=s, pdl=pdl, prefetch_k=prefetch_k, **g)
+
+                best = (float("inf"), None)
+                for s in SETTINGS:
+                    try:
+                        res.zero_()
+                        torch.testing.assert_close(call(ws[0], s), want, atol=3e-2, rtol=3e-2)
+                        us = per_call_us(lambda: [call(w, s) for w in ws], copies)
+                    except Exception as e:  # a setting that does not compile or fit
+                        print(f"  {shape} {role} m={m} {s}: {type(e).__name__}: {str(e)[:80]}")
+                        continue
+                    best = min(best, (us, s), key=lambda t: t[0])
+                us, s = best
+                if m == 1:
+                    best_settings[(rows, k)] = s
+                # launched as programmatic dependents, prefetching pk columns of the weight
+                for pk in (0, k // 8, k // 4) if m == 1 else ():
+                    try:
+                        pdl = per_call_us(lambda: [call(w, s, pdl=True, prefetch_k=pk) for w in ws], copies)
+                        print(f"      programmatic dependent launch, {pk} columns prefetched: {pdl:7.1f} us",
+                              flush=True)
+                    except Exception as e:
+                        print(f"      programmatic dependent launch failed: {type(e).__name__}: {str(e)[:120]}")
+                print(f"{shape:5s} {role:8s} m={m:2d}  separate {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   "
+                      f"glued {us:7.1f} us {size / us / 1e3:6.0f} GB/s  {s}", flush=True)
+            ws = []  # free the copies before the next shape
+            torch.cuda.empty_cache()
+    print("DECODE_GEMM_SETTINGS =", best_settings)
+    if os.environ.get("SETTINGS_OUT"):  # for a run that times them (scripts/gpu_glue.sh)
+        with open(os.environ["SETTINGS_OUT"], "w") as f:
+            json.dump([[list(key), list(s)] for key, s in best_settings.items()], f)
+
+
+if __name__ == "__main__":
+    main()
