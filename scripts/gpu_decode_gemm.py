@@ -10,7 +10,7 @@ streams its weight from HBM as in a real forward. Prints, per shape, role and ro
 separate kernels' and the best setting's microseconds per call and GB/s of weight read, then
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
-    usage: python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
+    usage: [ROLES=qkv,o] [ROWS=1,16] [NO_PDL=1] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ def main() -> None:
     best_settings = {}
     for shape in (sys.argv[1] if len(sys.argv) > 1 else "8b,1.7b").split(","):
         for role, (rows, k, glue, separate) in roles(*SHAPES[shape]).items():
+            if role not in os.environ.get("ROLES", role).split(","):
+                continue
             size = rows * k * 2
             copies = max(1, math.ceil(256e6 / size))
             ws = [torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
-            for m in (1, 16):
+            for m in map(int, os.environ.get("ROWS", "1,16").split(",")):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 r = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 res = torch.zeros(m, rows, device="cuda", dtype=torch.bfloat16)
@@ -85,7 +87,7 @@ def main() -> None:
                 if m == 1:
                     best_settings[(rows, k)] = s
                 # launched as programmatic dependents, prefetching pk columns of the weight
-                for pk in (0, k // 8, k // 4) if m == 1 else ():
+                for pk in (0, k // 8, k // 4) if m == 1 and not os.environ.get("NO_PDL") else ():
                     try:
                         pdl = per_call_us(lambda: [call(w, s, pdl=True, prefetch_k=pk) for w in ws], copies)
                         print(f"      programmatic dependent launch, {pk} columns prefetched: {pdl:7.1f} us",

@@ -93,18 +93,22 @@ if triton is not None:
                             BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                             INTERPRETED: tl.constexpr, PDL: tl.constexpr, PREFETCH_K: tl.constexpr):
-        # `_skinny_linear_kernel` with a layer's glue folded in. NORM: RMSNorm(x) W^T =
-        # rstd * ((x * w_norm) W^T) with rstd a per-row scalar, so the loop multiplies the input
-        # by the norm's weight and sums its squares, and the epilogue scales by rstd: no pass over
-        # the input before the weight streams. SWIGLU: the weight holds 2N rows, gate then up; a
-        # program reads its BLOCK_N gate rows and the matching up rows as one tile and multiplies
-        # SiLU(gate) by up in the epilogue. RESIDUAL: the product is added into y in place (the
-        # residual stream). No split over K: one program owns an output tile.
+        # `_skinny_linear_kernel` with a layer's glue folded in. NORM: RMSNorm of the input rows in
+        # the prologue (each program sums its rows' squares itself, elementwise until one
+        # reduction at the end: the rows are a few KB, read from L2), rounded as `add_rms_norm`
+        # rounds. SWIGLU: the weight holds 2N rows, gate then up; a program reads its BLOCK_N gate
+        # rows and the matching up rows as one tile and multiplies SiLU(gate) by up in the
+        # epilogue. RESIDUAL: the product is added into y in place (the residual stream). No
+        # split over K: one program owns an output tile.
         TILE_N: tl.constexpr = 2 * BLOCK_N if SWIGLU else BLOCK_N
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, TILE_N)
-        rn = tl.program_id(1) * BLOCK_N + cols % BLOCK_N  # the output feature of each tile column
-        wrow = tl.where(cols < BLOCK_N, rn, N + rn)  # its weight row (the up half past N)
+        if SWIGLU:
+            rn = tl.program_id(1) * BLOCK_N + cols % BLOCK_N  # the output feature of each tile column
+            wrow = tl.where(cols < BLOCK_N, rn, N + rn)  # its weight row (the up half past N)
+        else:
+            rn = tl.program_id(1) * BLOCK_N + cols
+            wrow = rn
         mmask, nmask = rm < M, rn < N
         if PDL:  # launched before the previous kernel ends: wait for it before reading, and let the next launch
             if PREFETCH_K > 0:  # the weight does not depend on it: pull its first columns into L2 meanwhile
@@ -115,23 +119,30 @@ if triton is not None:
             gdc_wait()
             gdc_launch_dependents()
         dt = x_ptr.dtype.element_ty
+        if NORM:
+            sq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+            for k in range(0, K, BLOCK_K):
+                rk = k + tl.arange(0, BLOCK_K)
+                xs = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=mmask[:, None] & (rk < K)[None, :],
+                             other=0.0).to(tl.float32)
+                sq += xs * xs
+            rstd = tl.rsqrt(tl.sum(sq, axis=1) / K + eps)[:, None]
         acc = tl.zeros([BLOCK_M, TILE_N], tl.float32)
-        ss = tl.zeros([BLOCK_M], tl.float32)
         for k in range(0, K, BLOCK_K):
             rk = k + tl.arange(0, BLOCK_K)
             kmask = rk < K
             x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-            if NORM:
-                xf = x.to(tl.float32)
-                ss += tl.sum(xf * xf, axis=1)
-                x = _round(xf * tl.load(nw_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :], dt)
+            if NORM:  # HF's rounding: normalise in fp32, cast, then scale by the weight
+                nw = tl.load(nw_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+                if INTERPRETED:  # its casts truncate: `_round` rounds as the GPU's casts do
+                    x = _round(_round(x.to(tl.float32) * rstd, dt).to(tl.float32) * nw, dt)
+                else:
+                    x = ((x.to(tl.float32) * rstd).to(dt).to(tl.float32) * nw).to(dt)
             w = tl.load(w_ptr + wrow[None, :] * K + rk[:, None], mask=nmask[None, :] & kmask[:, None], other=0.0)
             if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
                 acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
             else:
                 acc += tl.dot(x, w, input_precision=PRECISION)  # [BLOCK_M, TILE_N]
-        if NORM:
-            acc = acc * tl.rsqrt(ss / K + eps)[:, None]
         if BIAS:
             acc += tl.load(b_ptr + wrow, mask=nmask, other=0.0).to(tl.float32)[None, :]
         if SWIGLU:  # `silu_mul`'s rounding: the projections, SiLU(gate), then the product
@@ -162,9 +173,8 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 block_m: int = SKINNY_ROWS, pdl: bool = False, prefetch_k: int = 0) -> torch.Tensor:
     """A decoding GEMM with its glue, one kernel: x [M, K] -> y = RMSNorm(x) (norm: (weight,
     eps)) @ weight.T + bias; swiglu: weight [2I, K] (gate then up) gives SiLU(gate) * up [M, I];
-    residual [M, N]: y is added into it in place (and returned). The norm's 1/rms scales the
-    product rather than the input (the input rounds once, times the norm's weight), so logits
-    differ from the separate kernels' in bf16 rounding, as a change of summation order would. pdl: launch
+    residual [M, N]: y is added into it in place (and returned). Each step rounds as the separate
+    kernels do (`add_rms_norm`, `silu_mul`), so only the order of the sums differs. pdl: launch
     it as a programmatic dependent (it may start while the previous kernel finishes), pulling
     the first prefetch_k columns of its weight into L2 while it waits."""
     m, k = x.shape
