@@ -10,7 +10,7 @@ streams its weight from HBM as in a real forward. Prints, per shape, role and ro
 separate kernels' and the best setting's microseconds per call and GB/s of weight read, then
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
-    usage: [ROLES=qkv,o] [ROWS=1,16] [NO_PDL=1] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
+    usage: [ROLES=qkv,o] [ROWS=1,16] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def main() -> None:
                 ref = per_call_us(lambda: [separate(x, w, r) for w in ws], copies)
                 want = separate(x, ws[0], None)
 
-                def call(w, s, pdl=False, prefetch_k=0):
+                def call(w, s):
                     g = dict(glue)
                     if g.pop("residual", False):
                         g["residual"] = res
-                    return kernels.decode_gemm(x, w, settings=s, pdl=pdl, prefetch_k=prefetch_k, **g)
+                    return kernels.decode_gemm(x, w, settings=s, **g)
 
                 best = (float("inf"), None)
                 for s in SETTINGS:
@@ -86,14 +86,6 @@ def main() -> None:
                 us, s = best
                 if m == 1:
                     best_settings[(rows, k)] = s
-                # launched as programmatic dependents, prefetching pk columns of the weight
-                for pk in (0, k // 8, k // 4) if m == 1 and not os.environ.get("NO_PDL") else ():
-                    try:
-                        pdl = per_call_us(lambda: [call(w, s, pdl=True, prefetch_k=pk) for w in ws], copies)
-                        print(f"      programmatic dependent launch, {pk} columns prefetched: {pdl:7.1f} us",
-                              flush=True)
-                    except Exception as e:
-                        print(f"      programmatic dependent launch failed: {type(e).__name__}: {str(e)[:120]}")
                 print(f"{shape:5s} {role:8s} m={m:2d}  separate {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   "
                       f"glued {us:7.1f} us {size / us / 1e3:6.0f} GB/s  {s}", flush=True)
             ws = []  # free the copies before the next shape

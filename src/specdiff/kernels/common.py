@@ -5,10 +5,6 @@ from __future__ import annotations
 try:  # the CPU install has no Triton: the forward then runs the references
     import triton
     import triton.language as tl
-    try:  # programmatic dependent launch (a kernel starts while the one before it finishes)
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-    except ImportError:  # pragma: no cover - older Triton
-        gdc_launch_dependents = gdc_wait = None
 except ImportError:  # pragma: no cover - exercised where Triton is missing
     triton = None
     tl = None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from specdiff.kernels.common import triton, tl
 
 if triton is not None:
-    from specdiff.kernels.common import _round, gdc_launch_dependents, gdc_wait
+    from specdiff.kernels.common import _round
 
 
 if triton is not None:
@@ -92,7 +92,7 @@ if triton is not None:
     def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, M, N, K, eps, NORM: tl.constexpr,
                             BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                            INTERPRETED: tl.constexpr, PDL: tl.constexpr, PREFETCH_K: tl.constexpr):
+                            INTERPRETED: tl.constexpr):
         # `_skinny_linear_kernel` with a layer's glue folded in. NORM: RMSNorm of the input rows in
         # the prologue (each program sums its rows' squares itself, elementwise until one
         # reduction at the end: the rows are a few KB, read from L2), rounded as `add_rms_norm`
@@ -110,14 +110,6 @@ if triton is not None:
             rn = tl.program_id(1) * BLOCK_N + cols
             wrow = rn
         mmask, nmask = rm < M, rn < N
-        if PDL:  # launched before the previous kernel ends: wait for it before reading, and let the next launch
-            if PREFETCH_K > 0:  # the weight does not depend on it: pull its first columns into L2 meanwhile
-                for k in range(0, PREFETCH_K, 64):
-                    lines = w_ptr + wrow[None, :] * K + (k + tl.arange(0, 1))[:, None]
-                    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines],
-                                              dtype=tl.int32, is_pure=False, pack=1)
-            gdc_wait()
-            gdc_launch_dependents()
         dt = x_ptr.dtype.element_ty
         if NORM:
             sq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
@@ -161,22 +153,25 @@ if triton is not None:
         tl.store(ptrs, out, mask=omask)
 
 
-# Launch settings of the fused decode GEMM by weight shape (rows, K): (block_n, block_k, warps,
-# stages). Measured on an H100 (scripts/gpu_decode_gemm.py); a shape not listed takes DEFAULT.
+# Launch settings of the glued GEMM by weight shape (rows, K): (block_n, block_k, warps, stages),
+# each the fastest for one row on an H100 (scripts/gpu_decode_gemm.py); other shapes take DEFAULT
 DECODE_GEMM_DEFAULT = (32, 128, 4, 4)
-DECODE_GEMM_SETTINGS: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+DECODE_GEMM_SETTINGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (6144, 4096): (64, 256, 4, 3), (4096, 4096): (32, 512, 4, 3), (24576, 4096): (64, 128, 8, 4),  # Qwen3-8B
+    (4096, 12288): (32, 512, 4, 3), (151936, 4096): (64, 256, 4, 5),
+    (4096, 2048): (32, 256, 4, 5), (2048, 2048): (16, 512, 4, 3), (12288, 2048): (64, 128, 8, 4),  # Qwen3-1.7B
+    (2048, 6144): (16, 512, 4, 3), (151936, 2048): (64, 256, 4, 3),
+}
 
 
 def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
                 residual: torch.Tensor | None = None, settings: tuple[int, int, int, int] | None = None,
-                block_m: int = SKINNY_ROWS, pdl: bool = False, prefetch_k: int = 0) -> torch.Tensor:
+                block_m: int = SKINNY_ROWS) -> torch.Tensor:
     """A decoding GEMM with its glue, one kernel: x [M, K] -> y = RMSNorm(x) (norm: (weight,
     eps)) @ weight.T + bias; swiglu: weight [2I, K] (gate then up) gives SiLU(gate) * up [M, I];
     residual [M, N]: y is added into it in place (and returned). Each step rounds as the separate
-    kernels do (`add_rms_norm`, `silu_mul`), so only the order of the sums differs. pdl: launch
-    it as a programmatic dependent (it may start while the previous kernel finishes), pulling
-    the first prefetch_k columns of its weight into L2 while it waits."""
+    kernels do (`add_rms_norm`, `silu_mul`), so only the order of the sums differs."""
     m, k = x.shape
     rows = weight.shape[0]
     n = rows // 2 if swiglu else rows
@@ -187,7 +182,5 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
         BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", PDL=pdl, PREFETCH_K=prefetch_k, num_warps=warps,
-        num_stages=stages,
-        **({"launch_pdl": True} if pdl else {}))
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages)
     return y
