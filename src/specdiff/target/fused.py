@@ -1,4 +1,4 @@
-"""The static forward made of fused kernels: weights fused at load, five to ten launches per layer.
+"""The static forward made of fused kernels: weights fused at load, seven or ten launches per layer.
 
 `StaticTarget`'s eager forward runs each HF module's own kernels (about 35 a layer); at decoding
 sizes a large model then spends as long between its GEMMs as in them. `FusedForward` runs the same
@@ -153,7 +153,7 @@ class FusedForward:
     def _glued_layers(self, x: torch.Tensor, attend: AttentionInputs, taps: dict) -> torch.Tensor:
         """`_layers` with the glue inside the GEMMs (`kernels.decode_gemm`): each norm in the
         prologue of the GEMM that reads it, SiLU-multiply in gate/up's epilogue, the residual adds
-        in o's and down's. Five or six launches a layer where `_layers` takes nine or more."""
+        in o's and down's. Seven launches a layer where `_layers` takes ten."""
         t, ops = self.target, self.ops
         gemm = ops.decode_gemm
         for i, f in enumerate(self.layers):
