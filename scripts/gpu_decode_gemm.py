@@ -7,7 +7,8 @@ SiLU-multiply in the epilogue; before: `add_rms_norm` + `linear` + `silu_mul`), 
 add; before: `linear`) and lm_head (norm; before: `add_rms_norm` + `linear`). Each weight is
 replicated past 256 MB and the calls cycle through the copies inside one CUDA graph, so every call
 streams its weight from HBM as in a real forward. Prints, per shape, role and row count, the
-separate kernels' and the best setting's microseconds per call and GB/s of weight read, then
+separate kernels' and the best setting's microseconds per call and GB/s of weight read (beside a
+plain streaming read of the same weight: the rate a GEMV could reach at that size), then
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
     usage: [ROLES=qkv,o] [ROWS=1,16] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
@@ -22,9 +23,26 @@ import os
 import sys
 
 import torch
+import triton
+import triton.language as tl
 from triton.testing import do_bench_cudagraph
 
 from specdiff import kernels
+
+
+@triton.jit
+def _read_kernel(w_ptr, out_ptr, numel, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    # a plain streaming read: each program sums one contiguous chunk (the rate a GEMV could reach)
+    start = tl.program_id(0).to(tl.int64) * CHUNK
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        acc += tl.load(w_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
+    tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
+
+
+def read_alone(w: torch.Tensor, out: torch.Tensor, chunk: int = 1 << 17) -> None:
+    _read_kernel[(triton.cdiv(w.numel(), chunk),)](w, out, w.numel(), CHUNK=chunk, BLOCK=4096, num_warps=8)
 
 SHAPES = {  # hidden, intermediate, qkv rows
     "8b": (4096, 12288, 6144), "1.7b": (2048, 6144, 4096),
@@ -65,6 +83,8 @@ def main() -> None:
                 r = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 res = torch.zeros(m, rows, device="cuda", dtype=torch.bfloat16)
                 ref = per_call_us(lambda: [separate(x, w, r) for w in ws], copies)
+                sums = torch.empty(triton.cdiv(rows * k, 1 << 17), device="cuda")
+                read = per_call_us(lambda: [read_alone(w, sums) for w in ws], copies)
                 want = separate(x, ws[0], None)
 
                 def call(w, s):
@@ -86,7 +106,8 @@ def main() -> None:
                 us, s = best
                 if m == 1:
                     best_settings[(rows, k)] = s
-                print(f"{shape:5s} {role:8s} m={m:2d}  separate {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   "
+                print(f"{shape:5s} {role:8s} m={m:2d}  read alone {read:7.1f} us {size / read / 1e3:6.0f} GB/s   "
+                      f"separate {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   "
                       f"glued {us:7.1f} us {size / us / 1e3:6.0f} GB/s  {s}", flush=True)
             ws = []  # free the copies before the next shape
             torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU: the glued decode GEMMs (`--kernels glued`, `kernels.decode_gemm`): their tests, the sweep
+# GPU: the glued decode GEMMs (`--kernels glued`, `kernels.decode_gemm`): the kernel tests on the
+# GPU (tests/test_fused_forward.py runs on a CPU only, under Triton's interpreter), the sweep
 # of their launch settings (scripts/gpu_decode_gemm.py; the speed runs take the best it found), and
 # `specdiff speed` of each SHAPE with --kernels triton and glued, on the same GPU. Steps run in the
 # order STEPS names; steps past DEADLINE (seconds from the start) are cut off. Writes
@@ -31,7 +32,7 @@ for step in ${STEPS:-tests sweep speed:qwen3-8b speed:qwen3-1.7b}; do
   case "$step" in
     tests)
       PYTHONPATH=src timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_kernels.py \
-        tests/test_fused_forward.py 2>&1 | grep -E "Error|error|assert|FAILED|passed|failed" | head -30
+        2>&1 | grep -E "Error|error|assert|FAILED|passed|failed" | head -30
       PYTHONPATH=src timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_graph_engine.py \
         -k "once or resident or read_back" 2>&1 | tail -3 ;;
     sweep) SETTINGS_OUT=$R/settings.json PYTHONPATH=src timeout "$(left)" python3 scripts/gpu_decode_gemm.py \
