@@ -22,9 +22,9 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
-its glued form and its batch-invariant use), `tree` (a resident tree's target inputs), `common` (Triton where
-installed, bf16 rounding). This package holds
-the op sets (`OPS`, `EXACT_OPS`) and the `--kernels` decision, and re-exports the rest.
+its glued form and its batch-invariant use), `tree` (a resident tree's target inputs), `common`
+(Triton where installed, bf16 rounding). This package holds the op sets (`OPS`, `EXACT_OPS`) and
+the `--kernels` decision, and re-exports the rest.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from specdiff.kernels.tree import tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
-    "ancestor_paths", "decode_gemm", "invariant_linear", "linear", "position_attention", "position_tree_index", "qkv_rope_store",
-    "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
+    "ancestor_paths", "decode_gemm", "invariant_linear", "linear", "position_attention", "position_tree_index",
+    "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
     "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]

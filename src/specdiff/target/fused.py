@@ -3,11 +3,11 @@
 `StaticTarget`'s eager forward runs each HF module's own kernels (about 35 a layer); at decoding
 sizes a large model then spends as long between its GEMMs as in them. `FusedForward` runs the same
 layer as four GEMMs (fused QKV, o, fused gate/up, down) and the Triton kernels of
-`specdiff.kernels`. A forward of many rows (a prefill, a large tree) takes cuBLAS's GEMMs with the
-glue between them (norm with the residual add, SiLU-multiply); one of a few rows (an AR step, a
-DFlash block, a small tree) takes `decode_gemm`, which streams each weight once with the glue in
-its prologue and epilogue. Either way the QKV split with q/k norms, RoPE and the cache write is one
-kernel, and tree attention with its merge two.
+`specdiff.kernels`: the GEMMs with the glue between them (norm with the residual add,
+SiLU-multiply). With `--kernels glued`, a forward of a few rows (an AR step, a DFlash block, a
+small tree) takes `decode_gemm` instead, which streams each weight once with the glue in its
+prologue and epilogue (measured no faster on an H100: docs/results.md). Either way the QKV split
+with q/k norms, RoPE and the cache write is one kernel, and tree attention with its merge two.
 
 QKV and gate/up weights are concatenated once, and the modules' own weights become views into the
 fused tensors: memory does not grow, and the eager path and the model's own forward read the very
