@@ -8,7 +8,8 @@ add; before: `linear`) and lm_head (norm; before: `add_rms_norm` + `linear`). Ea
 replicated past 256 MB and the calls cycle through the copies inside one CUDA graph, so every call
 streams its weight from HBM as in a real forward. Prints, per shape, role and row count, the
 separate kernels' and the best setting's microseconds per call and GB/s of weight read (beside a
-plain streaming read of the same weight: the rate a GEMV could reach at that size), then
+plain streaming read of the same weight: the rate a GEMV could reach at that size, and the best
+split-K form of the bare GEMM, whose fp32 partials the next kernel would sum), then
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
     usage: [ROLES=qkv,o] [ROWS=1,16] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
@@ -41,6 +42,33 @@ def _read_kernel(w_ptr, out_ptr, numel, CHUNK: tl.constexpr, BLOCK: tl.constexpr
     tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
 
+@triton.jit
+def _split_k_kernel(x_ptr, w_ptr, part_ptr, M, N, K, K_PART, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    # split-K: program (n, s) sums K_PART columns into fp32 partials [S, M, N]; the kernel that
+    # reads the product would add the S partials (untimed here: it already runs)
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = tl.program_id(1)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k in range(s * K_PART, s * K_PART + K_PART, BLOCK_K):
+        rk = k + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm < M)[:, None] & (rk < K)[None, :], other=0.0)
+        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn < N)[None, :] & (rk < K)[:, None], other=0.0)
+        acc += tl.dot(x, w)
+    tl.store(part_ptr + (s * M + rm[:, None]) * N + rn[None, :], acc, mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+def split_k(x: torch.Tensor, w: torch.Tensor, part: torch.Tensor, setting: tuple) -> torch.Tensor:
+    """x [M <= 16, K] @ w.T as partials part [S, M, N] (S = part.shape[0]); setting (block_n,
+    block_k, warps, stages), K a multiple of S * block_k."""
+    bn, bk, warps, stages = setting
+    splits, m, n = part.shape
+    _split_k_kernel[(triton.cdiv(n, bn), splits)](x, w, part, m, n, x.shape[1], x.shape[1] // splits, BLOCK_M=16,
+                                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return part
+
+
 def read_alone(w: torch.Tensor, out: torch.Tensor, chunk: int = 1 << 17) -> None:
     _read_kernel[(triton.cdiv(w.numel(), chunk),)](w, out, w.numel(), CHUNK=chunk, BLOCK=4096, num_warps=8)
 
@@ -49,6 +77,7 @@ SHAPES = {  # hidden, intermediate, qkv rows
 }
 SETTINGS = [(bn, bk, w, s) for bn, bk, w, s in itertools.product((16, 32, 64), (128, 256), (4,), (3, 5))]
 SETTINGS += [(64, 128, 8, 4), (128, 64, 4, 4), (32, 512, 4, 3), (16, 512, 4, 3)]
+SPLIT_SETTINGS = [(32, 256, 4, 3), (64, 256, 4, 3), (64, 128, 4, 4), (128, 128, 4, 3)]
 
 
 def per_call_us(fn, copies: int) -> float:
@@ -104,6 +133,22 @@ def main() -> None:
                         continue
                     best = min(best, (us, s), key=lambda t: t[0])
                 us, s = best
+                sk = (float("inf"), None)
+                for splits, setting in itertools.product((2, 4, 8), SPLIT_SETTINGS):
+                    if k % (splits * setting[1]) or glue.get("swiglu"):
+                        continue
+                    part = torch.empty(splits, m, rows, device="cuda")
+                    try:
+                        torch.testing.assert_close(split_k(x, ws[0], part, setting).sum(0),
+                                                   torch.nn.functional.linear(x, ws[0]).float(), atol=3e-2, rtol=3e-2)
+                        t = per_call_us(lambda: [split_k(x, w, part, setting) for w in ws], copies)
+                    except Exception as e:
+                        print(f"  {shape} {role} m={m} split {splits} {setting}: {type(e).__name__}: {str(e)[:80]}")
+                        continue
+                    sk = min(sk, (t, (splits, setting)), key=lambda p: p[0])
+                if sk[1] is not None:
+                    print(f"      split-K GEMM alone (no glue, partials left for the next kernel): {sk[0]:7.1f} us "
+                          f"{size / sk[0] / 1e3:6.0f} GB/s  {sk[1]}", flush=True)
                 if m == 1:
                     best_settings[(rows, k)] = s
                 print(f"{shape:5s} {role:8s} m={m:2d}  read alone {read:7.1f} us {size / read / 1e3:6.0f} GB/s   "
