@@ -1,6 +1,7 @@
 """The graph engine's bucketed, padded forwards (run eagerly here, replayed as CUDA graphs on a
 GPU) against the plain static target and the plain drafter."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,18 +196,19 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
     assert got[2][1] == got[0][1]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, temperature):
+@pytest.mark.parametrize("method,temperature", [("ddtree", 0.0), ("ddtree", 1.0), ("caddtree", 0.0),
+                                                ("caddtree", 1.0)])
+def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, method, temperature):
     """The whole one-read round with the device's search (its Triton kernel, under the interpreter
-    on a CPU) and a drafter that agrees with the target: every ddtree tree stays on the device
-    (the target makes its inputs from it, the walk reads it with the draws), the last rounds'
-    shallower ones too. The decode gives AR's tokens (T=0, and T=1 with the same seed), accepting
-    deep into the trees."""
+    on a CPU) and a drafter that agrees with the target: every ddtree and caddtree tree stays on
+    the device (the target makes its inputs from it, the walk reads it with the draws), the last
+    rounds' shallower ones too. The decode gives AR's tokens (T=0, and T=1 with the same seed),
+    accepting deep into the trees."""
     pytest.importorskip("triton", reason="the device search is a Triton kernel")
     from oracle_drafters import oracle_decoder
 
     sampling = SamplingConfig(temperature=temperature, seed=5)
-    dec = oracle_decoder(target_model, "ddtree", sampling, 24, budget=8, block_size=6, engine="graph",
+    dec = oracle_decoder(target_model, method, sampling, 24, budget=8, block_size=6, engine="graph",
                          device_search=True)
     resident = []
     forward = dec.target.forward
@@ -219,15 +221,58 @@ def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, t
     assert len(resident) > 2 and all(resident[1:]), resident  # every round; the prefill's forward first
 
 
+def test_a_caddtree_left_on_the_device_is_sized_from_the_last_rounds_scores(target_model):
+    """caddtree searched on the device reads no Phi before the target forward: the walk reads the
+    search's scores with its draws, and they size the next round's tree. The scores read equal
+    the host's best-first prefixes of the round's marginals; each tree after the first has the
+    size `next_size` gives for the round before (the first: its own, read once)."""
+    pytest.importorskip("triton", reason="the device search is a Triton kernel")
+    from oracle_drafters import oracle_decoder
+    from specdiff.methods.caddtree.tree import next_size
+    from specdiff.methods.device_search import reference_top_prefixes
+
+    dec = oracle_decoder(target_model, "caddtree", SamplingConfig(temperature=1.0, seed=3), 24, block_size=6,
+                         engine="graph", device_search=True)
+    proposer, logits, sizes, scores = dec.proposer, [], [], []
+    proposer.overhead = None  # the wall-clock overhead it learns would move the sizes
+    propose, forward, update = proposer.drafter.propose, dec.target.forward, proposer.update
+    proposer.drafter.propose = lambda root, slots: (lambda p: (logits.append(p.logits.clone()), p)[1])(
+        propose(root, slots))
+    dec.target.forward = lambda tree: (sizes.append((tree.num_nodes, tree.resident)), forward(tree))[1]
+    proposer.update = lambda result, out: (scores.append((result.scores, len(result.accepted))),
+                                           update(result, out))[1]
+    prompt = list(range(3, 14))
+    dec.generate(prompt)
+    sizes = sizes[1:]  # the prefill's forward first
+    read = [i for i, (sc, _) in enumerate(scores) if sc is not None]
+    assert len(read) > 2 and read == list(range(len(read))), read  # every round but a last root alone
+    start = len(prompt) - 1
+    for r in read:
+        sc, accepted = scores[r]
+        ref = reference_top_prefixes(logits[r], sc.shape[1])
+        np.testing.assert_allclose(sc[0], ref.logp, rtol=1e-5)
+        np.testing.assert_allclose(sc[1], ref.phi, rtol=1e-5)
+        want = next_size(scores[r - 1][0] if r else sc, proposer.profile, start, proposer.budget)
+        assert sizes[r] == (1 + min(want, sc.shape[1]), True), r
+        start += accepted
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
-@pytest.mark.parametrize("method,tree_search", [("ar", "host"), ("dflash", "host"), ("ddtree", "device")])
-def test_a_graph_engine_round_reads_the_device_once(method, tree_search):
-    """ar, dflash and ddtree (searched on the device) rounds on the graph engine: at most one
-    synchronizing call each (the walk's copy of its draws, with the drafted chain or tree in the
-    same copy), counted by PyTorch's sync debug mode; the prefill and the decode's end add a few."""
+@pytest.mark.parametrize("method,tree_search", [("ar", "host"), ("dflash", "host"), ("ddtree", "device"),
+                                                ("caddtree", "device")])
+def test_a_graph_engine_round_reads_the_device_once(method, tree_search, tmp_path):
+    """ar, dflash, ddtree and caddtree (searched on the device) rounds on the graph engine: at most
+    one synchronizing call each (the walk's copy of its draws, with the drafted chain or tree and
+    caddtree's scores in the same copy), counted by PyTorch's sync debug mode; the prefill, a
+    caddtree's first round and the decode's end add a few."""
+    from oracle_drafters import rising_profile
+
     model = tiny_target("qwen3", seed=0).cuda()
     drafter = tiny_drafter(model, block_size=8).cuda()
     cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search)
+    if method == "caddtree":
+        rising_profile().save(tmp_path / "profile.json")
+        cfg.caddtree.profile = str(tmp_path / "profile.json")
     dec = build_decoder(model, cfg, drafter)
     prompt = list(range(5, 17))
     dec.prepare(len(prompt))

@@ -97,7 +97,7 @@ def test_choice_read_off_the_prefixes_decides_as_grow(seed, width, lam):
     fixed = prof.draft_ms
     top_logp, top_ids = top_k_tensors(DraftProposal(logits), 200, 15)
     prefixes = NATIVE.top_prefixes(top_logp, top_ids, width, complete=True)
-    n = _choose(prefixes, costs.sizes, costs.steps, fixed, costs.root_step, lam)
+    n = _choose(prefixes.phi, prefixes.logp, prefixes.searched, costs.sizes, costs.steps, fixed, costs.root_step, lam)
     ref = _grow(top_logp, costs.sizes, [fixed + c for c in costs.steps], fixed + costs.root_step, lam=lam)
     # None: the delta bound cannot rule out a size past the search (the caller searches wider)
     assert n is None or n == len(ref)

@@ -152,9 +152,9 @@ class DecodeConfig:
                                 choices=NUMERICS)
     # ddtree, caddtree on the graph engine: where the best-first search runs. "host" (C, or the
     # Python heap without a compiler) or "device" (a Triton kernel inside the drafter's graph; a
-    # CUDA GPU with Triton only; ddtree's tree then stays on the device: one host read a round).
-    # auto: device for ddtree up to `methods.ddtree.DEVICE_BUDGET` nodes, where it measured faster,
-    # else host (caddtree reads the searched prefixes back, which measured slower than the C search)
+    # CUDA GPU with Triton only; the tree then stays on the device: one host read a round, and
+    # caddtree sizes each tree from the round before's search). auto: device for ddtree up to
+    # `methods.ddtree.DEVICE_BUDGET` nodes, where it measured faster, else host
     tree_search: TreeSearch = option("auto", "ddtree/caddtree with --engine graph: best-first search on the host "
                                              "(C), on the device inside the drafter's graph (Triton), or on the "
                                              "device for ddtree budgets up to 64 and on the host otherwise (auto)",

@@ -49,6 +49,10 @@ class DraftTree:
     # parents back with its draws; `depth_bound` (no node is deeper) sizes the draws unread
     resident: bool = False
     depth_bound: int | None = None
+    # [2, W] float32 on the device: the log-prob and the running Phi of all W prefixes the device
+    # searched this round (not only this tree's), read back with the walk's draws in the same copy
+    # (caddtree sizes its next tree from them: `VerifyResult.scores`)
+    scores: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -58,16 +62,19 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depths.max())
 
-    def first(self, n: int) -> DraftTree:
-        """The first n nodes (a tree: parents come first); a resident tree's are views, unread."""
-        return replace(self, tokens=self.tokens[:n], parents=self.parents[:n], depths=self.depths[:n], phi=None)
+    def first(self, n: int, scores: bool = False) -> DraftTree:
+        """The first n nodes (a tree: parents come first); a resident tree's are views, unread.
+        scores: keep the search's `scores` for the walk to read back (else they are dropped)."""
+        return replace(self, tokens=self.tokens[:n], parents=self.parents[:n], depths=self.depths[:n], phi=None,
+                       scores=self.scores if scores else None)
 
     def host(self) -> DraftTree:
         """This tree with every tensor on the host (for a resident tree: a read of the device)."""
         if not (self.drafted or self.resident):
             return self
         tokens, parents, depths = (t.cpu() for t in (self.tokens, self.parents, self.depths))
-        return replace(self, tokens=tokens, parents=parents, depths=depths, drafted=False, resident=False)
+        return replace(self, tokens=tokens, parents=parents, depths=depths, drafted=False, resident=False,
+                       scores=None)
 
     @staticmethod
     def from_lists(tokens: list[int], parents: list[int]) -> DraftTree:
@@ -210,6 +217,9 @@ class VerifyResult:
 
     accepted: list[int]  # node indices, root first, increasing
     tokens: list[int]  # len(accepted) new tokens: accepted drafts + bonus
+    # [2, W] float64 on the host: the tree's `DraftTree.scores` (log-prob, Phi of the W prefixes
+    # the device searched), read in the walk's copy; None where the tree carried none
+    scores: np.ndarray | None = None
 
     @property
     def num_accepted_drafts(self) -> int:

@@ -155,7 +155,6 @@ class DDTreeProposer(DFlashProposer):
     instead of an eager top-k)."""
 
     name = "ddtree"
-    resident_trees = True  # a tree searched on the device stays there (caddtree reads its Phi)
 
     def __init__(self, drafter: Drafter, budget: int = 64, block_size: int | None = None,
                  device_search: bool = False, native: Native | None = None):
@@ -165,7 +164,7 @@ class DDTreeProposer(DFlashProposer):
         width, k = self.search_sizes(budget)
         # what the drafter's steps hand over: the top `width` prefixes searched on the device, else
         # the top-`k` candidates per slot for the host's C search (0: none; the host takes its own)
-        self.prefix_width = drafter.enable_prefix_search(width, self.resident_trees) if device_search else 0
+        self.prefix_width = drafter.enable_prefix_search(width, True) if device_search else 0
         use_k = not self.prefix_width and native is not None
         self.candidates_k = drafter.enable_candidates(k) if use_k else 0
 

@@ -223,7 +223,7 @@ class PrefixSearch:
             return None
         t = self.table[:, : 1 + self.width]
         return DraftTree(t[0], t[1], t[2], drafted=True, resident=True,
-                         depth_bound=self.depth if depth is None else depth)
+                         depth_bound=self.depth if depth is None else depth, scores=self.out[3:5, : self.width])
 
 
 def _pow2(n: int) -> int:

@@ -28,10 +28,18 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     (the same draws with or without it); native: the C walk (None: the children table, the same
     nodes)."""
     draws = draw_tree(logits, start + 1, tree.depths, cfg, noise, tree.depth_bound)
+    scores = None
     if tree.resident:  # a tree searched on the device comes back with the draws, in the same copy
-        draws, tokens, parents = torch.stack([draws, tree.tokens, tree.parents]).cpu()
+        rows = torch.stack([draws, tree.tokens, tree.parents])
+        if tree.scores is None:
+            draws, tokens, parents = rows.cpu()
+        else:  # the search's scores too: as float64 (exact) bits, in the same int64 copy
+            n = rows.shape[1]
+            flat = torch.cat([rows.flatten(), tree.scores.double().view(torch.int64).flatten()]).cpu()
+            draws, tokens, parents = flat[: 3 * n].view(3, n)
+            scores = flat[3 * n:].view(torch.float64).view(2, -1).numpy()
         tree = replace(tree, tokens=tokens, parents=parents, depths=torch.empty(0, dtype=torch.long),
-                       drafted=False, resident=False)  # the walk reads no depths
+                       drafted=False, resident=False, scores=None)  # the walk reads no depths
     elif tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
         draws, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu()
         tree = replace(tree, tokens=tokens, drafted=False)
@@ -41,7 +49,7 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
         parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
         drawn = draws.numpy()
         accepted = native.walk(parents, tokens, drawn)
-        return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist())  # each node's draw
+        return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist(), scores=scores)  # each node's draw
     draws = draws.tolist()
     children = tree.children()
     node, accepted, tokens = 0, [0], []
@@ -50,6 +58,6 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
         tokens.append(token)
         nxt = children[node].get(token)
         if nxt is None:
-            return VerifyResult(accepted=accepted, tokens=tokens)
+            return VerifyResult(accepted=accepted, tokens=tokens, scores=scores)
         accepted.append(nxt)
         node = nxt

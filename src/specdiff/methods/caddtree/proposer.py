@@ -1,5 +1,9 @@
 """The caddtree proposer: DDTree's drafter round, with the tree sized by `tree.build_caddtree`
-against the measured cost profile, and the per-round costs the profile misses learnt online."""
+against the measured cost profile, and the per-round costs the profile misses learnt online.
+
+Searched on the device (`--tree-search device`), the tree stays there as DDTree's does, and its
+size is the one the previous round's search called for (`tree.next_size`, from the scores the
+walk reads with its draws): one read of the device a round, as DDTree's."""
 
 from __future__ import annotations
 
@@ -8,15 +12,14 @@ import time
 from specdiff.config import CaDDTreeOptions
 from specdiff.methods.base import DecodeState, Drafter
 from specdiff.methods.caddtree.cost_model import CostProfile, DecodeRate, RoundOverhead
-from specdiff.methods.caddtree.tree import CANDIDATES, DEVICE_WIDTH, build_caddtree
+from specdiff.methods.caddtree.tree import CANDIDATES, DEVICE_WIDTH, build_caddtree, next_size
 from specdiff.methods.ddtree import DDTreeProposer
 from specdiff.native import Native
-from specdiff.types import DraftProposal, DraftTree, TargetOutput
+from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 
 class CaDDTreeProposer(DDTreeProposer):
     name = "caddtree"
-    resident_trees = False  # the tree's size is chosen from the searched prefixes' Phi, on the host
 
     def __init__(self, drafter: Drafter, profile: CostProfile, options: CaDDTreeOptions | None = None,
                  block_size: int | None = None, device_search: bool = False, native: Native | None = None):
@@ -36,6 +39,9 @@ class CaDDTreeProposer(DDTreeProposer):
         # the decode horizon: the rate the decode expects to run at (kept across decodes)
         self.rate = DecodeRate() if options.horizon == "decode" else None
         self._round: tuple[float, float] | None = None  # (start of the last round, its predicted ms)
+        # a resident tree's draft nodes, decided at the last walk (None: from the round's own scores)
+        self._next: int | None = None
+        self._context = self._used = 0  # the root position and draft nodes of the round in flight
 
     def search_sizes(self, budget: int) -> tuple[int, int]:
         return min(budget, DEVICE_WIDTH), min(budget, CANDIDATES)
@@ -43,6 +49,7 @@ class CaDDTreeProposer(DDTreeProposer):
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
         super().begin(state, prefill, max_len)
         self._round = None  # the gap since the last decode's final round is not a round
+        self._next = None  # a new sequence: its first round reads its own scores
 
     def propose(self, state: DecodeState) -> DraftTree:
         if self.overhead is None:
@@ -54,7 +61,18 @@ class CaDDTreeProposer(DDTreeProposer):
         self._round = (now, self.profile.draft_ms + self.profile.tree_step(tree.num_nodes, state.start))
         return tree
 
+    def _next_size(self, scores, context: int) -> int:
+        overhead = self.overhead.ms if self.overhead is not None else 0.0
+        lam = self.rate.lam if self.rate is not None else 0.0
+        return next_size(scores, self.profile, context, self.budget, overhead, lam)
+
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
+        resident = proposal.device_prefixes
+        if resident is not None and depth == resident.depth_bound:
+            if self._next is None:  # a sequence's first round: its own scores, one more read
+                self._next = self._next_size(resident.scores.cpu().double().numpy(), state.start)
+            self._context, self._used = state.start, min(self._next, resident.num_nodes - 1)
+            return resident.first(self._used + 1, scores=True)
         overhead = self.overhead.ms if self.overhead is not None else 0.0
         if self.rate is None:
             return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
@@ -64,3 +82,13 @@ class CaDDTreeProposer(DDTreeProposer):
         cost = self.profile.draft_ms + overhead + self.profile.tree_step(tree.num_nodes, state.start)
         self.rate.observe(1.0 + tree.phi, cost)
         return tree
+
+    def update(self, result: VerifyResult, out: TargetOutput) -> None:
+        super().update(result, out)
+        if result.scores is None:
+            return
+        if self.rate is not None:  # the round's own expected tokens and predicted cost, as `build` observes
+            cost = self.profile.draft_ms + (self.overhead.ms if self.overhead is not None else 0.0) + \
+                self.profile.tree_step(self._used + 1, self._context)
+            self.rate.observe(1.0 + float(result.scores[1, self._used - 1]), cost)
+        self._next = self._next_size(result.scores, self._context + len(result.accepted))
