@@ -6,7 +6,8 @@
 #   all    the bench of ALL_METHODS (ddtree and d2sd-hybrid at BUDGETS, caddtree with the profile)
 #          on both held-out sets at T=0 and T=1, the measured rounds against the profile and
 #          caddtree against the best fixed budget.
-# The profile: PROFILE (a saved one of this shape and card), else measured first. Steps past
+# The profile: PROFILE (a saved one of this shape and card), else measured first (at the
+# PROFILE_CONTEXTS, default 256,1024; with the VP drafter's re-draft priced). Steps past
 # DEADLINE (seconds from the start) are cut off. Writes $OUT/bench.tar after every step.
 #   usage: LIMIT=8 DEADLINE=560 bash scripts/gpu_8b.sh
 set -uo pipefail
@@ -21,7 +22,7 @@ echo "--- inflate ($((SECONDS - t0)) s)"
 python3 -m specdiff inflate --shape qwen3-8b --out $I --device cuda | tail -1
 if [ -z "${PROFILE:-}" ]; then
   echo "--- profile ($((SECONDS - t0)) s)"
-  timeout "$(left)" python3 -m specdiff profile $G --contexts 256,1024 --out "$PROF" | tail -3
+  timeout "$(left)" python3 -m specdiff profile $G --contexts ${PROFILE_CONTEXTS:-256,1024} --out "$PROF" | tail -3
 fi
 for step in ${STEPS:-exact all}; do
   if [ "$step" = exact ]; then
