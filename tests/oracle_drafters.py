@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from specdiff import native
-from specdiff.config import D2SDOptions, DecodeConfig, SamplingConfig
+from specdiff.config import CaDDTreeOptions, D2SDOptions, DecodeConfig, SamplingConfig
 from specdiff.decode import SpeculativeDecoder
 from specdiff.methods import make_proposer
 from specdiff.sampling import draw
@@ -136,8 +136,12 @@ def oracle_decoder(model, method: str, sampling: SamplingConfig, max_new_tokens:
                    engine: str = "hf", device_search: bool = False) -> SpeculativeDecoder:
     """`method`'s own proposer (make_proposer) over oracle drafters; pld uses the context only.
     device_search: trees searched by the device's kernel (`--tree-search device`)."""
-    cfg = DecodeConfig(method=method, budget=budget, d2sd=D2SDOptions(branches=2), max_new_tokens=max_new_tokens, engine=engine,
-                       sampling=SamplingConfig(**vars(sampling)), tree_search="device" if device_search else "host")
+    # searched on the device, caddtree's search is as wide as its cap: `budget` keeps the kernel,
+    # run by Triton's interpreter on a CPU, as narrow as ddtree's
+    cad = CaDDTreeOptions(max_nodes=budget) if device_search else CaDDTreeOptions()
+    cfg = DecodeConfig(method=method, budget=budget, d2sd=D2SDOptions(branches=2), caddtree=cad,
+                       max_new_tokens=max_new_tokens, engine=engine, sampling=SamplingConfig(**vars(sampling)),
+                       tree_search="device" if device_search else "host")
     drafter = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed, device_search=device_search)
     vp = OracleDrafter(model, cfg.sampling, block_size, aware=aware, seed=seed + 1, noise=0.5)
     profile = rising_profile() if method == "caddtree" else None

@@ -273,6 +273,8 @@ def test_bundled_d2sd_agrees_and_is_exact():
 
     model, tok = load_target(default_path("target"))
     drafter, vp = load_drafter(default_path("dflash")), load_drafter(default_path("vp"))
+    widths, draft_rows = [], vp.draft_rows  # the VP drafter is handed whole blocks only (its graph's)
+    vp.draft_rows = lambda rows: (widths.append(rows.shape[1]), draft_rows(rows))[1]
     rows = (REPO_MODELS.parent / "data" / "prompts" / "function_completion.jsonl").read_text().splitlines()[:3]
     target = StaticTarget(model)
     tokens, rounds = {}, {}
@@ -290,3 +292,5 @@ def test_bundled_d2sd_agrees_and_is_exact():
                 assert sum(r.tree_sizes) < 0.9 * sum(r.candidate_rows)  # the trie saves real rows
     tau = {m: tokens[m] / rounds[m] for m in tokens}
     assert tau["d2sd"] > tau["dflash"]
+    # 48 tokens end inside a block, so the last rounds keep fewer slots: still whole VP blocks
+    assert widths and set(widths) == {vp.block_size}, set(widths)

@@ -97,9 +97,12 @@ def slot_confidences(logits: torch.Tensor) -> list[float]:
     return torch.softmax(logits.float(), dim=-1).amax(dim=-1).tolist()
 
 
-def branch_rows(root: int, chain: list[int], selection: BranchSelection, mask_id: int) -> torch.Tensor:
-    """The VP drafter's input: row j = [root, t_1..t_i, MASK x (L-i)] for i = prefix_lens[j] -> [K, L+1]."""
-    rows = torch.full((selection.num_branches, len(chain) + 1), mask_id, dtype=torch.long)
+def branch_rows(root: int, chain: list[int], selection: BranchSelection, mask_id: int,
+                slots: int | None = None) -> torch.Tensor:
+    """The VP drafter's input: row j = [root, t_1..t_i, MASK x (S-i)] for i = prefix_lens[j] -> [K, S+1],
+    S = `slots` (None: L = len(chain); more: whole blocks where the round drafts fewer slots)."""
+    slots = len(chain) if slots is None else slots
+    rows = torch.full((selection.num_branches, slots + 1), mask_id, dtype=torch.long)
     rows[:, 0] = root
     for j, i in enumerate(selection.prefix_lens):
         rows[j, 1 : i + 1] = torch.tensor(chain[:i], dtype=torch.long)
@@ -205,8 +208,12 @@ class D2SDProposer(DFlashProposer):
         logits = proposal.logits  # [L, V]  1. the first draft (DFlash)
         chain = logits.argmax(dim=-1).tolist()
         selection = select_branches(slot_confidences(logits), self.branches)  # 2. top-K prefixes by r(i)
-        rows = branch_rows(state.root, chain, selection, self.vp_drafter.spec.mask_token_id)
-        vp_logits = self.vp_drafter.draft_rows(rows)  # [K, L, V]  3. the second draft (VP)
+        # whole blocks, as the DFlash drafter drafts them, also where a decode's last rounds keep
+        # fewer slots: the VP drafter's graph takes whole blocks only (a shorter row ran eagerly,
+        # 1.4-1.7x a round's profiled cost at the 8B stand-in), and the fills of the kept slots
+        # then see the same masked block on every engine
+        rows = branch_rows(state.root, chain, selection, self.vp_drafter.spec.mask_token_id, self.num_slots)
+        vp_logits = self.vp_drafter.draft_rows(rows)[:, :depth]  # [K, L, V]  3. the second draft (VP)
         cands = fill_branches(state.root, chain, selection, vp_logits)
         if self.hybrid:
             return build_d2sd_hybrid(cands, proposal, self.budget)

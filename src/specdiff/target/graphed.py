@@ -144,11 +144,12 @@ class GraphedTarget(StaticTarget):
         for nb in (b for b in BUCKETS if b <= top):
             for span in spans_up_to(max_len + nb, self.max_len):
                 b = self._bucket(nb, span)
-            # a resident tree's inputs kernel is compiled per bucket size: a tree that stayed on
-            # the device (ddtree, caddtree searched there) must not pay that inside a decode (a
-            # caddtree round that met a new size measured 57 ms on an H100). Its next forward
-            # writes the whole packed row and block again
-            tree_inputs(root, root - 1, root, self.length, b.packed, b.anc)
+            if self.device.type == "cuda":
+                # a resident tree's inputs kernel is compiled per bucket size: a tree that stayed
+                # on the device (ddtree, caddtree searched there) must not pay that inside a
+                # decode (a caddtree round that met a new size measured 57 ms on an H100). Its
+                # next forward writes the whole packed row and block again
+                tree_inputs(root, root - 1, root, self.length, b.packed, b.anc)
 
     # -- one bucket ------------------------------------------------------------------------
     def _bucket(self, nb: int, span: int) -> _Bucket:
