@@ -92,11 +92,6 @@ def select_branches(confidences: list[float], branches: int) -> BranchSelection:
     return BranchSelection(prefix_lens=top, r=[r[i] for i in top])
 
 
-def slot_confidences(logits: torch.Tensor) -> list[float]:
-    """c_k: the drafter's max softmax probability at T=1 per slot. logits [L, V] -> L floats."""
-    return torch.softmax(logits.float(), dim=-1).amax(dim=-1).tolist()
-
-
 def branch_rows(root: int, chain: list[int], selection: BranchSelection, mask_id: int,
                 slots: int | None = None) -> torch.Tensor:
     """The VP drafter's input: row j = [root, t_1..t_i, MASK x (S-i)] for i = prefix_lens[j] -> [K, S+1],
@@ -113,7 +108,8 @@ def fill_branches(root: int, chain: list[int], selection: BranchSelection, vp_lo
     """Fill each row's masked slots with the VP argmax. vp_logits: [K, L, V] (slot k at index k-1)."""
     logp = torch.log_softmax(vp_logits.float(), dim=-1)
     best, ids = logp.max(dim=-1)  # [K, L]
-    best, ids = best.cpu().tolist(), ids.cpu().tolist()
+    host = torch.stack([best.double(), ids.double()]).cpu()  # one read (float64: exact ids)
+    best, ids = host[0].tolist(), host[1].long().tolist()
     branches, branch_logp = [], []
     for j, i in enumerate(selection.prefix_lens):
         branches.append(chain[:i] + ids[j][i:])
@@ -206,8 +202,11 @@ class D2SDProposer(DFlashProposer):
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         logits = proposal.logits  # [L, V]  1. the first draft (DFlash)
-        chain = logits.argmax(dim=-1).tolist()
-        selection = select_branches(slot_confidences(logits), self.branches)  # 2. top-K prefixes by r(i)
+        # the chain and its confidences in one read (float64: exact ids)
+        host = torch.stack([logits.argmax(dim=-1).double(),
+                            torch.softmax(logits.float(), dim=-1).amax(dim=-1).double()]).cpu()
+        chain, confidences = host[0].long().tolist(), host[1].tolist()
+        selection = select_branches(confidences, self.branches)  # 2. top-K prefixes by r(i)
         # whole blocks, as the DFlash drafter drafts them, also where a decode's last rounds keep
         # fewer slots: the VP drafter's graph takes whole blocks only (a shorter row ran eagerly,
         # 1.4-1.7x a round's profiled cost at the 8B stand-in), and the fills of the kept slots

@@ -72,7 +72,8 @@ def top_k_tensors(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Te
     """Per-depth top-k log-probs [D, k] (host float32, rows sorted) and token ids [D, k] (host int64)."""
     logp = torch.log_softmax(proposal.logits[:depth].float(), dim=-1)
     top_logp, top_ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-    return top_logp.cpu(), top_ids.cpu()
+    host = torch.stack([top_logp.double(), top_ids.double()]).cpu()  # one read (float64: exact ids)
+    return host[0].float(), host[1].long()
 
 
 def candidates(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
