@@ -31,6 +31,7 @@ from specdiff.engine import build_decoder
 from specdiff.models.bundled import default_path
 from specdiff.target.hf_causal import load_target
 from specdiff.methods.caddtree.cost_model import CostProfile
+from specdiff.methods.caddtree.tree import DEVICE_WIDTH
 from specdiff.methods.ddtree import iter_best_first
 
 SETS = ["data/prompts/function_completion.jsonl", "data/prompts/file_continuation.jsonl"]
@@ -38,7 +39,8 @@ MAX_NODES = 512
 
 
 def collect(path: str, limit: int, model, tok, drafter, temperature: float) -> list[dict]:
-    """Per round: top-MAX_NODES log-probs and ids per depth, and the tokens that followed the root."""
+    """Per round: top-MAX_NODES log-probs and ids per depth, the tokens that followed the root and
+    whether it is its sequence's first round."""
     rounds: list[dict] = []
     plain_draft = type(drafter).draft.__get__(drafter)
     for p in read_prompt_file(Path(path), limit):
@@ -61,10 +63,10 @@ def collect(path: str, limit: int, model, tok, drafter, temperature: float) -> l
         drafter.draft, decoder.proposer.propose = draft, propose
         out = decoder.generate(ids)
         full = ids + out.token_ids
-        for n_tok, logits in seen:
+        for j, (n_tok, logits) in enumerate(seen):
             top = torch.topk(torch.log_softmax(logits, -1), min(MAX_NODES, logits.shape[-1]), -1)
             rounds.append({"logp": top.values, "ids": top.indices.tolist(), "future": full[n_tok:n_tok + len(logits)],
-                           "context": n_tok - 1})  # the root's slot, as caddtree reads its costs
+                           "context": n_tok - 1, "first": j == 0})  # the root's slot, as caddtree reads its costs
     drafter.__dict__.pop("draft", None)
     return rounds
 
@@ -86,18 +88,21 @@ def stream(r: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
 
 
 def replay_caddtree(streams, cost, root_cost, buckets, calibrate: bool = False,
-                    root_price=None, extra_ms: float = 0.0) -> tuple[float, float, float]:
+                    root_price=None, extra_ms: float = 0.0, late: list[bool] | None = None,
+                    ) -> tuple[float, float, float]:
     """caddtree's choice per round (theta compared at the buckets), in round order; with
     `calibrate`, each depth's deltas are scaled by realised / predicted acceptance at that depth
     over the rounds before (prior: 2 rounds' worth at 1x). A round of n nodes costs cost(n, context),
     a root-alone round root_cost(context); the choice prices that at root_price(context) (default:
-    the same); every round also pays `extra_ms` (its own host work). Returns (tokens per ms, mean nodes,
-    share of root-alone rounds)."""
+    the same); every round also pays `extra_ms` (its own host work). `late` (per round, whether it is
+    its sequence's first): each other round keeps the size its predecessor chose, at least one node
+    and at most the device search's width, as caddtree searched on the device does. Returns (tokens
+    per ms, mean nodes, share of root-alone rounds)."""
     root_price = root_cost if root_price is None else root_price
     pred, real = np.full(17, 2.0), np.full(17, 2.0)  # per depth, summed over past rounds
     tokens = ms = 0.0
-    sizes = []
-    for delta, depth, realised, ctx in streams:
+    sizes, previous = [], 0
+    for i, (delta, depth, realised, ctx) in enumerate(streams):
         weight = real / pred if calibrate else np.ones(17)
         phi = np.cumsum(weight[depth] * delta)
         best, chosen = 0.0, 0
@@ -110,6 +115,8 @@ def replay_caddtree(streams, cost, root_cost, buckets, calibrate: bool = False,
             best, chosen = theta, b - 1
         if best <= 1.0 / root_price(ctx):
             chosen = 0
+        if late is not None:
+            chosen, previous = (chosen if late[i] else min(max(previous, 1), DEVICE_WIDTH, len(phi))), chosen
         accepted = realised[chosen - 1] if chosen else 0
         np.add.at(pred, depth[:chosen], delta[:chosen])
         real[1:accepted + 1] += 1
@@ -152,7 +159,8 @@ def main() -> None:
     model, tok = load_target(default_path("target"), "cpu", "float32")
     drafter = load_drafter(default_path("dflash"), "cpu", torch.float32)
     for path in SETS:
-        streams = [stream(r) for r in collect(path, args.limit, model, tok, drafter, args.temperature)]
+        rounds = collect(path, args.limit, model, tok, drafter, args.temperature)
+        streams, firsts = [stream(r) for r in rounds], [r["first"] for r in rounds]
         print(f"{Path(path).stem}, T={args.temperature:g}: {len(streams)} rounds")
         for n in (1, 4, 16, 32, 64, 128, 512):
             pred = np.mean([np.cumsum(d)[min(n, len(d)) - 1] for d, _, _, _ in streams])
@@ -166,7 +174,8 @@ def main() -> None:
         print("  tokens/ms: " + ", ".join(f"ddtree@{n} {v:.3f}" for n, v in fixed.items()))
         for extra in (float(x) for x in args.extra_ms.split(",")):
             for label, kwargs in [("", {}), (" (calibrated by depth)", {"calibrate": True}),
-                                  (" (root alone priced as AR's step)", {"root_price": ar_price})]:
+                                  (" (root alone priced as AR's step)", {"root_price": ar_price}),
+                                  (" (searched on the device: sized one round late)", {"late": firsts})]:
                 rate, nodes, alone = replay_caddtree(streams, cost, root_cost, buckets, extra_ms=extra, **kwargs)
                 print(f"  caddtree{label}, +{extra:g} ms a round: {rate:.3f} ({rate / fixed[top] - 1:+.1%} vs "
                       f"ddtree@{top}, {nodes:.1f} nodes, root alone in {alone:.0%} of rounds)")

@@ -74,7 +74,7 @@ def test_fused_decode_is_lossless(qwen3_model):
     the tokens AR gives with the same seed (the interpreter is slow: a few short decodes). The
     glued dflash run verifies its blocks, and drafts them, through the glued GEMMs."""
     drafter = tiny_drafter(qwen3_model, block_size=8)
-    n = 10
+    n = 7
     expected = hf_greedy(qwen3_model, n)
     runs = {}
     for engine, method, budget, temperature, choice in (

@@ -221,7 +221,7 @@ def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, m
     assert len(resident) > 2 and all(resident[1:]), resident  # every round; the prefill's forward first
 
 
-def test_a_caddtree_left_on_the_device_is_sized_from_the_last_rounds_scores(target_model):
+def test_a_caddtree_left_on_the_device_is_sized_from_the_last_rounds_scores(qwen3_model):
     """caddtree searched on the device reads no Phi before the target forward: the walk reads the
     search's scores with its draws, and they size the next round's tree. The scores read equal
     the host's best-first prefixes of the round's marginals; each tree after the first has the
@@ -231,7 +231,7 @@ def test_a_caddtree_left_on_the_device_is_sized_from_the_last_rounds_scores(targ
     from specdiff.methods.caddtree.tree import next_size
     from specdiff.methods.device_search import reference_top_prefixes
 
-    dec = oracle_decoder(target_model, "caddtree", SamplingConfig(temperature=1.0, seed=3), 24, block_size=6,
+    dec = oracle_decoder(qwen3_model, "caddtree", SamplingConfig(temperature=1.0, seed=3), 24, block_size=6,
                          engine="graph", device_search=True)
     proposer, logits, sizes, scores = dec.proposer, [], [], []
     proposer.overhead = None  # the wall-clock overhead it learns would move the sizes

@@ -72,7 +72,7 @@ def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, 
             target = StaticTarget(bf16_model, numerics="exact", kernels="triton")
         else:
             target = GraphedTarget(bf16_model, use_graphs=not INTERPRETED, numerics="exact", kernels="triton")
-        sizes = [1, 7, 40] if INTERPRETED else [1, 7, 64, 300]
+        sizes = [1, 7, 24] if INTERPRETED else [1, 7, 64, 300]  # 24: past the 16 rows of one GEMM tile
     assert target.kernels_ran == ("invariant" if path == "torch" else "triton")
     logits = path_logits(target, sizes)
     ar = logits.pop(0)
