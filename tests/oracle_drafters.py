@@ -35,7 +35,7 @@ class OracleDrafter:
         """device_search: `enable_prefix_search` takes effect, the search being the device's kernel
         (under Triton's interpreter on a CPU), as the graph engine's drafter runs it."""
         self.model, self.sampling, self.aware, self.noise, self.bonus = model, sampling, aware, noise, bonus
-        self.device_search, self.search, self.search_on_device = device_search, None, False
+        self.device_search, self.search = device_search, None
         self.vocab = model.config.vocab_size
         self.block_size = block_size
         # one tap (the proposers pass features on); a mask id outside the vocabulary: a VP row's
@@ -99,15 +99,15 @@ class OracleDrafter:
         block = self.draft(root, self.search.depth)  # the whole block, as the graph drafts it
         self.search.run(block, torch.tensor([root]), torch.tensor([num_slots]))
         logits = block[:num_slots]
-        if self.search_on_device:
-            return DraftProposal(logits, device_prefixes=self.search.device_tree(num_slots))
+        resident = self.search.device_tree(num_slots)
+        if resident is not None:
+            return DraftProposal(logits, device_prefixes=resident)
         return DraftProposal(logits, prefixes=fetch(self.search.out, num_slots, self.search.width))
 
-    def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
+    def enable_prefix_search(self, width: int) -> int:
         if not self.device_search:
             return 0
         self.search = PrefixSearch(width, self.block_size - 1, torch.device("cpu"))
-        self.search_on_device = on_device
         return width
 
     def enable_candidates(self, k: int) -> int:

@@ -184,7 +184,7 @@ class DFlashDrafter(nn.Module):
         no top prefixes or candidates: `enable_prefix_search` and `enable_candidates` give 0)."""
         return DraftProposal(self.draft(root, num_slots))
 
-    def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
+    def enable_prefix_search(self, width: int) -> int:
         return 0
 
     def enable_candidates(self, k: int) -> int:

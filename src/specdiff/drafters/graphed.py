@@ -55,7 +55,6 @@ class GraphedDrafter:
         self._cols: torch.Tensor | None = None
         self._bound_to: torch.Tensor | None = None  # the context buffer the graph was captured on
         self._search: device_search.PrefixSearch | None = None
-        self._search_on_device = False
         self._candidates: device_search.TopCandidates | None = None
         self._fused: FusedDrafterStep | None = None
         if len(shape) == 1 and use_triton(kernels, why_not(drafter), self.device, " the drafter"):
@@ -68,17 +67,16 @@ class GraphedDrafter:
     def block_size(self) -> int:
         return self.spec.block_size
 
-    def enable_prefix_search(self, width: int, on_device: bool = False) -> int:
+    def enable_prefix_search(self, width: int) -> int:
         """Search each drafted block's top `width` prefixes inside the graph; the width enabled
         (0 where the device search cannot run: no CUDA graphs, no Triton, too wide, or a vocabulary
-        past 2^24, whose ids its float32 result would round). on_device: `propose` hands them over
-        as a resident tree, unread (DDTree), instead of reading them (caddtree needs their Phi)."""
+        past 2^24, whose ids its float32 result would round). `propose` hands them over as a
+        resident tree, unread, where every column holds a prefix (else it reads them)."""
         width = device_search.search_width(width)
         if not (width and self.use_graphs and device_search.available(self.device)) or \
                 self.inner.config.vocab_size > 1 << 24:
             return 0
         self._search = device_search.PrefixSearch(width, self.block_size - 1, self.device)
-        self._search_on_device = on_device
         self._graphs = {}
         return width
 
@@ -135,8 +133,7 @@ class GraphedDrafter:
         logits = self.draft(root, num_slots)
         prefixes = candidates = resident = None
         if self._search is not None and num_slots <= self._search.depth:
-            if self._search_on_device:
-                resident = self._search.device_tree(num_slots)
+            resident = self._search.device_tree(num_slots)
             if resident is None:
                 prefixes = device_search.fetch(self._search.out, num_slots, self._search.width)
         if self._candidates is not None and num_slots == self._candidates.depth:

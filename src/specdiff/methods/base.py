@@ -57,7 +57,7 @@ class Drafter(Protocol):
 
     def propose(self, root: int, num_slots: int) -> DraftProposal: ...
 
-    # the width its steps will search (0: none); on_device: handed over as a resident tree
-    def enable_prefix_search(self, width: int, on_device: bool = False) -> int: ...
+    # the width its steps will search (0: none), handed over as a resident tree where it can
+    def enable_prefix_search(self, width: int) -> int: ...
 
     def enable_candidates(self, k: int) -> int: ...  # the top-k its steps will take per slot (0: none)

@@ -165,7 +165,7 @@ class DDTreeProposer(DFlashProposer):
         width, k = self.search_sizes(budget)
         # what the drafter's steps hand over: the top `width` prefixes searched on the device, else
         # the top-`k` candidates per slot for the host's C search (0: none; the host takes its own)
-        self.prefix_width = drafter.enable_prefix_search(width, True) if device_search else 0
+        self.prefix_width = drafter.enable_prefix_search(width) if device_search else 0
         use_k = not self.prefix_width and native is not None
         self.candidates_k = drafter.enable_candidates(k) if use_k else 0
 

@@ -61,10 +61,13 @@ class CaDDTreeProposer(DDTreeProposer):
         self._round = (now, self.profile.draft_ms + self.profile.tree_step(tree.num_nodes, state.start))
         return tree
 
+    @property
+    def _overhead_ms(self) -> float:
+        return self.overhead.ms if self.overhead is not None else 0.0
+
     def _next_size(self, scores, context: int) -> int:
-        overhead = self.overhead.ms if self.overhead is not None else 0.0
         lam = self.rate.lam if self.rate is not None else 0.0
-        return next_size(scores, self.profile, context, self.budget, overhead, lam)
+        return next_size(scores, self.profile, context, self.budget, self._overhead_ms, lam)
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         resident = proposal.device_prefixes
@@ -73,7 +76,7 @@ class CaDDTreeProposer(DDTreeProposer):
                 self._next = self._next_size(resident.scores.cpu().double().numpy(), state.start)
             self._context, self._used = state.start, min(self._next, resident.num_nodes - 1)
             return resident.first(self._used + 1, scores=True)
-        overhead = self.overhead.ms if self.overhead is not None else 0.0
+        overhead = self._overhead_ms
         if self.rate is None:
             return build_caddtree(state.root, proposal, self.profile, state.start, depth, self.budget, overhead,
                                   native=self.native)
@@ -88,7 +91,6 @@ class CaDDTreeProposer(DDTreeProposer):
         if result.scores is None:
             return
         if self.rate is not None:  # the round's own expected tokens and predicted cost, as `build` observes
-            cost = self.profile.draft_ms + (self.overhead.ms if self.overhead is not None else 0.0) + \
-                self.profile.tree_step(self._used + 1, self._context)
+            cost = self.profile.draft_ms + self._overhead_ms + self.profile.tree_step(self._used + 1, self._context)
             self.rate.observe(1.0 + float(result.scores[1, self._used - 1]), cost)
         self._next = self._next_size(result.scores, self._context + len(result.accepted))
