@@ -2,7 +2,7 @@
 
 Wraps the drafter pass, the tree build (candidate fetch + search), the target forward, the walk,
 the commit and the drafter's update with a device sync on each side, and reports the median ms
-per part; methods are interleaved per prompt, as in the bench. The syncs serialise host and
+per part, apart for each decode's first round and its prefill; methods are interleaved per prompt, as in the bench. The syncs serialise host and
 device, so the parts add up to more than an unwrapped round: compare methods with each other,
 not with the bench.
     usage: python scripts/round_anatomy.py --device cuda --dtype bfloat16 --profile P.json \
@@ -48,18 +48,22 @@ def main() -> None:
     parts: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     current = [""]  # the method decoding now
     inner = [0.0]  # ms of timed parts inside the current propose call
+    round_no = [0]  # rounds begun in the current decode (a part before the second is the first round's)
 
     def timed(name, fn):
         def wrapper(*a, **k):
+            if name == "propose":
+                round_no[0] += 1
             sync()
             t = time.perf_counter()
             before = inner[0]
             out = fn(*a, **k)
             sync()
             ms = 1000 * (time.perf_counter() - t)
-            parts[current[0]][name].append(ms)
+            phase = current[0] + {0: " prefill", 1: " first round"}.get(round_no[0], "")
+            parts[phase][name].append(ms)
             if name == "propose":  # the proposer's own work around its timed parts
-                parts[current[0]]["propose rest"].append(ms - (inner[0] - before))
+                parts[phase]["propose rest"].append(ms - (inner[0] - before))
                 inner[0] = 0.0
             else:
                 inner[0] += ms
@@ -93,14 +97,16 @@ def main() -> None:
     for i, ids in enumerate([encoded[0]] + encoded):  # the first prompt again: a warm-up, dropped
         k = i % len(decoders)  # rotated order, as the bench: a drift lands on every method alike
         for spec, dec in decoders[k:] + decoders[:k]:
-            current[0] = spec if i else "warm-up"
+            current[0], round_no[0] = (spec if i else "warm-up"), 0
             r = dec.generate(ids)
             if i:
                 stats[spec][0].append(r.tau)
-                stats[spec][1].extend(r.round_ms)
-    for spec, _ in decoders:
+                stats[spec][1].extend(r.round_ms[1:])
+                stats[spec + " first round"][1].append(r.round_ms[0])
+                stats[spec + " first round"][0].append(r.tau)
+    for spec in [s + phase for s, _ in decoders for phase in ("", " first round", " prefill")]:
         med = collections.defaultdict(float, {k: statistics.median(v) for k, v in parts[spec].items()})
-        tau, rounds = stats[spec]
+        tau, rounds = stats.get(spec, ([0.0], [0.0]))  # the prefill: its parts alone
         print(f"{spec}: tau {statistics.mean(tau):.2f}, round (synced parts) {statistics.median(rounds):.3f} ms | "
               + " | ".join(f"{k} {med[k]:.3f}" for k in
                            ("catch_up", "draft", "tree", "propose rest", "forward", "walk", "commit", "update")))

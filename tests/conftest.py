@@ -17,7 +17,8 @@ from specdiff.methods.ddtree import build_ddtree
 from specdiff.methods.dflash import build_chain
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
-torch.set_num_threads(2)
+# under pytest-xdist (`-n auto`) the workers share the cores instead of each taking them all
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @pytest.fixture(scope="session", params=["qwen3", "llama"])

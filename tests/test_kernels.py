@@ -199,3 +199,21 @@ def test_tree_inputs_build_a_resident_trees_target_inputs(n, nb):
         fn(tree.tokens.to(DEVICE), tree.parents.to(DEVICE), tree.depths.to(DEVICE), start, packed, anc)
         assert torch.equal(anc.cpu(), want_anc), fn
         assert torch.equal(packed.cpu(), want_packed), fn
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the kernel's compiled variants on a GPU")
+def test_tree_inputs_compiles_once_per_bucket():
+    """Every round launches `tree_inputs` with its tree's size and position: one bucket's launches
+    (sizes 1, 16 and 17, positions a multiple of 16 or not) share one compiled kernel, the one
+    `GraphedTarget.prepare` builds, so no decode round pays for a compile."""
+    from specdiff.kernels import tree as tree_kernels
+
+    nb = 48
+    packed = torch.zeros(2 * nb + 1, dtype=torch.long, device="cuda")
+    anc = torch.zeros(nb, nb, dtype=torch.bool, device="cuda")
+    cache = tree_kernels._tree_inputs_kernel.device_caches[torch.cuda.current_device()][0]
+    before = len(cache)
+    for n, start in ((1, 16), (16, 37), (17, 48), (33, 1)):
+        ids = torch.arange(n, device="cuda")
+        kernels.tree_inputs(ids, ids - 1, ids, start, packed, anc)
+    assert len(cache) - before <= 1, len(cache) - before

@@ -204,6 +204,8 @@ def summarize(runs: list[Run]) -> list[dict]:
             "tau": tokens / max(1, rounds),  # token-weighted: total new tokens / total rounds
             "tau_mean_per_prompt": statistics.fmean(r.tau for r in rs),
             "ms_per_token": ms,
+            # the target's prompt forward and the drafters' intake of its features, per prompt
+            "prefill_ms": 1000 * statistics.fmean(r.prefill_s for r in rs),
             "mean_tree_nodes": statistics.fmean(r.mean_tree_nodes for r in rs),
             "mean_candidate_rows": statistics.fmean(r.mean_candidate_rows for r in rs),
             "mismatches": sum(1 for r in rs if r.matches_ar is False),
@@ -248,10 +250,14 @@ def report(result: dict) -> str:
         f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
-        *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar"],
+        *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar",
+                         "prefill ms"],
                         ([r["prompt_set"], f"{r['temperature']:g}", r["method"], f"{r['tau']:.2f}",
-                          f"{r['mean_tree_nodes']:.1f}", f"{r['ms_per_token']:.2f}", f"{r['speedup_vs_ar']:.2f}"]
+                          f"{r['mean_tree_nodes']:.1f}", f"{r['ms_per_token']:.2f}", f"{r['speedup_vs_ar']:.2f}",
+                          f"{r['prefill_ms']:.2f}" if "prefill_ms" in r else "-"]
                          for r in result["summary"])),
+        "", "ms/token and the speed-up time the decode after the prefill; prefill ms is the target's prompt "
+        "forward with the drafters' intake of its features, per prompt.",
     ]
     from specdiff.bench.versus import versus_best_fixed, versus_table
 

@@ -39,7 +39,9 @@ def tree_inputs_reference(tokens: torch.Tensor, parents: torch.Tensor, depths: t
 
 if triton is not None:
 
-    @triton.jit
+    # launched eagerly every round: specialising on the tree's size or its position (a value of
+    # 1, or a multiple of 16) would compile a new variant mid-decode (~50 ms on an H100)
+    @triton.jit(do_not_specialize=["n", "start"])
     def _tree_inputs_kernel(tok_ptr, par_ptr, dep_ptr, packed_ptr, anc_ptr, n, start,
                             NB: tl.constexpr, NBP: tl.constexpr):
         i = tl.program_id(0)

@@ -41,7 +41,10 @@ class DFlashProposer:
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
         for d in self.drafters:
             d.reset(max_len)
+        # the drafters take in the prompt's features now: prompt work, as the target's prefill is,
+        # not a cost of the first round
         self._pending = prefill.features
+        self.catch_up()
 
     def catch_up(self) -> None:
         """Fuse the features of the tokens committed since the last draft into every drafter."""
