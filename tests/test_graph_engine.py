@@ -55,6 +55,32 @@ def test_graph_target_equals_static(target_model, seed, prompt_len):
         torch.testing.assert_close(a.features, b.features, atol=1e-4, rtol=1e-4)
 
 
+def test_the_commit_moves_the_paths_cache_as_the_eager_commit_does(qwen3_model):
+    """The graph engine's commit (the moves copied in, one launch moving every layer's K/V) leaves
+    the committed slots bitwise as `StaticTarget.commit` does: paths that jump over nodes, a
+    prefix (nothing moves), and a path longer than the moves hold (the eager commit)."""
+    from specdiff.target.graphed import COMMIT_ROWS
+
+    g = torch.Generator().manual_seed(5)
+    vocab = qwen3_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (9,), generator=g).tolist()
+    long_chain = DraftTree.chain(3, torch.randint(0, vocab, (COMMIT_ROWS + 3,), generator=g).tolist())
+    rounds = [(random_tree(30, vocab, g), None), (random_tree(12, vocab, g), [0, 1, 2]),
+              (long_chain, list(range(COMMIT_ROWS + 4))), (random_tree(40, vocab, g), None)]
+    rounds = [(t, path or path_to(t, t.num_nodes - 1)) for t, path in rounds]
+    assert any(p != list(range(len(p))) for _, p in rounds)  # a path that moves
+    caches = []
+    for t in (StaticTarget(qwen3_model, native=NATIVE), GraphedTarget(qwen3_model, use_graphs=False, native=NATIVE)):
+        t.reset(200)
+        t.prefill(prompt)
+        for tree, path in rounds:
+            t.forward(tree)
+            t.commit(path)
+        caches.append((t.length, t.k[:, :, :, : t.length].clone(), t.v[:, :, :, : t.length].clone()))
+    (n_a, k_a, v_a), (n_b, k_b, v_b) = caches
+    assert n_a == n_b and torch.equal(k_a, k_b) and torch.equal(v_a, v_b)
+
+
 def plain_and_graphed(model, wrap, prompt_len, g):
     """An eager drafter and a graphed copy of it, both holding the same prompt context."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()

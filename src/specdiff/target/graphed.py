@@ -8,7 +8,8 @@ for a tree that stayed on the device (`DraftTree.resident`), one kernel makes bo
 [Nb, span] mask is computed inside the graph from `start` and that block, so no mask ever crosses
 from the host. Padding rows sit at
 the root's position, see only the committed slots and themselves, and write K/V to slots past
-the tree that no real row can see and the next round overwrites.
+the tree that no real row can see and the next round overwrites. A commit that moves the
+accepted path's K/V is one more graph (`COMMIT_ROWS` moves, read from a device row).
 
 All buckets' graphs share one memory pool: a private pool per graph kept every bucket's
 activations and [Nb, V] logits reserved at once, which ran a Qwen3-8B-shaped model out of an
@@ -40,6 +41,9 @@ from specdiff.types import DraftTree, TargetOutput
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
 HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
+# the longest accepted path the commit graph moves (a longer one takes the eager commit); its
+# moves past the path copy uncommitted slots onto themselves
+COMMIT_ROWS = 32
 MIN_SPAN = 256  # smallest span bucket; spans double up to the buffer's length
 
 
@@ -117,6 +121,13 @@ class GraphedTarget(StaticTarget):
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
         self._pool = None  # the buckets' shared graph memory pool
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
+        # the commit: [2, COMMIT_ROWS] (destination, source) slots, filled through a pinned
+        # staging row, and the graph that moves every layer's K/V by them
+        pin = device.type == "cuda"
+        self._moves = torch.zeros(2, COMMIT_ROWS, dtype=torch.long, device=device)
+        self._host_moves = torch.zeros(2, COMMIT_ROWS, dtype=torch.long, pin_memory=pin)
+        self._moves_copied = torch.cuda.Event() if pin else None  # the staging row's last copy
+        self._commit_graph: "torch.cuda.CUDAGraph | None" = None
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
         if tuple(layer_ids) != getattr(self, "tap_layers", None):
@@ -133,12 +144,14 @@ class GraphedTarget(StaticTarget):
             self.max_len = alloc
             self._cols = torch.arange(alloc, device=self.device)
             self._buckets, self._pool = {}, None  # graphs point at the old buffers
+            self._commit_graph = None
         self.length = 0
 
     def prepare(self, max_len: int, max_nodes: int) -> None:
         """Size the buffer for sequences of `max_len` slots and capture every bucket a tree of at
         most `max_nodes` nodes can use there, so that no capture happens inside a timed decode."""
         self.reset(max_len)
+        self._capture_commit()
         top = bucket_for(min(max_nodes, BUCKETS[-1]))
         root = torch.zeros(1, dtype=torch.long, device=self.device)
         for nb in (b for b in BUCKETS if b <= top):
@@ -224,6 +237,44 @@ class GraphedTarget(StaticTarget):
             self._bucket_forward(b)
         features = b.features[:n] if b.features is not None else None
         return TargetOutput(logits=b.logits[:n], features=features)
+
+    @torch.inference_mode()
+    def commit(self, accepted: Sequence[int]) -> None:
+        """`StaticTarget.commit` as two launches, a copy of the moves and one graph, where the
+        eager commit makes six (the path's slots, two gathers, two copies)."""
+        k = len(accepted)
+        if k > COMMIT_ROWS or list(accepted) == list(range(k)):
+            super().commit(accepted)  # a prefix stays where it is: nothing moves
+            return
+        self._capture_commit()
+        if self._moves_copied is not None and not self._moves_copied.query():
+            self._moves_copied.synchronize()  # the staging row is still being read (a decode never waits here)
+        moves = self._host_moves.numpy()
+        moves[:] = self.length + np.arange(COMMIT_ROWS)
+        moves[1, :k] += np.asarray(accepted)
+        moves[1, :k] -= np.arange(k)
+        self._moves.copy_(self._host_moves, non_blocking=True)
+        if self._moves_copied is not None:
+            self._moves_copied.record()
+        if self._commit_graph is not None:
+            self._commit_graph.replay()
+        else:
+            self._move()
+        self.length += k
+
+    def _capture_commit(self) -> None:
+        if self.use_graphs and self._commit_graph is None:
+            # captured on moves that change nothing (uncommitted slots onto themselves): a warm-up
+            # run of a real path twice would move slots it had already overwritten. Its own
+            # memory pool: the forward's features, which the buckets' pool holds, are read after
+            self._moves.copy_((self.length + self._cols[:COMMIT_ROWS]).expand(2, -1))
+            self._commit_graph = capture_graph(self._move, self.device)
+
+    def _move(self) -> None:
+        """Device tensors only: every layer's K/V at the source slots go to the destinations."""
+        dst, src = self._moves
+        self.k.index_copy_(3, dst, self.k.index_select(3, src))
+        self.v.index_copy_(3, dst, self.v.index_select(3, src))
 
     def prefill(self, ids: Sequence[int]) -> TargetOutput:
         # prefill in chunks of the largest bucket keeps every forward inside a graph
