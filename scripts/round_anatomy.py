@@ -106,10 +106,13 @@ def main() -> None:
                 stats[spec + " first round"][0].append(r.tau)
     for spec in [s + phase for s, _ in decoders for phase in ("", " first round", " prefill")]:
         med = collections.defaultdict(float, {k: statistics.median(v) for k, v in parts[spec].items()})
-        tau, rounds = stats.get(spec, ([0.0], [0.0]))  # the prefill: its parts alone
-        print(f"{spec}: tau {statistics.mean(tau):.2f}, round (synced parts) {statistics.median(rounds):.3f} ms | "
-              + " | ".join(f"{k} {med[k]:.3f}" for k in
-                           ("catch_up", "draft", "tree", "propose rest", "forward", "walk", "commit", "update")))
+        head = "its parts alone"  # the prefill: no round of its own
+        if spec in stats:
+            tau, rounds = stats[spec]
+            head = f"tau {statistics.mean(tau):.2f}, round (synced parts) {statistics.median(rounds):.3f} ms"
+        print(f"{spec}: {head} | " + " | ".join(f"{k} {med[k]:.3f}" for k in
+                                                 ("catch_up", "draft", "tree", "propose rest", "forward", "walk",
+                                                  "commit", "update")))
 
 
 if __name__ == "__main__":
