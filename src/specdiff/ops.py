@@ -16,6 +16,12 @@ def device_index(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def read_together(*rows: torch.Tensor) -> torch.Tensor:
+    """Same-shaped device tensors (floats, or token ids: float64 holds them exactly) read to the
+    host in one copy, one synchronizing read where there would be one per tensor -> [R, ...] float64."""
+    return torch.stack([r.double() for r in rows]).cpu()
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)

@@ -38,6 +38,7 @@ import torch
 from specdiff.methods.base import DecodeState, Drafter
 from specdiff.methods.ddtree import best_first_prefixes, top_k_marginals
 from specdiff.methods.dflash import DFlashProposer
+from specdiff.ops import read_together
 from specdiff.types import DraftProposal, DraftTree
 
 
@@ -108,7 +109,7 @@ def fill_branches(root: int, chain: list[int], selection: BranchSelection, vp_lo
     """Fill each row's masked slots with the VP argmax. vp_logits: [K, L, V] (slot k at index k-1)."""
     logp = torch.log_softmax(vp_logits.float(), dim=-1)
     best, ids = logp.max(dim=-1)  # [K, L]
-    host = torch.stack([best.double(), ids.double()]).cpu()  # one read (float64: exact ids)
+    host = read_together(best, ids)
     best, ids = host[0].tolist(), host[1].long().tolist()
     branches, branch_logp = [], []
     for j, i in enumerate(selection.prefix_lens):
@@ -202,9 +203,8 @@ class D2SDProposer(DFlashProposer):
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         logits = proposal.logits  # [L, V]  1. the first draft (DFlash)
-        # the chain and its confidences in one read (float64: exact ids)
-        host = torch.stack([logits.argmax(dim=-1).double(),
-                            torch.softmax(logits.float(), dim=-1).amax(dim=-1).double()]).cpu()
+        # the chain and its confidences in one read
+        host = read_together(logits.argmax(dim=-1), torch.softmax(logits.float(), dim=-1).amax(dim=-1))
         chain, confidences = host[0].long().tolist(), host[1].tolist()
         selection = select_branches(confidences, self.branches)  # 2. top-K prefixes by r(i)
         # whole blocks, as the DFlash drafter drafts them, also where a decode's last rounds keep

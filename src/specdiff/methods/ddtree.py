@@ -20,6 +20,7 @@ import torch
 
 from specdiff.methods.base import DecodeState, Drafter
 from specdiff.methods.dflash import DFlashProposer
+from specdiff.ops import read_together
 from specdiff.native import Native
 from specdiff.types import DraftProposal, DraftTree
 
@@ -72,7 +73,7 @@ def top_k_tensors(proposal: DraftProposal, k: int, depth: int) -> tuple[torch.Te
     """Per-depth top-k log-probs [D, k] (host float32, rows sorted) and token ids [D, k] (host int64)."""
     logp = torch.log_softmax(proposal.logits[:depth].float(), dim=-1)
     top_logp, top_ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-    host = torch.stack([top_logp.double(), top_ids.double()]).cpu()  # one read (float64: exact ids)
+    host = read_together(top_logp, top_ids)
     return host[0].float(), host[1].long()
 
 

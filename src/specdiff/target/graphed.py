@@ -250,9 +250,8 @@ class GraphedTarget(StaticTarget):
         if self._moves_copied is not None and not self._moves_copied.query():
             self._moves_copied.synchronize()  # the staging row is still being read (a decode never waits here)
         moves = self._host_moves.numpy()
-        moves[:] = self.length + np.arange(COMMIT_ROWS)
-        moves[1, :k] += np.asarray(accepted)
-        moves[1, :k] -= np.arange(k)
+        moves[:] = self.length + np.arange(COMMIT_ROWS)  # past the path: slots onto themselves
+        moves[1, :k] = self.length + np.asarray(accepted)
         self._moves.copy_(self._host_moves, non_blocking=True)
         if self._moves_copied is not None:
             self._moves_copied.record()
