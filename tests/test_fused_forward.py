@@ -50,6 +50,36 @@ def test_fused_forward_equals_eager(target_model, engine, choice):
     for (la, fa), (lb, fb) in zip(*outs):
         torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
+    assert fused.fused.rope.table.shape[1] == fused.max_len  # its RoPE came from the table
+
+
+@pytest.mark.parametrize("rope_type", ["default", "llama3", "dynamic"])
+def test_rope_table_gives_the_rotary_modules_values(rope_type):
+    """The fast paths gather cos/sin from a table the model's rotary module filled once: bitwise
+    its own values at any positions. A length-dependent rotary (dynamic) keeps no table, and a
+    bound past the table runs the module."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from specdiff.ops import RopeTable
+
+    params = {"rope_type": rope_type, "rope_theta": 10000.0}
+    if rope_type == "llama3":
+        params.update(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+    elif rope_type == "dynamic":
+        params.update(factor=2.0)
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=128, num_attention_heads=4, max_position_embeddings=128,
+                                              rope_parameters=params))
+    like = torch.zeros(3, 5, dtype=torch.bfloat16)
+    table = RopeTable(rotary)
+    table.build(300, like)
+    assert (table.table is None) == (rope_type == "dynamic")
+    g = torch.Generator().manual_seed(5)
+    for positions, bound in ((torch.randint(0, 300, (17,), generator=g), 300), (torch.arange(250, 290), 300),
+                             (torch.arange(290, 310), 310)):
+        want = rotary(like[None], positions[None])
+        got = table(positions, like, bound)
+        assert all(w[0].dtype == x.dtype and torch.equal(w[0], x) for w, x in zip(want, got))
 
 
 def test_fused_weights_are_views_of_the_model(qwen3_model):
@@ -137,6 +167,7 @@ def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len, choice):
         plain.extend_context(feats)
         fused.extend_context(feats)
         torch.testing.assert_close(fused.draft(root, slots), plain.draft(root, slots), atol=1e-4, rtol=1e-4)
+    assert fused._fused.rope.table.shape[1] == fused.inner.ctx_k.shape[2]  # its RoPE came from the table
 
 
 BF16_LOGIT_TOLERANCE = 2e-2  # max |difference| over max |logit|: bf16 rounding, not a modelling gap

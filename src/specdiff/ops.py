@@ -38,3 +38,35 @@ def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     Same math; in fp32 it matches the module to rounding."""
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
     return torch.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
+class RopeTable:
+    """cos/sin of every position below `size`, computed once by the model's own rotary module.
+    A decoding forward then gathers its rows in one kernel where the module runs about eleven
+    (casts, products, cat, cos, sin, scales) per call; the values are the module's, bit for bit.
+    Rotary types whose frequencies follow the sequence's length ("dynamic", "longrope") have no
+    table: they run the module every call."""
+
+    def __init__(self, rotary: torch.nn.Module):
+        self.rotary = rotary
+        rope_type = str(getattr(rotary, "rope_type", "default"))
+        self.static = "dynamic" not in rope_type and rope_type != "longrope"
+        self.table: torch.Tensor | None = None  # [2, size, D]: cos, sin
+
+    def build(self, size: int, like: torch.Tensor) -> None:
+        """Cover positions [0, size) in like's dtype and device (never grows inside a graph: a
+        captured forward keeps reading the table it was captured on)."""
+        if self.static and (self.table is None or self.table.shape[1] != size or self.table.dtype != like.dtype):
+            positions = torch.arange(size, device=like.device)[None]
+            cos, sin = self.rotary(like[None], positions)
+            self.table = torch.stack([cos[0], sin[0]])
+
+    def __call__(self, positions: torch.Tensor, like: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N], each below `bound` (a host int) -> cos, sin [N, D] in like's dtype,
+        contiguous. From the table where it covers `bound`, else from the module."""
+        t = self.table
+        if t is not None and bound <= t.shape[1] and t.dtype == like.dtype:
+            both = t.index_select(1, positions.reshape(-1))  # [2, N, D]
+            return both[0], both[1]
+        cos, sin = self.rotary(like[None], positions.reshape(1, -1))
+        return cos[0].contiguous(), sin[0].contiguous()

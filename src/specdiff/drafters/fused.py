@@ -18,6 +18,7 @@ import torch
 
 from specdiff import kernels
 from specdiff.drafters.dflash import DFlashDrafter
+from specdiff.ops import RopeTable
 from specdiff.target.fused import SWIGLU, fuse_linears, norm_params
 
 
@@ -52,12 +53,22 @@ class FusedDrafterStep:
         self.hidden_norm, self.final_norm = norm_params(drafter.hidden_norm), norm_params(drafter.norm)
         bk = drafter.spec.block_size
         self.block_sees_block = torch.ones(bk, bk, dtype=torch.bool, device=drafter.fc.weight.device)
+        self.block_cols = torch.arange(bk, device=drafter.fc.weight.device)
+        self.rope = RopeTable(drafter.rotary)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [N, D] of positions [N], which are also context slots: below the context
+        buffer's length, which the table covers (built again with a new buffer, whose graphs
+        the caller captures again)."""
+        d = self.drafter
+        self.rope.build(d.ctx_k.shape[2], d.fc.weight)
+        return self.rope(positions, d.fc.weight, d.ctx_k.shape[2])
 
     def fuse(self, features: torch.Tensor, slots: torch.Tensor) -> None:
         """`DFlashDrafter.fuse`: target features [n, T*H] -> every layer's context K/V at `slots` [n]."""
         d = self.drafter
         ctx = kernels.add_rms_norm(kernels.linear(features.to(d.fc.weight.dtype), d.fc.weight), None, *self.hidden_norm)
-        cos, sin = d.rope(slots)
+        cos, sin = self._rope(slots)
         for i, f in enumerate(self.layers):
             w, b = f["qkv"]
             kv = kernels.linear(ctx, w[self.q_rows :], None if b is None else b[self.q_rows :])  # [n, 2 Hkv D]
@@ -71,9 +82,9 @@ class FusedDrafterStep:
         d = self.drafter
         embed, head = d._io
         bk = ids.shape[0]
-        positions = length + torch.arange(bk, device=ids.device)
+        positions = length + self.block_cols[:bk]
         x = embed(ids).to(d.fc.weight.dtype).contiguous()  # [Bk, H], the residual stream
-        cos, sin = d.rope(positions)
+        cos, sin = self._rope(positions)
         if self.glue and bk <= kernels.SKINNY_ROWS and head.weight.dtype == x.dtype:
             return self._glued_layers(x, cos, sin, positions, length, span)
         h = kernels.add_rms_norm(x, None, *self.layers[0]["input_norm"])

@@ -26,6 +26,7 @@ from torch import nn
 
 from specdiff import invariant, kernels
 from specdiff.errors import SpecdiffError
+from specdiff.ops import RopeTable
 
 SWIGLU = ("silu", "swish")
 
@@ -120,6 +121,7 @@ class FusedForward:
             ))
         self.input_norms = [norm_params(layer.input_layernorm) for layer in target.layers]
         self.final_norm = norm_params(target.decoder.norm)
+        self.rope = RopeTable(target.decoder.rotary_emb)  # its owner sizes it with the K/V buffer
 
     def _attend(self, i: int, f: FusedLayer, qkv: torch.Tensor, at: AttentionInputs) -> torch.Tensor:
         """Layer i's attention from its fused QKV projection [N, (Hq + 2 Hkv) D] -> [N, Hq D];
@@ -175,8 +177,7 @@ class FusedForward:
         t = self.target
         n = input_ids.shape[1]
         x = t.decoder.embed_tokens(input_ids)[0].contiguous()  # [N, H], the residual stream
-        cos, sin = t.decoder.rotary_emb(x[None], position_ids)  # [1, N, D]
-        cos, sin = cos[0].contiguous(), sin[0].contiguous()
+        cos, sin = self.rope(position_ids[0], x, span)  # [N, D]
         taps = {}
         ops = self.ops
         # the tree index once: every layer attends over the same tree

@@ -143,6 +143,8 @@ class GraphedTarget(StaticTarget):
             self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.max_len = alloc
             self._cols = torch.arange(alloc, device=self.device)
+            if self.fused is not None:
+                self.fused.rope.build(self.max_len, self.k)
             self._buckets, self._pool = {}, None  # graphs point at the old buffers
             self._commit_graph = None
         self.length = 0

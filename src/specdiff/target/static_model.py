@@ -139,6 +139,8 @@ class StaticTarget(HFTarget):
             self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.max_len = max_len
+            if self.fused is not None:
+                self.fused.rope.build(self.max_len, self.k)
         self.length = 0
 
     @torch.inference_mode()
