@@ -5,6 +5,7 @@ graph at N nodes and the drafter's step, and prints per kernel name: calls per f
 microseconds per forward and share, largest first.
 
     usage: python scripts/gpu_profile.py --shape qwen3-8b --nodes 1,64 [--kernels triton]
+           python scripts/gpu_profile.py --bundled --nodes 1,64 --rounds 64   # the bundled pair
 """
 
 from __future__ import annotations
@@ -47,19 +48,26 @@ def kernel_table(fn, reps: int, top: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen3-8b")
+    p.add_argument("--bundled", action="store_true", help="the bundled target and drafter instead of --shape")
     p.add_argument("--nodes", default="1,64")
     p.add_argument("--kernels", default="triton")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--top", type=int, default=14)
     p.add_argument("--rounds", default="", help="ddtree budgets whose whole decode to profile: host ops and GPU busy time")
     args = p.parse_args()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(shape_config(args.shape), attn_implementation="sdpa").eval()
-    torch.set_default_dtype(torch.float32)
-    drafter = random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
+    if args.bundled:
+        from specdiff.loading import load_models
+
+        model, _, drafter = load_models(None, None, "cuda", "bfloat16")
+        args.shape = "bundled"
+    else:
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(shape_config(args.shape), attn_implementation="sdpa").eval()
+        torch.set_default_dtype(torch.float32)
+        drafter = random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
     target = make_target(model, "graph", native.load(), args.kernels)
-    prompt = torch.randint(0, 1000, (200,)).tolist()
+    prompt = torch.randint(2, 1000, (200,)).tolist()
     dec = build_decoder(target, DecodeConfig(method="dflash", engine="graph", kernels=args.kernels,
                                              max_new_tokens=64, stop_at_eos=False), drafter)
     dec.prepare(len(prompt))
