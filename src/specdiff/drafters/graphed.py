@@ -49,6 +49,10 @@ class GraphedDrafter:
         # fewer), ids
         self.packed = torch.zeros(3 + math.prod(shape), dtype=torch.long, device=self.device)
         self.ids = self.packed[3:].view(shape)
+        # its pinned staging row: a copy from pageable memory may wait for the device's queued work
+        pin = self.device.type == "cuda"
+        self._host_packed = torch.zeros(self.packed.shape[0], dtype=torch.long, pin_memory=pin)
+        self._packed_copied = torch.cuda.Event() if pin else None  # the staging row's last copy
         self._outs: dict[int, torch.Tensor] = {}  # span -> logits [..., Bk-1, V] after a step
         self._graphs: dict[int, "torch.cuda.CUDAGraph"] = {}  # span -> graph
         self._pending: torch.Tensor | None = None
@@ -148,7 +152,14 @@ class GraphedDrafter:
         if n:
             self.feats[:n].copy_(self._pending)
         slots = self.block_size - 1 if slots is None else slots
-        self.packed.copy_(torch.cat([torch.tensor([self.inner.ctx_len, n, slots]), ids.flatten()]), non_blocking=True)
+        if self._packed_copied is not None and not self._packed_copied.query():
+            self._packed_copied.synchronize()  # the staging row is still being read (a decode never waits here)
+        host = self._host_packed.numpy()
+        host[:3] = (self.inner.ctx_len, n, slots)
+        host[3:] = ids.reshape(-1).numpy()
+        self.packed.copy_(self._host_packed, non_blocking=True)
+        if self._packed_copied is not None:
+            self._packed_copied.record()
         span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
         if self.use_graphs:
             # warm-up and capture write context slots at ctx_len.., which are not yet context
