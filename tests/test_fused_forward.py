@@ -53,6 +53,20 @@ def test_fused_forward_equals_eager(target_model, engine, choice):
     assert fused.fused.rope.table.shape[1] == fused.max_len  # its RoPE came from the table
 
 
+def test_embed_rows_reads_what_the_module_gives():
+    """The fast paths gather a plain embedding's rows themselves; a scaled embedding (Gemma's kind)
+    runs its own forward, scale included."""
+    from specdiff.ops import embed_rows
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) * 3.0
+
+    ids = torch.tensor([5, 0, 5, 9])
+    for module in (torch.nn.Embedding(11, 4), Scaled(11, 4)):
+        assert torch.equal(embed_rows(module, ids), module(ids))
+
+
 @pytest.mark.parametrize("rope_type", ["default", "llama3", "dynamic"])
 def test_rope_table_gives_the_rotary_modules_values(rope_type):
     """The fast paths gather cos/sin from a table the model's rotary module filled once: bitwise

@@ -66,7 +66,16 @@ class RopeTable:
         contiguous. From the table where it covers `bound`, else from the module."""
         t = self.table
         if t is not None and bound <= t.shape[1] and t.dtype == like.dtype:
-            both = t.index_select(1, positions.reshape(-1))  # [2, N, D]
+            both = t[:, positions.reshape(-1)]  # [2, N, D]: a parallel gather (index_select runs the rows in turn)
             return both[0], both[1]
         cos, sin = self.rotary(like[None], positions.reshape(1, -1))
         return cos[0].contiguous(), sin[0].contiguous()
+
+
+def embed_rows(embed: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The embedding module's rows for ids. A plain `nn.Embedding` is read by one parallel gather:
+    its own kernel (index_select) takes a block's few ids one after another on a GPU. Any other
+    module (a scaled embedding) runs itself."""
+    if type(embed) is torch.nn.Embedding:
+        return embed.weight[ids]
+    return embed(ids)

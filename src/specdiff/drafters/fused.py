@@ -18,7 +18,7 @@ import torch
 
 from specdiff import kernels
 from specdiff.drafters.dflash import DFlashDrafter
-from specdiff.ops import RopeTable
+from specdiff.ops import RopeTable, embed_rows
 from specdiff.target.fused import SWIGLU, fuse_linears, norm_params
 
 
@@ -83,7 +83,7 @@ class FusedDrafterStep:
         embed, head = d._io
         bk = ids.shape[0]
         positions = length + self.block_cols[:bk]
-        x = embed(ids).to(d.fc.weight.dtype).contiguous()  # [Bk, H], the residual stream
+        x = embed_rows(embed, ids).to(d.fc.weight.dtype).contiguous()  # [Bk, H], the residual stream
         cos, sin = self._rope(positions)
         if self.glue and bk <= kernels.SKINNY_ROWS and head.weight.dtype == x.dtype:
             return self._glued_layers(x, cos, sin, positions, length, span)

@@ -26,7 +26,7 @@ from torch import nn
 
 from specdiff import invariant, kernels
 from specdiff.errors import SpecdiffError
-from specdiff.ops import RopeTable
+from specdiff.ops import RopeTable, embed_rows
 
 SWIGLU = ("silu", "swish")
 
@@ -176,7 +176,7 @@ class FusedForward:
         -> logits [N, V], taps [N, T*H]. Device tensors only: graph-capturable."""
         t = self.target
         n = input_ids.shape[1]
-        x = t.decoder.embed_tokens(input_ids)[0].contiguous()  # [N, H], the residual stream
+        x = embed_rows(t.decoder.embed_tokens, input_ids[0]).contiguous()  # [N, H], the residual stream
         cos, sin = self.rope(position_ids[0], x, span)  # [N, D]
         taps = {}
         ops = self.ops
