@@ -114,14 +114,25 @@ class GraphedDrafter:
     def extend_context(self, features: torch.Tensor) -> None:
         if features.shape[0] > self.block_size or self._pending is not None:
             self._flush()
-            self.inner.extend_context(features)  # the prompt: eager
+            self._intake(features)  # the prompt: now, outside the graphs
         else:
             self._pending = features  # fused into the next draft's graph
 
     def _flush(self) -> None:
         if self._pending is not None:
-            self.inner.extend_context(self._pending)
+            self._intake(self._pending)
             self._pending = None
+
+    def _intake(self, features: torch.Tensor) -> None:
+        """Fuse features [n, T*H] into the context now: through the fused step's kernels where it
+        runs (a prompt's intake in a few launches; the eager drafter's took about 2.4 ms on an
+        H200 for a 200-token prompt), else eagerly."""
+        d, n = self.inner, features.shape[0]
+        if self._fused is None or n == 0 or d.ctx_len + n > d.ctx_k.shape[2]:
+            d.extend_context(features)
+            return
+        self._fused.fuse(features, self._cols[d.ctx_len : d.ctx_len + n])
+        d.ctx_len += n
 
     @torch.inference_mode()
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
