@@ -126,12 +126,17 @@ class SpeculativeDecoder:
         emitted_total = 0
         t_round = t1
         round_index = 0
+        # the last round's accepted path, committed just before the next target forward: once the
+        # drafter's work is queued, so that the commit's host work does not hold the device idle
+        accepted = None
         while emitted_total < max_new:
             state.max_depth = max_new - emitted_total - 1  # a round emits at most max_depth + 1 tokens
             tree = proposer.propose(state)  # 2. propose
+            if accepted is not None:
+                target.commit(accepted)  # 5. (of the last round) keep the accepted path's KV
             out = target.forward(tree)  # 3. one target forward over the whole tree
             result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
-            target.commit(result.accepted)  # 5. keep the accepted path's KV
+            accepted = result.accepted
             proposer.update(result, out)  # 6. drafter learns what was committed
             # the loop itself ends the output at max_new_tokens and at the first end-of-text,
             # whatever a proposer drafted past them
@@ -153,5 +158,7 @@ class SpeculativeDecoder:
             round_index += 1
             if stop is not None:
                 break
+        if accepted is not None:
+            target.commit(accepted)
         self._sync()
         return t1 - t0, time.perf_counter() - t1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from specdiff.drafters.dflash import DFlashDrafter
@@ -137,7 +138,7 @@ class GraphedDrafter:
     @torch.inference_mode()
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
         """Same contract as `DFlashDrafter.draft`: logits [num_slots, V] for the slots after root."""
-        block = torch.full((self.block_size,), self.spec.mask_token_id, dtype=torch.long)
+        block = np.full(self.block_size, self.spec.mask_token_id, dtype=np.int64)  # no torch op: host time is round time
         block[0] = root
         return self._round(block, num_slots)[:num_slots]
 
@@ -155,8 +156,8 @@ class GraphedDrafter:
             candidates = self._candidates.fetch()
         return DraftProposal(logits, prefixes=prefixes, candidates=candidates, device_prefixes=resident)
 
-    def _round(self, ids: torch.Tensor, slots: int | None = None) -> torch.Tensor:
-        """Fuse the pending features and draft `ids` (host tensor, shaped like `self.ids`) at the
+    def _round(self, ids: "np.ndarray | torch.Tensor", slots: int | None = None) -> torch.Tensor:
+        """Fuse the pending features and draft `ids` (on the host, shaped like `self.ids`) at the
         end of the context -> this span's output buffer. slots: what the prefix search covers
         (None: the whole block)."""
         n = 0 if self._pending is None else self._pending.shape[0]
@@ -167,7 +168,7 @@ class GraphedDrafter:
             self._packed_copied.synchronize()  # the staging row is still being read (a decode never waits here)
         host = self._host_packed.numpy()
         host[:3] = (self.inner.ctx_len, n, slots)
-        host[3:] = ids.reshape(-1).numpy()
+        host[3:] = np.asarray(ids).reshape(-1)
         self.packed.copy_(self._host_packed, non_blocking=True)
         if self._packed_copied is not None:
             self._packed_copied.record()
