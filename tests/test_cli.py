@@ -223,6 +223,25 @@ def test_profile_then_caddtree(capsys, demo, tmp_path, measure):
     assert texts[0] == texts[1]
 
 
+def test_bench_names_a_profile_measured_elsewhere(capsys, demo, tmp_path):
+    """A caddtree bench whose cost profile was measured on another device says so in its report
+    (its tree sizes follow that device's costs); one measured here adds no line."""
+    from oracle_drafters import rising_profile
+
+    from specdiff.bench.harness import profile_note
+
+    target, drafter = demo
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "import os\n"}) + "\n")
+    rising_profile().save(tmp_path / "prof.json")  # measured on the device "test"
+    code, _, err = run_cli(capsys, "bench", "--target", target, "--drafter", drafter, "--engine", "static",
+                           "--methods", "ar,caddtree", "--profile", str(tmp_path / "prof.json"), "--prompts",
+                           str(prompts), "--max-new-tokens", "6", "--warmup", "0", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "cost profile was measured on test, not on this run's cpu-" in (tmp_path / "b" / "report.md").read_text()
+    assert profile_note({"caddtree_profile_device": "NVIDIA H200", "device_name": "NVIDIA H200"}) == []
+
+
 def test_bench_interleaves_methods_and_checks_outputs(capsys, demo, tmp_path):
     """`specdiff bench` writes results.json and report.md with every method on every prompt, AR
     first on each prompt and the others in rotated order, outputs compared with AR's (0 here)."""

@@ -99,6 +99,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
     sets = [(Path(pfile).stem, read_prompt_file(Path(pfile), cfg.limit)) for pfile in cfg.prompt_files]
     runs: list[Run] = []
     mismatches = 0
+    profiled_on: dict = {}  # caddtree's cost profile: the device it was measured on
     decodes = len(cfg.temperatures) * len(variants(cfg)) * sum(len(prompts) for _, prompts in sets)
 
     def result_so_far(complete: bool) -> dict:
@@ -107,7 +108,7 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
             # the same trees either way, not the same host time
             "environment": {**environment(cfg.device), "host_tree_search": "c" if backend is not None else "python",
                             # what the target ran, where the config says "auto"
-                            "kernels": target.kernels_ran, "numerics": target.numerics},
+                            "kernels": target.kernels_ran, "numerics": target.numerics, **profiled_on},
             "complete": complete,
             "mismatches": mismatches,
             "summary": summarize(runs),
@@ -129,6 +130,12 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                     decoder = build_decoder(target, cfg.decode_config(label, method, budget, temp), drafter, eos,
                                             vp_drafter=vp_drafter)
                     decoder.prepare(longest)  # no allocation or graph capture while timed
+                    profile = getattr(decoder.proposer, "profile", None)
+                    if profile is not None:
+                        from specdiff.methods.caddtree.profiler import device_name
+
+                        profiled_on.update(caddtree_profile_device=profile.device,
+                                           device_name=device_name(target.device))
                     for _, ids in encoded[: cfg.warmup]:
                         decoder.generate(ids)
                     decoders.append((label, method, decoder))
@@ -241,6 +248,16 @@ def search_note(cfg: dict, env: dict) -> str:
     return f", trees searched on the {cfg['tree_search']}"
 
 
+def profile_note(env: dict) -> list[str]:
+    """A line naming the device caddtree's cost profile was measured on, where another: its costs,
+    and so its tree sizes, may not hold on this one."""
+    measured, here = env.get("caddtree_profile_device"), env.get("device_name")
+    if measured is None or measured == here:
+        return []
+    return [f"caddtree's cost profile was measured on {measured}, not on this run's {here}: its tree sizes "
+            "follow that device's costs (`specdiff profile` measures this one).", ""]
+
+
 def report(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     lines = [
@@ -249,6 +266,7 @@ def report(result: dict) -> str:
         f"engine {cfg.get('engine', 'hf')} ({env.get('kernels', 'torch')} kernels, {env.get('numerics', 'fast')} "
         f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
+        *profile_note(env),
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
         *markdown_table(["prompt set", "T", "method", "tau", "nodes/round", "ms/token", "speed-up vs ar",
                          "prefill ms"],
