@@ -292,18 +292,21 @@ def test_a_caddtree_left_on_the_device_is_sized_from_the_last_rounds_scores(qwen
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of CUDA work")
-@pytest.mark.parametrize("method,tree_search", [("ar", "host"), ("dflash", "host"), ("ddtree", "device"),
-                                                ("caddtree", "device")])
-def test_a_graph_engine_round_reads_the_device_once(method, tree_search, tmp_path):
+@pytest.mark.parametrize("method,tree_search,temperature", [
+    ("ar", "host", 0.0), ("dflash", "host", 0.0), ("ddtree", "device", 0.0), ("caddtree", "device", 0.0),
+    ("ar", "host", 1.0), ("ddtree", "device", 1.0)])
+def test_a_graph_engine_round_reads_the_device_once(method, tree_search, temperature, tmp_path):
     """ar, dflash, ddtree and caddtree (searched on the device) rounds on the graph engine: at most
     one synchronizing call each (the walk's copy of its draws, with the drafted chain or tree and
     caddtree's scores in the same copy), counted by PyTorch's sync debug mode; the prefill, a
-    caddtree's first round and the decode's end add a few. The tokens are AR's (fp32, T=0)."""
+    caddtree's first round and the decode's end add a few. At T=1 too, where the draws' noise is
+    gathered by depth. The tokens are AR's (fp32, at T=1 with the same seed)."""
     from oracle_drafters import rising_profile
 
     model = tiny_target("qwen3", seed=0).cuda()
     drafter = tiny_drafter(model, block_size=8).cuda()
-    cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search)
+    cfg = DecodeConfig(method=method, engine="graph", max_new_tokens=40, stop_at_eos=False, tree_search=tree_search,
+                       sampling=SamplingConfig(temperature=temperature, seed=5))
     if method == "caddtree":
         rising_profile().save(tmp_path / "profile.json")
         cfg.caddtree.profile = str(tmp_path / "profile.json")
