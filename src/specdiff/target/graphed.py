@@ -213,11 +213,11 @@ class GraphedTarget(StaticTarget):
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
-        hp = b.host_packed
+        hp = b.host_packed.numpy()  # numpy writes: each torch op on the host costs a few us of round time
         if not tree.drafted:
-            hp[:n] = tree.tokens
+            hp[:n] = tree.tokens.numpy()
         hp[n:nb] = 0
-        hp[nb : nb + n] = tree.depths + start
+        hp[nb : nb + n] = tree.depths.numpy() + start
         hp[nb + n : 2 * nb] = start
         hp[2 * nb] = start
         if self.native is not None:  # straight into the pinned buffer, padding rows included
@@ -226,7 +226,7 @@ class GraphedTarget(StaticTarget):
             b.host_anc[:n, :n] = tree.ancestor_mask()
             b.host_anc[n:, :n] = False
             b.host_anc[:n, n:] = False
-        b.packed.copy_(hp, non_blocking=True)
+        b.packed.copy_(b.host_packed, non_blocking=True)
         if tree.drafted:  # the drafter's tensor: copied on the device, after the packed row
             b.packed[:n].copy_(tree.tokens)
         b.anc.copy_(b.host_anc, non_blocking=True)
