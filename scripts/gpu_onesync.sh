@@ -4,6 +4,8 @@
 #   speed:SHAPE    `specdiff speed` (random weights, bf16, graph engine) with ddtree searched on
 #                  the host and on the device (its tree left there);
 #   exact:SHAPE    the same shape's AR and 64-node round in exact numerics;
+#   launch         `scripts/gpu_launch.py`: each bundled graph's host launch against its replay;
+#   profile        caddtree's cost profile of the bundled pair on this device (then PROFILE);
 #   bundled        the bundled pair's BUNDLED_METHODS (ar,ddtree,caddtree; caddtree with PROFILE)
 #                  at BUNDLED_BUDGETS (64) with each tree search in SEARCHES (host device) on
 #                  function completion (both held-out sets with BOTH_SETS=1) at T=0 and T=1
@@ -30,13 +32,17 @@ for step in ${STEPS:-tests speed:qwen3-8b exact:qwen3-8b bundled speed:qwen3-1.7
              2>&1 | tail -4 ;;
     speed:*) speed "${step#speed:}" "${step#speed:}" --budgets 16,64,256 --tree-search host,device ;;
     exact:*) speed "exact_${step#exact:}" "${step#exact:}" --budgets 64 --numerics exact ;;
+    launch) timeout "$(left)" python3 scripts/gpu_launch.py | tee "$R/launch.txt" ;;
+    profile)
+      timeout "$(left)" python3 -m specdiff profile --device cuda --dtype bfloat16 --engine graph \
+        --out "$R/profile_here.json" && PROFILE=$R/profile_here.json ;;
     bundled)
       sets=${BOTH_SETS:+$P}
       for search in ${SEARCHES:-host device}; do
         timeout "$(left)" python3 -m specdiff bench --device cuda --dtype bfloat16 --engine graph \
           --tree-search $search ${sets:---prompts data/prompts/function_completion.jsonl} \
           --methods "${BUNDLED_METHODS:-ar,ddtree,caddtree}" --budgets "${BUNDLED_BUDGETS:-64}" --temperature 0,1 \
-          --limit "$L" --profile "$PROFILE" --out "$R/bundled_$search" | grep -v "^|"
+          --limit "$L" ${PROFILE:+--profile "$PROFILE"} --out "$R/bundled_$search" | grep -v "^|"
       done ;;
   esac
   pack
