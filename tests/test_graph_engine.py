@@ -86,7 +86,8 @@ def plain_and_graphed(model, wrap, prompt_len, g):
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     plain = tiny_drafter(model, block_size=8)
     plain.bind(emb, head)
-    graphed = wrap(tiny_drafter(model, block_size=8))
+    # built on other weights, then given plain's: what the graphed step keeps must follow a load
+    graphed = wrap(tiny_drafter(model, block_size=8, seed=2))
     graphed.inner.load_state_dict(plain.state_dict())
     graphed.bind(emb, head)
     prompt_feats = torch.randn(prompt_len, plain.fc.in_features, generator=g)

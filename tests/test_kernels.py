@@ -56,6 +56,28 @@ def test_qkv_rope_store(dtype, norm):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_rope_store_layers(dtype):
+    """Every layer's K/V of a context fusion stored in one launch, as one `qkv_rope_store` per
+    layer would (each layer's own k norm, its own cache), slots elsewhere untouched."""
+    g = torch.Generator().manual_seed(3)
+    n, layers, hkv, d, slots_total = 3, 3, 2, 16, 9
+    kv = torch.randn(n, layers * 2 * hkv * d, generator=g).to(DEVICE, dtype)
+    angle = torch.rand(n, d // 2, generator=g) * 6
+    cos = torch.cat([angle.cos(), angle.cos()], -1).to(DEVICE, dtype)
+    sin = torch.cat([angle.sin(), angle.sin()], -1).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(layers, 2, d, generator=g)).to(DEVICE, dtype)
+    slots = torch.tensor([6, 1, 4], device=DEVICE)
+    caches = [torch.zeros(layers, hkv, slots_total, d, dtype=dtype, device=DEVICE) for _ in range(4)]
+    kernels.kv_rope_store_layers_reference(kv, cos, sin, nw, 1e-6, caches[0], caches[1], slots)
+    kernels.kv_rope_store_layers(kv, cos, sin, nw, 1e-6, caches[2], caches[3], slots)
+    close(caches[2], caches[0], dtype)
+    assert torch.equal(caches[3], caches[1])  # V is copied, not computed
+    assert caches[0][1].abs().sum() > 0 and not torch.equal(caches[0][1], caches[0][0])  # each layer its own
+    untouched = [s for s in range(slots_total) if s not in slots.tolist()]
+    assert not caches[2][:, :, untouched].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_silu_mul(dtype):
     g = torch.Generator().manual_seed(2)
     gu = (3 * torch.randn(4, 2 * 80, generator=g)).to(DEVICE, dtype)

@@ -6,7 +6,8 @@ expanded for GQA), twice the time its weights take to read. Here a layer is the 
 layer: QKV and gate/up weights fused at load (the modules keep views), the block's K/V written
 into the context cache just past the context, and the block attending to the context and to
 itself through `tree_attention` with an all-visible tree block. Context fusion projects the new
-tokens' features with the K/V rows of the same fused weight.
+tokens' features through every layer's K/V rows at once (a stacked copy of them) and stores every
+layer's K/V in one kernel.
 
 Same contract as `DFlashDrafter.fuse` and `run_blocks` for one block (tested equal); D²SD's
 branch rows keep the eager path.
@@ -51,10 +52,39 @@ class FusedDrafterStep:
                 o_proj=a.o_proj, gate_up=fuse_linears([m.gate_proj, m.up_proj]), down=m.down_proj,
                 input_norm=norm_params(layer.input_layernorm), post_norm=norm_params(layer.post_attention_layernorm)))
         self.hidden_norm, self.final_norm = norm_params(drafter.hidden_norm), norm_params(drafter.norm)
+        # context fusion projects the same rows through every layer's K/V weights: one GEMM over a
+        # copy of them stacked (the block's QKV keeps its own), and one store for every layer
+        self.ctx_kv: torch.Tensor | None = None  # [L * 2 Hkv D, H]
+        self.ctx_kv_bias: torch.Tensor | None = None
+        self._stack_kv()
+        self.ctx_norms = torch.stack([f["qk_norm"] for f in self.layers])  # [L, 2, D]
         bk = drafter.spec.block_size
         self.block_sees_block = torch.ones(bk, bk, dtype=torch.bool, device=drafter.fc.weight.device)
         self.block_cols = torch.arange(bk, device=drafter.fc.weight.device)
         self.rope = RopeTable(drafter.rotary)
+
+    def _kv_versions(self) -> tuple[int, ...]:
+        return tuple(t._version for f in self.layers for t in f["qkv"] if t is not None)
+
+    @torch.no_grad()
+    def _stack_kv(self) -> None:
+        kv = [f["qkv"] for f in self.layers]
+        weight = torch.cat([w[self.q_rows :] for w, _ in kv])
+        bias = None if kv[0][1] is None else torch.cat([b[self.q_rows :] for _, b in kv])
+        if self.ctx_kv is None:
+            self.ctx_kv, self.ctx_kv_bias = weight, bias
+        else:  # in place: captured graphs read these buffers
+            self.ctx_kv.copy_(weight)
+            if bias is not None:
+                self.ctx_kv_bias.copy_(bias)
+        self._stacked_at = self._kv_versions()
+
+    def refresh(self) -> None:
+        """Stack the K/V weights again where the drafter's weights changed in place since (a
+        `load_state_dict` after the step was built): a graph would otherwise fuse with the old ones.
+        A host check of the weights' version counters; call before each step."""
+        if self._kv_versions() != self._stacked_at:
+            self._stack_kv()
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [N, D] of positions [N], which are also context slots: below the context
@@ -67,12 +97,11 @@ class FusedDrafterStep:
     def fuse(self, features: torch.Tensor, slots: torch.Tensor) -> None:
         """`DFlashDrafter.fuse`: target features [n, T*H] -> every layer's context K/V at `slots` [n]."""
         d = self.drafter
+        self.refresh()
         ctx = kernels.add_rms_norm(kernels.linear(features.to(d.fc.weight.dtype), d.fc.weight), None, *self.hidden_norm)
         cos, sin = self._rope(slots)
-        for i, f in enumerate(self.layers):
-            w, b = f["qkv"]
-            kv = kernels.linear(ctx, w[self.q_rows :], None if b is None else b[self.q_rows :])  # [n, 2 Hkv D]
-            kernels.qkv_rope_store(kv, cos, sin, f["qk_norm"], f["qk_eps"], d.ctx_k[i], d.ctx_v[i], slots, 0)
+        kv = kernels.linear(ctx, self.ctx_kv, self.ctx_kv_bias)  # [n, L * 2 Hkv D]
+        kernels.kv_rope_store_layers(kv, cos, sin, self.ctx_norms, self.layers[0]["qk_eps"], d.ctx_k, d.ctx_v, slots)
 
     def run_block(self, ids: torch.Tensor, length: torch.Tensor, span: int) -> torch.Tensor:
         """`DFlashDrafter.run_blocks` for one block: ids [Bk] at positions length.. (length [1] on

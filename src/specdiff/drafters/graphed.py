@@ -173,6 +173,8 @@ class GraphedDrafter:
         if self._packed_copied is not None:
             self._packed_copied.record()
         span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
+        if self._fused is not None:
+            self._fused.refresh()  # a replay runs no host code: the stacked K/V weights are checked here
         if self.use_graphs:
             # warm-up and capture write context slots at ctx_len.., which are not yet context
             self._graph(span).replay()

@@ -7,7 +7,8 @@ GEMMs (fused QKV, o, fused gate/up, down), and for a few rows into the GEMMs the
 
 - `add_rms_norm`: the residual add and the next RMSNorm in one pass over each row;
 - `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),
-  RoPE, and the K/V rows written into the static cache;
+  RoPE, and the K/V rows written into the static cache (`kv_rope_store_layers`: the K/V of every
+  layer of a DFlash drafter's context fusion at once);
 - `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection;
 - `decode_gemm`: a GEMM of a few rows that streams its weight once, with the RMSNorm in its
   prologue, SiLU-multiply or the residual add in its epilogue;
@@ -38,15 +39,16 @@ from specdiff.errors import SpecdiffError
 from specdiff.kernels.attention import (ancestor_paths, position_attention, position_tree_index, tree_attention,
                                         tree_attention_reference, tree_index, tree_visibility)
 from specdiff.kernels.common import BLOCK_N, triton
-from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, qkv_rope_store,
-                                          qkv_rope_store_reference, rms_norm_reference, rope_reference, silu_mul,
-                                          silu_mul_reference)
+from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, kv_rope_store_layers,
+                                          kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
+                                          rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear
 from specdiff.kernels.tree import tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
-    "ancestor_paths", "decode_gemm", "invariant_linear", "linear", "position_attention", "position_tree_index",
+    "ancestor_paths", "decode_gemm", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
+    "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
     "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",

@@ -75,17 +75,23 @@ if triton is not None:
 
     @triton.jit
     def _qkv_rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, nw_ptr, q_ptr, kc_ptr, vc_ptr, slot_ptr,
-                               HQ, HKV, cache_sh, cache_ss, eps, NORM: tl.constexpr, D: tl.constexpr,
-                               BLOCK_H: tl.constexpr):
+                               HQ, HKV, cache_sh, cache_ss, eps, ROW, nw_sl, cache_sl, NORM: tl.constexpr,
+                               D: tl.constexpr, BLOCK_H: tl.constexpr):
+        # program (token, head block, layer): a row holds every layer's [q | k | v] heads, ROW
+        # elements; a layer's norm weights and caches sit nw_sl and cache_sl elements apart
         n = tl.program_id(0).to(tl.int64)
         hh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads in [q | k | v] order
+        layer = tl.program_id(2).to(tl.int64)
+        nw_ptr += layer * nw_sl
+        kc_ptr += layer * cache_sl
+        vc_ptr += layer * cache_sl
         HALF: tl.constexpr = D // 2
         dt = qkv_ptr.dtype.element_ty
         i = tl.arange(0, HALF)[None, :]
         live = hh < HQ + 2 * HKV
         is_q, is_v = hh < HQ, hh >= HQ + HKV
         is_k = live & ~is_q & ~is_v
-        src = qkv_ptr + n * (HQ + 2 * HKV) * D + hh[:, None] * D
+        src = qkv_ptr + n * ROW + layer * (HQ + 2 * HKV) * D + hh[:, None] * D
         x1 = tl.load(src + i, mask=live[:, None], other=0.0)  # [BLOCK_H, D/2]
         x2 = tl.load(src + HALF + i, mask=live[:, None], other=0.0)
         r1, r2 = x1, x2
@@ -144,11 +150,37 @@ def qkv_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm
     hkv, _, d = k_cache.shape
     q = torch.empty(n, num_heads, d, dtype=qkv.dtype, device=qkv.device)
     block_h = 8
-    _qkv_rope_store_kernel[(n, triton.cdiv(num_heads + 2 * hkv, block_h))](
+    _qkv_rope_store_kernel[(n, triton.cdiv(num_heads + 2 * hkv, block_h), 1)](
         qkv, cos, sin, qkv if norm_weight is None else norm_weight, q, k_cache, v_cache, slots,
-        num_heads, hkv, k_cache.stride(0), k_cache.stride(1), eps, NORM=norm_weight is not None, D=d,
-        BLOCK_H=block_h)
+        num_heads, hkv, k_cache.stride(0), k_cache.stride(1), eps, qkv.stride(0), 0, 0, NORM=norm_weight is not None,
+        D=d, BLOCK_H=block_h)
     return q
+
+
+def kv_rope_store_layers_reference(kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                   norm_weights: torch.Tensor | None, eps: float, k_caches: torch.Tensor,
+                                   v_caches: torch.Tensor, slots: torch.Tensor) -> None:
+    """kv [N, L * 2 Hkv * D]: every layer's K and V projections of the same rows (one GEMM over the
+    layers' stacked K/V weights); norm_weights [L, 2, D] (q, k RMSNorm weights; k's are read) or
+    None; caches [L, Hkv, S, D] -> each layer's K (normed, rotated) and V at `slots`."""
+    layers = k_caches.shape[0]
+    for i, part in enumerate(kv.chunk(layers, dim=1)):
+        qkv_rope_store_reference(part, cos, sin, None if norm_weights is None else norm_weights[i], eps, k_caches[i],
+                                 v_caches[i], slots, 0)
+
+
+def kv_rope_store_layers(kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weights: torch.Tensor | None,
+                         eps: float, k_caches: torch.Tensor, v_caches: torch.Tensor, slots: torch.Tensor) -> None:
+    """`kv_rope_store_layers_reference` in one kernel: every layer of a context fusion in one
+    launch, where one `qkv_rope_store` per layer took one each."""
+    n = kv.shape[0]
+    layers, hkv, _, d = k_caches.shape
+    block_h = 8
+    _qkv_rope_store_kernel[(n, triton.cdiv(2 * hkv, block_h), layers)](
+        kv, cos, sin, kv if norm_weights is None else norm_weights, kv, k_caches, v_caches, slots,
+        0, hkv, k_caches.stride(1), k_caches.stride(2), eps, kv.stride(0),
+        0 if norm_weights is None else norm_weights.stride(0), k_caches.stride(0), NORM=norm_weights is not None,
+        D=d, BLOCK_H=block_h)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
