@@ -97,8 +97,9 @@ def test_rope_table_gives_the_rotary_modules_values(rope_type):
 
 
 def test_fused_weights_are_views_of_the_model(qwen3_model):
-    """Fusing QKV and gate/up costs no memory and changes no number: the modules' weights become
-    views into the fused tensors, and the model's own forward gives the same logits bitwise."""
+    """Fusing QKV, gate/up and the q/k norms costs no memory and changes no number: the modules'
+    weights become views into the fused tensors, and the model's own forward gives the same logits
+    bitwise."""
     ids = torch.tensor([PROMPT])
     with torch.inference_mode():
         before = qwen3_model(input_ids=ids).logits
@@ -109,6 +110,9 @@ def test_fused_weights_are_views_of_the_model(qwen3_model):
     assert layer.self_attn.q_proj.weight.data_ptr() == w_qkv.data_ptr()
     assert layer.self_attn.k_proj.weight.data_ptr() == w_qkv[q_rows:].data_ptr()
     assert layer.mlp.up_proj.weight.data_ptr() == w_gate_up[layer.mlp.gate_proj.weight.shape[0]:].data_ptr()
+    # the q/k norms the QKV kernel reads together are the modules' own weights too
+    assert [layer.self_attn.q_norm.weight.data_ptr(), layer.self_attn.k_norm.weight.data_ptr()] == \
+        [fused.qk_norm[0].data_ptr(), fused.qk_norm[1].data_ptr()]
     with torch.inference_mode():
         assert torch.equal(qwen3_model(input_ids=ids).logits, before)
 

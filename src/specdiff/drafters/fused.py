@@ -20,7 +20,7 @@ import torch
 from specdiff import kernels
 from specdiff.drafters.dflash import DFlashDrafter
 from specdiff.ops import RopeTable, embed_rows
-from specdiff.target.fused import SWIGLU, fuse_linears, norm_params
+from specdiff.target.fused import SWIGLU, fuse_linears, fuse_norms, norm_params
 
 
 def why_not(drafter: DFlashDrafter) -> str | None:
@@ -44,11 +44,15 @@ class FusedDrafterStep:
         self.num_heads, self.head_dim = attn0.num_heads, attn0.head_dim
         self.q_rows = self.num_heads * self.head_dim
         self.layers = []
-        for layer in drafter.layers:
+        # every layer's q and k norm weights in one [L, 2, D] tensor, the modules' weights its views
+        self.ctx_norms = fuse_norms([n for layer in drafter.layers for n in (layer.self_attn.q_norm,
+                                                                          layer.self_attn.k_norm)])
+        self.ctx_norms = self.ctx_norms.view(len(drafter.layers), 2, -1)
+        for i, layer in enumerate(drafter.layers):
             a, m = layer.self_attn, layer.mlp
-            (qw, eps), (kw, _) = norm_params(a.q_norm), norm_params(a.k_norm)
             self.layers.append(dict(
-                qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj]), qk_norm=torch.stack([qw, kw]).detach(), qk_eps=eps,
+                qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj]), qk_norm=self.ctx_norms[i],
+                qk_eps=norm_params(a.q_norm)[1],
                 o_proj=a.o_proj, gate_up=fuse_linears([m.gate_proj, m.up_proj]), down=m.down_proj,
                 input_norm=norm_params(layer.input_layernorm), post_norm=norm_params(layer.post_attention_layernorm)))
         self.hidden_norm, self.final_norm = norm_params(drafter.hidden_norm), norm_params(drafter.norm)
@@ -57,7 +61,6 @@ class FusedDrafterStep:
         self.ctx_kv: torch.Tensor | None = None  # [L * 2 Hkv D, H]
         self.ctx_kv_bias: torch.Tensor | None = None
         self._stack_kv()
-        self.ctx_norms = torch.stack([f["qk_norm"] for f in self.layers])  # [L, 2, D]
         bk = drafter.spec.block_size
         self.block_sees_block = torch.ones(bk, bk, dtype=torch.bool, device=drafter.fc.weight.device)
         self.block_cols = torch.arange(bk, device=drafter.fc.weight.device)
@@ -68,6 +71,7 @@ class FusedDrafterStep:
 
     @torch.no_grad()
     def _stack_kv(self) -> None:
+        """The one copy this step reads: every layer's K/V rows stacked."""
         kv = [f["qkv"] for f in self.layers]
         weight = torch.cat([w[self.q_rows :] for w, _ in kv])
         bias = None if kv[0][1] is None else torch.cat([b[self.q_rows :] for _, b in kv])
@@ -80,7 +84,7 @@ class FusedDrafterStep:
         self._stacked_at = self._kv_versions()
 
     def refresh(self) -> None:
-        """Stack the K/V weights again where the drafter's weights changed in place since (a
+        """Stack the K/V weights again where the drafter's changed in place since (a
         `load_state_dict` after the step was built): a graph would otherwise fuse with the old ones.
         A host check of the weights' version counters; call before each step."""
         if self._kv_versions() != self._stacked_at:

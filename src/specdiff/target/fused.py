@@ -37,6 +37,16 @@ def norm_params(norm: nn.Module) -> tuple[torch.Tensor, float]:
 
 
 @torch.no_grad()
+def fuse_norms(norms: list[nn.Module]) -> torch.Tensor:
+    """Stack the weights of `norms` and make each module's own weight a view into the result ->
+    [len(norms), D]: a kernel reads them together, and a later in-place load reaches it."""
+    stacked = torch.stack([n.weight for n in norms])
+    for i, n in enumerate(norms):
+        n.weight = nn.Parameter(stacked[i], requires_grad=False)
+    return stacked
+
+
+@torch.no_grad()
 def fuse_linears(mods: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Concatenate the weights (and biases) of `mods` along their outputs and make each module's
     own parameters views into the result -> (weight [sum(out), in], bias [sum(out)] or None)."""
@@ -105,8 +115,8 @@ class FusedForward:
             attn, mlp = layer.self_attn, layer.mlp
             qk_norm, qk_eps = None, 0.0
             if hasattr(attn, "q_norm"):
-                (qw, qk_eps), (kw, _) = norm_params(attn.q_norm), norm_params(attn.k_norm)
-                qk_norm = torch.stack([qw, kw]).detach()
+                qk_eps = norm_params(attn.q_norm)[1]
+                qk_norm = fuse_norms([attn.q_norm, attn.k_norm])  # [2, D], the modules' weights its views
             dense = swiglu and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
             self.layers.append(FusedLayer(
                 qkv=fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]),
