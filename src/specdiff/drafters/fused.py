@@ -45,9 +45,8 @@ class FusedDrafterStep:
         self.q_rows = self.num_heads * self.head_dim
         self.layers = []
         # every layer's q and k norm weights in one [L, 2, D] tensor, the modules' weights its views
-        self.ctx_norms = fuse_norms([n for layer in drafter.layers for n in (layer.self_attn.q_norm,
-                                                                          layer.self_attn.k_norm)])
-        self.ctx_norms = self.ctx_norms.view(len(drafter.layers), 2, -1)
+        norms = [n for layer in drafter.layers for n in (layer.self_attn.q_norm, layer.self_attn.k_norm)]
+        self.ctx_norms = fuse_norms(norms).view(len(drafter.layers), 2, -1)
         for i, layer in enumerate(drafter.layers):
             a, m = layer.self_attn, layer.mlp
             self.layers.append(dict(
