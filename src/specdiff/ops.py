@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -14,6 +15,30 @@ def device_index(values: Sequence[int], device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
+
+
+class StagedRow:
+    """A device tensor that the host fills through a pinned staging copy: `host()` is the staging
+    row as numpy (waiting only if its last copy is still being read), `send()` copies it over
+    without making the host wait. A copy from pageable memory may wait for the device's queued
+    work, which would be a second read in a round."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.long):
+        pin = device.type == "cuda"
+        self.device_row = torch.zeros(shape, dtype=dtype, device=device)
+        self._host = torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        self._copied = torch.cuda.Event() if pin else None  # the staging row's last copy
+
+    def host(self) -> np.ndarray:
+        if self._copied is not None and not self._copied.query():
+            self._copied.synchronize()  # still being read (a decode never waits here)
+        return self._host.numpy()
+
+    def send(self) -> torch.Tensor:
+        self.device_row.copy_(self._host, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+        return self.device_row
 
 
 def read_together(*rows: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch
 
 from specdiff.config import SamplingConfig
+from specdiff.ops import device_index
 
 _M32 = 0xFFFFFFFF
 
@@ -249,10 +250,9 @@ def draw_tree(logits: torch.Tensor, first_position: int, depths: torch.Tensor, c
         return logp.argmax(dim=-1)
     num_depths = (int(depths.max()) if depth_bound is None else depth_bound) + 1
     g = keyed_gumbel(cfg.seed, first_position, num_depths, logp.shape[-1], logits.device, noise)
-    if depths.device != logits.device and logits.device.type == "cuda":
-        # a pageable copy would wait for the forward: the round would read the device twice
-        depths = depths.pin_memory().to(logits.device, non_blocking=True)
-    return (logp + g[depths.to(logits.device)]).argmax(dim=-1)
+    if depths.device != logits.device:  # a host tree's: a pageable copy would wait for the forward
+        depths = device_index(depths.tolist(), logits.device)
+    return (logp + g[depths]).argmax(dim=-1)
 
 
 def draw(logits: torch.Tensor, positions: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

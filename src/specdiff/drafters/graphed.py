@@ -30,6 +30,7 @@ from specdiff.drafters.fused import FusedDrafterStep, why_not
 from specdiff.kernels import use_triton
 from specdiff.target.graphed import HEADROOM, alloc_for, capture_graph, span_for, spans_up_to
 from specdiff.methods import device_search
+from specdiff.ops import StagedRow
 from specdiff.types import DraftProposal
 
 
@@ -48,12 +49,9 @@ class GraphedDrafter:
         shape = self._ids_shape()
         # ctx_len, n_new, the slots the prefix search may use (a round near the decode's end drafts
         # fewer), ids
-        self.packed = torch.zeros(3 + math.prod(shape), dtype=torch.long, device=self.device)
+        self._packed_row = StagedRow((3 + math.prod(shape),), self.device)
+        self.packed = self._packed_row.device_row
         self.ids = self.packed[3:].view(shape)
-        # its pinned staging row: a copy from pageable memory may wait for the device's queued work
-        pin = self.device.type == "cuda"
-        self._host_packed = torch.zeros(self.packed.shape[0], dtype=torch.long, pin_memory=pin)
-        self._packed_copied = torch.cuda.Event() if pin else None  # the staging row's last copy
         self._outs: dict[int, torch.Tensor] = {}  # span -> logits [..., Bk-1, V] after a step
         self._graphs: dict[int, "torch.cuda.CUDAGraph"] = {}  # span -> graph
         self._pending: torch.Tensor | None = None
@@ -164,18 +162,14 @@ class GraphedDrafter:
         if n:
             self.feats[:n].copy_(self._pending)
         slots = self.block_size - 1 if slots is None else slots
-        if self._packed_copied is not None and not self._packed_copied.query():
-            self._packed_copied.synchronize()  # the staging row is still being read (a decode never waits here)
-        host = self._host_packed.numpy()
+        host = self._packed_row.host()
         host[:3] = (self.inner.ctx_len, n, slots)
         host[3:] = np.asarray(ids).reshape(-1)
-        self.packed.copy_(self._host_packed, non_blocking=True)
-        if self._packed_copied is not None:
-            self._packed_copied.record()
+        self._packed_row.send()
         span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
-        if self._fused is not None:
-            self._fused.refresh()  # a replay runs no host code: the stacked K/V weights are checked here
         if self.use_graphs:
+            if self._fused is not None:  # a replay runs no host code: its stacked weights are checked here
+                self._fused.refresh()
             # warm-up and capture write context slots at ctx_len.., which are not yet context
             self._graph(span).replay()
         else:

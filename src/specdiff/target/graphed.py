@@ -36,6 +36,7 @@ import torch
 
 from specdiff.kernels import tree_inputs, tree_visibility
 from specdiff.native import Native
+from specdiff.ops import StagedRow
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
 
@@ -121,12 +122,10 @@ class GraphedTarget(StaticTarget):
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
         self._pool = None  # the buckets' shared graph memory pool
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
-        # the commit: [2, COMMIT_ROWS] (destination, source) slots, filled through a pinned
-        # staging row, and the graph that moves every layer's K/V by them
-        pin = device.type == "cuda"
-        self._moves = torch.zeros(2, COMMIT_ROWS, dtype=torch.long, device=device)
-        self._host_moves = torch.zeros(2, COMMIT_ROWS, dtype=torch.long, pin_memory=pin)
-        self._moves_copied = torch.cuda.Event() if pin else None  # the staging row's last copy
+        # the commit: [2, COMMIT_ROWS] (destination, source) slots, and the graph that moves every
+        # layer's K/V by them
+        self._move_row = StagedRow((2, COMMIT_ROWS), device)
+        self._moves = self._move_row.device_row
         self._commit_graph: "torch.cuda.CUDAGraph | None" = None
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
@@ -249,14 +248,10 @@ class GraphedTarget(StaticTarget):
             super().commit(accepted)  # a prefix stays where it is: nothing moves
             return
         self._capture_commit()
-        if self._moves_copied is not None and not self._moves_copied.query():
-            self._moves_copied.synchronize()  # the staging row is still being read (a decode never waits here)
-        moves = self._host_moves.numpy()
+        moves = self._move_row.host()
         moves[:] = self.length + np.arange(COMMIT_ROWS)  # past the path: slots onto themselves
         moves[1, :k] = self.length + np.asarray(accepted)
-        self._moves.copy_(self._host_moves, non_blocking=True)
-        if self._moves_copied is not None:
-            self._moves_copied.record()
+        self._move_row.send()
         if self._commit_graph is not None:
             self._commit_graph.replay()
         else:
