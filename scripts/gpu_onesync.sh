@@ -5,6 +5,8 @@
 #                  the host and on the device (its tree left there);
 #   exact:SHAPE    the same shape's AR and 64-node round in exact numerics;
 #   launch         `scripts/gpu_launch.py`: each bundled graph's host launch against its replay;
+#   timeline:SHAPE `scripts/gpu_timeline.py`: a round's parts on the device and the idle gaps
+#                  between them (SHAPE bundled: the bundled pair), for TIMELINE_METHODS;
 #   profile        caddtree's cost profile of the bundled pair on this device (then PROFILE);
 #   bundled        the bundled pair's BUNDLED_METHODS (ar,ddtree,caddtree; caddtree with PROFILE)
 #                  at BUNDLED_BUDGETS (64) with each tree search in SEARCHES (host device) on
@@ -32,6 +34,10 @@ for step in ${STEPS:-tests speed:qwen3-8b exact:qwen3-8b bundled speed:qwen3-1.7
              2>&1 | tail -4 ;;
     speed:*) speed "${step#speed:}" "${step#speed:}" --budgets 16,64,256 --tree-search host,device ;;
     exact:*) speed "exact_${step#exact:}" "${step#exact:}" --budgets 64 --numerics exact ;;
+    timeline:*)
+      shape=${step#timeline:}; [ "$shape" = bundled ] && shape=--bundled || shape="--shape $shape"
+      timeout "$(left)" python3 scripts/gpu_timeline.py $shape --methods "${TIMELINE_METHODS:-ar,dflash,ddtree@64}" \
+        2>&1 | grep -v "it/s" | tee "$R/timeline_${step#timeline:}.txt" ;;
     launch) timeout "$(left)" python3 scripts/gpu_launch.py | tee "$R/launch.txt" ;;
     profile)
       timeout "$(left)" python3 -m specdiff profile --device cuda --dtype bfloat16 --engine graph \

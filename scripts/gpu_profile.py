@@ -45,6 +45,21 @@ def kernel_table(fn, reps: int, top: int) -> str:
     return "\n".join(lines)
 
 
+def build_pair(shape: str):
+    """-> (target model, drafter) on the GPU in bf16: the bundled pair (shape "bundled"), else
+    random weights of a public shape with a random 5-layer drafter."""
+    if shape == "bundled":
+        from specdiff.loading import load_models
+
+        model, _, drafter = load_models(None, None, "cuda", "bfloat16")
+        return model, drafter
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(shape_config(shape), attn_implementation="sdpa").eval()
+    torch.set_default_dtype(torch.float32)
+    return model, random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen3-8b")
@@ -56,16 +71,8 @@ def main() -> None:
     p.add_argument("--rounds", default="", help="ddtree budgets whose whole decode to profile: host ops and GPU busy time")
     args = p.parse_args()
     if args.bundled:
-        from specdiff.loading import load_models
-
-        model, _, drafter = load_models(None, None, "cuda", "bfloat16")
         args.shape = "bundled"
-    else:
-        torch.set_default_dtype(torch.bfloat16)
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(shape_config(args.shape), attn_implementation="sdpa").eval()
-        torch.set_default_dtype(torch.float32)
-        drafter = random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
+    model, drafter = build_pair(args.shape)
     target = make_target(model, "graph", native.load(), args.kernels)
     prompt = torch.randint(2, 1000, (200,)).tolist()
     dec = build_decoder(target, DecodeConfig(method="dflash", engine="graph", kernels=args.kernels,

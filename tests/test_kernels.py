@@ -140,6 +140,26 @@ def test_skinny_linear(dtype, m, n, k, bias):
     close(kernels.skinny_linear(x, w, b, block_n=16, block_k=64), torch.nn.functional.linear(x, w, b), dtype)
 
 
+@pytest.mark.parametrize("m,block_m", [(40, 32), (70, 64), (33, 64)])
+def test_skinny_linear_tree_rows(m, block_m):
+    """A tree's rows in row blocks of 32-64 (partly filled: the masks), as `linear` runs them
+    where `TREE_GEMM_SETTINGS` names the shape."""
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 64, generator=g).to(DEVICE)
+    w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE)
+    got = kernels.skinny_linear(x, w, None, block_n=16, block_k=32, block_m=block_m)
+    close(got, torch.nn.functional.linear(x, w), torch.float32)
+
+
+def test_tree_gemm_settings_take_the_next_measured_rows(monkeypatch):
+    from specdiff.kernels import gemm
+
+    a, b = (64, 64, 128, 4, 3), (128, 64, 128, 8, 3)
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(96, 64): {128: b, 64: a, 256: None}})
+    assert [gemm.tree_gemm_settings(96, 64, m) for m in (17, 64, 65, 128, 200, 257)] == [a, a, b, b, None, None]
+    assert gemm.tree_gemm_settings(64, 96, 17) is None  # a shape not measured: cuBLAS
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,glue,bias", [(1, "norm", False), (5, "swiglu", True), (16, "residual", True),
                                          (20, "norm+swiglu", False), (3, "none", False)])

@@ -178,7 +178,8 @@ def measure(cfg: SpeedConfig) -> dict:
                      "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None})
         del decoder
         gc.collect()  # the drafter's graphs of this method go before the next method's are captured
-    parts = anatomy(target, drafter, prompt, cfg, [1, 16] + sorted(set(cfg.budgets)))
+    # the node counts the methods forward: AR 1, a DFlash block 16, a ddtree@B tree its root + B
+    parts = anatomy(target, drafter, prompt, cfg, [1, cfg.block_size] + sorted({1 + b for b in cfg.budgets}))
     return {"shape": name, "params": sum(p.numel() for p in model.parameters()), "device":
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": cfg.dtype,
             "engine": cfg.engine, "kernels": target.kernels_ran, "numerics": target.numerics,

@@ -87,11 +87,35 @@ SKINNY_ROWS = 16  # rows up to which `skinny_linear` reads the weight once for a
 SKINNY_MIN_WEIGHT = 4096 * 4096
 
 
+# A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and the
+# streaming kernel's settings (block_m, block_n, block_k, warps, stages) at each, or None where
+# cuBLAS was as fast (scripts/gpu_gemm_rows.py). A row count takes the smallest measured one at
+# or above it; past the largest, and for shapes not listed, cuBLAS.
+TREE_GEMM_SETTINGS: dict[tuple[int, int], dict[int, tuple[int, int, int, int, int] | None]] = {}
+
+
+def tree_gemm_settings(n: int, k: int, m: int) -> tuple[int, int, int, int, int] | None:
+    table = TREE_GEMM_SETTINGS.get((n, k))
+    for rows in sorted(table or ()):
+        if m <= rows:
+            return table[rows]
+    return None
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` for a decoding forward: `skinny_linear` for a few rows of a large weight on a
-    GPU, with the launch settings measured fastest for its shape; cuBLAS otherwise."""
+    GPU, and for a tree's rows where it was measured faster, with the launch settings measured
+    fastest for its shape; cuBLAS otherwise."""
     n, k = weight.shape
-    if x.shape[0] > SKINNY_ROWS or n * k < SKINNY_MIN_WEIGHT or x.device.type != "cuda":
+    if x.device.type != "cuda":
+        return F.linear(x, weight, bias)
+    if x.shape[0] > SKINNY_ROWS:
+        tree = tree_gemm_settings(n, k, x.shape[0])
+        if tree is None:
+            return F.linear(x, weight, bias)
+        bm, bn, bk, warps, stages = tree
+        return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, block_m=bm)
+    if n * k < SKINNY_MIN_WEIGHT:
         return F.linear(x, weight, bias)
     if n * k <= SKINNY_MIN_WEIGHT:  # a square hidden x hidden projection (o)
         return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
@@ -101,12 +125,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,
-                  block_k: int = 256, num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
+                  block_k: int = 256, num_warps: int = 4, num_stages: int = 4, block_m: int = SKINNY_ROWS
+                  ) -> torch.Tensor:
     """`F.linear` as a weight-streaming kernel: each program owns block_n output features of one
     block of SKINNY_ROWS rows and reads their weight rows once (a decode step of up to that many
     rows reads each weight once; the arithmetic is free). A row's result depends on that row
-    alone: every tile has the same shape and sums K in the same order, whatever M is."""
-    return decode_gemm(x, weight, bias, settings=(block_n, block_k, num_warps, num_stages))
+    alone: every tile has the same shape and sums K in the same order, whatever M is. A larger
+    block_m reads the weight once for that many rows."""
+    return decode_gemm(x, weight, bias, settings=(block_n, block_k, num_warps, num_stages), block_m=block_m)
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,7 +158,7 @@ DECODE_GEMM_SETTINGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
                 residual: torch.Tensor | None = None,
-                settings: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                settings: tuple[int, int, int, int] | None = None, block_m: int = SKINNY_ROWS) -> torch.Tensor:
     """A decoding GEMM with its glue, one kernel: x [M, K] -> y = RMSNorm(x) (norm: (weight,
     eps)) @ weight.T + bias; swiglu: weight [2I, K] (gate then up) gives SiLU(gate) * up [M, I];
     residual [M, N]: y is added into it in place (and returned). Each step rounds as the separate
@@ -143,9 +169,9 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     bn, bk, warps, stages = settings or DECODE_GEMM_SETTINGS.get((rows, k), DECODE_GEMM_DEFAULT)
     y = residual if residual is not None else torch.empty(m, n, dtype=x.dtype, device=x.device)
     nw, eps = norm if norm is not None else (weight, 0.0)
-    _decode_gemm_kernel[(triton.cdiv(m, SKINNY_ROWS), triton.cdiv(n, bn))](
+    _decode_gemm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, bn))](
         x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
-        BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=SKINNY_ROWS, BLOCK_N=bn,
+        BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages)
     return y

@@ -1,0 +1,98 @@
+"""GPU: a tree's GEMMs (more than 16 rows) as one weight-streaming Triton kernel against cuBLAS.
+
+A ddtree forward pads its rows to a graph bucket (65 nodes: 96 rows) and cuBLAS picks its own
+tiles for them; `kernels.skinny_linear` with a row block of 32-128 reads each weight once for all
+of the block's rows. Each weight is replicated past 256 MB and the calls cycle through the copies
+inside one CUDA graph, so every call streams its weight from HBM as in a real forward. Prints, per
+shape and row count (the graph buckets), cuBLAS and the best setting: microseconds per call and
+GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS` entries as JSON (the
+best setting where it beat cuBLAS by 3%, else null); `--apply FILE -- ARGS` runs `specdiff ARGS`
+with them in force (an A/B against the same command without).
+
+    usage: [ROWS=32,64,96,128,192,256,320] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.json]
+           python scripts/gpu_gemm_rows.py --apply tree_gemm.json -- speed --shape qwen3-8b ...
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench_cudagraph
+
+from specdiff import kernels
+from specdiff.kernels import gemm
+
+SHAPES = {  # name: (out features, in features)
+    "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096), "8b down": (4096, 12288),
+    "8b lm_head": (151936, 4096), "1.7b qkv": (4096, 2048), "1.7b o": (2048, 2048),
+    "1.7b gate_up": (12288, 2048), "1.7b down": (2048, 6144), "1.7b lm_head": (151936, 2048),
+}
+TILES = [(64, 128, 4, 3), (64, 128, 8, 4), (128, 64, 8, 3), (32, 128, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3)]
+
+
+def per_call_us(fn, copies: int) -> float:
+    return 1000 * do_bench_cudagraph(fn, rep=40) / copies
+
+
+def load(path: str) -> dict:
+    """A --out file -> `TREE_GEMM_SETTINGS` entries."""
+    raw = json.load(open(path))
+    return {tuple(int(v) for v in key.split(",")): {int(r): tuple(s) if s else None for r, s in table.items()}
+            for key, table in raw.items()}
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["--apply"]:
+        from specdiff.cli import main as specdiff_main
+
+        gemm.TREE_GEMM_SETTINGS.update(load(argv[1]))
+        sys.exit(specdiff_main(argv[3:] if argv[2:3] == ["--"] else argv[2:]))
+    out = argv[argv.index("--out") + 1] if "--out" in argv else None
+    sets = (argv[0] if argv and not argv[0].startswith("--") else "8b,1.7b").split(",")
+    torch.manual_seed(0)
+    rows = [int(r) for r in os.environ.get("ROWS", "32,64,96,128,192,256,320").split(",")]
+    best_settings, table = {}, {}
+    for name, (n, k) in SHAPES.items():
+        if name.split()[0] not in sets:
+            continue
+        size = n * k * 2
+        copies = max(1, math.ceil(256e6 / size))
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+        for m in rows:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref_out = F.linear(x, ws[0])
+            ref = per_call_us(lambda: [F.linear(x, w) for w in ws], copies)
+            best = (float("inf"), None)
+            block_ms = [b for b in (16, 32, 64, 128) if b <= max(16, 1 << (m - 1).bit_length())][-2:]
+            for bm, (bn, bk, w, s) in itertools.product(block_ms, TILES):
+                cfg = dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
+                try:
+                    got = kernels.skinny_linear(x, ws[0], **cfg)
+                    torch.testing.assert_close(got, ref_out, atol=3e-2, rtol=3e-2)
+                    us = per_call_us(lambda: [kernels.skinny_linear(x, w_, **cfg) for w_ in ws], copies)
+                except Exception as e:  # a setting that does not compile or fit
+                    print(f"  {name} m={m} {cfg}: {type(e).__name__}", flush=True)
+                    continue
+                best = min(best, (us, cfg), key=lambda t: t[0])
+            us, cfg = best
+            print(f"{name:13s} m={m:3d}  cublas {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   triton {us:7.1f} us "
+                  f"{size / us / 1e3:6.0f} GB/s  {cfg}", flush=True)
+            best_settings[(n, k, m)] = (us, ref, cfg)
+            table.setdefault(f"{n},{k}", {})[m] = (
+                [cfg[f] for f in ("block_m", "block_n", "block_k", "num_warps", "num_stages")]
+                if cfg and us < 0.97 * ref else None)
+            if out:
+                json.dump(table, open(out, "w"), indent=1)
+    print({key: (round(us, 1), round(ref, 1), tuple(cfg.values()) if cfg else None)
+           for key, (us, ref, cfg) in best_settings.items()})
+
+
+if __name__ == "__main__":
+    main()
