@@ -70,7 +70,12 @@ def test_the_commit_moves_the_paths_cache_as_the_eager_commit_does(qwen3_model):
     rounds = [(t, path or path_to(t, t.num_nodes - 1)) for t, path in rounds]
     assert any(p != list(range(len(p))) for _, p in rounds)  # a path that moves
     caches = []
-    for t in (StaticTarget(qwen3_model, native=NATIVE), GraphedTarget(qwen3_model, use_graphs=False, native=NATIVE)):
+    # two graph targets, one committing as `StaticTarget.commit` does: their forwards run the same
+    # buckets, so the caches differ only by the commit (a plain target's unpadded forwards round
+    # differently from the padded buckets on some CPUs' BLAS)
+    eager = GraphedTarget(qwen3_model, use_graphs=False, native=NATIVE)
+    eager.commit = lambda path: StaticTarget.commit(eager, path)
+    for t in (eager, GraphedTarget(qwen3_model, use_graphs=False, native=NATIVE)):
         t.reset(200)
         t.prefill(prompt)
         for tree, path in rounds:
@@ -160,6 +165,31 @@ def test_prepare_covers_every_bucket_a_decode_uses(target_model):
         for n in (1, 7, 33, 60):
             t.forward(random_tree(n, vocab, g))
     assert set(t._buckets) == ready and t.max_len == alloc
+
+
+def test_the_largest_tree_runs_in_a_bucket_of_its_own(target_model, monkeypatch):
+    """A ddtree@64 tree (65 nodes) runs in a 65-node bucket, not padded to 96, with the plain
+    forward's logits; smaller trees keep the buckets they had, and without FULL_TREE_BUCKET the
+    tree pads as before."""
+    from specdiff.target import graphed
+
+    g = torch.Generator().manual_seed(8)
+    vocab = target_model.config.vocab_size
+    prompt = torch.randint(0, vocab, (20,), generator=g).tolist()
+    tree = random_tree(65, vocab, g)
+    outs = []
+    for t in (StaticTarget(target_model, tap_layers=[0, 2], native=NATIVE),
+              GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE)):
+        t.prepare(len(prompt) + 80, 65) if isinstance(t, GraphedTarget) else t.reset(len(prompt) + 80)
+        t.prefill(prompt)
+        outs.append(t.forward(tree))
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-4, rtol=1e-4)
+    assert [t._node_bucket(n) for n in (65, 64, 50, 66, 16)] == [65, 64, 64, 96, 16]
+    assert {nb for nb, _ in t._buckets} >= {65, 96}  # prepared: the tree's own and the buckets up to it
+    monkeypatch.setattr(graphed, "FULL_TREE_BUCKET", False)
+    t = GraphedTarget(target_model, [0, 2], use_graphs=False, native=NATIVE)
+    t.prepare(len(prompt) + 80, 65)
+    assert t._node_bucket(65) == 96 and 65 not in {nb for nb, _ in t._buckets}
 
 
 def test_graph_drafter_takes_the_top_candidates_the_host_search_needs(qwen3_model):

@@ -1,7 +1,10 @@
 """The graph engine: `StaticTarget`'s forward replayed as one CUDA graph per (node, span) bucket.
 
 A tree of N nodes runs in the smallest node bucket Nb >= N, and its attention reads the smallest
-span bucket (a power of two) of cache slots that holds the committed tokens and the tree.
+span bucket (a power of two) of cache slots that holds the committed tokens and the tree. A
+proposer's largest tree (1 + budget nodes: 65, 257) is the size most rounds run, and falls just
+past a bucket: `prepare` gives it a bucket of its own, since every row of padding costs a row of
+every GEMM (at 256 rows an 8B forward's GEMMs are near the GPU's compute).
 Everything a forward reads lives in per-bucket device buffers that the host fills before a replay
 with two copies (one packed int64 row: ids, positions, start; one [Nb, Nb] ancestor block), or,
 for a tree that stayed on the device (`DraftTree.resident`), one kernel makes both there; the
@@ -46,6 +49,8 @@ HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
 # moves past the path copy uncommitted slots onto themselves
 COMMIT_ROWS = 32
 MIN_SPAN = 256  # smallest span bucket; spans double up to the buffer's length
+# `prepare` adds a bucket of exactly the proposer's largest tree (False: BUCKETS alone)
+FULL_TREE_BUCKET = True
 
 
 def span_for(n: int, alloc: int) -> int:
@@ -120,6 +125,7 @@ class GraphedTarget(StaticTarget):
         super().__init__(model, tap_layers, native=native, kernels=kernels, numerics=numerics)
         self.min_alloc = min_alloc
         self._buckets: dict[tuple[int, int], _Bucket] = {}  # (Nb, span) -> bucket
+        self._tree_sizes: set[int] = set()  # node buckets past BUCKETS: the prepared proposers' largest trees
         self._pool = None  # the buckets' shared graph memory pool
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
         # the commit: [2, COMMIT_ROWS] (destination, source) slots, and the graph that moves every
@@ -153,9 +159,12 @@ class GraphedTarget(StaticTarget):
         most `max_nodes` nodes can use there, so that no capture happens inside a timed decode."""
         self.reset(max_len)
         self._capture_commit()
+        if FULL_TREE_BUCKET and max_nodes <= BUCKETS[-1] and max_nodes not in BUCKETS:
+            self._tree_sizes.add(max_nodes)
         top = bucket_for(min(max_nodes, BUCKETS[-1]))
         root = torch.zeros(1, dtype=torch.long, device=self.device)
-        for nb in (b for b in BUCKETS if b <= top):
+        sizes = sorted({b for b in BUCKETS if b <= top} | {s for s in self._tree_sizes if s <= top})
+        for nb in sizes:
             for span in spans_up_to(max_len + nb, self.max_len):
                 b = self._bucket(nb, span)
             if self.device.type == "cuda":
@@ -166,6 +175,10 @@ class GraphedTarget(StaticTarget):
                 tree_inputs(root, root - 1, root, self.length, b.packed, b.anc)
 
     # -- one bucket ------------------------------------------------------------------------
+    def _node_bucket(self, n: int) -> int:
+        nb = bucket_for(n)
+        return min((s for s in self._tree_sizes if n <= s < nb), default=nb)
+
     def _bucket(self, nb: int, span: int) -> _Bucket:
         b = self._buckets.get((nb, span))
         if b is None:
@@ -205,7 +218,7 @@ class GraphedTarget(StaticTarget):
         n = tree.num_nodes
         if n > BUCKETS[-1]:  # a prefill longer than any bucket: the plain static forward
             return super().forward(tree)
-        nb, start = bucket_for(n), self.length
+        nb, start = self._node_bucket(n), self.length
         if start + nb > self.max_len:
             raise ValueError(f"tree of {n} nodes at slot {start} overflows the cache ({self.max_len})")
         b = self._bucket(nb, span_for(start + nb, self.max_len))
