@@ -5,18 +5,15 @@ tiles for them; `kernels.skinny_linear` with a row block of 32-128 reads each we
 of the block's rows. Each weight is replicated past 256 MB and the calls cycle through the copies
 inside one CUDA graph, so every call streams its weight from HBM as in a real forward. Prints, per
 shape and row count (the graph buckets), cuBLAS and the best setting: microseconds per call and
-GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS` entries as JSON (the
-best setting where it beat cuBLAS by 3%, else null); `--apply FILE -- ARGS` runs `specdiff ARGS`
-with them in force (an A/B against the same command without).
+GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS` entries as a Python
+literal (the best setting where it beat cuBLAS by 3%, else None), for `scripts/ab.py`.
 
-    usage: [ROWS=32,64,96,128,192,256,320] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.json]
-           python scripts/gpu_gemm_rows.py --apply tree_gemm.json -- speed --shape qwen3-8b ...
+    usage: [ROWS=32,64,96,128,192,256,320] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import sys
@@ -26,7 +23,6 @@ import torch.nn.functional as F
 from triton.testing import do_bench_cudagraph
 
 from specdiff import kernels
-from specdiff.kernels import gemm
 
 SHAPES = {  # name: (out features, in features)
     "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096), "8b down": (4096, 12288),
@@ -40,20 +36,8 @@ def per_call_us(fn, copies: int) -> float:
     return 1000 * do_bench_cudagraph(fn, rep=40) / copies
 
 
-def load(path: str) -> dict:
-    """A --out file -> `TREE_GEMM_SETTINGS` entries."""
-    raw = json.load(open(path))
-    return {tuple(int(v) for v in key.split(",")): {int(r): tuple(s) if s else None for r, s in table.items()}
-            for key, table in raw.items()}
-
-
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:1] == ["--apply"]:
-        from specdiff.cli import main as specdiff_main
-
-        gemm.TREE_GEMM_SETTINGS.update(load(argv[1]))
-        sys.exit(specdiff_main(argv[3:] if argv[2:3] == ["--"] else argv[2:]))
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
     sets = (argv[0] if argv and not argv[0].startswith("--") else "8b,1.7b").split(",")
     torch.manual_seed(0)
@@ -85,11 +69,12 @@ def main() -> None:
             print(f"{name:13s} m={m:3d}  cublas {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   triton {us:7.1f} us "
                   f"{size / us / 1e3:6.0f} GB/s  {cfg}", flush=True)
             best_settings[(n, k, m)] = (us, ref, cfg)
-            table.setdefault(f"{n},{k}", {})[m] = (
-                [cfg[f] for f in ("block_m", "block_n", "block_k", "num_warps", "num_stages")]
+            table.setdefault((n, k), {})[m] = (
+                tuple(cfg[f] for f in ("block_m", "block_n", "block_k", "num_warps", "num_stages"))
                 if cfg and us < 0.97 * ref else None)
             if out:
-                json.dump(table, open(out, "w"), indent=1)
+                with open(out, "w") as f:
+                    f.write(repr(table))
     print({key: (round(us, 1), round(ref, 1), tuple(cfg.values()) if cfg else None)
            for key, (us, ref, cfg) in best_settings.items()})
 
