@@ -10,6 +10,8 @@ span holds the read's wait and the host work after it.
 
     usage: python scripts/gpu_timeline.py --shape qwen3-8b --methods ar,dflash,ddtree@64
            python scripts/gpu_timeline.py --bundled --methods ar,ddtree@64
+           python scripts/gpu_timeline.py --methods ddtree@64,ddtree@256 --compare-padding
+             (each method padded to the next bucket first, then in a bucket of its largest tree)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gpu_profile import build_pair
 from specdiff import native
 from specdiff.config import DecodeConfig
 from specdiff.engine import build_decoder, make_target
+from specdiff.target import graphed
 
 PARTS = ("propose", "commit", "forward", "verify", "update")
 
@@ -96,19 +99,24 @@ def main() -> None:
     p.add_argument("--bundled", action="store_true")
     p.add_argument("--methods", default="ar,ddtree@64")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--compare-padding", action="store_true",
+                   help="each method without, then with, a bucket of its largest tree")
     args = p.parse_args()
     if args.bundled:
         args.shape = "bundled"
     model, drafter = build_pair(args.shape)
     target = make_target(model, "graph", native.load())
     prompt = torch.randint(2, 1000, (200,), generator=torch.Generator().manual_seed(0)).tolist()
-    for m in args.methods.split(","):
+    runs = [(m, False) for m in args.methods.split(",")] if args.compare_padding else []
+    runs += [(m, True) for m in args.methods.split(",")]
+    for m, tree_bucket in runs:
+        graphed.FULL_TREE_BUCKET = tree_bucket  # read by `prepare`: the padded runs go first
         method, _, budget = m.partition("@")
         cfg = DecodeConfig(method=method, budget=int(budget or 1), engine="graph", max_new_tokens=args.new_tokens,
                            stop_at_eos=False)
         dec = build_decoder(target, cfg, drafter)
         dec.prepare(len(prompt))
-        print(f"{args.shape}: {m}", flush=True)
+        print(f"{args.shape}: {m}" + ("" if tree_bucket else " (padded to the next bucket)"), flush=True)
         print(timeline(dec, prompt), flush=True)
         del dec
 
