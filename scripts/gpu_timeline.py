@@ -46,12 +46,16 @@ def instrument(dec) -> list[tuple[str, float, float, torch.cuda.Event, torch.cud
             return out
         return timed
 
-    dec.proposer.propose = wrap("propose", dec.proposer.propose)
-    dec.proposer.update = wrap("update", dec.proposer.update)
-    dec.target.commit = wrap("commit", dec.target.commit)
-    dec.target.forward = wrap("forward", dec.target.forward)
-    dec.verifier = wrap("verify", dec.verifier)
+    wrap_parts(dec, wrap)
     return log
+
+
+def wrap_parts(dec, wrap) -> None:
+    """Replaces each part the decode loop calls (PARTS) by wrap(name, the part)."""
+    p, t = dec.proposer, dec.target
+    p.propose, p.update = wrap("propose", p.propose), wrap("update", p.update)
+    t.commit, t.forward = wrap("commit", t.commit), wrap("forward", t.forward)
+    dec.verifier = wrap("verify", dec.verifier)
 
 
 def timeline(dec, prompt: list[int]) -> str:
