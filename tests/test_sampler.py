@@ -180,3 +180,20 @@ def test_extreme_temperatures_are_handled_exactly():
     assert set(tied.tolist()) == {1, 2}  # the noise still splits the tie
     flat = process_logits(logits, SamplingConfig(temperature=1e30))
     torch.testing.assert_close(flat, torch.full_like(flat, -math.log(4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_greedy_tokens_in_the_logits_dtype_are_the_float32_argmax(dtype):
+    """T=0 draws take the argmax in the logits' own dtype, without a float32 copy: the same tokens
+    as the float32 log-probs' argmax, ties (frequent in bf16) to the first, as a tree's rows and
+    `draw` both give."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(64, 500, generator=g) * 4).to(dtype)
+    logits[:, 100] = logits[:, 7] = logits.float().amax(dim=-1).to(dtype) + 1  # a tie at the top: 7 wins
+    cfg = SamplingConfig(temperature=0.0)
+    want = sampling.process_logits(logits, cfg).argmax(dim=-1)
+    assert torch.equal(want, torch.full((64,), 7))
+    assert torch.equal(sampling.greedy_tokens(logits), want)
+    depths = torch.zeros(64, dtype=torch.long)
+    assert torch.equal(sampling.draw_tree(logits, 5, depths, cfg), want)
+    assert torch.equal(sampling.draw(logits, torch.arange(64), cfg), want)
