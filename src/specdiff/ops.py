@@ -27,12 +27,13 @@ class StagedRow:
         pin = device.type == "cuda"
         self.device_row = torch.zeros(shape, dtype=dtype, device=device)
         self._host = torch.zeros(shape, dtype=dtype, pin_memory=pin)
+        self._host_np = self._host.numpy()  # a view made once: each .numpy() is four torch ops of host time
         self._copied = torch.cuda.Event() if pin else None  # the staging row's last copy
 
     def host(self) -> np.ndarray:
         if self._copied is not None and not self._copied.query():
             self._copied.synchronize()  # still being read (a decode never waits here)
-        return self._host.numpy()
+        return self._host_np
 
     def send(self) -> torch.Tensor:
         self.device_row.copy_(self._host, non_blocking=True)

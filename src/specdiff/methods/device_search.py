@@ -186,6 +186,9 @@ class PrefixSearch:
         self.num_warps = num_warps or (4 if self.pairs.shape[1] <= 512 else 8)
         self.vocab = 0  # the drafter's vocabulary, once a run has seen its logits
         self.slot_index = torch.arange(depth, device=device)[:, None]  # [L, 1]
+        # the resident tree's columns and scores as views made once: a round's views are host time
+        cols = self.table[:, : 1 + width]
+        self._tree_views = (cols[0], cols[1], cols[2], self.out[3:5, :width])
 
     def load(self, logits: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         """Each slot's top-M log-probs and tokens (-inf past the vocabulary: impossible prefixes;
@@ -221,9 +224,9 @@ class PrefixSearch:
         drops)."""
         if self.vocab < self.width:
             return None
-        t = self.table[:, : 1 + self.width]
-        return DraftTree(t[0], t[1], t[2], drafted=True, resident=True,
-                         depth_bound=self.depth if depth is None else depth, scores=self.out[3:5, : self.width])
+        tokens, parents, depths, scores = self._tree_views
+        return DraftTree(tokens, parents, depths, drafted=True, resident=True,
+                         depth_bound=self.depth if depth is None else depth, scores=scores)
 
 
 def _pow2(n: int) -> int:

@@ -113,6 +113,10 @@ class _Bucket:
     features: torch.Tensor | None = None  # [Nb, T*H]
     graph: "torch.cuda.CUDAGraph | None" = None
 
+    def __post_init__(self):
+        # numpy views of the pinned inputs, made once: the host fills them every round
+        self.host_packed_np, self.host_anc_np = self.host_packed.numpy(), self.host_anc.numpy()
+
 
 class GraphedTarget(StaticTarget):
     engine = "graph"
@@ -225,7 +229,7 @@ class GraphedTarget(StaticTarget):
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
-        hp = b.host_packed.numpy()  # numpy writes: each torch op on the host costs a few us of round time
+        hp = b.host_packed_np  # numpy writes: each torch op on the host costs a few us of round time
         if not tree.drafted:
             hp[:n] = tree.tokens.numpy()
         hp[n:nb] = 0
@@ -233,7 +237,7 @@ class GraphedTarget(StaticTarget):
         hp[nb + n : 2 * nb] = start
         hp[2 * nb] = start
         if self.native is not None:  # straight into the pinned buffer, padding rows included
-            self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc.numpy())
+            self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc_np)
         else:
             b.host_anc[:n, :n] = tree.ancestor_mask()
             b.host_anc[n:, :n] = False

@@ -29,28 +29,27 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     nodes)."""
     draws = draw_tree(logits, start + 1, tree.depths, cfg, noise, tree.depth_bound)
     scores = None
+    # the round's one host sync, read into numpy once (each .numpy() costs host time)
     if tree.resident:  # a tree searched on the device comes back with the draws, in the same copy
         rows = torch.stack([draws, tree.tokens, tree.parents])
         if tree.scores is None:
-            draws, tokens, parents = rows.cpu()
+            drawn, tokens, parents = rows.cpu().numpy()
         else:  # the search's scores too: as float64 (exact) bits, in the same int64 copy
             n = rows.shape[1]
-            flat = torch.cat([rows.flatten(), tree.scores.double().view(torch.int64).flatten()]).cpu()
-            draws, tokens, parents = flat[: 3 * n].view(3, n)
-            scores = flat[3 * n:].view(torch.float64).view(2, -1).numpy()
-        tree = replace(tree, tokens=tokens, parents=parents, depths=torch.empty(0, dtype=torch.long),
-                       drafted=False, resident=False, scores=None)  # the walk reads no depths
+            flat = torch.cat([rows.flatten(), tree.scores.double().view(torch.int64).flatten()]).cpu().numpy()
+            drawn, tokens, parents = flat[: 3 * n].reshape(3, n)
+            scores = flat[3 * n:].view(np.float64).reshape(2, -1)
     elif tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
-        draws, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu()
-        tree = replace(tree, tokens=tokens, drafted=False)
+        drawn, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu().numpy()
+        parents = tree.parents.numpy()
     else:
-        draws = draws.cpu()  # the round's one host sync
+        drawn, tokens, parents = draws.cpu().numpy(), tree.tokens.numpy(), tree.parents.numpy()
     if native is not None:
-        parents, tokens = (np.ascontiguousarray(t.numpy()) for t in (tree.parents, tree.tokens))
-        drawn = draws.numpy()
-        accepted = native.walk(parents, tokens, drawn)
+        accepted = native.walk(*(np.ascontiguousarray(a) for a in (parents, tokens, drawn)))
         return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist(), scores=scores)  # each node's draw
-    draws = draws.tolist()
+    tree = replace(tree, tokens=torch.from_numpy(tokens), parents=torch.from_numpy(parents),
+                   depths=torch.empty(0, dtype=torch.long), drafted=False, resident=False, scores=None)
+    draws = drawn.tolist()
     children = tree.children()
     node, accepted, tokens = 0, [0], []
     while True:
