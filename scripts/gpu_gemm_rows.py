@@ -20,20 +20,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench_cudagraph
+from gpu_gemv import SHAPES as GEMV_SHAPES, per_call_us
 
 from specdiff import kernels
 
-SHAPES = {  # name: (out features, in features)
-    "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096), "8b down": (4096, 12288),
-    "8b lm_head": (151936, 4096), "1.7b qkv": (4096, 2048), "1.7b o": (2048, 2048),
-    "1.7b gate_up": (12288, 2048), "1.7b down": (2048, 6144), "1.7b lm_head": (151936, 2048),
-}
+SHAPES = {**GEMV_SHAPES, "1.7b lm_head": (151936, 2048)}  # name: (out features, in features)
 TILES = [(64, 128, 4, 3), (64, 128, 8, 4), (128, 64, 8, 3), (32, 128, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3)]
-
-
-def per_call_us(fn, copies: int) -> float:
-    return 1000 * do_bench_cudagraph(fn, rep=40) / copies
 
 
 def main() -> None:

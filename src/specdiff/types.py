@@ -10,6 +10,7 @@ loop the same `DraftTree`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -131,11 +132,16 @@ class DraftTree:
 
     def children(self) -> list[dict[int, int]]:
         """Per node, a map from child token to child index (the walk's lookup table)."""
-        table: list[dict[int, int]] = [{} for _ in range(self.num_nodes)]
-        for i, (p, t) in enumerate(zip(self.parents.tolist(), self.tokens.tolist())):
-            if i > 0:
-                table[p].setdefault(t, i)
-        return table
+        return children_table(self.parents.tolist(), self.tokens.tolist())
+
+
+def children_table(parents: Sequence[int], tokens: Sequence[int]) -> list[dict[int, int]]:
+    """`DraftTree.children` of a tree's parent and token columns (node 0 the root)."""
+    table: list[dict[int, int]] = [{} for _ in range(len(parents))]
+    for i, (p, t) in enumerate(zip(parents, tokens)):
+        if i > 0:
+            table[p].setdefault(t, i)
+    return table
 
 
 @dataclass(frozen=True)

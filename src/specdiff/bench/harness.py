@@ -27,6 +27,7 @@ from specdiff.bench.config import BenchConfig
 from specdiff.bench.tables import environment_line, markdown_table
 from specdiff.errors import SpecdiffError
 from specdiff.methods import REGISTRY
+from specdiff.methods.caddtree.profiler import device_name
 from specdiff.sampling import derive_seed
 from specdiff.types import GenerationResult
 
@@ -132,8 +133,6 @@ def run_bench(cfg: BenchConfig, model, tokenizer, drafter, out_dir: Path, progre
                     decoder.prepare(longest)  # no allocation or graph capture while timed
                     profile = getattr(decoder.proposer, "profile", None)
                     if profile is not None:
-                        from specdiff.methods.caddtree.profiler import device_name
-
                         profiled_on.update(caddtree_profile_device=profile.device,
                                            device_name=device_name(target.device))
                     for _, ids in encoded[: cfg.warmup]:

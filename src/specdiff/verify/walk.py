@@ -10,15 +10,13 @@ target's distribution exactly. The min(1, p/q) rule must not be used here: the t
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
 from specdiff.config import SamplingConfig
 from specdiff.native import Native
 from specdiff.sampling import NoiseCache, draw_tree
-from specdiff.types import DraftTree, VerifyResult
+from specdiff.types import DraftTree, VerifyResult, children_table
 
 
 def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: SamplingConfig,
@@ -47,10 +45,8 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     if native is not None:
         accepted = native.walk(*(np.ascontiguousarray(a) for a in (parents, tokens, drawn)))
         return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist(), scores=scores)  # each node's draw
-    tree = replace(tree, tokens=torch.from_numpy(tokens), parents=torch.from_numpy(parents),
-                   depths=torch.empty(0, dtype=torch.long), drafted=False, resident=False, scores=None)
     draws = drawn.tolist()
-    children = tree.children()
+    children = children_table(parents.tolist(), tokens.tolist())
     node, accepted, tokens = 0, [0], []
     while True:
         token = draws[node]
