@@ -135,3 +135,23 @@ def test_trained_drafter_agrees_and_is_exact():
             taus.append((method, budget, r.tau))
     assert sum(t for m, b, t in taus if m == "dflash") / len(rows) > 2.0
     assert sum(t for m, b, t in taus if b == 128) / len(rows) > 2.5
+
+
+@pytest.mark.parametrize("engine", ["hf", "static", "graph"])
+def test_overlapped_ar_is_hf_greedy_and_ends_at_the_same_eos(qwen3_model, engine):
+    """AR launches each forward on the last draw before reading it (`DecodeConfig.overlap`, the
+    default): HF's greedy tokens, one round per token; an end-of-text read after its successor
+    was launched still ends the output at that token, and the next decode starts clean."""
+    for p in prompts(qwen3_model.config.vocab_size, n=4, seed=7):
+        free = hf_greedy(qwen3_model, p, NEW)
+        eos = free[len(free) // 2]
+        ref = hf_greedy(qwen3_model, p, NEW, eos=eos)
+        dec = build_decoder(qwen3_model, DecodeConfig(method="ar", max_new_tokens=NEW, engine=engine), eos_ids=[eos])
+        assert dec._overlaps
+        chunks = list(dec.stream(p))
+        assert [c.tokens for c in chunks] == [[t] for t in ref]
+        assert [c.stop_reason for c in chunks] == [None] * (len(ref) - 1) + ["eos"]
+        plain = build_decoder(qwen3_model, DecodeConfig(method="ar", max_new_tokens=NEW, engine=engine))
+        r = plain.generate(p)
+        assert r.token_ids == free and r.rounds == NEW and r.stop_reason == "length"
+        assert dec.generate(p).token_ids == ref

@@ -182,6 +182,35 @@ def test_same_seed_same_tokens_as_ar(qwen3_model, method, budget):
         assert spec.token_ids == ar.token_ids
 
 
+@pytest.mark.parametrize("engine", ["hf", "graph"])
+def test_overlapped_ar_draws_the_tokens_of_one_step_at_a_time(qwen3_model, monkeypatch, engine):
+    """AR's overlapped loop (the default) draws each token with its own position's noise: the
+    tokens of the step-by-step loop with the same seed. Keying its draws one position late
+    (planted) is caught."""
+    import specdiff.decode as decode_module
+
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for seed in range(4):
+        prompt = torch.randint(0, 95, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g).tolist()
+        cases.append((prompt, SamplingConfig(temperature=0.9, top_k=40, top_p=0.95, seed=seed)))
+
+    def tokens(overlap: bool) -> list[list[int]]:
+        out = []
+        for prompt, sampling in cases:
+            cfg = DecodeConfig(method="ar", max_new_tokens=30, engine=engine, overlap=overlap, sampling=sampling)
+            dec = build_decoder(qwen3_model, cfg)
+            assert dec._overlaps == overlap
+            out.append(dec.generate(prompt).token_ids)
+        return out
+
+    step_by_step = tokens(False)
+    assert tokens(True) == step_by_step
+    late = lambda logits, first, *a, **k: draw_tree(logits, first + 1, *a, **k)  # noqa: E731
+    monkeypatch.setattr(decode_module, "draw_tree", late)
+    assert sum(a != b for a, b in zip(tokens(True), step_by_step)) >= 3
+
+
 def sampled_prompts(method: str, n: int = 4, seed: int = 9) -> list[list[int]]:
     """Random prompts; repeated for prompt lookup, which drafts only from the context."""
     g = torch.Generator().manual_seed(seed)

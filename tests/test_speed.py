@@ -34,7 +34,7 @@ def test_speed_prints_every_method_for_a_tiny_shape(capsys):
                "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in result["rows"]] == ["ar", "dflash", "ddtree@4", "ddtree@8"]
+    assert [r["method"] for r in result["rows"]] == ["ar", "ar, no overlap", "dflash", "ddtree@4", "ddtree@8"]
     assert all(r["ms_per_token"] > 0 and r["tau"] >= 1 for r in result["rows"])
     assert result["bound_ms"] is None  # no peak bandwidth known for a CPU
 

@@ -159,6 +159,13 @@ class DecodeConfig:
                                              "(C), on the device inside the drafter's graph (Triton), or on the "
                                              "device for ddtree budgets up to 64 and on the host otherwise (auto)",
                                      choices=TREE_SEARCHES)
+    # ar: each step's forward is launched on the step before's draw while that draw is still on
+    # the device, and the draw is read after: the host's work of a step (the read, the stop
+    # checks, the next launch) then runs while the device computes, instead of between forwards.
+    # The same forwards and draws, so the same tokens; off: one step at a time, as every other
+    # method's round runs
+    overlap: bool = option(True, "ar: launch each forward on the last drawn token before reading that token, so "
+                                 "the host's work of a step runs while the device computes the next")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flag_prefix": ""})
     pld: PLDOptions = field(default_factory=PLDOptions)
     caddtree: CaDDTreeOptions = field(default_factory=CaDDTreeOptions)

@@ -20,7 +20,7 @@ from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.methods.base import DecodeState, Proposer
 from specdiff.errors import SpecdiffError
 from specdiff.native import Native
-from specdiff.sampling import NoiseCache
+from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.target.hf_causal import HFTarget
 from specdiff.types import DraftTree, GenerationResult, RoundChunk, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
@@ -34,12 +34,18 @@ class SpeculativeDecoder:
                  verifier: Verifier | None = None, native: Native | None = None):
         """verifier: None for `verify_walk`, with `native` its C walk (None: the Python walk)."""
         cfg.validate()
+        self._own_verifier = verifier is None
         if verifier is None:
             verifier = functools.partial(verify_walk, native=native)
         self.target, self.proposer, self.cfg, self.verifier = target, proposer, cfg, verifier
         self.noise = NoiseCache()  # T>0: the sampling noise of the positions this decoder draws at
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
         target.set_taps(proposer.tap_layers)
+
+    @property
+    def _overlaps(self) -> bool:
+        """AR with the loop's own draw (a verifier passed in, e.g. a test's, keeps its rounds)."""
+        return self.cfg.overlap and getattr(self.proposer, "chains_draws", False) and self._own_verifier
 
     def _sync(self) -> None:
         if self.target.device.type == "cuda":
@@ -123,6 +129,11 @@ class SpeculativeDecoder:
         self._sync()
         t1 = time.perf_counter()
 
+        if self._overlaps:
+            yield from self._overlapped_steps(state, t1, t1 - t0)
+            self._sync()  # a step launched past an end-of-text is computed, then dropped
+            return t1 - t0, time.perf_counter() - t1
+
         emitted_total = 0
         t_round = t1
         round_index = 0
@@ -162,3 +173,65 @@ class SpeculativeDecoder:
             target.commit(accepted)
         self._sync()
         return t1 - t0, time.perf_counter() - t1
+
+    def _overlapped_steps(self, state: DecodeState, t_round: float, prefill_s: float) -> Iterator[RoundChunk]:
+        """AR (`DecodeConfig.overlap`): step k + 1's forward is launched on step k's draw, still on
+        the device, before that draw is read; the read then waits for step k's draw alone, and the
+        host's work of a step (the read, the stop checks, the yield, the next launch) runs while
+        the device computes. The same forward and draw per token as `_rounds`, so the same tokens.
+        A step past an end-of-text is launched before the end is known: computed, then dropped."""
+        cfg, target, max_new = self.cfg, self.target, self.cfg.max_new_tokens
+        readback = _Readback(target.device)
+
+        def launch(tree: DraftTree) -> torch.Tensor:  # -> [1] the root's next token, on the device
+            start = target.length  # the root's position: every slot before it is committed
+            out = target.forward(tree)
+            drawn = draw_tree(out.logits, start + 1, tree.depths, cfg.sampling, self.noise)
+            target.commit(ROOT_ONLY)  # AR keeps its root whatever it draws
+            return drawn
+
+        pending = launch(DraftTree.chain(state.root, []))
+        emitted_total, round_index = 0, 0
+        while True:
+            readback.send(pending)
+            if emitted_total + 1 < max_new:  # the next step, on the draw not yet read
+                pending = launch(DraftTree(pending, _ROOT_PARENTS, _ROOT_DEPTHS, drafted=True))
+            token = readback.receive()
+            emitted_total += 1
+            state.tokens.append(token)
+            stop = "eos" if token in self.eos_ids else "length" if emitted_total >= max_new else None
+            now = time.perf_counter()
+            yield RoundChunk(tokens=[token], round=round_index, tree_nodes=1, candidate_rows=1,
+                             round_ms=1000 * (now - t_round), stop_reason=stop,
+                             prefill_ms=1000 * prefill_s if round_index == 0 else 0.0)
+            t_round = now
+            round_index += 1
+            if stop is not None:
+                return
+
+
+ROOT_ONLY = (0,)
+_ROOT_PARENTS, _ROOT_DEPTHS = torch.tensor([-1]), torch.tensor([0])
+
+
+class _Readback:
+    """One token from the device to the host without waiting for work queued after it: a
+    non-blocking copy into pinned memory and an event, where `.item()` would wait for the whole
+    stream (on a CPU: a plain read)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
+        self.host_np = self.host.numpy()  # a view made once: each .numpy() costs host time
+        self.event = torch.cuda.Event() if self.cuda else None
+
+    def send(self, token: torch.Tensor) -> None:
+        self.host.copy_(token, non_blocking=self.cuda)
+        if self.cuda:
+            self.event.record()
+
+    def receive(self) -> int:
+        if self.cuda:
+            self.event.synchronize()
+        return int(self.host_np[0])
+

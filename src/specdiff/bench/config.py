@@ -26,6 +26,7 @@ class BenchConfig:
     kernels: str = DecodeConfig.kernels
     numerics: str = DecodeConfig.numerics
     tree_search: str = DecodeConfig.tree_search  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
+    overlap: bool = DecodeConfig.overlap  # ar's baseline: see DecodeConfig.overlap
     # caddtree's horizons (CaDDTreeOptions.horizon): the first runs as "caddtree", each other
     # one beside it as "caddtree/<horizon>"
     caddtree_horizons: list[str] = field(default_factory=lambda: ["round"])
@@ -38,6 +39,7 @@ class BenchConfig:
         """The decode of one variant (`variants`) at one temperature."""
         horizon = label.partition("/")[2] or self.caddtree_horizons[0]
         return DecodeConfig(method=method, budget=budget, max_new_tokens=self.max_new_tokens, engine=self.engine,
-                            kernels=self.kernels, numerics=self.numerics, tree_search=self.tree_search, sampling=SamplingConfig(temperature=temperature, seed=self.seed),
+                            kernels=self.kernels, numerics=self.numerics, tree_search=self.tree_search, overlap=self.overlap,
+                            sampling=SamplingConfig(temperature=temperature, seed=self.seed),
                             caddtree=CaDDTreeOptions(profile=self.profile, horizon=horizon),
                             d2sd=D2SDOptions(branches=self.branches))

@@ -34,7 +34,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=",".join(map(str, d.budgets)),
                    help="comma-separated node budgets for ddtree and d2sd-hybrid")
     for path, flag, f in config_flags():
-        if path in (("max_new_tokens",), ("d2sd", "branches"), ("caddtree", "profile")):
+        if path in (("max_new_tokens",), ("overlap",), ("d2sd", "branches"), ("caddtree", "profile")):
             add_setting(p, flag, f)
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed decodes per method before the timed ones")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -70,7 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine, kernels=args.kernels, numerics=args.numerics,
-                      tree_search=args.tree_search,
+                      tree_search=args.tree_search, overlap=args.overlap,
                       caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))

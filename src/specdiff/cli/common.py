@@ -123,6 +123,9 @@ MODEL_SETTINGS = ("engine", "kernels", "numerics", "tree_search")  # decode sett
 
 
 def add_setting(p: argparse.ArgumentParser, flag: str, f: dataclasses.Field) -> None:
+    if isinstance(f.default, bool):  # --name / --no-name
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        return
     kind = str if f.default is None else type(f.default)
     p.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=f.metadata["help"])
 

@@ -12,6 +12,9 @@ class ARProposer:
     tap_layers: tuple[int, ...] = ()
     max_nodes = 1  # largest tree this proposer builds (root included)
     drafters: tuple = ()  # no drafter caches to follow the committed tokens
+    # the next tree is the last draw alone, so the loop may launch it before reading that draw
+    # (`DecodeConfig.overlap`); propose and update then go uncalled: they do nothing
+    chains_draws = True
 
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
         pass

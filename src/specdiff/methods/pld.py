@@ -11,6 +11,7 @@ from specdiff.types import DraftTree
 
 class PLDProposer(ARProposer):
     name = "pld"
+    chains_draws = False  # its next tree is a lookup in the tokens read, not the last draw alone
 
     def __init__(self, options: PLDOptions | None = None):
         self.options = options or PLDOptions()

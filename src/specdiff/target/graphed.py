@@ -116,6 +116,15 @@ class _Bucket:
     def __post_init__(self):
         # numpy views of the pinned inputs, made once: the host fills them every round
         self.host_packed_np, self.host_anc_np = self.host_packed.numpy(), self.host_anc.numpy()
+        # the inputs' last copy to the device: a loop that launches a forward before reading the
+        # one before (AR's overlap) must not refill them while that copy may still be queued
+        self.copied = torch.cuda.Event() if self.host_packed.is_pinned() else None
+
+    def host_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pinned inputs as numpy, once their last copy has run (a step-by-step round never waits)."""
+        if self.copied is not None and not self.copied.query():
+            self.copied.synchronize()
+        return self.host_packed_np, self.host_anc_np
 
 
 class GraphedTarget(StaticTarget):
@@ -229,7 +238,7 @@ class GraphedTarget(StaticTarget):
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
-        hp = b.host_packed_np  # numpy writes: each torch op on the host costs a few us of round time
+        hp, host_anc = b.host_inputs()  # numpy writes: each torch op on the host costs a few us of round time
         if not tree.drafted:
             hp[:n] = tree.tokens.numpy()
         hp[n:nb] = 0
@@ -237,7 +246,7 @@ class GraphedTarget(StaticTarget):
         hp[nb + n : 2 * nb] = start
         hp[2 * nb] = start
         if self.native is not None:  # straight into the pinned buffer, padding rows included
-            self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), b.host_anc_np)
+            self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), host_anc)
         else:
             b.host_anc[:n, :n] = tree.ancestor_mask()
             b.host_anc[n:, :n] = False
@@ -246,6 +255,8 @@ class GraphedTarget(StaticTarget):
         if tree.drafted:  # the drafter's tensor: copied on the device, after the packed row
             b.packed[:n].copy_(tree.tokens)
         b.anc.copy_(b.host_anc, non_blocking=True)
+        if b.copied is not None:
+            b.copied.record()
         return self._replay(b, n)
 
     def _replay(self, b: _Bucket, n: int) -> TargetOutput:
