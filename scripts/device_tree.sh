@@ -13,7 +13,10 @@ case "${1:-}" in
     for d in "$@"; do mkdir -p "$H/$(dirname "$d")"; mv "$d" "$H/$d"; done
     ;;
   restore)
-    [ -d "$H" ] && (cd "$H" && find . -mindepth 2 -maxdepth 2 -type d) | while read -r d; do mv "$H/$d" "$d"; done
+    [ -d "$H" ] && (cd "$H" && find . -mindepth 2 -maxdepth 2 -type d) | while read -r d; do
+      mkdir -p "$(dirname "$d")"  # git drops a folder left empty (a checkout, a stash)
+      mv "$H/$d" "$d"
+    done
     rm -rf "$H"
     git status --short -- models
     ;;

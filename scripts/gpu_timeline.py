@@ -65,10 +65,12 @@ def timeline(dec, prompt: list[int]) -> str:
     r = dec.generate(prompt)
     wall = time.perf_counter() - t
     torch.cuda.synchronize()
-    # a round starts at its propose; the calls before the first propose are the prefill's
+    # a round starts at its propose (AR's overlapped steps propose nothing: at its forward); the
+    # calls before the first are the prefill's
+    first = "propose" if any(e[0] == "propose" for e in log) else "forward"
     rounds, cur = [], None
     for entry in log:
-        if entry[0] == "propose":
+        if entry[0] == first:
             cur = []
             rounds.append(cur)
         if cur is not None:
@@ -89,7 +91,7 @@ def timeline(dec, prompt: list[int]) -> str:
             total.append(rd[0][3].elapsed_time(nxt))
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     lines = [f"  {r.rounds} rounds, tau {r.tau:.2f}, {1000 * wall / r.num_new_tokens:.3f} ms/token; "
-             f"round on the device (propose to next propose) {med(total):.3f} ms median",
+             f"round on the device ({first} to next {first}) {med(total):.3f} ms median",
              "  part      device span ms  idle gap before ms  host ms"]
     for p in PARTS:
         if span[p]:
@@ -103,6 +105,7 @@ def main() -> None:
     p.add_argument("--bundled", action="store_true")
     p.add_argument("--methods", default="ar,ddtree@64")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--no-overlap", action="store_true", help="ar one step at a time (DecodeConfig.overlap off)")
     p.add_argument("--compare-padding", action="store_true",
                    help="each method without, then with, a bucket of its largest tree")
     args = p.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
         graphed.FULL_TREE_BUCKET = tree_bucket  # read by `prepare`: the padded runs go first
         method, _, budget = m.partition("@")
         cfg = DecodeConfig(method=method, budget=int(budget or 1), engine="graph", max_new_tokens=args.new_tokens,
-                           stop_at_eos=False)
+                           overlap=not args.no_overlap, stop_at_eos=False)
         dec = build_decoder(target, cfg, drafter)
         dec.prepare(len(prompt))
         print(f"{args.shape}: {m}" + ("" if tree_bucket else " (padded to the next bucket)"), flush=True)

@@ -114,7 +114,8 @@ def main() -> None:
         method, _, budget = m.partition("@")
         cfg = DecodeConfig(method=method, budget=int(budget or 1), engine="graph", max_new_tokens=args.new_tokens,
                            stop_at_eos=False, sampling=SamplingConfig(temperature=args.temperature, seed=1),
-                           tree_search="device" if args.device_search else "auto")
+                           tree_search="device" if args.device_search else "auto",
+                           overlap=False)  # ar as a round: overlapped, the same ops run while the device computes
         dec = build_decoder(target, cfg, drafter)
         dec.prepare(len(prompt))
         counter = Counter()
