@@ -114,6 +114,34 @@ def test_tree_attention(dtype, n, hq, hkv, start, splits):
     close(got, want, dtype)
 
 
+@pytest.mark.parametrize("block_m,splits", [(32, None), (32, 2)])
+def test_tree_attention_in_32_row_blocks(block_m, splits):
+    """The row block `attention_launch` gives trees just past 256 rows, partly filled, with and
+    without a key split."""
+    g = torch.Generator().manual_seed(3)
+    n, hq, hkv, start, d = 40, 4, 2, 70, 16
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE)
+    k, v = (torch.randn(hkv, 256, d, generator=g).to(DEVICE) for _ in range(2))
+    anc = random_tree(n, g).ancestor_mask().to(DEVICE)
+    st = torch.tensor([start], device=DEVICE)
+    want = kernels.tree_attention_reference(q, k, v, st, anc, 128, d ** -0.5)
+    got = kernels.tree_attention(q, k, v, st, anc, 128, d ** -0.5, splits=splits, block_m=block_m)
+    close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("nodes,block_m,splits", [(1, 16, range(2, 9)), (16, 16, (4, 8)), (64, 16, (1,)),
+                                                   (256, 64, (1,)), (65, 32, (1,)), (96, 32, (1,))])
+def test_attention_launch_gives_the_measured_best_settings(nodes, block_m, splits):
+    """At Qwen3-8B's heads (32 query, 8 KV) on an H100's 132 SMs over 512 slots, the launch rule
+    gives the settings `scripts/gpu_attention.py` measured best at 1, 16, 64 and 256 nodes
+    (docs/benchmarks/fused_h100/attention_settings.txt; at 16 nodes 4 and 8 splits tied within
+    0.1 us), and ddtree@64's 65-node tree and a 96-node bucket no key split."""
+    from specdiff.kernels.attention import attention_launch
+
+    got_m, got_splits = attention_launch(nodes * 4, 8, 512, 132)
+    assert got_m == block_m and got_splits in splits, (got_m, got_splits)
+
+
 def test_tree_attention_catches_a_wrong_mask():
     """The comparison can fail: a row that also sees a sibling gives another output."""
     g = torch.Generator().manual_seed(5)

@@ -157,6 +157,25 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
+def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | None = None) -> tuple[int, int]:
+    """(row block, key splits) for `rows` query rows (tokens x heads per KV head) per KV head over
+    `span` slots on `sms` multiprocessors (0: the interpreter); `block_m` fixes the row block. The
+    largest row block whose blocks alone give half the SMs a program, unsplit; else 16-row blocks
+    with the keys split to fill the GPU twice over. This is the best setting measured on an H100
+    at Qwen3-8B's heads at 1, 16, 64 and 256 nodes (`scripts/gpu_attention.py`); a fixed 256-row
+    threshold had put a 65-node tree in 64-row blocks, split over the keys and merged by a second
+    kernel."""
+    programs = lambda m: hkv * -(-rows // m)  # noqa: E731
+    if block_m is None:
+        if not sms:  # the interpreter runs programs one by one: the smallest tile that covers the rows
+            block_m = 16 if rows <= 256 else 64
+        else:
+            block_m = next((m for m in (64, 32, 16) if 2 * programs(m) >= sms), 16)
+    if 2 * programs(block_m) >= sms:
+        return block_m, 1
+    return block_m, max(1, min(-(-span // BLOCK_N), 2 * sms // programs(block_m)))
+
+
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
                    ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None,
                    block_m: int | None = None, num_warps: int = 8) -> torch.Tensor:
@@ -167,14 +186,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     hkv = k_cache.shape[0]
     g = hq // hkv
     rows = n * g
-    # measured on an H100 at Qwen3-8B's heads (scripts/gpu_attention.py): small row blocks up to
-    # 256 rows, and no key split once the row blocks alone give half the SMs a program
-    block_m = block_m or (16 if rows <= 256 else 64)
+    block_m, auto_splits = attention_launch(rows, hkv, span, _multiprocessors(q.device), block_m)
+    splits = splits or auto_splits
     row_blocks = triton.cdiv(rows, block_m)
     tiles = triton.cdiv(span, BLOCK_N)
-    if splits is None:
-        sms, programs = _multiprocessors(q.device), hkv * row_blocks
-        splits = 1 if 2 * programs >= sms else max(1, min(tiles, 2 * sms // programs))
     keys = triton.cdiv(tiles, splits) * BLOCK_N
     splits = triton.cdiv(span, keys)
     out = torch.empty_like(q)
