@@ -263,7 +263,9 @@ def report(result: dict) -> str:
         "# specdiff bench", "",
         f"target `{cfg['target']}`, drafter `{cfg['drafter']}`, {environment_line(env)}, {cfg['dtype']}, "
         f"engine {cfg.get('engine', 'hf')} ({env.get('kernels', 'torch')} kernels, {env.get('numerics', 'fast')} "
-        f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens.",
+        f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens; "
+        + ("ar launches each step before reading the last (overlap)." if cfg.get("overlap", False)
+           else "ar one step at a time."),
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *profile_note(env),
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),
