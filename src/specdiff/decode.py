@@ -4,7 +4,9 @@
 
 Every round emits at least one token (the bonus), so AR is the same loop with a root-only tree.
 The prompt's last token is the first round's root: prefill commits the tokens before it, and every
-new token comes out of a verification round (so AR's tau is exactly 1).
+new token comes out of a verification round (so AR's tau is exactly 1). AR may run the same
+forwards and draws overlapped (`DecodeConfig.overlap`): each step launched before the last one's
+draw is read, since its tree is that draw alone.
 """
 
 from __future__ import annotations
