@@ -184,12 +184,13 @@ class SpeculativeDecoder:
         A step past an end-of-text is launched before the end is known: computed, then dropped."""
         cfg, target, max_new = self.cfg, self.target, self.cfg.max_new_tokens
         readback = _Readback(target.device)
+        parents, depths = torch.tensor([-1]), torch.tensor([0])  # a root-only tree's, on the host
 
         def launch(tree: DraftTree) -> torch.Tensor:  # -> [1] the root's next token, on the device
             start = target.length  # the root's position: every slot before it is committed
             out = target.forward(tree)
             drawn = draw_tree(out.logits, start + 1, tree.depths, cfg.sampling, self.noise)
-            target.commit(ROOT_ONLY)  # AR keeps its root whatever it draws
+            target.commit(_ROOT_ONLY)  # AR keeps its root whatever it draws
             return drawn
 
         pending = launch(DraftTree.chain(state.root, []))
@@ -197,7 +198,7 @@ class SpeculativeDecoder:
         while True:
             readback.send(pending)
             if emitted_total + 1 < max_new:  # the next step, on the draw not yet read
-                pending = launch(DraftTree(pending, _ROOT_PARENTS, _ROOT_DEPTHS, drafted=True))
+                pending = launch(DraftTree(pending, parents, depths, drafted=True))
             token = readback.receive()
             emitted_total += 1
             state.tokens.append(token)
@@ -212,8 +213,7 @@ class SpeculativeDecoder:
                 return
 
 
-ROOT_ONLY = (0,)
-_ROOT_PARENTS, _ROOT_DEPTHS = torch.tensor([-1]), torch.tensor([0])
+_ROOT_ONLY = (0,)
 
 
 class _Readback:
