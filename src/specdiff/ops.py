@@ -32,7 +32,7 @@ class StagedRow:
 
     def host(self) -> np.ndarray:
         if self._copied is not None and not self._copied.query():
-            self._copied.synchronize()  # still being read (a decode never waits here)
+            self._copied.synchronize()  # still being read (only a loop that launches ahead waits here)
         return self._host_np
 
     def send(self) -> torch.Tensor:

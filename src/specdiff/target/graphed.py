@@ -105,26 +105,21 @@ def bucket_for(n: int) -> int:
 class _Bucket:
     size: int
     span: int  # cache slots its attention reads
-    packed: torch.Tensor  # [2 * Nb + 1] long: ids, positions, start
-    anc: torch.Tensor  # [Nb, Nb] bool: tree block (padding rows: diagonal only)
-    host_packed: torch.Tensor  # pinned staging copies of the two inputs
-    host_anc: torch.Tensor
+    # the two inputs, each filled on the host through its pinned staging copy: a loop that
+    # launches a forward before reading the one before (AR's overlap) waits there for the copy
+    packed_row: StagedRow  # [2 * Nb + 1] long: ids, positions, start
+    anc_row: StagedRow  # [Nb, Nb] bool: tree block (padding rows: diagonal only)
     logits: torch.Tensor | None = None  # [Nb, V] outputs, valid after a replay
     features: torch.Tensor | None = None  # [Nb, T*H]
     graph: "torch.cuda.CUDAGraph | None" = None
 
-    def __post_init__(self):
-        # numpy views of the pinned inputs, made once: the host fills them every round
-        self.host_packed_np, self.host_anc_np = self.host_packed.numpy(), self.host_anc.numpy()
-        # the inputs' last copy to the device: a loop that launches a forward before reading the
-        # one before (AR's overlap) must not refill them while that copy may still be queued
-        self.copied = torch.cuda.Event() if self.host_packed.is_pinned() else None
+    @property
+    def packed(self) -> torch.Tensor:
+        return self.packed_row.device_row
 
-    def host_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """The pinned inputs as numpy, once their last copy has run (a step-by-step round never waits)."""
-        if self.copied is not None and not self.copied.query():
-            self.copied.synchronize()
-        return self.host_packed_np, self.host_anc_np
+    @property
+    def anc(self) -> torch.Tensor:
+        return self.anc_row.device_row
 
 
 class GraphedTarget(StaticTarget):
@@ -195,15 +190,10 @@ class GraphedTarget(StaticTarget):
     def _bucket(self, nb: int, span: int) -> _Bucket:
         b = self._buckets.get((nb, span))
         if b is None:
-            pin = self.device.type == "cuda"
-            b = _Bucket(
-                size=nb,
-                span=span,
-                packed=torch.zeros(2 * nb + 1, dtype=torch.long, device=self.device),
-                anc=torch.eye(nb, dtype=torch.bool, device=self.device),
-                host_packed=torch.zeros(2 * nb + 1, dtype=torch.long, pin_memory=pin),
-                host_anc=torch.eye(nb, dtype=torch.bool).pin_memory() if pin else torch.eye(nb, dtype=torch.bool),
-            )
+            b = _Bucket(size=nb, span=span, packed_row=StagedRow((2 * nb + 1,), self.device),
+                        anc_row=StagedRow((nb, nb), self.device, torch.bool))
+            b.anc_row.host()[:] = np.eye(nb, dtype=bool)
+            b.anc_row.send()
             b.packed[2 * nb] = self.length  # a capture writes only uncommitted slots
             if self.use_graphs:
                 if self._pool is None:
@@ -238,7 +228,7 @@ class GraphedTarget(StaticTarget):
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
-        hp, host_anc = b.host_inputs()  # numpy writes: each torch op on the host costs a few us of round time
+        hp, host_anc = b.packed_row.host(), b.anc_row.host()  # numpy writes: a host torch op costs a few us
         if not tree.drafted:
             hp[:n] = tree.tokens.numpy()
         hp[n:nb] = 0
@@ -248,15 +238,13 @@ class GraphedTarget(StaticTarget):
         if self.native is not None:  # straight into the pinned buffer, padding rows included
             self.native.ancestor_mask(np.ascontiguousarray(tree.parents.numpy()), host_anc)
         else:
-            b.host_anc[:n, :n] = tree.ancestor_mask()
-            b.host_anc[n:, :n] = False
-            b.host_anc[:n, n:] = False
-        b.packed.copy_(b.host_packed, non_blocking=True)
+            host_anc[:n, :n] = tree.ancestor_mask().numpy()
+            host_anc[n:, :n] = False
+            host_anc[:n, n:] = False
+        b.packed_row.send()
         if tree.drafted:  # the drafter's tensor: copied on the device, after the packed row
             b.packed[:n].copy_(tree.tokens)
-        b.anc.copy_(b.host_anc, non_blocking=True)
-        if b.copied is not None:
-            b.copied.record()
+        b.anc_row.send()
         return self._replay(b, n)
 
     def _replay(self, b: _Bucket, n: int) -> TargetOutput:
