@@ -178,10 +178,11 @@ def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | No
 
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
                    ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None,
-                   block_m: int | None = None, num_warps: int = 8) -> torch.Tensor:
+                   block_m: int | None = None, num_warps: int = 8, num_stages: int | None = None) -> torch.Tensor:
     """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
     host int, the most slots any row can see) sizes the split; the kernel stops at start + N.
-    splits: key splits (None: enough programs to fill the GPU twice over)."""
+    splits: key splits (None: enough programs to fill the GPU twice over); num_stages: the key
+    loop's software pipelining depth (None: Triton's default)."""
     n, hq, d = q.shape
     hkv = k_cache.shape[0]
     g = hq // hkv
@@ -203,7 +204,8 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         q, k_cache, v_cache, start, ancestors.view(torch.uint8), out, part, ml,
         n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale, keys,
         G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps)
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
+        **({} if num_stages is None else {"num_stages": num_stages}))
     if not direct:
         _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits))
     return out
