@@ -155,3 +155,29 @@ def test_overlapped_ar_is_hf_greedy_and_ends_at_the_same_eos(qwen3_model, engine
         r = plain.generate(p)
         assert r.token_ids == free and r.rounds == NEW and r.stop_reason == "length"
         assert dec.generate(p).token_ids == ref
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_drafted_round_is_handed_out_once_the_next_is_queued(qwen3_model, overlap):
+    """With `DecodeConfig.overlap` a drafted round's tokens come out after the next round's
+    draft and forward are queued (none past the last round), one round at a time without it;
+    HF's greedy tokens either way, and a stream closed early leaves the next decode clean."""
+    drafter = tiny_drafter(qwen3_model, block_size=16)
+    p = prompts(qwen3_model.config.vocab_size, n=1, seed=3)[0]
+    ref = hf_greedy(qwen3_model, p, NEW)
+    cfg = DecodeConfig(method="ddtree", budget=8, max_new_tokens=NEW, engine="static", overlap=overlap)
+    dec = build_decoder(qwen3_model, cfg, drafter)
+    drafts = []  # one draft per round
+    propose = dec.proposer.propose
+    dec.proposer.propose = lambda state: drafts.append(state.start) or propose(state)
+    seen = []
+    for chunk in dec.stream(p):
+        seen.append((chunk.round, len(drafts), chunk.stop_reason))
+    ahead = 2 if overlap else 1
+    assert [n for _, n, stop in seen if stop is None] == [r + ahead for r, _, stop in seen if stop is None]
+    assert seen[-1][1] == seen[-1][0] + 1  # the last round queues nothing after it
+    assert dec.generate(p).token_ids == ref
+    stream = dec.stream(p)
+    next(stream)
+    stream.close()  # a client that leaves after one round: the next round was already queued
+    assert dec.generate(p).token_ids == ref

@@ -4,9 +4,10 @@
 
 Every round emits at least one token (the bonus), so AR is the same loop with a root-only tree.
 The prompt's last token is the first round's root: prefill commits the tokens before it, and every
-new token comes out of a verification round (so AR's tau is exactly 1). AR may run the same
-forwards and draws overlapped (`DecodeConfig.overlap`): each step launched before the last one's
-draw is read, since its tree is that draw alone.
+new token comes out of a verification round (so AR's tau is exactly 1). With
+`DecodeConfig.overlap`, AR runs the same forwards and draws overlapped (each step launched before
+the last one's draw is read, since its tree is that draw alone), and a drafted round is handed out
+once the next round is queued.
 """
 
 from __future__ import annotations
@@ -136,20 +137,21 @@ class SpeculativeDecoder:
             self._sync()  # a step launched past an end-of-text is computed, then dropped
             return t1 - t0, time.perf_counter() - t1
 
-        emitted_total = 0
-        t_round = t1
-        round_index = 0
-        # the last round's accepted path, committed just before the next target forward: once the
-        # drafter's work is queued, so that the commit's host work does not hold the device idle
-        accepted = None
-        while emitted_total < max_new:
+        emitted_total, round_index, t_round = 0, 0, t1
+
+        def launch(accepted: Sequence[int] | None) -> tuple[DraftTree, TargetOutput]:
+            """Queues a round's draft and target forward; the last round's accepted path is
+            committed once the drafter's work is queued, so that the commit's host work does not
+            hold the device idle."""
             state.max_depth = max_new - emitted_total - 1  # a round emits at most max_depth + 1 tokens
             tree = proposer.propose(state)  # 2. propose
             if accepted is not None:
                 target.commit(accepted)  # 5. (of the last round) keep the accepted path's KV
-            out = target.forward(tree)  # 3. one target forward over the whole tree
+            return tree, target.forward(tree)  # 3. one target forward over the whole tree
+
+        tree, out = launch(None)
+        while True:
             result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
-            accepted = result.accepted
             proposer.update(result, out)  # 6. drafter learns what was committed
             # the loop itself ends the output at max_new_tokens and at the first end-of-text,
             # whatever a proposer drafted past them
@@ -163,6 +165,9 @@ class SpeculativeDecoder:
             state.tokens.extend(emitted)
             if stop is None and emitted_total >= max_new:
                 stop = "length"
+            # overlap: the round is handed out once the next one is queued, so the consumer's
+            # work (and the emission's) runs while the device drafts and verifies
+            queued = launch(result.accepted) if stop is None and cfg.overlap else None
             now = time.perf_counter()
             yield RoundChunk(tokens=emitted, round=round_index, tree_nodes=tree.num_nodes,
                              candidate_rows=tree.candidate_rows or tree.num_nodes, round_ms=1000 * (now - t_round),
@@ -170,9 +175,9 @@ class SpeculativeDecoder:
             t_round = now
             round_index += 1
             if stop is not None:
+                target.commit(result.accepted)
                 break
-        if accepted is not None:
-            target.commit(accepted)
+            tree, out = queued or launch(result.accepted)
         self._sync()
         return t1 - t0, time.perf_counter() - t1
 
