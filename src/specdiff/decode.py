@@ -166,7 +166,7 @@ class SpeculativeDecoder:
             if stop is None and emitted_total >= max_new:
                 stop = "length"
             # overlap: the round is handed out once the next one is queued, so the consumer's
-            # work (and the emission's) runs while the device drafts and verifies
+            # work runs while the device drafts and verifies
             queued = launch(result.accepted) if stop is None and cfg.overlap else None
             now = time.perf_counter()
             yield RoundChunk(tokens=emitted, round=round_index, tree_nodes=tree.num_nodes,
