@@ -56,6 +56,9 @@ def wrap_parts(dec, wrap) -> None:
     p.propose, p.update = wrap("propose", p.propose), wrap("update", p.update)
     t.commit, t.forward = wrap("commit", t.commit), wrap("forward", t.forward)
     dec.verifier = wrap("verify", dec.verifier)
+    # a round whose next draft is queued before its read: the verify part holds that draft's
+    # launch (its device work runs during the next parts), and no update
+    dec._verify_drafting_ahead = wrap("verify", dec._verify_drafting_ahead)
 
 
 def timeline(dec, prompt: list[int]) -> str:

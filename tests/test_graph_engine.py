@@ -375,3 +375,91 @@ def test_overlapped_ar_on_a_gpu_gives_the_step_by_step_tokens(engine, temperatur
             syncs, rounds = count_syncs(dec, prompt)
             assert rounds == 80 and syncs <= 5, syncs
     assert tokens[0] == tokens[1]
+
+
+def _search_as_on_a_gpu(monkeypatch) -> None:
+    """The drafter's step searches its tree (the device's kernel, under Triton's interpreter) and
+    leaves it resident, as the graph engine's drafter does on a GPU."""
+    from specdiff.drafters.graphed import GraphedDrafter
+    from specdiff.methods import device_search
+
+    monkeypatch.setattr(device_search, "available", lambda device: True)
+    enable = GraphedDrafter.enable_prefix_search
+
+    def enable_as_on_a_gpu(self, width):
+        self.use_graphs = True
+        try:
+            return enable(self, width)
+        finally:
+            self.use_graphs = False
+    monkeypatch.setattr(GraphedDrafter, "enable_prefix_search", enable_as_on_a_gpu)
+
+
+NEW_AHEAD = 40
+
+
+@on_the_interpreter
+@pytest.mark.parametrize("method,budget,temperature", [("dflash", 1, 0.0), ("ddtree", 8, 0.0), ("ddtree", 8, 1.0)])
+def test_a_draft_queued_before_the_read_gives_ars_tokens(monkeypatch, method, budget, temperature):
+    """The bundled pair on the graph engine with the next round's draft queued before the round
+    is read, from the path the device found (ddtree's trees searched on the device): AR's tokens
+    (T=0, and T=1 with the same seed), most rounds drafted ahead, deep acceptance (the drafter took
+    the right context); without overlap (dflash) nothing is queued ahead and the tokens are the same."""
+    import json
+
+    from specdiff.decode import SpeculativeDecoder
+    from specdiff.drafters.dflash import load_drafter
+    from specdiff.models.bundled import REPO_MODELS, default_path
+    from specdiff.target.hf_causal import load_target
+
+    pytest.importorskip("triton", reason="the device search is a Triton kernel")
+    _search_as_on_a_gpu(monkeypatch)
+    ahead = []
+    verify_ahead = SpeculativeDecoder._verify_drafting_ahead
+    monkeypatch.setattr(SpeculativeDecoder, "_verify_drafting_ahead",
+                        lambda self, tree, *a: (ahead.append(tree.resident), verify_ahead(self, tree, *a))[1])
+    model, tok = load_target(default_path("target"))
+    drafter = load_drafter(default_path("dflash"))
+    row = (REPO_MODELS.parent / "data" / "prompts" / "function_completion.jsonl").read_text().splitlines()[1]
+    ids = tok(json.loads(row)["prompt"], add_special_tokens=False)["input_ids"]
+    sampling = SamplingConfig(temperature=temperature, seed=3)
+    runs = {}
+    for overlap in (True, False) if method == "dflash" else (True,):  # the interpreter's search is slow
+        # 8-token blocks: the interpreter's search covers 7 slots, and a round drafts ahead while
+        # 16 tokens are left
+        cfg = DecodeConfig(method=method, budget=budget, engine="graph", max_new_tokens=NEW_AHEAD, stop_at_eos=False,
+                           tree_search="device", sampling=sampling, overlap=overlap, block_size=8)
+        ahead.clear()
+        runs[overlap] = build_decoder(model, cfg, drafter).generate(ids)
+        queued = len(ahead)
+        if overlap:
+            assert queued >= runs[overlap].rounds // 2, (queued, runs[overlap].rounds)
+            assert all(ahead) == (method == "ddtree")  # ddtree's trees stayed on the device
+        else:
+            assert queued == 0
+    ar = build_decoder(model, DecodeConfig(method="ar", engine="graph", max_new_tokens=NEW_AHEAD, stop_at_eos=False,
+                                           sampling=sampling), drafter).generate(ids)
+    assert all(r.token_ids == ar.token_ids for r in runs.values())
+    if len(runs) == 2:  # the queued drafts are the drafts of one round at a time
+        assert runs[True].accept_lengths == runs[False].accept_lengths
+    assert runs[True].tau > (2.0 if temperature == 0 else 1.3), runs[True].tau
+
+
+@on_the_interpreter
+def test_a_device_path_that_disagrees_with_the_walk_is_refused(monkeypatch):
+    """The tokens come from the host's walk; a device path one node short (its draft would take
+    the wrong context) stops the decode with one line instead of drafting on."""
+    from specdiff import decode
+    from specdiff.errors import SpecdiffError
+    from specdiff.verify.walk import DevicePath, device_path
+
+    def short(tree, draws, ancestors, length):
+        p = device_path(tree, draws, ancestors, length)
+        return DevicePath(p.nodes, p.count - 1, p.bonus)
+
+    monkeypatch.setattr(decode, "device_path", short)
+    model = tiny_target("qwen3", seed=0)
+    cfg = DecodeConfig(method="dflash", engine="graph", max_new_tokens=64, stop_at_eos=False)
+    dec = build_decoder(model, cfg, tiny_drafter(model, block_size=16))
+    with pytest.raises(SpecdiffError, match="the device found a path"):
+        dec.generate(list(range(5, 30)))

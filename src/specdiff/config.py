@@ -162,11 +162,14 @@ class DecodeConfig:
     # ar: each step's forward is launched on the step before's draw while that draw is still on
     # the device, and the draw is read after: the host's work of a step (the read, the stop
     # checks, the next launch) then runs while the device computes, instead of between forwards.
-    # A drafted round is handed out once the next round's draft and forward are queued. The same
-    # forwards and draws, so the same tokens; off: one step, one round at a time
+    # A drafted round (dflash, ddtree on the graph engine) queues the next round's draft from the
+    # accepted path the device finds, before its own read, and is handed out once the next
+    # round's forward is queued too. The same forwards, drafts and draws, so the same tokens;
+    # off: one step, one round at a time
     overlap: bool = option(True, "ar: launch each forward on the last drawn token before reading that token; "
-                                 "drafted methods: queue the next round before handing out the last, so the "
-                                 "host's work runs while the device computes")
+                                 "drafted methods: queue the next draft before reading the round, and the next "
+                                 "round before handing out the last, so the host's work runs while the device "
+                                 "computes")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flag_prefix": ""})
     pld: PLDOptions = field(default_factory=PLDOptions)
     caddtree: CaDDTreeOptions = field(default_factory=CaDDTreeOptions)

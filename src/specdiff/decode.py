@@ -6,8 +6,9 @@ Every round emits at least one token (the bonus), so AR is the same loop with a 
 The prompt's last token is the first round's root: prefill commits the tokens before it, and every
 new token comes out of a verification round (so AR's tau is exactly 1). With
 `DecodeConfig.overlap`, AR runs the same forwards and draws overlapped (each step launched before
-the last one's draw is read, since its tree is that draw alone), and a drafted round is handed out
-once the next round is queued.
+the last one's draw is read, since its tree is that draw alone); a drafted round queues the next
+draft from the path the device finds before the round is read (where the method and drafter can),
+and is handed out once the next round is queued.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import time
 from typing import Callable, Generator, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from specdiff.config import DecodeConfig, SamplingConfig
@@ -27,6 +29,7 @@ from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.target.hf_causal import HFTarget
 from specdiff.types import DraftTree, GenerationResult, RoundChunk, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
+from specdiff.verify.walk import device_path, walk_read, walk_row
 
 # (tree, logits [N, V], root position, sampling, the decoder's noise cache) -> VerifyResult; pure
 Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig, NoiseCache], VerifyResult]
@@ -40,7 +43,7 @@ class SpeculativeDecoder:
         self._own_verifier = verifier is None
         if verifier is None:
             verifier = functools.partial(verify_walk, native=native)
-        self.target, self.proposer, self.cfg, self.verifier = target, proposer, cfg, verifier
+        self.target, self.proposer, self.cfg, self.verifier, self.native = target, proposer, cfg, verifier, native
         self.noise = NoiseCache()  # T>0: the sampling noise of the positions this decoder draws at
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
         target.set_taps(proposer.tap_layers)
@@ -150,9 +153,14 @@ class SpeculativeDecoder:
             return tree, target.forward(tree)  # 3. one target forward over the whole tree
 
         tree, out = launch(None)
+        drafts_ahead = cfg.overlap and self._own_verifier and getattr(proposer, "drafts_ahead", False)
+        readback = _Readback(target.device) if drafts_ahead else None
         while True:
-            result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
-            proposer.update(result, out)  # 6. drafter learns what was committed
+            if drafts_ahead and self._ahead_fits(tree, out, max_new - emitted_total):
+                result = self._verify_drafting_ahead(tree, out, state.start, readback)  # 4. and 6.
+            else:
+                result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
+                proposer.update(result, out)  # 6. drafter learns what was committed
             # the loop itself ends the output at max_new_tokens and at the first end-of-text,
             # whatever a proposer drafted past them
             emitted = result.tokens[: max_new - emitted_total]
@@ -181,6 +189,39 @@ class SpeculativeDecoder:
         self._sync()
         return t1 - t0, time.perf_counter() - t1
 
+    def _ahead_fits(self, tree: DraftTree, out: TargetOutput, left: int) -> bool:
+        """Whether the next round's draft can be queued before this round is read: the forward
+        gave the tree's ancestors and features on the device, and every outcome of this round
+        (at most its depth + 1 tokens) leaves the next round a full block to draft."""
+        if tree.resident:
+            depth = tree.depth_bound
+        elif tree.drafted and tree.max_depth == tree.num_nodes - 1:  # a drafted chain
+            depth = tree.num_nodes - 1
+        else:  # its tokens on the host: a copy to the device could wait for the queued work
+            return False
+        return (out.ancestors is not None and out.features is not None
+                and left - (depth + 1) - 1 >= self.proposer.num_slots)
+
+    def _verify_drafting_ahead(self, tree: DraftTree, out: TargetOutput, start: int,
+                               readback: "_Readback") -> VerifyResult:
+        """`verify_walk`, with the next round's draft queued between the draws and their read: the
+        device finds the accepted path itself (`device_path`) and the drafter takes it in, so the
+        read waits for the draws alone and the host's work after it runs while the device drafts.
+        The host's walk decides the tokens; the device's path must agree with it."""
+        cfg = self.cfg
+        depth = tree.depth_bound if tree.resident else tree.num_nodes - 1
+        draws = draw_tree(out.logits, start + 1, tree.depths, cfg.sampling, self.noise, tree.depth_bound)
+        path = device_path(tree, draws, out.ancestors, depth + 1)
+        readback.send(torch.cat([walk_row(tree, draws), path.count]))
+        self.proposer.draft_ahead(path, out)
+        row = readback.receive()
+        result = walk_read(tree, row[:-1].copy(), self.native)
+        if len(result.accepted) != int(row[-1]):
+            raise SpecdiffError(f"the device found a path of {int(row[-1])} nodes where the walk accepted "
+                                f"{len(result.accepted)}: the queued draft would take the wrong context")
+        self.proposer.took(result)
+        return result
+
     def _overlapped_steps(self, state: DecodeState, t_round: float, prefill_s: float) -> Iterator[RoundChunk]:
         """AR (`DecodeConfig.overlap`): step k + 1's forward is launched on step k's draw, still on
         the device, before that draw is read; the read then waits for step k's draw alone, and the
@@ -204,7 +245,7 @@ class SpeculativeDecoder:
             readback.send(pending)
             if emitted_total + 1 < max_new:  # the next step, on the draw not yet read
                 pending = launch(DraftTree(pending, parents, depths, drafted=True))
-            token = readback.receive()
+            token = int(readback.receive()[0])
             emitted_total += 1
             state.tokens.append(token)
             stop = "eos" if token in self.eos_ids else "length" if emitted_total >= max_new else None
@@ -222,23 +263,31 @@ _ROOT_ONLY = (0,)
 
 
 class _Readback:
-    """One token from the device to the host without waiting for work queued after it: a
-    non-blocking copy into pinned memory and an event, where `.item()` would wait for the whole
-    stream (on a CPU: a plain read)."""
+    """A row of int64 from the device to the host without waiting for work queued after it: a
+    non-blocking copy into pinned memory and an event, where `.item()` or `.cpu()` would wait for
+    the whole stream (on a CPU: a plain read)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, size: int = 1):
         self.cuda = device.type == "cuda"
-        self.host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
-        self.host_np = self.host.numpy()  # a view made once: each .numpy() costs host time
+        self._grow(size)
         self.event = torch.cuda.Event() if self.cuda else None
+        self.n = 0
 
-    def send(self, token: torch.Tensor) -> None:
-        self.host.copy_(token, non_blocking=self.cuda)
+    def _grow(self, size: int) -> None:
+        self.host = torch.zeros(size, dtype=torch.long, pin_memory=self.cuda)
+        self.host_np = self.host.numpy()  # a view made once: each .numpy() costs host time
+
+    def send(self, row: torch.Tensor) -> None:
+        self.n = row.shape[0]
+        if self.n > self.host.shape[0]:
+            self._grow(max(self.n, 2 * self.host.shape[0]))
+        self.host[: self.n].copy_(row, non_blocking=self.cuda)
         if self.cuda:
             self.event.record()
 
-    def receive(self) -> int:
+    def receive(self) -> np.ndarray:
+        """The row sent last, as a view of the pinned buffer (the next send overwrites it)."""
         if self.cuda:
             self.event.synchronize()
-        return int(self.host_np[0])
+        return self.host_np[: self.n]
 

@@ -210,6 +210,9 @@ class TargetOutput:
 
     logits: torch.Tensor  # [N, V] on the device, model dtype
     features: torch.Tensor | None  # [N, len(tap_layers) * H]: tapped hidden states, concatenated
+    # [N, N] bool on the device, row i marking i and its ancestors: the tree as the forward saw it
+    # (the graph engine's; None elsewhere)
+    ancestors: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

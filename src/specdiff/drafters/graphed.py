@@ -154,6 +154,52 @@ class GraphedDrafter:
             candidates = self._candidates.fetch()
         return DraftProposal(logits, prefixes=prefixes, candidates=candidates, device_prefixes=resident)
 
+    @property
+    def drafts_ahead(self) -> bool:
+        """Whether `draft_ahead` can queue a draft without reading the device: one block a step,
+        and a prefix search (if any) that hands its tree over resident."""
+        if self._ids_shape() != (self.block_size,) or self._candidates is not None:
+            return False
+        return self._search is None or self.inner.config.vocab_size >= self._search.width
+
+    @torch.inference_mode()
+    def draft_ahead(self, features: torch.Tensor, path: torch.Tensor, count: torch.Tensor, root: torch.Tensor,
+                    num_slots: int) -> DraftProposal:
+        """`propose` for a round whose accepted path is still on the device (nothing read): the
+        features of `path`'s first `count` nodes (features [N, T*H], path [P] long, count [1]) join
+        the context and `root` [1] heads the block. The host learns the count after its read and
+        passes it to `took`."""
+        if self._pending is not None or path.shape[0] > self.block_size:
+            raise ValueError("draft_ahead: the context has features pending, or the path is longer than a block")
+        self.feats[: path.shape[0]].copy_(features.index_select(0, path))
+        block = np.full(self.block_size, self.spec.mask_token_id, dtype=np.int64)
+        host = self._packed_row.host()
+        host[:3] = (self.inner.ctx_len, 0, num_slots)
+        host[3:] = block
+        self._packed_row.send()
+        self.packed[1:2].copy_(count)  # after the staged row: the copies run in stream order
+        self.packed[3:4].copy_(root)
+        logits = self._replay(self.inner.ctx_len)[:num_slots]
+        resident = None
+        if self._search is not None and num_slots <= self._search.depth:
+            resident = self._search.device_tree(num_slots)
+        return DraftProposal(logits, device_prefixes=resident)
+
+    def took(self, n: int) -> None:
+        """The context grew by the `n` path features the last `draft_ahead` fused in."""
+        self.inner.ctx_len += n
+
+    def _replay(self, ctx_len: int) -> torch.Tensor:
+        span = span_for(ctx_len + self.block_size, self._cols.shape[0])
+        if self.use_graphs:
+            if self._fused is not None:  # a replay runs no host code: its stacked weights are checked here
+                self._fused.refresh()
+            # warm-up and capture write context slots at ctx_len.., which are not yet context
+            self._graph(span).replay()
+        else:
+            self._step(span)
+        return self._outs[span]
+
     def _round(self, ids: "np.ndarray | torch.Tensor", slots: int | None = None) -> torch.Tensor:
         """Fuse the pending features and draft `ids` (on the host, shaped like `self.ids`) at the
         end of the context -> this span's output buffer. slots: what the prefix search covers
@@ -166,17 +212,10 @@ class GraphedDrafter:
         host[:3] = (self.inner.ctx_len, n, slots)
         host[3:] = np.asarray(ids).reshape(-1)
         self._packed_row.send()
-        span = span_for(self.inner.ctx_len + self.block_size, self._cols.shape[0])
-        if self.use_graphs:
-            if self._fused is not None:  # a replay runs no host code: its stacked weights are checked here
-                self._fused.refresh()
-            # warm-up and capture write context slots at ctx_len.., which are not yet context
-            self._graph(span).replay()
-        else:
-            self._step(span)
+        out = self._replay(self.inner.ctx_len)
         self.inner.ctx_len += n
         self._pending = None
-        return self._outs[span]
+        return out
 
     def _graph(self, span: int) -> "torch.cuda.CUDAGraph":
         g = self._graphs.get(span)

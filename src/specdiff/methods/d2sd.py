@@ -189,6 +189,8 @@ class D2SDProposer(DFlashProposer):
     hybrid=False ("d2sd"): the K+1 candidates merged into one trie (the paper's method);
     hybrid=True ("d2sd-hybrid"): the VP branches compete with DDTree's nodes for `budget` nodes."""
 
+    drafts_on_device = False  # both drafters take the committed features; the re-draft reads the chain
+
     def __init__(self, drafter: Drafter, vp_drafter: Drafter, branches: int = 4, hybrid: bool = False,
                  budget: int = 64, block_size: int | None = None):
         super().__init__(drafter, block_size)

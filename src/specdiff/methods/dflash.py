@@ -11,6 +11,7 @@ from __future__ import annotations
 from specdiff.methods.base import DecodeState, Drafter
 from specdiff.ops import device_index
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
+from specdiff.verify.walk import DevicePath
 
 
 def build_chain(root: int, proposal: DraftProposal, max_depth: int) -> DraftTree:
@@ -25,6 +26,10 @@ def build_chain(root: int, proposal: DraftProposal, max_depth: int) -> DraftTree
 
 class DFlashProposer:
     name = "dflash"
+    # a round's draft may be queued from the last round's path on the device, before its read
+    # (`draft_ahead`): the draft depends on that path alone. Methods that decide a draft from
+    # what they read (caddtree's sizes, D²SD's re-drafts) turn this off
+    drafts_on_device = True
 
     def __init__(self, drafter: Drafter, block_size: int | None = None):
         self.drafter = drafter
@@ -32,13 +37,21 @@ class DFlashProposer:
         self.tap_layers = tuple(drafter.spec.target_layer_ids)
         self.max_nodes = 1 + self.num_slots
         self._pending = None  # [n, taps * H]: target features of tokens committed since the last draft
+        self._queued: tuple[DraftProposal, int] | None = None  # a draft queued ahead, and its depth
 
     @property
     def drafters(self) -> tuple[Drafter, ...]:
         """Every drafter whose context cache follows the committed tokens."""
         return (self.drafter,)
 
+    @property
+    def drafts_ahead(self) -> bool:
+        """Whether `draft_ahead` can run: a method that allows it, and a drafter that can queue a
+        draft from device inputs (the graph engine's)."""
+        return self.drafts_on_device and getattr(self.drafter, "drafts_ahead", False)
+
     def begin(self, state: DecodeState, prefill: TargetOutput, max_len: int) -> None:
+        self._queued = None  # a draft queued past the last decode's end is dropped
         for d in self.drafters:
             d.reset(max_len)
         # the drafters take in the prompt's features now: prompt work, as the target's prefill is,
@@ -54,11 +67,28 @@ class DFlashProposer:
             self._pending = None
 
     def propose(self, state: DecodeState) -> DraftTree:
-        self.catch_up()
         depth = min(self.num_slots, state.max_depth)
+        if self._queued is not None:  # drafted ahead, from the path `took` has since confirmed
+            proposal, queued_depth = self._queued
+            self._queued = None
+            if queued_depth != depth:
+                raise ValueError(f"a draft queued {queued_depth} slots deep for a round of {depth}")
+            return self.build(state, proposal, depth)
+        self.catch_up()
         if depth <= 0:
             return DraftTree.chain(state.root, [])
         return self.build(state, self.drafter.propose(state.root, depth), depth)
+
+    def draft_ahead(self, path: DevicePath, out: TargetOutput) -> None:
+        """Queues the next round's draft, `num_slots` deep, from this round's path on the device
+        (`update`'s and `propose`'s work with nothing read); `propose` builds its tree once the
+        host has the path (`took`)."""
+        self._queued = (self.drafter.draft_ahead(out.features, path.nodes, path.count, path.bonus, self.num_slots),
+                        self.num_slots)
+
+    def took(self, result: VerifyResult) -> None:
+        """`update` for a round whose path `draft_ahead` already fused into the drafter."""
+        self.drafter.took(len(result.accepted))
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         return build_chain(state.root, proposal, depth)

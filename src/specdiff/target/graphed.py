@@ -253,7 +253,7 @@ class GraphedTarget(StaticTarget):
         else:
             self._bucket_forward(b)
         features = b.features[:n] if b.features is not None else None
-        return TargetOutput(logits=b.logits[:n], features=features)
+        return TargetOutput(logits=b.logits[:n], features=features, ancestors=b.anc[:n, :n])
 
     @torch.inference_mode()
     def commit(self, accepted: Sequence[int]) -> None:

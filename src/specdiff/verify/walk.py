@@ -10,6 +10,8 @@ target's distribution exactly. The min(1, p/q) rule must not be used here: the t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -26,22 +28,36 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     (the same draws with or without it); native: the C walk (None: the children table, the same
     nodes)."""
     draws = draw_tree(logits, start + 1, tree.depths, cfg, noise, tree.depth_bound)
-    scores = None
     # the round's one host sync, read into numpy once (each .numpy() costs host time)
+    return walk_read(tree, walk_row(tree, draws).cpu().numpy(), native)
+
+
+def walk_row(tree: DraftTree, draws: torch.Tensor) -> torch.Tensor:
+    """What the walk reads, as one int64 row on the draws' device: the draws [N], then whatever
+    of the tree is still on the device (a drafted tree's tokens; a resident tree's tokens and
+    parents, and its search's scores as float64 bits)."""
     if tree.resident:  # a tree searched on the device comes back with the draws, in the same copy
-        rows = torch.stack([draws, tree.tokens, tree.parents])
+        rows = torch.stack([draws, tree.tokens, tree.parents]).flatten()
         if tree.scores is None:
-            drawn, tokens, parents = rows.cpu().numpy()
-        else:  # the search's scores too: as float64 (exact) bits, in the same int64 copy
-            n = rows.shape[1]
-            flat = torch.cat([rows.flatten(), tree.scores.double().view(torch.int64).flatten()]).cpu().numpy()
-            drawn, tokens, parents = flat[: 3 * n].reshape(3, n)
-            scores = flat[3 * n:].view(np.float64).reshape(2, -1)
-    elif tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
-        drawn, tokens = torch.stack([draws, tree.tokens.to(draws.device)]).cpu().numpy()
+            return rows
+        return torch.cat([rows, tree.scores.double().view(torch.int64).flatten()])
+    if tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
+        return torch.stack([draws, tree.tokens.to(draws.device)]).flatten()
+    return draws
+
+
+def walk_read(tree: DraftTree, row: np.ndarray, native: Native | None = None) -> VerifyResult:
+    """The walk over `walk_row`'s row, read to the host."""
+    n, scores = tree.num_nodes, None
+    if tree.resident:
+        drawn, tokens, parents = row[: 3 * n].reshape(3, n)
+        if tree.scores is not None:
+            scores = row[3 * n:].view(np.float64).reshape(2, -1)
+    elif tree.drafted:
+        drawn, tokens = row[: 2 * n].reshape(2, n)
         parents = tree.parents.numpy()
     else:
-        drawn, tokens, parents = draws.cpu().numpy(), tree.tokens.numpy(), tree.parents.numpy()
+        drawn, tokens, parents = row, tree.tokens.numpy(), tree.parents.numpy()
     if native is not None:
         accepted = native.walk(*(np.ascontiguousarray(a) for a in (parents, tokens, drawn)))
         return VerifyResult(accepted=accepted, tokens=drawn[accepted].tolist(), scores=scores)  # each node's draw
@@ -56,3 +72,38 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
             return VerifyResult(accepted=accepted, tokens=tokens, scores=scores)
         accepted.append(nxt)
         node = nxt
+
+
+class DevicePath(NamedTuple):
+    """A round's accepted path found on the device, unread: what the next draft needs from it."""
+
+    nodes: torch.Tensor  # [P] long: the accepted nodes root first, then padding (node 0)
+    count: torch.Tensor  # [1] long: how many of `nodes` are the path
+    bonus: torch.Tensor  # [1] long: the token drawn after the path's last node
+
+
+def device_path(tree: DraftTree, draws: torch.Tensor, ancestors: torch.Tensor, length: int) -> DevicePath:
+    """`walk_read`'s path by device ops only (nothing read): a node is on it where it and every
+    ancestor below the root holds its parent's draw (siblings hold distinct tokens, so at most one
+    child does). tree: resident, or a drafted chain (a host tensor's copy to the device could wait
+    for the queued work); ancestors: [N, N] bool, row i marking i and its ancestors; length: P >=
+    the path's length (the tree's depth bound + 1)."""
+    n = tree.num_nodes
+    if tree.resident:
+        parents = tree.parents
+    elif tree.drafted and tree.max_depth == n - 1:
+        parents = torch.arange(-1, n - 1, device=draws.device)
+    else:
+        raise ValueError("device_path takes a tree on the device or a drafted chain")
+    tokens = tree.tokens
+    holds = tokens == draws[parents.clamp(min=0)]
+    holds[0] = True  # the root is committed
+    on_path = ~(ancestors[:n, :n] & ~holds[None, :]).any(1)  # [N]
+    count = on_path.sum(0, keepdim=True)
+    # path nodes keep their order (parents before children: root first, by depth)
+    order = torch.sort((~on_path).to(torch.uint8), stable=True).indices
+    nodes = torch.zeros(length, dtype=torch.long, device=draws.device)
+    k = min(length, n)
+    nodes[:k] = order[:k]
+    nodes = torch.where(torch.arange(length, device=draws.device) < count, nodes, 0)
+    return DevicePath(nodes, count, draws.gather(0, nodes.gather(0, count - 1)))

@@ -20,6 +20,7 @@ from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 class CaDDTreeProposer(DDTreeProposer):
     name = "caddtree"
+    drafts_on_device = False  # its next draft depends on what it reads of this round
 
     def __init__(self, drafter: Drafter, profile: CostProfile, options: CaDDTreeOptions | None = None,
                  block_size: int | None = None, device_search: bool = False, native: Native | None = None):
