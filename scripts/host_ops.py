@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the device search's kernel, on the CPU
@@ -27,7 +28,6 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from specdiff import native  # noqa: E402
 from specdiff.config import DecodeConfig, SamplingConfig  # noqa: E402
-from specdiff.drafters.graphed import GraphedDrafter  # noqa: E402
 from specdiff.engine import build_decoder, make_target  # noqa: E402
 from specdiff.loading import encode, load_models  # noqa: E402
 from specdiff.methods import device_search  # noqa: E402
@@ -96,17 +96,12 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--new-tokens", type=int, default=32)
     args = p.parse_args()
-    if args.device_search:  # as on a GPU: the drafter's step searches, the tree stays there
-        device_search.available = lambda device: True
-        enable = GraphedDrafter.enable_prefix_search
+    # --device-search: as on a GPU, the drafter's step searches and the tree stays there
+    with device_search.on_the_interpreter() if args.device_search else contextlib.nullcontext():
+        count(args)
 
-        def enable_as_on_a_gpu(self, width):
-            self.use_graphs = True
-            try:
-                return enable(self, width)
-            finally:
-                self.use_graphs = False
-        GraphedDrafter.enable_prefix_search = enable_as_on_a_gpu
+
+def count(args: argparse.Namespace) -> None:
     model, tok, drafter = load_models(None, None, "cpu", "float32")
     target = make_target(model, "graph", native.load())
     prompt = encode(tok, "def fibonacci(n):\n    ")

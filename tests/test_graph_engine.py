@@ -377,24 +377,6 @@ def test_overlapped_ar_on_a_gpu_gives_the_step_by_step_tokens(engine, temperatur
     assert tokens[0] == tokens[1]
 
 
-def _search_as_on_a_gpu(monkeypatch) -> None:
-    """The drafter's step searches its tree (the device's kernel, under Triton's interpreter) and
-    leaves it resident, as the graph engine's drafter does on a GPU."""
-    from specdiff.drafters.graphed import GraphedDrafter
-    from specdiff.methods import device_search
-
-    monkeypatch.setattr(device_search, "available", lambda device: True)
-    enable = GraphedDrafter.enable_prefix_search
-
-    def enable_as_on_a_gpu(self, width):
-        self.use_graphs = True
-        try:
-            return enable(self, width)
-        finally:
-            self.use_graphs = False
-    monkeypatch.setattr(GraphedDrafter, "enable_prefix_search", enable_as_on_a_gpu)
-
-
 NEW_AHEAD = 40
 
 
@@ -412,8 +394,9 @@ def test_a_draft_queued_before_the_read_gives_ars_tokens(monkeypatch, method, bu
     from specdiff.models.bundled import REPO_MODELS, default_path
     from specdiff.target.hf_causal import load_target
 
+    from specdiff.methods import device_search
+
     pytest.importorskip("triton", reason="the device search is a Triton kernel")
-    _search_as_on_a_gpu(monkeypatch)
     ahead = []
     verify_ahead = SpeculativeDecoder._verify_drafting_ahead
     monkeypatch.setattr(SpeculativeDecoder, "_verify_drafting_ahead",
@@ -430,7 +413,8 @@ def test_a_draft_queued_before_the_read_gives_ars_tokens(monkeypatch, method, bu
         cfg = DecodeConfig(method=method, budget=budget, engine="graph", max_new_tokens=NEW_AHEAD, stop_at_eos=False,
                            tree_search="device", sampling=sampling, overlap=overlap, block_size=8)
         ahead.clear()
-        runs[overlap] = build_decoder(model, cfg, drafter).generate(ids)
+        with device_search.on_the_interpreter():  # ddtree's trees searched as on a GPU
+            runs[overlap] = build_decoder(model, cfg, drafter).generate(ids)
         queued = len(ahead)
         if overlap:
             assert queued >= runs[overlap].rounds // 2, (queued, runs[overlap].rounds)

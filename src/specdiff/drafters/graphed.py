@@ -76,7 +76,7 @@ class GraphedDrafter:
         past 2^24, whose ids its float32 result would round). `propose` hands them over as a
         resident tree, unread, where every column holds a prefix (else it reads them)."""
         width = device_search.search_width(width)
-        if not (width and self.use_graphs and device_search.available(self.device)) or \
+        if not (width and device_search.available(self.device, self.use_graphs)) or \
                 self.inner.config.vocab_size > 1 << 24:
             return 0
         self._search = device_search.PrefixSearch(width, self.block_size - 1, self.device)

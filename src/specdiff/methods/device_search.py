@@ -23,8 +23,10 @@ the kernel (under Triton's interpreter on a CPU) to it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import numpy as np
 import torch
 
@@ -52,8 +54,28 @@ def fetch(out: torch.Tensor, depth: int, width: int) -> TopPrefixes:
     return TopPrefixes(table, host[4, :n].astype(np.float64), host[3, :n].astype(np.float64), depth, width)
 
 
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda"
+# `on_the_interpreter`: the search where a GPU's graph engine would run it, on a CPU under Triton's
+# interpreter (tests, host-op counts)
+_INTERPRETED = False
+
+
+def available(device: torch.device, graphs: bool = True) -> bool:
+    """Whether the graph engine's drafter (capturing CUDA graphs where `graphs`) searches here."""
+    if triton is None:
+        return False
+    return (device.type == "cuda" and graphs) or (_INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@contextlib.contextmanager
+def on_the_interpreter():
+    """Drafters made inside search their trees as on a GPU (the tree resident), the kernel run
+    by Triton's interpreter (TRITON_INTERPRET=1) on a CPU."""
+    global _INTERPRETED
+    before, _INTERPRETED = _INTERPRETED, True
+    try:
+        yield
+    finally:
+        _INTERPRETED = before
 
 
 @functools.lru_cache(maxsize=None)
