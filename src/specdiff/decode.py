@@ -46,7 +46,14 @@ class SpeculativeDecoder:
         self.target, self.proposer, self.cfg, self.verifier, self.native = target, proposer, cfg, verifier, native
         self.noise = NoiseCache()  # T>0: the sampling noise of the positions this decoder draws at
         self.eos_ids = set(eos_ids) if cfg.stop_at_eos else set()
+        self._readback_row: _Readback | None = None
         target.set_taps(proposer.tap_layers)
+
+    def _readback(self) -> "_Readback":
+        """The decoder's pinned read row, made once (a pinned allocation per decode costs host time)."""
+        if self._readback_row is None:
+            self._readback_row = _Readback(self.target.device)
+        return self._readback_row
 
     @property
     def _overlaps(self) -> bool:
@@ -154,7 +161,7 @@ class SpeculativeDecoder:
 
         tree, out = launch(None)
         drafts_ahead = cfg.overlap and self._own_verifier and getattr(proposer, "drafts_ahead", False)
-        readback = _Readback(target.device) if drafts_ahead else None
+        readback = self._readback() if drafts_ahead else None
         while True:
             if drafts_ahead and self._ahead_fits(tree, out, max_new - emitted_total):
                 result = self._verify_drafting_ahead(tree, out, state.start, readback)  # 4. and 6.
@@ -229,7 +236,7 @@ class SpeculativeDecoder:
         the device computes. The same forward and draw per token as `_rounds`, so the same tokens.
         A step past an end-of-text is launched before the end is known: computed, then dropped."""
         cfg, target, max_new = self.cfg, self.target, self.cfg.max_new_tokens
-        readback = _Readback(target.device)
+        readback = self._readback()
         parents, depths = torch.tensor([-1]), torch.tensor([0])  # a root-only tree's, on the host
 
         def launch(tree: DraftTree) -> torch.Tensor:  # -> [1] the root's next token, on the device
