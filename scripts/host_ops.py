@@ -11,7 +11,7 @@ its kernel under Triton's interpreter. Read with care: host-side ops (a pinned b
 launch nothing, where a device op launches a kernel; and at T>0 a CPU makes each 64-position block
 of sampling noise in cache-sized pieces (many more ops than a GPU's one pass per block).
 
-    usage: python scripts/host_ops.py [--methods ar,dflash,ddtree@64] [--device-search] [--temperature 0]
+    usage: python scripts/host_ops.py [--methods ar,dflash,ddtree@64] [--device-search] [--overlap] [--temperature 0]
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--device-search", action="store_true")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--overlap", action="store_true",
+                   help="drafted rounds as the default runs them (the next draft queued before the read); ar stays a round")
     args = p.parse_args()
     # --device-search: as on a GPU, the drafter's step searches and the tree stays there
     with device_search.on_the_interpreter() if args.device_search else contextlib.nullcontext():
@@ -110,7 +112,8 @@ def count(args: argparse.Namespace) -> None:
         cfg = DecodeConfig(method=method, budget=int(budget or 1), engine="graph", max_new_tokens=args.new_tokens,
                            stop_at_eos=False, sampling=SamplingConfig(temperature=args.temperature, seed=1),
                            tree_search="device" if args.device_search else "auto",
-                           overlap=False)  # ar as a round: overlapped, the same ops run while the device computes
+                           # ar as a round: overlapped, the same ops run while the device computes
+                           overlap=args.overlap and method != "ar")
         dec = build_decoder(target, cfg, drafter)
         dec.prepare(len(prompt))
         counter = Counter()
