@@ -9,14 +9,8 @@
 #   5. `scripts/gpu_profile.py --shape qwen3-8b --nodes 1,65`: the 65-row forward kernel by kernel.
 # Steps past DEADLINE (seconds from the start, default 200) are cut off.
 #   usage: DEADLINE=200 bash scripts/gpu_overlap.sh
-set -u
-[ -f .pack/models.tgz ] && tar xzf .pack/models.tgz
-rm -rf out; mkdir -p out "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-t0=$SECONDS
-left() { l=$(( ${DEADLINE:-200} - (SECONDS - t0) )); [ $l -lt $1 ] && echo $l || echo $1; }
-pk() { tar -C out -cf "$OUT/out.tar" . ; echo "--- $1 ($((SECONDS - t0)) s)"; }
-nvidia-smi --query-gpu=name --format=csv | tee out/gpu.txt
+DEADLINE=${DEADLINE:-200}
+source scripts/gpu_call.sh
 G="--device cuda --dtype bfloat16 --engine graph"
 timeout "$(left 110)" python3 -m specdiff speed --shape qwen3-8b $G --budgets 64 2>&1 | grep -v "it/s" | tee out/speed_qwen3-8b.txt
 pk "speed 8b"

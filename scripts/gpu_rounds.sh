@@ -10,14 +10,8 @@
 #      with --no-overlap.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 400) are cut off.
 #   usage: DEADLINE=400 bash scripts/gpu_rounds.sh
-set -u
-[ -f .pack/models.tgz ] && tar xzf .pack/models.tgz
-rm -rf out; mkdir -p out "$OUT"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-t0=$SECONDS
-left() { l=$(( ${DEADLINE:-400} - (SECONDS - t0) )); [ $l -lt $1 ] && echo $l || echo $1; }
-pk() { tar -C out -cf "$OUT/out.tar" . ; echo "--- $1 ($((SECONDS - t0)) s)"; }
-nvidia-smi --query-gpu=name --format=csv | tee out/gpu.txt
+DEADLINE=${DEADLINE:-400}
+source scripts/gpu_call.sh
 timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_graph_engine.py -k "once or overlapped" 2>&1 \
   | tail -5 | tee out/gputests.txt
 pk tests

@@ -437,8 +437,8 @@ def test_a_device_path_that_disagrees_with_the_walk_is_refused(monkeypatch):
     from specdiff.errors import SpecdiffError
     from specdiff.verify.walk import DevicePath, device_path
 
-    def short(tree, draws, ancestors, length):
-        p = device_path(tree, draws, ancestors, length)
+    def short(tree, draws, ancestors):
+        p = device_path(tree, draws, ancestors)
         return DevicePath(p.nodes, p.count - 1, p.bonus)
 
     monkeypatch.setattr(decode, "device_path", short)

@@ -29,7 +29,7 @@ from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.target.hf_causal import HFTarget
 from specdiff.types import DraftTree, GenerationResult, RoundChunk, TargetOutput, VerifyResult
 from specdiff.verify import verify_walk
-from specdiff.verify.walk import device_path, walk_read, walk_row
+from specdiff.verify.walk import device_depth, device_path, walk_read, walk_row
 
 # (tree, logits [N, V], root position, sampling, the decoder's noise cache) -> VerifyResult; pure
 Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig, NoiseCache], VerifyResult]
@@ -200,13 +200,8 @@ class SpeculativeDecoder:
         """Whether the next round's draft can be queued before this round is read: the forward
         gave the tree's ancestors and features on the device, and every outcome of this round
         (at most its depth + 1 tokens) leaves the next round a full block to draft."""
-        if tree.resident:
-            depth = tree.depth_bound
-        elif tree.drafted and tree.max_depth == tree.num_nodes - 1:  # a drafted chain
-            depth = tree.num_nodes - 1
-        else:  # its tokens on the host: a copy to the device could wait for the queued work
-            return False
-        return (out.ancestors is not None and out.features is not None
+        depth = device_depth(tree)
+        return (depth is not None and out.ancestors is not None and out.features is not None
                 and left - (depth + 1) - 1 >= self.proposer.num_slots)
 
     def _verify_drafting_ahead(self, tree: DraftTree, out: TargetOutput, start: int,
@@ -215,10 +210,8 @@ class SpeculativeDecoder:
         device finds the accepted path itself (`device_path`) and the drafter takes it in, so the
         read waits for the draws alone and the host's work after it runs while the device drafts.
         The host's walk decides the tokens; the device's path must agree with it."""
-        cfg = self.cfg
-        depth = tree.depth_bound if tree.resident else tree.num_nodes - 1
-        draws = draw_tree(out.logits, start + 1, tree.depths, cfg.sampling, self.noise, tree.depth_bound)
-        path = device_path(tree, draws, out.ancestors, depth + 1)
+        draws = draw_tree(out.logits, start + 1, tree.depths, self.cfg.sampling, self.noise, tree.depth_bound)
+        path = device_path(tree, draws, out.ancestors)
         readback.send(torch.cat([walk_row(tree, draws), path.count]))
         self.proposer.draft_ahead(path, out)
         row = readback.receive()
@@ -274,9 +267,9 @@ class _Readback:
     non-blocking copy into pinned memory and an event, where `.item()` or `.cpu()` would wait for
     the whole stream (on a CPU: a plain read)."""
 
-    def __init__(self, device: torch.device, size: int = 1):
+    def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self._grow(size)
+        self._grow(1)
         self.event = torch.cuda.Event() if self.cuda else None
         self.n = 0
 

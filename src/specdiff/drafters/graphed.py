@@ -172,10 +172,9 @@ class GraphedDrafter:
         if self._pending is not None or path.shape[0] > self.block_size:
             raise ValueError("draft_ahead: the context has features pending, or the path is longer than a block")
         self.feats[: path.shape[0]].copy_(features.index_select(0, path))
-        block = np.full(self.block_size, self.spec.mask_token_id, dtype=np.int64)
         host = self._packed_row.host()
         host[:3] = (self.inner.ctx_len, 0, num_slots)
-        host[3:] = block
+        host[3:] = self.spec.mask_token_id  # the block; its root is written on the device below
         self._packed_row.send()
         self.packed[1:2].copy_(count)  # after the staged row: the copies run in stream order
         self.packed[3:4].copy_(root)

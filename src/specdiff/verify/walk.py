@@ -82,26 +82,33 @@ class DevicePath(NamedTuple):
     bonus: torch.Tensor  # [1] long: the token drawn after the path's last node
 
 
-def device_path(tree: DraftTree, draws: torch.Tensor, ancestors: torch.Tensor, length: int) -> DevicePath:
+def device_depth(tree: DraftTree) -> int | None:
+    """The depth bound of a tree whose tokens and parents the device holds or makes without a
+    host copy (a host tensor's copy to the device could wait for the queued work): a resident
+    tree's, or a drafted chain's; None for any other tree."""
+    if tree.resident:
+        return tree.depth_bound
+    if tree.drafted and tree.max_depth == tree.num_nodes - 1:  # host depths: no read
+        return tree.num_nodes - 1
+    return None
+
+
+def device_path(tree: DraftTree, draws: torch.Tensor, ancestors: torch.Tensor) -> DevicePath:
     """`walk_read`'s path by device ops only (nothing read): a node is on it where it and every
     ancestor below the root holds its parent's draw (siblings hold distinct tokens, so at most one
-    child does). tree: resident, or a drafted chain (a host tensor's copy to the device could wait
-    for the queued work); ancestors: [N, N] bool, row i marking i and its ancestors; length: P >=
-    the path's length (the tree's depth bound + 1)."""
-    n = tree.num_nodes
-    if tree.resident:
-        parents = tree.parents
-    elif tree.drafted and tree.max_depth == n - 1:
-        parents = torch.arange(-1, n - 1, device=draws.device)
-    else:
+    child does). tree: one `device_depth` takes; ancestors: [N, N] bool, row i marking i and its
+    ancestors. The path's nodes are padded to the depth bound + 1."""
+    n, depth = tree.num_nodes, device_depth(tree)
+    if depth is None:
         raise ValueError("device_path takes a tree on the device or a drafted chain")
-    tokens = tree.tokens
-    holds = tokens == draws[parents.clamp(min=0)]
+    parents = tree.parents if tree.resident else torch.arange(-1, n - 1, device=draws.device)
+    holds = tree.tokens == draws[parents.clamp(min=0)]
     holds[0] = True  # the root is committed
     on_path = ~(ancestors[:n, :n] & ~holds[None, :]).any(1)  # [N]
     count = on_path.sum(0, keepdim=True)
     # path nodes keep their order (parents before children: root first, by depth)
     order = torch.sort((~on_path).to(torch.uint8), stable=True).indices
+    length = depth + 1
     nodes = torch.zeros(length, dtype=torch.long, device=draws.device)
     k = min(length, n)
     nodes[:k] = order[:k]
