@@ -272,6 +272,49 @@ def test_tree_inputs_build_a_resident_trees_target_inputs(n, nb):
         assert torch.equal(packed.cpu(), want_packed), fn
 
 
+@pytest.mark.parametrize("n,chain", [(1, False), (9, True), (16, True), (40, False), (65, False), (257, False)])
+def test_accepted_path_is_the_walks_path(n, chain):
+    """The kernel's path (nodes, count, bonus) is the host walk's, for trees and drafted chains
+    where the draws follow a path to every depth, stop at the root, or stop midway; its reference
+    (the ancestor test) gives the same. A kernel that stops one step early fails the deep cases."""
+    from specdiff.verify.walk import DevicePath, device_path, device_path_reference, walk_read, walk_row
+
+    g = torch.Generator().manual_seed(n)
+    if chain:
+        parents = list(range(-1, n - 1))
+    else:  # parents first; a node's children hold distinct tokens
+        parents = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+    tokens = [0] * n
+    for i in range(1, n):
+        tokens[i] = 10 * i + 3  # distinct everywhere
+    resident = not chain
+    base = DraftTree.from_lists(tokens, parents)
+    depth = base.max_depth
+    tree = DraftTree(base.tokens.to(DEVICE), base.parents.to(DEVICE) if resident else base.parents,
+                     base.depths.to(DEVICE) if resident else base.depths, drafted=chain, resident=resident,
+                     depth_bound=depth + 2 if resident else None)
+    deepest = int(torch.argmax(base.depths))
+    line = [deepest]
+    while parents[line[-1]] >= 0:
+        line.append(parents[line[-1]])
+    line.reverse()  # root .. deepest
+    anc = base.ancestor_mask().to(DEVICE)
+    for cut in sorted({0, len(line) // 2, len(line) - 1}):
+        draws = torch.randint(5000, 6000, (n,), generator=g)  # no node holds these
+        for a, b in zip(line[:cut], line[1 : cut + 1]):
+            draws[a] = tokens[b]
+        draws = draws.to(DEVICE)
+        want = walk_read(tree, walk_row(tree, draws).cpu().numpy())
+        assert want.accepted == line[: cut + 1]
+        for fn in (device_path, device_path_reference):
+            p: DevicePath = fn(tree, draws, anc)
+            count = int(p.count)
+            assert p.nodes.shape[0] == (tree.depth_bound if resident else n - 1) + 1, fn
+            assert p.nodes[:count].tolist() == want.accepted, (fn, cut)
+            assert p.nodes[count:].eq(0).all(), fn
+            assert int(p.bonus) == want.tokens[-1], fn
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the kernel's compiled variants on a GPU")
 def test_tree_inputs_compiles_once_per_bucket():
     """Every round launches `tree_inputs` with its tree's size and position: one bucket's launches

@@ -1,10 +1,13 @@
-"""A resident tree's target inputs, made on the device: the graph engine's packed input row (ids,
-positions, the tree's first slot) and its [Nb, Nb] ancestor block from device tokens, parents and
-depths, so that a tree searched on the device is verified without the host reading it first.
+"""A tree's work on the device around its forward, so that nothing is read first: the graph
+engine's packed input row (ids, positions, the tree's first slot) and its [Nb, Nb] ancestor block
+from device tokens, parents and depths (a tree searched on the device is verified without the host
+reading it), and the accepted path walked on the device from the target's draws (the next draft is
+queued before the round is read).
 
 `tree_inputs` is one Triton launch (one program per row: the row walks its parent chain, a tree's
 depth at most); `tree_inputs_reference` is the same contract in PyTorch ops (pointer jumping),
-which runs where Triton cannot.
+which runs where Triton cannot. `accepted_path` is one launch of one program (the walk, a depth's
+steps over the whole tree); its reference is `verify.walk.device_path`'s ancestor test.
 """
 
 from __future__ import annotations
@@ -73,3 +76,50 @@ def tree_inputs(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tenso
     nb = anc.shape[0]
     _tree_inputs_kernel[(nb,)](tokens, parents, depths, packed, anc, tokens.shape[0], start,
                                NB=nb, NBP=_next_pow2(nb), num_warps=1)
+
+
+if triton is not None:
+
+    @triton.jit(do_not_specialize=["n", "depth", "length"])
+    def _accepted_path_kernel(tok_ptr, par_ptr, draw_ptr, nodes_ptr, count_ptr, bonus_ptr, n, depth, length,
+                              CHAIN: tl.constexpr, BLOCK: tl.constexpr, PATH: tl.constexpr):
+        # the walk: from the root, step to the child holding the node's draw while there is one
+        # (siblings hold distinct tokens: at most one does); each step scans the whole tree
+        idx = tl.arange(0, BLOCK)
+        real = idx < n
+        tok = tl.load(tok_ptr + idx, mask=real, other=-1)
+        if CHAIN:
+            par = idx - 1
+        else:
+            par = tl.load(par_ptr + idx, mask=real, other=-2).to(tl.int32)
+        slots = tl.arange(0, PATH)
+        nodes = tl.zeros([PATH], tl.int32)
+        node = n * 0
+        count = n * 0 + 1
+        moved = n >= 0
+        while moved & (count <= depth):  # depth bounds the steps, even for a malformed table
+            drawn = tl.load(draw_ptr + node)
+            child = tl.min(tl.where(real & (par == node) & (tok == drawn), idx, BLOCK), axis=0)
+            moved = child < BLOCK
+            nodes = tl.where((slots == count) & moved, child, nodes)
+            node = tl.where(moved, child, node)
+            count += moved.to(tl.int32)
+        tl.store(nodes_ptr + slots, nodes.to(tl.int64), mask=slots < length)
+        tl.store(count_ptr, count.to(tl.int64))
+        tl.store(bonus_ptr, tl.load(draw_ptr + node))
+
+
+def accepted_path(tokens: torch.Tensor, parents: torch.Tensor | None, draws: torch.Tensor, depth: int,
+                  nodes: torch.Tensor, count: torch.Tensor, bonus: torch.Tensor) -> bool:
+    """The walk's accepted path on the device, one launch where Triton runs (a CUDA device, or
+    its interpreter): tokens, draws [n] long (parents [n] long, or None for a chain 0 <- 1 <- ...);
+    nodes [depth + 1] long <- the path root first, then 0; count [1] <- its length; bonus [1] <-
+    the draw after its last node. False (nothing written) where Triton cannot run."""
+    runs = triton is not None and (draws.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if not runs:
+        return False
+    n, length = tokens.shape[0], nodes.shape[0]
+    _accepted_path_kernel[(1,)](tokens, tokens if parents is None else parents, draws, nodes, count, bonus,
+                                n, depth, length, CHAIN=parents is None, BLOCK=_next_pow2(n),
+                                PATH=_next_pow2(length), num_warps=4 if n > 128 else 1)
+    return True

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from specdiff.config import SamplingConfig
+from specdiff.kernels import accepted_path
 from specdiff.native import Native
 from specdiff.sampling import NoiseCache, draw_tree
 from specdiff.types import DraftTree, VerifyResult, children_table
@@ -94,13 +95,24 @@ def device_depth(tree: DraftTree) -> int | None:
 
 
 def device_path(tree: DraftTree, draws: torch.Tensor, ancestors: torch.Tensor) -> DevicePath:
-    """`walk_read`'s path by device ops only (nothing read): a node is on it where it and every
-    ancestor below the root holds its parent's draw (siblings hold distinct tokens, so at most one
-    child does). tree: one `device_depth` takes; ancestors: [N, N] bool, row i marking i and its
-    ancestors. The path's nodes are padded to the depth bound + 1."""
-    n, depth = tree.num_nodes, device_depth(tree)
+    """`walk_read`'s path by device work only (nothing read): one kernel that walks the tree where
+    Triton runs (`kernels.accepted_path`), else `device_path_reference`. tree: one `device_depth`
+    takes; ancestors: [N, N] bool, row i marking i and its ancestors (the reference's). The path's
+    nodes are padded to the depth bound + 1."""
+    depth = device_depth(tree)
     if depth is None:
         raise ValueError("device_path takes a tree on the device or a drafted chain")
+    nodes = torch.empty(depth + 1, dtype=torch.long, device=draws.device)
+    count, bonus = torch.empty(2, 1, dtype=torch.long, device=draws.device)
+    if accepted_path(tree.tokens, tree.parents if tree.resident else None, draws, depth, nodes, count, bonus):
+        return DevicePath(nodes, count, bonus)
+    return device_path_reference(tree, draws, ancestors)
+
+
+def device_path_reference(tree: DraftTree, draws: torch.Tensor, ancestors: torch.Tensor) -> DevicePath:
+    """`device_path` in PyTorch ops: a node is on the path where it and every ancestor below the
+    root holds its parent's draw (siblings hold distinct tokens, so at most one child does)."""
+    n, depth = tree.num_nodes, device_depth(tree)
     parents = tree.parents if tree.resident else torch.arange(-1, n - 1, device=draws.device)
     holds = tree.tokens == draws[parents.clamp(min=0)]
     holds[0] = True  # the root is committed
