@@ -32,6 +32,7 @@ from specdiff.engine import build_decoder, make_target  # noqa: E402
 from specdiff.loading import encode, load_models  # noqa: E402
 from specdiff.methods import device_search  # noqa: E402
 from specdiff.target import graphed  # noqa: E402
+from specdiff.verify import walk  # noqa: E402
 
 class Counter(TorchDispatchMode):
     def __init__(self):
@@ -75,17 +76,20 @@ def instrument(dec, counter: Counter) -> list[int]:
     t._bucket_forward, t._move = graph_body(t._bucket_forward), graph_body(t._move)
     for d in dec.proposer.drafters:
         d._step = graph_body(d._step)
-    launch = graphed.tree_inputs  # a Triton kernel the GPU launches eagerly every round
-
-    def tree_inputs(*a, **k):
-        if counter.part is not None:
-            counter.ops[counter.part]["(triton) tree_inputs"] += 1
-        counter.inside_graph += 1
-        try:
-            return launch(*a, **k)
-        finally:
-            counter.inside_graph -= 1
-    graphed.tree_inputs = tree_inputs
+    # the Triton kernels the GPU launches eagerly every round: one op each (the interpreter that
+    # runs them here makes tensors of its own, which are not the GPU's)
+    def eager_kernel(name, launch):
+        def wrapped(*a, **k):
+            if counter.part is not None:
+                counter.ops[counter.part][f"(triton) {name}"] += 1
+            counter.inside_graph += 1
+            try:
+                return launch(*a, **k)
+            finally:
+                counter.inside_graph -= 1
+        return wrapped
+    graphed.tree_inputs = eager_kernel("tree_inputs", graphed.tree_inputs)
+    walk.accepted_path = eager_kernel("accepted_path", walk.accepted_path)
     return rounds
 
 
