@@ -315,6 +315,58 @@ def test_accepted_path_is_the_walks_path(n, chain):
             assert int(p.bonus) == want.tokens[-1], fn
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch runs on a GPU")
+def test_a_chain_of_kernels_launched_dependently_gives_the_plain_launches_bits(monkeypatch):
+    """A layer's kernels, each reading what the one before wrote, captured in a CUDA graph with
+    programmatic dependent launch (where the GPU has it) and without: the same bits, replay after
+    replay. A kernel that read its input before the wait would race the one before it."""
+    from specdiff.kernels import common
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h, n, hkv, hq, d = 1024, 8, 2, 8, 64
+    x0 = torch.randn(n, h, device="cuda", dtype=torch.bfloat16, generator=g)
+    w_qkv = torch.randn((hq + 2 * hkv) * d, h, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03
+    w_o = torch.randn(h, hq * d, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03
+    w_gu = torch.randn(2 * 2048, h, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03
+    w_d = torch.randn(h, 2048, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03
+    nw = torch.ones(h, device="cuda", dtype=torch.bfloat16)
+    k_cache = torch.randn(hkv, 256, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v_cache = torch.randn(hkv, 256, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    start = torch.tensor([200], device="cuda")
+    anc = torch.ones(n, n, device="cuda", dtype=torch.bool).tril()
+    cos, sin = torch.ones(n, d, device="cuda"), torch.zeros(n, d, device="cuda")
+    slots = start + torch.arange(n, device="cuda")
+
+    def layers(x):
+        for _ in range(4):
+            y = kernels.add_rms_norm(x, None, nw, 1e-6)
+            q = kernels.qkv_rope_store(kernels.skinny_linear(y, w_qkv), cos, sin, None, 1e-6, k_cache, v_cache,
+                                       slots, hq)
+            a = kernels.tree_attention(q, k_cache, v_cache, start, anc, 256, d ** -0.5)
+            x = x + kernels.skinny_linear(a.reshape(n, -1), w_o)
+            up = kernels.skinny_linear(kernels.add_rms_norm(x, None, nw, 1e-6), w_gu)
+            x = x + kernels.skinny_linear(kernels.silu_mul(up), w_d)
+        return x
+
+    outs = {}
+    for on in (False, True):
+        monkeypatch.setattr(common, "PDL", on)
+        x = x0.clone()
+        layers(x)  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layers(x)
+        got = []
+        for _ in range(3):
+            graph.replay()
+            got.append(out.clone())
+        torch.cuda.synchronize()
+        outs[on] = got
+    print("PDL on this GPU:", common.pdl(torch.device("cuda")))
+    for a, b in zip(outs[False], outs[True]):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the kernel's compiled variants on a GPU")
 def test_tree_inputs_compiles_once_per_bucket():
     """Every round launches `tree_inputs` with its tree's size and position: one bucket's launches

@@ -9,10 +9,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specdiff.kernels.common import BLOCK_N, _next_pow2, triton, tl
+from specdiff.kernels.common import BLOCK_N, _next_pow2, pdl, triton, tl
 
 if triton is not None:
-    from specdiff.kernels.common import _round
+    from specdiff.kernels.common import _pdl_release, _pdl_wait, _round
 
 
 def tree_visibility(ancestors: torch.Tensor, start: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,9 @@ if triton is not None:
     def _tree_attention_kernel(q_ptr, k_ptr, v_ptr, start_ptr, anc_ptr, out_ptr, part_ptr, ml_ptr,
                                N, HQ, HKV, cache_sh, cache_ss, scale, KEYS,
                                G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               DIRECT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+                               DIRECT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+                               PDL: tl.constexpr):
+        _pdl_wait(PDL)
         kvh = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * G + group member
         split = tl.program_id(2)
@@ -88,6 +90,7 @@ if triton is not None:
             s = tl.where(visible, s, float("-inf"))
             v = tl.load(v_base + cols[:, None] * cache_ss + d[None, :], mask=cmask[:, None], other=0.0)  # [BN, D]
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, PRECISION, INTERPRETED)
+        _pdl_release(PDL)
         if DIRECT:  # one split: normalise here
             out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows of the tile see nothing
             dst = out_ptr + (tok[:, None] * HQ + head[:, None]) * D + d[None, :]
@@ -100,7 +103,9 @@ if triton is not None:
 
     @triton.jit
     def _combine_kernel(part_ptr, ml_ptr, out_ptr, N, HQ, HKV, SPLITS,
-                        G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr):
+                        G: tl.constexpr, D: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr):
+        _pdl_wait(PDL)
+        _pdl_release(PDL)
         kvh = tl.program_id(0)
         row = tl.program_id(1)
         s = tl.arange(0, SPLITS_P2)
@@ -206,9 +211,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale, keys,
         G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
-        **({} if num_stages is None else {"num_stages": num_stages}))
+        **({} if num_stages is None else {"num_stages": num_stages}), **pdl(q.device))
     if not direct:
-        _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits))
+        _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits),
+                                     **pdl(q.device))
     return out
 
 

@@ -1,6 +1,11 @@
-"""What the kernel modules share: Triton where it is installed, the bf16 rounding helper, sizes."""
+"""What the kernel modules share: Triton where it is installed, the bf16 rounding helper, sizes,
+and programmatic dependent launch."""
 
 from __future__ import annotations
+
+import functools
+
+import torch
 
 try:  # the CPU install has no Triton: the forward then runs the references
     import triton
@@ -16,6 +21,32 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+# Programmatic dependent launch (Hopper and later): a forward kernel launched with it is scheduled
+# while the kernel before it drains, and waits (`_pdl_wait`, its first statement, before it touches
+# memory) until that kernel has finished and its writes are visible; it lets the next kernel start
+# once its own main loop is done (`_pdl_release`). A decode forward is hundreds of short kernels,
+# each paying a launch gap and a ramp. False: plain launches (`scripts/ab.py` measures both).
+PDL = True
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_runs(device_index: int) -> bool:
+    if triton is None or not hasattr(getattr(tl.extra, "cuda", None), "gdc_wait"):
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - a Triton without the NVIDIA backend
+        return False
+    return "launch_pdl" in CUDAOptions.__dataclass_fields__ and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl(device: torch.device) -> dict:
+    """A forward kernel's launch keywords: its PDL flag and, where it is on, Triton's launch option."""
+    on = PDL and device.type == "cuda" and _pdl_runs(device.index if device.index is not None
+                                                     else torch.cuda.current_device())
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
 if triton is not None:
 
     @triton.jit
@@ -28,3 +59,15 @@ if triton is not None:
             return b.to(tl.float32, bitcast=True).to(dt)
         else:
             return x.to(dt)
+
+    @triton.jit
+    def _pdl_wait(PDL: tl.constexpr):
+        """A kernel's first statement: under PDL, wait for the kernel before it (its writes)."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def _pdl_release(PDL: tl.constexpr):
+        """Under PDL: the next kernel may be scheduled now (it still waits for this one's end)."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from specdiff.kernels.common import _next_pow2, triton, tl
+from specdiff.kernels.common import _next_pow2, pdl, triton, tl
 from specdiff.ops import apply_rope
 
 if triton is not None:
-    from specdiff.kernels.common import _round
+    from specdiff.kernels.common import _pdl_release, _pdl_wait, _round
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -58,7 +58,10 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, H, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_rms_norm_kernel(x_ptr, d_ptr, w_ptr, out_ptr, H, eps, ADD: tl.constexpr, BLOCK: tl.constexpr,
+                             PDL: tl.constexpr):
+        _pdl_wait(PDL)
+        _pdl_release(PDL)
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         m = offs < H
@@ -76,9 +79,11 @@ if triton is not None:
     @triton.jit
     def _qkv_rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, nw_ptr, q_ptr, kc_ptr, vc_ptr, slot_ptr,
                                HQ, HKV, cache_sh, cache_ss, eps, ROW, nw_sl, cache_sl, NORM: tl.constexpr,
-                               D: tl.constexpr, BLOCK_H: tl.constexpr):
+                               D: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
         # program (token, head block, layer): a row holds every layer's [q | k | v] heads, ROW
         # elements; a layer's norm weights and caches sit nw_sl and cache_sl elements apart
+        _pdl_wait(PDL)
+        _pdl_release(PDL)
         n = tl.program_id(0).to(tl.int64)
         hh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads in [q | k | v] order
         layer = tl.program_id(2).to(tl.int64)
@@ -122,7 +127,9 @@ if triton is not None:
         tl.store(v_dst + HALF + i, x2, mask=(is_v & live)[:, None])
 
     @triton.jit
-    def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        _pdl_wait(PDL)
+        _pdl_release(PDL)
         row = tl.program_id(0).to(tl.int64)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = offs < I
@@ -138,7 +145,8 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     n, h = x.shape
     out = torch.empty_like(x)
     _add_rms_norm_kernel[(n,)](x, x if delta is None else delta, weight, out, h, eps,
-                               ADD=delta is not None, BLOCK=_next_pow2(h), num_warps=8 if h >= 2048 else 4)
+                               ADD=delta is not None, BLOCK=_next_pow2(h), num_warps=8 if h >= 2048 else 4,
+                               **pdl(x.device))
     return out
 
 
@@ -153,7 +161,7 @@ def qkv_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm
     _qkv_rope_store_kernel[(n, triton.cdiv(num_heads + 2 * hkv, block_h), 1)](
         qkv, cos, sin, qkv if norm_weight is None else norm_weight, q, k_cache, v_cache, slots,
         num_heads, hkv, k_cache.stride(0), k_cache.stride(1), eps, qkv.stride(0), 0, 0, NORM=norm_weight is not None,
-        D=d, BLOCK_H=block_h)
+        D=d, BLOCK_H=block_h, **pdl(qkv.device))
     return q
 
 
@@ -180,7 +188,7 @@ def kv_rope_store_layers(kv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         kv, cos, sin, kv if norm_weights is None else norm_weights, kv, k_caches, v_caches, slots,
         0, hkv, k_caches.stride(1), k_caches.stride(2), eps, kv.stride(0),
         0 if norm_weights is None else norm_weights.stride(0), k_caches.stride(0), NORM=norm_weights is not None,
-        D=d, BLOCK_H=block_h)
+        D=d, BLOCK_H=block_h, **pdl(kv.device))
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -189,5 +197,5 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     i = two_i // 2
     out = torch.empty(n, i, dtype=gate_up.dtype, device=gate_up.device)
     block = min(2048, _next_pow2(i))
-    _silu_mul_kernel[(n, triton.cdiv(i, block))](gate_up, out, i, BLOCK=block)
+    _silu_mul_kernel[(n, triton.cdiv(i, block))](gate_up, out, i, BLOCK=block, **pdl(gate_up.device))
     return out

@@ -9,16 +9,16 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specdiff.kernels.common import triton, tl
+from specdiff.kernels.common import pdl, triton, tl
 
 if triton is not None:
-    from specdiff.kernels.common import _round
+    from specdiff.kernels.common import _pdl_release, _pdl_wait, _round
 
     @triton.jit
     def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, M, N, K, eps, NORM: tl.constexpr,
                             BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                            INTERPRETED: tl.constexpr):
+                            INTERPRETED: tl.constexpr, PDL: tl.constexpr):
         # one row block per program: any M. Row blocks vary fastest, so the programs that read one
         # weight tile run side by side and can share it through L2. With no flag this is the plain
         # weight-streaming GEMM (`skinny_linear`); the flags fold a layer's glue in. NORM: RMSNorm
@@ -28,6 +28,7 @@ if triton is not None:
         # rows and the matching up rows as one tile and multiplies SiLU(gate) by up in the
         # epilogue. RESIDUAL: the product is added into y in place (the residual stream). No
         # split over K: one program owns an output tile.
+        _pdl_wait(PDL)
         TILE_N: tl.constexpr = 2 * BLOCK_N if SWIGLU else BLOCK_N
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, TILE_N)
@@ -63,6 +64,7 @@ if triton is not None:
                 acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
             else:
                 acc += tl.dot(x, w, input_precision=PRECISION)  # [BLOCK_M, TILE_N]
+        _pdl_release(PDL)
         if BIAS:
             acc += tl.load(b_ptr + wrow, mask=nmask, other=0.0).to(tl.float32)[None, :]
         if SWIGLU:  # `silu_mul`'s rounding: the projections, SiLU(gate), then the product
@@ -173,5 +175,5 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
         BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages)
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages, **pdl(x.device))
     return y
