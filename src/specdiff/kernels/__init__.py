@@ -23,8 +23,10 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
-its glued form and its batch-invariant use), `tree` (a resident tree's target inputs), `common`
-(Triton where installed, bf16 rounding). This package holds the op sets (`OPS`, `EXACT_OPS`) and
+its glued form and its batch-invariant use), `tree` (a resident tree's target inputs and the
+device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
+dependent launch: on Hopper each forward kernel is scheduled while the one before it drains and
+waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
 the `--kernels` decision, and re-exports the rest.
 """
 
