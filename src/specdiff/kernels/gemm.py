@@ -86,7 +86,8 @@ if triton is not None:
 SKINNY_ROWS = 16  # rows up to which `skinny_linear` reads the weight once for all of them
 # the smallest weight `linear` streams itself: below it cuBLAS was as fast or faster on an H100
 # (scripts/gpu_gemv.py: 3-15% faster from Qwen3-8B's 4096 x 4096, parity or slower at 1.7B's)
-SKINNY_MIN_WEIGHT = 4096 * 4096
+SQUARE_8B = 4096 * 4096  # Qwen3-8B's hidden x hidden (o) projection
+SKINNY_MIN_WEIGHT = SQUARE_8B
 
 
 # A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and the
@@ -119,7 +120,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, block_m=bm)
     if n * k < SKINNY_MIN_WEIGHT:
         return F.linear(x, weight, bias)
-    if n * k <= SKINNY_MIN_WEIGHT:  # a square hidden x hidden projection (o)
+    if n * k < SQUARE_8B:  # narrower than Qwen3-8B (streamed only where SKINNY_MIN_WEIGHT is lowered)
+        return decode_gemm(x, weight, bias)  # the one-row settings measured for its shape
+    if n * k == SQUARE_8B:  # a square hidden x hidden projection (o)
         return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
     if 16384 <= n < 65536:  # the fused gate/up projection
         return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
@@ -141,7 +144,7 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """`skinny_linear` at any row count with settings chosen by the weight's shape alone: a row's
     result depends on that row alone (`--numerics exact`)."""
     n, k = weight.shape
-    if n * k <= SKINNY_MIN_WEIGHT:
+    if n * k <= SQUARE_8B:
         return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
     return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
 
