@@ -316,11 +316,15 @@ def test_accepted_path_is_the_walks_path(n, chain):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch runs on a GPU")
-def test_a_chain_of_kernels_launched_dependently_gives_the_plain_launches_bits(monkeypatch):
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_chain_of_kernels_launched_dependently_gives_the_plain_launches_bits(monkeypatch, prefetch):
     """A layer's kernels, each reading what the one before wrote, captured in a CUDA graph with
-    programmatic dependent launch (where the GPU has it) and without: the same bits, replay after
-    replay. A kernel that read its input before the wait would race the one before it."""
-    from specdiff.kernels import common
+    programmatic dependent launch (where the GPU has it; the GEMMs prefetching `prefetch` weight
+    tiles before their wait) and without: the same bits, replay after replay. A kernel that read
+    its input before the wait would race the one before it."""
+    from specdiff.kernels import common, gemm
+
+    monkeypatch.setattr(gemm, "PREFETCH_TILES", prefetch)
 
     g = torch.Generator(device="cuda").manual_seed(0)
     h, n, hkv, hq, d = 1024, 8, 2, 8, 64

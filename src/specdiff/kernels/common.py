@@ -67,6 +67,12 @@ if triton is not None:
             tl.extra.cuda.gdc_wait()
 
     @triton.jit
+    def _prefetch_l2(ptrs, mask):
+        """Ask L2 for the 128-byte lines at `ptrs` (one per element where `mask`), nothing waited for."""
+        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+                                  "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def _pdl_release(PDL: tl.constexpr):
         """Under PDL: the next kernel may be scheduled now (it still waits for this one's end)."""
         if PDL:

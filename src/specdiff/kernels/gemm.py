@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from specdiff.kernels.common import pdl, triton, tl
 
 if triton is not None:
-    from specdiff.kernels.common import _pdl_release, _pdl_wait, _round
+    from specdiff.kernels.common import _pdl_release, _pdl_wait, _prefetch_l2, _round
 
     @triton.jit
     def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, M, N, K, eps, NORM: tl.constexpr,
                             BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                            INTERPRETED: tl.constexpr, PDL: tl.constexpr):
+                            INTERPRETED: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
         # one row block per program: any M. Row blocks vary fastest, so the programs that read one
         # weight tile run side by side and can share it through L2. With no flag this is the plain
         # weight-streaming GEMM (`skinny_linear`); the flags fold a layer's glue in. NORM: RMSNorm
@@ -28,7 +28,6 @@ if triton is not None:
         # rows and the matching up rows as one tile and multiplies SiLU(gate) by up in the
         # epilogue. RESIDUAL: the product is added into y in place (the residual stream). No
         # split over K: one program owns an output tile.
-        _pdl_wait(PDL)
         TILE_N: tl.constexpr = 2 * BLOCK_N if SWIGLU else BLOCK_N
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, TILE_N)
@@ -40,6 +39,10 @@ if triton is not None:
             wrow = rn
         mmask, nmask = rm < M, rn < N
         dt = x_ptr.dtype.element_ty
+        if PDL:  # the weight is no kernel's output: its first tiles head for L2 before the wait
+            for k in tl.static_range(0, PREFETCH * BLOCK_K, 64):
+                _prefetch_l2(w_ptr + wrow * K + k, mask=nmask & (k < K))
+        _pdl_wait(PDL)
         if NORM:
             sq = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
             for k in range(0, K, BLOCK_K):
@@ -82,6 +85,10 @@ if triton is not None:
             out = _round(tl.load(ptrs, mask=omask, other=0.0).to(tl.float32) + out.to(tl.float32), dt)
         tl.store(ptrs, out, mask=omask)
 
+
+# k tiles of its weight a GEMM launched dependently prefetches into L2 before it waits for the
+# kernel before it (0: none)
+PREFETCH_TILES = 0
 
 SKINNY_ROWS = 16  # rows up to which `skinny_linear` reads the weight once for all of them
 # the smallest weight `linear` streams itself: below it cuBLAS was as fast or faster on an H100
@@ -178,5 +185,6 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
         BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages, **pdl(x.device))
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages,
+        PREFETCH=PREFETCH_TILES, **pdl(x.device))
     return y
