@@ -40,11 +40,15 @@ def _pdl_runs(device_index: int) -> bool:
     return "launch_pdl" in CUDAOptions.__dataclass_fields__ and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+_PDL_ON, _PDL_OFF = {"PDL": True, "launch_pdl": True}, {"PDL": False}
+
+
 def pdl(device: torch.device) -> dict:
-    """A forward kernel's launch keywords: its PDL flag and, where it is on, Triton's launch option."""
-    on = PDL and device.type == "cuda" and _pdl_runs(device.index if device.index is not None
-                                                     else torch.cuda.current_device())
-    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+    """A forward kernel's launch keywords: its PDL flag and, where it is on, Triton's launch option
+    (shared dicts: an eager forward asks once per kernel)."""
+    if not PDL or device.type != "cuda":
+        return _PDL_OFF
+    return _PDL_ON if _pdl_runs(torch.cuda.current_device() if device.index is None else device.index) else _PDL_OFF
 
 
 if triton is not None:
