@@ -15,11 +15,11 @@
 #   usage: DEADLINE=420 bash scripts/gpu_pdl.sh
 DEADLINE=${DEADLINE:-420}
 source scripts/gpu_call.sh
-S="python3 scripts/ab.py --"
+S="python3 scripts/ab.py specdiff.kernels.common.PDL=True --"
 timeout "$(left 45)" python3 -m pytest -q -s -p no:cacheprovider tests/test_kernels.py -rfE -k "dependently or accepted_path" 2>&1 \
   | grep -v "it/s" | tail -12 | tee out/gputests_pdl.txt
 grep -qE "FAILED.*\[0\]|[0-9]+ error" out/gputests_pdl.txt && S="python3 scripts/ab.py specdiff.kernels.common.PDL=False --"
-echo "runner: $S" | tee -a out/gputests_pdl.txt
+echo "runner: $S" | tee -a out/gputests_pdl.txt  # PDL on unless its test failed
 pk "pdl test"
 G="--device cuda --dtype bfloat16 --engine graph"
 timeout "$(left 60)" $S speed --shape qwen3-8b $G --budgets 64 2>&1 | grep -v "it/s" | tee out/speed_8b_pdl.txt

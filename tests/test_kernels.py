@@ -315,6 +315,61 @@ def test_accepted_path_is_the_walks_path(n, chain):
             assert int(p.bonus) == want.tokens[-1], fn
 
 
+# Compiles the forward kernels for sm_90 with no GPU (Triton's own ptxas), in a process of its own:
+# this one runs Triton's interpreter, whose kernels do not compile. Prints each kernel's PTX.
+_HOPPER_PTX = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from specdiff.kernels import attention, elementwise, gemm
+bf, f32, i32 = "*bf16", "*fp32", "i32"
+cases = {
+    "gemm": (gemm._decode_gemm_kernel,
+             dict(x_ptr=bf, nw_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=bf, M=i32, N=i32, K=i32, eps="fp32"),
+             dict(NORM=True, BIAS=False, RESIDUAL=True, SWIGLU=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+                  PRECISION="tf32", INTERPRETED=False, PREFETCH=2)),
+    "norm": (elementwise._add_rms_norm_kernel, dict(x_ptr=bf, d_ptr=bf, w_ptr=bf, out_ptr=bf, H=i32, eps="fp32"),
+             dict(ADD=True, BLOCK=1024)),
+    "silu": (elementwise._silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I=i32), dict(BLOCK=1024)),
+    "combine": (attention._combine_kernel, dict(part_ptr=f32, ml_ptr=f32, out_ptr=bf, N=i32, HQ=i32, HKV=i32, SPLITS=i32),
+                dict(G=4, D=128, SPLITS_P2=8)),
+}
+out = {}
+for name, (fn, signature, constexprs) in cases.items():
+    for on in (False, True):
+        c = {**constexprs, "PDL": on}
+        src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in c}}, constexprs=c)
+        opts = {"launch_pdl": True} if on else {}
+        out[f"{name} {on}"] = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compiles for Hopper on a machine without a GPU")
+def test_a_kernel_launched_dependently_waits_before_it_reads_or_writes_memory():
+    """Compiled for Hopper with PDL on, every forward kernel's PTX waits for the kernel before it
+    (`griddepcontrol.wait`) before its first global load or store, and releases the next one;
+    the GEMM's L2 prefetches of its weight come before the wait. With PDL off: no wait."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _HOPPER_PTX], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ptx = json.loads(run.stdout)
+    for name in ("gemm", "norm", "silu", "combine"):
+        assert "griddepcontrol" not in ptx[f"{name} False"], name
+        on = ptx[f"{name} True"]
+        wait = on.index("griddepcontrol.wait")
+        memory = [i for i in (on.find(op) for op in ("ld.global", "st.global", "atom.global")) if i >= 0]
+        assert wait < min(memory), name
+        assert "griddepcontrol.launch_dependents" in on, name
+    assert 0 <= ptx["gemm True"].find("prefetch.global.L2") < ptx["gemm True"].index("griddepcontrol.wait")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="programmatic dependent launch runs on a GPU")
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_a_chain_of_kernels_launched_dependently_gives_the_plain_launches_bits(monkeypatch, prefetch):

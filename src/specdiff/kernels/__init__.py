@@ -25,8 +25,8 @@ Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `at
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
 its glued form and its batch-invariant use), `tree` (a resident tree's target inputs and the
 device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
-dependent launch: on Hopper each forward kernel is scheduled while the one before it drains and
-waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
+dependent launch: under `common.PDL`, on Hopper, each forward kernel is scheduled while the one
+before it drains and waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
 the `--kernels` decision, and re-exports the rest.
 """
 

@@ -25,8 +25,9 @@ def _next_pow2(n: int) -> int:
 # while the kernel before it drains, and waits (`_pdl_wait`, its first statement, before it touches
 # memory) until that kernel has finished and its writes are visible; it lets the next kernel start
 # once its own main loop is done (`_pdl_release`). A decode forward is hundreds of short kernels,
-# each paying a launch gap and a ramp. False: plain launches (`scripts/ab.py` measures both).
-PDL = True
+# each paying a launch gap and a ramp. Off until a GPU has measured it against plain launches
+# (`scripts/gpu_pdl.sh`; `scripts/ab.py specdiff.kernels.common.PDL=True -- ...` turns it on).
+PDL = False
 
 
 @functools.lru_cache(maxsize=None)
