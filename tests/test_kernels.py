@@ -442,3 +442,22 @@ def test_tree_inputs_compiles_once_per_bucket():
         ids = torch.arange(n, device="cuda")
         kernels.tree_inputs(ids, ids - 1, ids, start, packed, anc)
     assert len(cache) - before <= 1, len(cache) - before
+
+
+def test_a_runs_kernel_switches_are_named_in_its_report(monkeypatch):
+    """Launch choices set away from their defaults (as `scripts/ab.py` sets them) are listed in
+    the report's environment line; at the defaults nothing is, and dependent launches asked for
+    where they cannot act (no Hopper GPU here) say so rather than claim to be on."""
+    from specdiff.bench.tables import environment_line
+    from specdiff.kernels import common, gemm
+
+    env = {"device": "cpu", "torch": "t", "transformers": "x"}
+    assert kernels.switches(torch.device("cpu")) == {}
+    assert "switches" not in environment_line({**env, "kernel_switches": {}})
+    monkeypatch.setattr(common, "PDL", True)
+    monkeypatch.setattr(gemm, "PREFETCH_TILES", 4)
+    monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0)
+    got = kernels.switches(torch.device("cpu"))
+    assert got == {"pdl": "asked for, not available here", "prefetch_tiles": 4, "skinny_min_weight": 0}
+    line = environment_line({**env, "kernel_switches": got})
+    assert line.endswith("kernel switches: pdl=asked for, not available here, prefetch_tiles=4, skinny_min_weight=0")

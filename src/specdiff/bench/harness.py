@@ -229,7 +229,10 @@ def environment(device: str) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "platform": platform.platform(), "device": device}
     if device == "cuda" and torch.cuda.is_available():
+        from specdiff import kernels
+
         env["gpu"] = torch.cuda.get_device_name()
+        env["kernel_switches"] = kernels.switches(torch.device("cuda"))
     return env
 
 

@@ -126,7 +126,7 @@ def measure(cfg: SpeedConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
     from specdiff.config import DecodeConfig
-    from specdiff import native
+    from specdiff import kernels, native
     from specdiff.engine import build_decoder, make_target
     from specdiff.loading import check_device
     from specdiff.target.hf_causal import DTYPES, load_target
@@ -187,6 +187,7 @@ def measure(cfg: SpeedConfig) -> dict:
     return {"shape": name, "params": sum(p.numel() for p in model.parameters()), "device":
             torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "dtype": cfg.dtype,
             "engine": cfg.engine, "kernels": target.kernels_ran, "numerics": target.numerics,
+            "kernel_switches": kernels.switches(device),
             "read_bytes_per_token": read, "peak_bandwidth": peak,
             "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
 
@@ -258,6 +259,9 @@ def table(result: dict) -> str:
             "numerics; HBM bound for AR: "
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
+    switches = result.get("kernel_switches")
+    if switches:
+        head += "; kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches.items())
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
              f"{r['mean_nodes']:.0f}",
              f"{r['syncs_per_round']:.2f}" if r.get("syncs_per_round") is not None else "-",

@@ -13,4 +13,8 @@ def markdown_table(columns: list[str], rows: Iterable[Iterable[object]]) -> list
 
 def environment_line(env: dict) -> str:
     """Where a bench ran: the GPU (or device) and the library versions."""
-    return f"device {env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}"
+    line = f"device {env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}"
+    switches = env.get("kernel_switches")
+    if switches:
+        line += "; kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches.items())
+    return line

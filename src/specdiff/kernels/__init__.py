@@ -49,12 +49,29 @@ from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_refere
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
-    "ancestor_paths", "decode_gemm", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
+    "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
+
+
+def switches(device: torch.device) -> dict:
+    """The launch choices a run on `device` made away from their defaults (`scripts/ab.py` sets
+    them), for its report: {} where none. A switch asked for that cannot act here says so."""
+    from specdiff.kernels import common, gemm
+
+    out: dict = {}
+    if common.PDL:
+        out["pdl"] = True if common.pdl(device)["PDL"] else "asked for, not available here"
+    if gemm.PREFETCH_TILES:
+        out["prefetch_tiles"] = gemm.PREFETCH_TILES
+    if gemm.SKINNY_MIN_WEIGHT != gemm.SQUARE_8B:
+        out["skinny_min_weight"] = gemm.SKINNY_MIN_WEIGHT
+    if gemm.TREE_GEMM_SETTINGS:
+        out["tree_gemm_shapes"] = len(gemm.TREE_GEMM_SETTINGS)
+    return out
 
 
 def runnable(device: torch.device) -> str | None:
