@@ -334,6 +334,14 @@ cases = {
     "silu": (elementwise._silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I=i32), dict(BLOCK=1024)),
     "combine": (attention._combine_kernel, dict(part_ptr=f32, ml_ptr=f32, out_ptr=bf, N=i32, HQ=i32, HKV=i32, SPLITS=i32),
                 dict(G=4, D=128, SPLITS_P2=8)),
+    "attention": (attention._tree_attention_kernel,
+                  dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, start_ptr="*i64", anc_ptr="*u8", out_ptr=bf, part_ptr=f32,
+                       ml_ptr=f32, N=i32, HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, scale="fp32", KEYS=i32),
+                  dict(G=4, D=128, BLOCK_M=16, BLOCK_N=64, DIRECT=False, PRECISION="tf32", INTERPRETED=False)),
+    "qkv": (elementwise._qkv_rope_store_kernel,
+            dict(qkv_ptr=bf, cos_ptr=f32, sin_ptr=f32, nw_ptr=bf, q_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="*i64",
+                 HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, eps="fp32", ROW=i32, nw_sl=i32, cache_sl=i32),
+            dict(NORM=True, D=128, BLOCK_H=8)),
 }
 out = {}
 for name, (fn, signature, constexprs) in cases.items():
@@ -360,7 +368,7 @@ def test_a_kernel_launched_dependently_waits_before_it_reads_or_writes_memory():
     run = subprocess.run([sys.executable, "-c", _HOPPER_PTX], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     ptx = json.loads(run.stdout)
-    for name in ("gemm", "norm", "silu", "combine"):
+    for name in ("gemm", "norm", "silu", "combine", "attention", "qkv"):
         assert "griddepcontrol" not in ptx[f"{name} False"], name
         on = ptx[f"{name} True"]
         wait = on.index("griddepcontrol.wait")
