@@ -65,12 +65,16 @@ if triton is not None:
             tl.store(packed_ptr + 2 * NB, position)
 
 
+def runs_on(device: torch.device) -> bool:
+    """Whether these kernels launch on `device`: a CUDA device, or Triton's interpreter."""
+    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
 def tree_inputs(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, start: int,
                 packed: torch.Tensor, anc: torch.Tensor) -> None:
     """`tree_inputs_reference`'s contract in one launch where Triton runs (a CUDA device, or its
     interpreter); elsewhere the reference."""
-    runs = triton is not None and (anc.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-    if not runs:
+    if not runs_on(anc.device):
         tree_inputs_reference(tokens, parents, depths, start, packed, anc)
         return
     nb = anc.shape[0]
@@ -115,8 +119,7 @@ def accepted_path(tokens: torch.Tensor, parents: torch.Tensor | None, draws: tor
     its interpreter): tokens, draws [n] long (parents [n] long, or None for a chain 0 <- 1 <- ...);
     nodes [depth + 1] long <- the path root first, then 0; count [1] <- its length; bonus [1] <-
     the draw after its last node. False (nothing written) where Triton cannot run."""
-    runs = triton is not None and (draws.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-    if not runs:
+    if not runs_on(draws.device):
         return False
     n, length = tokens.shape[0], nodes.shape[0]
     _accepted_path_kernel[(1,)](tokens, tokens if parents is None else parents, draws, nodes, count, bonus,

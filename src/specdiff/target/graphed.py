@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from specdiff.kernels import tree_inputs, tree_visibility
+from specdiff.kernels import runnable, tree_inputs, tree_visibility
 from specdiff.native import Native
 from specdiff.ops import StagedRow
 from specdiff.target.static_model import StaticTarget
@@ -136,6 +136,8 @@ class GraphedTarget(StaticTarget):
         self._tree_sizes: set[int] = set()  # node buckets past BUCKETS: the prepared proposers' largest trees
         self._pool = None  # the buckets' shared graph memory pool
         self._cols: torch.Tensor | None = None  # [alloc] slot indices
+        self._chain_parents: torch.Tensor | None = None  # [alloc] slot indices - 1
+        self._chain_inputs = runnable(self.device) is None  # a chain's inputs made on the device
         # the commit: [2, COMMIT_ROWS] (destination, source) slots, and the graph that moves every
         # layer's K/V by them
         self._move_row = StagedRow((2, COMMIT_ROWS), device)
@@ -156,6 +158,7 @@ class GraphedTarget(StaticTarget):
             self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
             self.max_len = alloc
             self._cols = torch.arange(alloc, device=self.device)
+            self._chain_parents = self._cols - 1  # a drafted chain's: node i's parent is i - 1
             if self.fused is not None:
                 self.fused.rope.build(self.max_len, self.k)
             self._buckets, self._pool = {}, None  # graphs point at the old buffers
@@ -227,6 +230,11 @@ class GraphedTarget(StaticTarget):
         b = self._bucket(nb, span_for(start + nb, self.max_len))
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
+            return self._replay(b, n)
+        if tree.drafted and self._chain_inputs and tree.max_depth == n - 1:
+            # a drafted chain (a DFlash block): one launch from the drafter's device tokens, where
+            # staging its rows took two host-to-device copies and a device copy
+            tree_inputs(tree.tokens, self._chain_parents[:n], self._cols[:n], start, b.packed, b.anc)
             return self._replay(b, n)
         hp, host_anc = b.packed_row.host(), b.anc_row.host()  # numpy writes: a host torch op costs a few us
         if not tree.drafted:
