@@ -232,8 +232,8 @@ class GraphedTarget(StaticTarget):
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
         if tree.drafted and self._chain_inputs and tree.max_depth == n - 1:
-            # a drafted chain (a DFlash block): one launch from the drafter's device tokens, where
-            # staging its rows took two host-to-device copies and a device copy
+            # a drafted chain (a DFlash block, AR's overlapped step): one launch from the drafter's
+            # device tokens and the cached chain, in place of two staged rows and a token copy
             tree_inputs(tree.tokens, self._chain_parents[:n], self._cols[:n], start, b.packed, b.anc)
             return self._replay(b, n)
         hp, host_anc = b.packed_row.host(), b.anc_row.host()  # numpy writes: a host torch op costs a few us
