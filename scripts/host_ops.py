@@ -79,14 +79,12 @@ def instrument(dec, counter: Counter) -> list[int]:
     # the Triton kernels the GPU launches eagerly every round: one op each (the interpreter that
     # runs them here makes tensors of its own, which are not the GPU's)
     def eager_kernel(name, launch):
+        uncounted = graph_body(launch)
+
         def wrapped(*a, **k):
             if counter.part is not None:
                 counter.ops[counter.part][f"(triton) {name}"] += 1
-            counter.inside_graph += 1
-            try:
-                return launch(*a, **k)
-            finally:
-                counter.inside_graph -= 1
+            return uncounted(*a, **k)
         return wrapped
     graphed.tree_inputs = eager_kernel("tree_inputs", graphed.tree_inputs)
     walk.accepted_path = eager_kernel("accepted_path", walk.accepted_path)

@@ -212,7 +212,7 @@ class SpeculativeDecoder:
         The host's walk decides the tokens; the device's path must agree with it."""
         draws = draw_tree(out.logits, start + 1, tree.depths, self.cfg.sampling, self.noise, tree.depth_bound)
         path = device_path(tree, draws, out.ancestors)
-        readback.send(torch.cat([walk_row(tree, draws), path.count]))
+        readback.send(walk_row(tree, draws, path.count))
         self.proposer.draft_ahead(path, out)
         row = readback.receive()
         result = walk_read(tree, row[:-1].copy(), self.native)

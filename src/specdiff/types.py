@@ -63,6 +63,12 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depths.max())
 
+    @property
+    def drafted_chain(self) -> bool:
+        """A chain left where it was drafted (tokens on the drafter's device, parents and depths
+        on the host): its shape is known without a read."""
+        return self.drafted and not self.resident and self.max_depth == self.num_nodes - 1
+
     def first(self, n: int, scores: bool = False) -> DraftTree:
         """The first n nodes (a tree: parents come first); a resident tree's are views, unread.
         scores: keep the search's `scores` for the walk to read back (else they are dropped)."""

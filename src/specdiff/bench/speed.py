@@ -251,7 +251,7 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
 
 
 def table(result: dict) -> str:
-    from specdiff.bench.tables import markdown_table
+    from specdiff.bench.tables import markdown_table, switches_note
 
     bound = result["bound_ms"]
     head = (f"{result['shape']} ({result['params'] / 1e9:.2f}B parameters), {result['device']}, {result['dtype']}, "
@@ -259,9 +259,7 @@ def table(result: dict) -> str:
             "numerics; HBM bound for AR: "
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
-    switches = result.get("kernel_switches")
-    if switches:
-        head += "; kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches.items())
+    head += switches_note(result.get("kernel_switches"))
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
              f"{r['mean_nodes']:.0f}",
              f"{r['syncs_per_round']:.2f}" if r.get("syncs_per_round") is not None else "-",

@@ -14,7 +14,10 @@ def markdown_table(columns: list[str], rows: Iterable[Iterable[object]]) -> list
 def environment_line(env: dict) -> str:
     """Where a bench ran: the GPU (or device) and the library versions."""
     line = f"device {env.get('gpu', env['device'])}, torch {env['torch']}, transformers {env['transformers']}"
-    switches = env.get("kernel_switches")
-    if switches:
-        line += "; kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches.items())
-    return line
+    return line + switches_note(env.get("kernel_switches"))
+
+
+def switches_note(switches: dict | None) -> str:
+    """The kernel launch choices a run set away from their defaults (`kernels.switches`), as a
+    clause to append to a report's first line; "" where none."""
+    return "; kernel switches: " + ", ".join(f"{k}={v}" for k, v in switches.items()) if switches else ""

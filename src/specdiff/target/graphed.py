@@ -231,7 +231,7 @@ class GraphedTarget(StaticTarget):
         if tree.resident:  # searched on the device: its inputs are made there, nothing is read
             tree_inputs(tree.tokens, tree.parents, tree.depths, start, b.packed, b.anc)
             return self._replay(b, n)
-        if tree.drafted and self._chain_inputs and tree.max_depth == n - 1:
+        if self._chain_inputs and tree.drafted_chain:
             # a drafted chain (a DFlash block, AR's overlapped step): one launch from the drafter's
             # device tokens and the cached chain, in place of two staged rows and a token copy
             tree_inputs(tree.tokens, self._chain_parents[:n], self._cols[:n], start, b.packed, b.anc)

@@ -33,18 +33,21 @@ def verify_walk(tree: DraftTree, logits: torch.Tensor, start: int, cfg: Sampling
     return walk_read(tree, walk_row(tree, draws).cpu().numpy(), native)
 
 
-def walk_row(tree: DraftTree, draws: torch.Tensor) -> torch.Tensor:
+def walk_row(tree: DraftTree, draws: torch.Tensor, *tail: torch.Tensor) -> torch.Tensor:
     """What the walk reads, as one int64 row on the draws' device: the draws [N], then whatever
     of the tree is still on the device (a drafted tree's tokens; a resident tree's tokens and
-    parents, and its search's scores as float64 bits)."""
+    parents, and its search's scores as float64 bits), then `tail` (int64 rows the caller reads
+    in the same copy)."""
     if tree.resident:  # a tree searched on the device comes back with the draws, in the same copy
-        rows = torch.stack([draws, tree.tokens, tree.parents]).flatten()
-        if tree.scores is None:
-            return rows
-        return torch.cat([rows, tree.scores.double().view(torch.int64).flatten()])
-    if tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
-        return torch.stack([draws, tree.tokens.to(draws.device)]).flatten()
-    return draws
+        parts = [torch.stack([draws, tree.tokens, tree.parents]).flatten()]
+        if tree.scores is not None:
+            parts.append(tree.scores.double().view(torch.int64).flatten())
+    elif tree.drafted:  # the drafter's tokens come back with the draws, in the same copy
+        parts = [torch.stack([draws, tree.tokens.to(draws.device)]).flatten()]
+    else:
+        parts = [draws]
+    parts += tail
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def walk_read(tree: DraftTree, row: np.ndarray, native: Native | None = None) -> VerifyResult:
@@ -89,7 +92,7 @@ def device_depth(tree: DraftTree) -> int | None:
     tree's, or a drafted chain's; None for any other tree."""
     if tree.resident:
         return tree.depth_bound
-    if tree.drafted and tree.max_depth == tree.num_nodes - 1:  # host depths: no read
+    if tree.drafted_chain:
         return tree.num_nodes - 1
     return None
 
