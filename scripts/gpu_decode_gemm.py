@@ -12,7 +12,14 @@ plain streaming read of the same weight: the rate a GEMV could reach at that siz
 split-K form of the bare GEMM, whose fp32 partials the next kernel would sum), then
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
-    usage: [ROLES=qkv,o] [ROWS=1,16] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
+With GLUE=0 it tunes the bare streaming GEMM instead (`kernels.linear`'s, for up to 16 rows)
+against what `linear` runs today (cuBLAS or the H100's settings), with deeper pipelines in the
+sweep and cuBLAS beside it, and writes to SETTINGS_OUT a `gemm.STREAM_SETTINGS` value for this
+card (per shape and row count, its best setting or "cublas" where cuBLAS was faster), for
+`scripts/ab.py specdiff.kernels.gemm.STREAM_SETTINGS=@FILE`.
+SPLIT=0 skips the split-K sweep.
+
+    usage: [ROLES=qkv,o] [ROWS=1,16] [GLUE=0] python scripts/gpu_decode_gemm.py [SHAPES]   (default: 8b,1.7b)
 """
 
 from __future__ import annotations
@@ -81,6 +88,10 @@ SHAPES = {  # hidden, intermediate, qkv rows
 }
 SETTINGS = [(bn, bk, w, s) for bn, bk, w, s in itertools.product((16, 32, 64), (128, 256), (4,), (3, 5))]
 SETTINGS += [(64, 128, 8, 4), (128, 64, 4, 4), (32, 512, 4, 3), (16, 512, 4, 3)]
+BARE = os.environ.get("GLUE") == "0"
+if BARE:  # deeper pipelines: a faster card needs more bytes in flight per SM
+    SETTINGS = [(bn, bk, 4, s) for bn, bk, s in itertools.product((32, 64, 128), (128, 256), (3, 5, 7))]
+    SETTINGS += [(64, 128, 8, 4), (64, 128, 8, 6), (32, 512, 4, 3), (16, 512, 4, 3), (16, 256, 4, 6)]
 SPLIT_SETTINGS = [(32, 256, 4, 3), (64, 256, 4, 3), (64, 128, 4, 4), (128, 128, 4, 3)]
 
 
@@ -90,6 +101,10 @@ def per_call_us(fn, copies: int) -> float:
 
 def roles(hidden: int, inter: int, qkv: int) -> dict:
     # name: (weight rows, K, decode_gemm glue, the separate kernels)
+    if BARE:  # the bare GEMM against `linear` as it runs today
+        return {role: (rows, k, {}, lambda x, w, r: kernels.linear(x, w))
+                for role, (rows, k) in dict(qkv=(qkv, hidden), o=(hidden, hidden), gate_up=(2 * inter, hidden),
+                                           down=(hidden, inter), lm_head=(151936, hidden)).items()}
     ln = (torch.ones(hidden, device="cuda", dtype=torch.bfloat16), 1e-6)
     return {
         "qkv": (qkv, hidden, dict(norm=ln), lambda x, w, r: kernels.linear(kernels.add_rms_norm(x, r, *ln), w)),
@@ -138,7 +153,8 @@ def main() -> None:
                     best = min(best, (us, s), key=lambda t: t[0])
                 us, s = best
                 sk = (float("inf"), None)
-                for splits, setting in itertools.product((2, 4, 8), SPLIT_SETTINGS):
+                for splits, setting in itertools.product((2, 4, 8) if os.environ.get("SPLIT") != "0" else (),
+                                                         SPLIT_SETTINGS):
                     if k % (splits * setting[1]) or glue.get("swiglu"):
                         continue
                     part = torch.empty(splits, m, rows, device="cuda")
@@ -153,13 +169,24 @@ def main() -> None:
                 if sk[1] is not None:
                     print(f"      split-K GEMM alone (no glue, partials left for the next kernel): {sk[0]:7.1f} us "
                           f"{size / sk[0] / 1e3:6.0f} GB/s  {sk[1]}", flush=True)
-                if m == 1:
+                if BARE:  # the card's choice at this row count: the best setting or cuBLAS
+                    cublas = per_call_us(lambda: [torch.nn.functional.linear(x, w) for w in ws], copies)
+                    best_settings.setdefault((rows, k), {})[m] = s if us < cublas else "cublas"
+                    print(f"      cuBLAS {cublas:7.1f} us {size / cublas / 1e3:6.0f} GB/s", flush=True)
+                elif m == 1:
                     best_settings[(rows, k)] = s
                 print(f"{shape:5s} {role:8s} m={m:2d}  read alone {read:7.1f} us {size / read / 1e3:6.0f} GB/s   "
                       f"separate {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   "
                       f"glued {us:7.1f} us {size / us / 1e3:6.0f} GB/s  {s}", flush=True)
             ws = []  # free the copies before the next shape
             torch.cuda.empty_cache()
+    if BARE:
+        table = {torch.cuda.get_device_name(): best_settings}
+        print("STREAM_SETTINGS =", table)
+        if os.environ.get("SETTINGS_OUT"):
+            with open(os.environ["SETTINGS_OUT"], "w") as f:
+                f.write(repr(table))
+        return
     print("DECODE_GEMM_SETTINGS =", best_settings)
     if os.environ.get("SETTINGS_OUT"):  # for a run that times them (scripts/gpu_glue.sh)
         with open(os.environ["SETTINGS_OUT"], "w") as f:

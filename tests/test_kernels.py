@@ -454,18 +454,34 @@ def test_tree_inputs_compiles_once_per_bucket():
 
 def test_a_runs_kernel_switches_are_named_in_its_report(monkeypatch):
     """Launch choices set away from their defaults (as `scripts/ab.py` sets them) are listed in
-    the report's environment line; at the defaults nothing is, and dependent launches asked for
-    where they cannot act (no Hopper GPU here) say so rather than claim to be on."""
+    the report's environment line; at the defaults nothing is (dependent launches are on by
+    default and simply launch plainly where no Hopper GPU runs them)."""
     from specdiff.bench.tables import environment_line
     from specdiff.kernels import common, gemm
 
     env = {"device": "cpu", "torch": "t", "transformers": "x"}
     assert kernels.switches(torch.device("cpu")) == {}
     assert "switches" not in environment_line({**env, "kernel_switches": {}})
-    monkeypatch.setattr(common, "PDL", True)
+    monkeypatch.setattr(common, "PDL", False)
     monkeypatch.setattr(gemm, "PREFETCH_TILES", 4)
     monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0)
     got = kernels.switches(torch.device("cpu"))
-    assert got == {"pdl": "asked for, not available here", "prefetch_tiles": 4, "skinny_min_weight": 0}
+    assert got == {"pdl": False, "prefetch_tiles": 4, "skinny_min_weight": 0}
     line = environment_line({**env, "kernel_switches": got})
-    assert line.endswith("kernel switches: pdl=asked for, not available here, prefetch_tiles=4, skinny_min_weight=0")
+    assert line.endswith("kernel switches: pdl=False, prefetch_tiles=4, skinny_min_weight=0")
+
+
+def test_a_cards_streaming_settings_go_by_its_longest_listed_name(monkeypatch):
+    """`gemm.STREAM_SETTINGS` applies the table of the longest card name that prefixes the GPU's
+    own, for the shapes it lists, each row count taking the smallest measured count at or above
+    it; a card, shape or row count it does not cover keeps `linear`'s defaults (None)."""
+    from specdiff.kernels import gemm
+
+    monkeypatch.setattr(gemm, "STREAM_SETTINGS", {"NVIDIA H": {(8, 4): {16: (16, 64, 4, 3)}},
+                                                  "NVIDIA H200": {(8, 4): {1: (32, 128, 4, 7), 4: "cublas"}}})
+    for name, want in (("NVIDIA H200 NVL", [(32, 128, 4, 7), "cublas", None]),
+                       ("NVIDIA H100 80GB HBM3", [(16, 64, 4, 3)] * 3), ("NVIDIA A100-SXM4-80GB", [None] * 3)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert [gemm.stream_settings(torch.device("cuda", 0), 8, 4, m) for m in (1, 3, 16)] == want
+        assert gemm.stream_settings(torch.device("cuda", 0), 8, 8, 1) is None
+    assert kernels.switches(torch.device("cpu")) == {"stream_settings": "NVIDIA H,NVIDIA H200"}

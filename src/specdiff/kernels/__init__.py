@@ -63,12 +63,14 @@ def switches(device: torch.device) -> dict:
     from specdiff.kernels import common, gemm
 
     out: dict = {}
-    if common.PDL:
-        out["pdl"] = True if common.pdl(device)["PDL"] else "asked for, not available here"
+    if not common.PDL:
+        out["pdl"] = False
     if gemm.PREFETCH_TILES:
         out["prefetch_tiles"] = gemm.PREFETCH_TILES
     if gemm.SKINNY_MIN_WEIGHT != gemm.SQUARE_8B:
         out["skinny_min_weight"] = gemm.SKINNY_MIN_WEIGHT
+    if gemm.STREAM_SETTINGS != gemm.MEASURED_STREAM_SETTINGS:
+        out["stream_settings"] = ",".join(sorted(c for c, t in gemm.STREAM_SETTINGS.items() if t))
     if gemm.TREE_GEMM_SETTINGS:
         out["tree_gemm_shapes"] = len(gemm.TREE_GEMM_SETTINGS)
     return out

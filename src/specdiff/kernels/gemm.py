@@ -4,6 +4,7 @@ be alone) for exact numerics."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -87,14 +88,49 @@ if triton is not None:
 
 
 # k tiles of its weight a GEMM launched dependently prefetches into L2 before it waits for the
-# kernel before it (0: none)
+# kernel before it (0: none). 4 tiles did not help the Qwen3-8B forward on an H100 (5.82 -> 5.87
+# ms, `scripts/gpu_pdl.sh`).
 PREFETCH_TILES = 0
 
 SKINNY_ROWS = 16  # rows up to which `skinny_linear` reads the weight once for all of them
 # the smallest weight `linear` streams itself: below it cuBLAS was as fast or faster on an H100
-# (scripts/gpu_gemv.py: 3-15% faster from Qwen3-8B's 4096 x 4096, parity or slower at 1.7B's)
+# (scripts/gpu_gemv.py: 3-15% faster from Qwen3-8B's 4096 x 4096, parity or slower at 1.7B's;
+# streaming 1.7B's too took its 16-row forward from 1.94 to 2.11 ms, `scripts/gpu_pdl.sh`)
 SQUARE_8B = 4096 * 4096  # Qwen3-8B's hidden x hidden (o) projection
 SKINNY_MIN_WEIGHT = SQUARE_8B
+
+# The streaming kernel's settings for up to SKINNY_ROWS rows, measured per card: {card name:
+# {(rows, K): {row count: (block_n, block_k, warps, stages) or "cublas"}}}, the card's name as
+# torch reports it (its longest listed prefix applies). A row count takes the smallest measured
+# one at or above it; "cublas" where cuBLAS was faster at that count. Shapes and row counts a
+# card does not list take `linear`'s settings by shape class, measured on an H100. Measured in
+# bf16 (`scripts/gpu_decode_gemm.py`, GLUE=0); other dtypes take the defaults.
+StreamSetting = tuple[int, int, int, int] | str
+MEASURED_STREAM_SETTINGS: dict[str, dict[tuple[int, int], dict[int, StreamSetting]]] = {
+    # Qwen3-8B's and 1.7B's weights. At 8B it took the 16-row forward 6.11 -> 6.04 ms and the drafter
+    # step 1.33 -> 1.30 (dflash's round 7.85 -> 7.62); at 1.7B the one-row forward 1.87 -> 1.77
+    # (ar 2.02 -> 1.86 ms/token). Streaming 1.7B's narrow weights at 16 rows, though faster alone,
+    # took its 16-row forward 1.94 -> 2.06 ms: cuBLAS keeps them there.
+    "NVIDIA H100 80GB HBM3": {
+        (6144, 4096): {1: (32, 128, 4, 5), 16: (64, 256, 4, 3)}, (4096, 4096): {16: (32, 512, 4, 3)},
+        (24576, 4096): {16: (64, 128, 4, 3)}, (4096, 12288): {16: (32, 512, 4, 3)},
+        (151936, 4096): {16: (128, 256, 4, 3)},  # a count's setting covers the counts below it
+        (4096, 2048): {1: (32, 128, 4, 7), 16: "cublas"}, (2048, 2048): {1: (32, 128, 4, 5), 16: "cublas"},
+        (12288, 2048): {1: (32, 128, 4, 3), 16: "cublas"}, (2048, 6144): {1: (16, 512, 4, 3), 16: "cublas"},
+        (151936, 2048): {1: (128, 256, 4, 3)},
+    },
+}
+STREAM_SETTINGS = copy.deepcopy(MEASURED_STREAM_SETTINGS)  # what runs (`scripts/ab.py` may change it)
+
+
+def stream_settings(device: torch.device, n: int, k: int, m: int) -> StreamSetting | None:
+    """The card's measured choice for m rows of an [n, k] weight, None where it lists none."""
+    if not STREAM_SETTINGS:
+        return None
+    name = torch.cuda.get_device_name(device)
+    cards = sorted((c for c in STREAM_SETTINGS if name.startswith(c)), key=len)
+    table = STREAM_SETTINGS[cards[-1]].get((n, k), {}) if cards else {}
+    return next((table[rows] for rows in sorted(table) if m <= rows), None)
 
 
 # A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and the
@@ -125,6 +161,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             return F.linear(x, weight, bias)
         bm, bn, bk, warps, stages = tree
         return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, block_m=bm)
+    card = stream_settings(x.device, n, k, x.shape[0]) if x.dtype == torch.bfloat16 else None
+    if card == "cublas":
+        return F.linear(x, weight, bias)
+    if card is not None:
+        bn, bk, warps, stages = card
+        return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages)
     if n * k < SKINNY_MIN_WEIGHT:
         return F.linear(x, weight, bias)
     if n * k < SQUARE_8B:  # narrower than Qwen3-8B (streamed only where SKINNY_MIN_WEIGHT is lowered)
