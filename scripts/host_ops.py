@@ -53,7 +53,7 @@ def instrument(dec, counter: Counter) -> list[int]:
 
     def part(name, fn):
         def wrapped(*a, **k):
-            if name == "propose":
+            if name == "verify":  # one a round (a round queued ahead calls no propose)
                 rounds.append(1)
             counter.part = name
             try:
@@ -87,6 +87,7 @@ def instrument(dec, counter: Counter) -> list[int]:
             return uncounted(*a, **k)
         return wrapped
     graphed.tree_inputs = eager_kernel("tree_inputs", graphed.tree_inputs)
+    graphed.path_moves = eager_kernel("path_moves", graphed.path_moves)
     walk.accepted_path = eager_kernel("accepted_path", walk.accepted_path)
     return rounds
 
