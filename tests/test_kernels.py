@@ -3,8 +3,6 @@ CPU): norms, the QKV split with RoPE and cache writes, SwiGLU, and tree attentio
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -266,36 +264,12 @@ def test_tree_inputs_build_a_resident_trees_target_inputs(n, nb):
     want_anc[:n, :n] = tree.ancestor_mask()
     pad = torch.zeros(nb - n, dtype=torch.long)
     want_packed = torch.cat([tree.tokens, pad, tree.depths + start, pad + start, torch.tensor([start])])
-    # the root's slot from the host, or on the device (a round queued before the last is read)
-    for fn, st in itertools.product((kernels.tree_inputs, kernels.tree_inputs_reference),
-                                    (start, torch.tensor([start], device=DEVICE))):
+    for fn in (kernels.tree_inputs, kernels.tree_inputs_reference):
         packed = torch.full((2 * nb + 1,), -5, dtype=torch.long, device=DEVICE)
         anc = torch.zeros(nb, nb, dtype=torch.bool, device=DEVICE)
-        fn(tree.tokens.to(DEVICE), tree.parents.to(DEVICE), tree.depths.to(DEVICE), st, packed, anc)
+        fn(tree.tokens.to(DEVICE), tree.parents.to(DEVICE), tree.depths.to(DEVICE), start, packed, anc)
         assert torch.equal(anc.cpu(), want_anc), fn
         assert torch.equal(packed.cpu(), want_packed), fn
-
-
-@pytest.mark.parametrize("count", [0, 1, 5, 16])
-def test_a_paths_moves_on_the_device_are_the_commits(count):
-    """`path_moves` (the commit of a path still on the device): the first `count` path nodes go
-    onto the slots after the committed length, every other slot onto itself, and the next root's
-    slot is length + count, as the kernel and its reference both write them; a path-node index
-    past `count` (padding) moves nothing."""
-    torch.manual_seed(count)
-    length, p, r = 37, 16, 32
-    nodes = torch.sort(torch.randperm(40)[:p]).values.to(DEVICE)
-    nodes[0] = 0  # the root first
-    cnt = torch.tensor([count], device=DEVICE)
-    want_src = list(range(r))
-    want_src[:count] = nodes[:count].tolist()
-    for fn in (kernels.path_moves, kernels.path_moves_reference):
-        moves = torch.full((2, r), -1, dtype=torch.long, device=DEVICE)
-        start = torch.full((1,), -1, dtype=torch.long, device=DEVICE)
-        fn(nodes, cnt, length, moves, start)
-        assert moves[0].tolist() == [length + j for j in range(r)]
-        assert moves[1].tolist() == [length + j for j in want_src]
-        assert start.item() == length + count
 
 
 @pytest.mark.parametrize("n,chain", [(1, False), (9, True), (16, True), (40, False), (65, False), (257, False)])
@@ -476,10 +450,6 @@ def test_tree_inputs_compiles_once_per_bucket():
         ids = torch.arange(n, device="cuda")
         kernels.tree_inputs(ids, ids - 1, ids, start, packed, anc)
     assert len(cache) - before <= 1, len(cache) - before
-    for n, start in ((1, 16), (17, 37)):  # the root's slot on the device: one more variant
-        ids = torch.arange(n, device="cuda")
-        kernels.tree_inputs(ids, ids - 1, ids, torch.tensor([start], device="cuda"), packed, anc)
-    assert len(cache) - before <= 2, len(cache) - before
 
 
 def test_a_runs_kernel_switches_are_named_in_its_report(monkeypatch):

@@ -8,10 +8,7 @@ new token comes out of a verification round (so AR's tau is exactly 1). With
 `DecodeConfig.overlap`, AR runs the same forwards and draws overlapped (each step launched before
 the last one's draw is read, since its tree is that draw alone); a drafted round queues the next
 draft from the path the device finds before the round is read (where the method and drafter can),
-and is handed out once the next round is queued. Where that draft's tree stays on the device
-(ddtree searched there) and the target can (the graph engine), the round's commit and the next
-round's target forward are queued before the read too (`FORWARD_AHEAD`): the host's work after
-the read then runs while the device drafts and verifies.
+and is handed out once the next round is queued.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, Generator, Iterator, NamedTuple, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,18 +33,6 @@ from specdiff.verify.walk import device_depth, device_path, walk_read, walk_row
 
 # (tree, logits [N, V], root position, sampling, the decoder's noise cache) -> VerifyResult; pure
 Verifier = Callable[[DraftTree, torch.Tensor, int, SamplingConfig, NoiseCache], VerifyResult]
-
-# a round that drafts ahead also queues its commit and the next target forward before its read,
-# where the next tree stays on the device and the target can (`GraphedTarget.forward_after`)
-FORWARD_AHEAD = True
-
-
-class _Ahead(NamedTuple):
-    """The next round as queued before this one was read: its tree, and its target forward where
-    that was queued too (None: the loop launches it)."""
-
-    tree: DraftTree
-    out: TargetOutput | None
 
 
 class SpeculativeDecoder:
@@ -164,14 +149,12 @@ class SpeculativeDecoder:
 
         emitted_total, round_index, t_round = 0, 0, t1
 
-        def launch(accepted: Sequence[int] | None, ahead: _Ahead | None = None) -> tuple[DraftTree, TargetOutput]:
+        def launch(accepted: Sequence[int] | None) -> tuple[DraftTree, TargetOutput]:
             """Queues a round's draft and target forward; the last round's accepted path is
             committed once the drafter's work is queued, so that the commit's host work does not
-            hold the device idle. ahead: the round as queued before the last was read."""
-            if ahead is not None and ahead.out is not None:
-                return ahead.tree, ahead.out  # the commit and the forward are queued already
+            hold the device idle."""
             state.max_depth = max_new - emitted_total - 1  # a round emits at most max_depth + 1 tokens
-            tree = ahead.tree if ahead is not None else proposer.propose(state)  # 2. propose
+            tree = proposer.propose(state)  # 2. propose
             if accepted is not None:
                 target.commit(accepted)  # 5. (of the last round) keep the accepted path's KV
             return tree, target.forward(tree)  # 3. one target forward over the whole tree
@@ -180,9 +163,8 @@ class SpeculativeDecoder:
         drafts_ahead = cfg.overlap and self._own_verifier and getattr(proposer, "drafts_ahead", False)
         readback = self._readback() if drafts_ahead else None
         while True:
-            ahead = None
             if drafts_ahead and self._ahead_fits(tree, out, max_new - emitted_total):
-                result, ahead = self._verify_drafting_ahead(tree, out, state.start, readback)  # 4. and 6.
+                result = self._verify_drafting_ahead(tree, out, state.start, readback)  # 4. and 6.
             else:
                 result = self.verifier(tree, out.logits, state.start, cfg.sampling, self.noise)  # 4. verify
                 proposer.update(result, out)  # 6. drafter learns what was committed
@@ -200,7 +182,7 @@ class SpeculativeDecoder:
                 stop = "length"
             # overlap: the round is handed out once the next one is queued, so the consumer's
             # work runs while the device drafts and verifies
-            queued = launch(result.accepted, ahead) if stop is None and cfg.overlap else None
+            queued = launch(result.accepted) if stop is None and cfg.overlap else None
             now = time.perf_counter()
             yield RoundChunk(tokens=emitted, round=round_index, tree_nodes=tree.num_nodes,
                              candidate_rows=tree.candidate_rows or tree.num_nodes, round_ms=1000 * (now - t_round),
@@ -208,10 +190,9 @@ class SpeculativeDecoder:
             t_round = now
             round_index += 1
             if stop is not None:
-                if ahead is None or ahead.out is None:  # else the device committed it
-                    target.commit(result.accepted)
+                target.commit(result.accepted)
                 break
-            tree, out = queued or launch(result.accepted, ahead)
+            tree, out = queued or launch(result.accepted)
         self._sync()
         return t1 - t0, time.perf_counter() - t1
 
@@ -224,28 +205,22 @@ class SpeculativeDecoder:
                 and left - (depth + 1) - 1 >= self.proposer.num_slots)
 
     def _verify_drafting_ahead(self, tree: DraftTree, out: TargetOutput, start: int,
-                               readback: "_Readback") -> tuple[VerifyResult, _Ahead | None]:
+                               readback: "_Readback") -> VerifyResult:
         """`verify_walk`, with the next round's draft queued between the draws and their read: the
         device finds the accepted path itself (`device_path`) and the drafter takes it in, so the
         read waits for the draws alone and the host's work after it runs while the device drafts.
-        Where the draft's tree stays on the device, the path's commit and the next forward follow
-        it (`FORWARD_AHEAD`). The host's walk decides the tokens; the device's path must agree."""
+        The host's walk decides the tokens; the device's path must agree with it."""
         draws = draw_tree(out.logits, start + 1, tree.depths, self.cfg.sampling, self.noise, tree.depth_bound)
         path = device_path(tree, draws, out.ancestors)
         readback.send(walk_row(tree, draws, path.count))
         self.proposer.draft_ahead(path, out)
-        nxt = self.proposer.tree_ahead() if FORWARD_AHEAD else None
-        forward_after = getattr(self.target, "forward_after", None)
-        ahead = None if nxt is None else _Ahead(nxt, forward_after(path, nxt) if forward_after else None)
         row = readback.receive()
         result = walk_read(tree, row[:-1].copy(), self.native)
         if len(result.accepted) != int(row[-1]):
             raise SpecdiffError(f"the device found a path of {int(row[-1])} nodes where the walk accepted "
                                 f"{len(result.accepted)}: the queued draft would take the wrong context")
         self.proposer.took(result)
-        if ahead is not None and ahead.out is not None:
-            self.target.committed(len(result.accepted))
-        return result, ahead
+        return result
 
     def _overlapped_steps(self, state: DecodeState, t_round: float, prefill_s: float) -> Iterator[RoundChunk]:
         """AR (`DecodeConfig.overlap`): step k + 1's forward is launched on step k's draw, still on

@@ -45,7 +45,7 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear
-from specdiff.kernels.tree import accepted_path, path_moves, path_moves_reference, tree_inputs, tree_inputs_reference
+from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
@@ -53,7 +53,7 @@ __all__ = [
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
-    "accepted_path", "path_moves", "path_moves_reference", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
+    "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
 
 

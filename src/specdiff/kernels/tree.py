@@ -45,11 +45,9 @@ if triton is not None:
     # launched eagerly every round: specialising on the tree's size or its position (a value of
     # 1, or a multiple of 16) would compile a new variant mid-decode (~50 ms on an H100)
     @triton.jit(do_not_specialize=["n", "start"])
-    def _tree_inputs_kernel(tok_ptr, par_ptr, dep_ptr, packed_ptr, anc_ptr, n, start, start_ptr,
-                            NB: tl.constexpr, NBP: tl.constexpr, START_ON_DEVICE: tl.constexpr):
+    def _tree_inputs_kernel(tok_ptr, par_ptr, dep_ptr, packed_ptr, anc_ptr, n, start,
+                            NB: tl.constexpr, NBP: tl.constexpr):
         i = tl.program_id(0)
-        if START_ON_DEVICE:  # the root's slot, still on the device (a round queued before its read)
-            start = tl.load(start_ptr)
         real = i < n
         cols = tl.arange(0, NBP)
         row = cols == i
@@ -72,57 +70,16 @@ def runs_on(device: torch.device) -> bool:
     return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def tree_inputs(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, start: int | torch.Tensor,
+def tree_inputs(tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, start: int,
                 packed: torch.Tensor, anc: torch.Tensor) -> None:
     """`tree_inputs_reference`'s contract in one launch where Triton runs (a CUDA device, or its
-    interpreter); elsewhere the reference. start: the root's slot, or a [1] long device tensor
-    holding it."""
+    interpreter); elsewhere the reference."""
     if not runs_on(anc.device):
         tree_inputs_reference(tokens, parents, depths, start, packed, anc)
         return
     nb = anc.shape[0]
-    on_device = isinstance(start, torch.Tensor)
-    _tree_inputs_kernel[(nb,)](tokens, parents, depths, packed, anc, tokens.shape[0], 0 if on_device else start,
-                               start if on_device else packed, NB=nb, NBP=_next_pow2(nb),
-                               START_ON_DEVICE=on_device, num_warps=1)
-
-
-def path_moves_reference(nodes: torch.Tensor, count: torch.Tensor, length: int, moves: torch.Tensor,
-                         start: torch.Tensor) -> None:
-    """The commit of a path still on the device: nodes [P] long (root first), count [1] long, the
-    committed length -> moves [2, R] long, R >= P: (destination, source) slots, the path's nodes
-    onto length.., every other slot onto itself; start [1] long <- length + count (the next
-    root's slot)."""
-    j = torch.arange(moves.shape[1], device=moves.device)
-    src = j.clone()
-    p = nodes.shape[0]
-    src[:p] = torch.where(j[:p] < count, nodes, j[:p])
-    moves[0] = length + j
-    moves[1] = length + src
-    start.copy_(count + length)
-
-
-if triton is not None:
-
-    @triton.jit(do_not_specialize=["p", "length"])
-    def _path_moves_kernel(nodes_ptr, count_ptr, moves_ptr, start_ptr, p, length, R: tl.constexpr):
-        j = tl.arange(0, R)
-        count = tl.load(count_ptr)
-        node = tl.load(nodes_ptr + j, mask=(j < p) & (j < count), other=0)
-        src = tl.where((j < p) & (j < count), node, j)
-        tl.store(moves_ptr + j, length + j)
-        tl.store(moves_ptr + R + j, length + src)
-        tl.store(start_ptr, length + count)
-
-
-def path_moves(nodes: torch.Tensor, count: torch.Tensor, length: int, moves: torch.Tensor,
-               start: torch.Tensor) -> None:
-    """`path_moves_reference` in one launch where Triton runs; elsewhere the reference."""
-    r = moves.shape[1]
-    if not runs_on(moves.device) or r & (r - 1):
-        path_moves_reference(nodes, count, length, moves, start)
-        return
-    _path_moves_kernel[(1,)](nodes, count, moves, start, nodes.shape[0], length, R=r, num_warps=1)
+    _tree_inputs_kernel[(nb,)](tokens, parents, depths, packed, anc, tokens.shape[0], start,
+                               NB=nb, NBP=_next_pow2(nb), num_warps=1)
 
 
 if triton is not None:

@@ -119,15 +119,6 @@ def saturated(nodes: list[Pop], k: int) -> bool:
     return any(rank == k - 1 for _, rank, _ in nodes)
 
 
-def resident_ddtree(proposal: DraftProposal, budget: int, depth: int) -> DraftTree | None:
-    """`build_ddtree`'s tree where the drafter's graph searched it and it stays on the device
-    (the root's token is the drafter's block's first), else None."""
-    resident = proposal.device_prefixes
-    if resident is not None and depth == resident.depth_bound and 0 < budget < resident.num_nodes:
-        return resident.first(budget + 1)
-    return None
-
-
 def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int,
                  native: Native | None = None) -> DraftTree:
     """The `budget` most probable prefixes (plus the root) of the drafter's marginals, searched in
@@ -140,9 +131,9 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
     depth = min(max_depth, proposal.logits.shape[0])
     if depth <= 0 or budget <= 0:
         return DraftTree.chain(root, [])
-    resident = resident_ddtree(proposal, budget, depth)
-    if resident is not None:
-        return resident
+    resident = proposal.device_prefixes
+    if resident is not None and depth == resident.depth_bound and budget < resident.num_nodes:
+        return resident.first(budget + 1)  # the root's token came from the drafter's block
     if proposal.prefixes is not None and proposal.prefixes.covers(budget, depth):
         return proposal.prefixes.tree(root, budget)
     if native is not None:  # the same pops, in C; with k = budget every pop is exact
@@ -185,18 +176,6 @@ class DDTreeProposer(DFlashProposer):
 
     def build(self, state: DecodeState, proposal: DraftProposal, depth: int) -> DraftTree:
         return build_ddtree(state.root, proposal, self.budget, depth, self.native)
-
-    def tree_ahead(self) -> DraftTree | None:
-        """The tree of the draft `draft_ahead` queued, where it stays on the device (its root is
-        the path's bonus, unread): taken from the queue for the target to verify before this
-        round is read. None leaves the draft to `propose`."""
-        if self._queued is None:
-            return None
-        proposal, depth = self._queued
-        tree = resident_ddtree(proposal, self.budget, depth)
-        if tree is not None:
-            self._queued = None
-        return tree
 
 
 # `--tree-search auto`: the largest budget searched on the device. The kernel's sort grows with the

@@ -86,11 +86,6 @@ class DFlashProposer:
         self._queued = (self.drafter.draft_ahead(out.features, path.nodes, path.count, path.bonus, self.num_slots),
                         self.num_slots)
 
-    def tree_ahead(self) -> DraftTree | None:
-        """A queued draft's tree the target can take before the round is read: none for a chain
-        (its root is read from the round)."""
-        return None
-
     def took(self, result: VerifyResult) -> None:
         """`update` for a round whose path `draft_ahead` already fused into the drafter."""
         self.drafter.took(len(result.accepted))

@@ -37,12 +37,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from specdiff.kernels import path_moves, runnable, tree_inputs, tree_visibility
+from specdiff.kernels import runnable, tree_inputs, tree_visibility
 from specdiff.native import Native
 from specdiff.ops import StagedRow
 from specdiff.target.static_model import StaticTarget
 from specdiff.types import DraftTree, TargetOutput
-from specdiff.verify.walk import DevicePath
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
 HEADROOM = 256  # > any bucket's padding (largest gap between buckets)
@@ -144,9 +143,6 @@ class GraphedTarget(StaticTarget):
         self._move_row = StagedRow((2, COMMIT_ROWS), device)
         self._moves = self._move_row.device_row
         self._commit_graph: "torch.cuda.CUDAGraph | None" = None
-        # [1] long: the next root's slot after a commit of a path still on the device
-        self._next_start = torch.zeros(1, dtype=torch.long, device=device)
-        self._ahead = 0  # slots a path committed on the device may add (until `committed`)
 
     def set_taps(self, layer_ids: Sequence[int]) -> None:
         if tuple(layer_ids) != getattr(self, "tap_layers", None):
@@ -168,7 +164,6 @@ class GraphedTarget(StaticTarget):
             self._buckets, self._pool = {}, None  # graphs point at the old buffers
             self._commit_graph = None
         self.length = 0
-        self._ahead = 0  # a round queued past the last decode's end is dropped
 
     def prepare(self, max_len: int, max_nodes: int) -> None:
         """Size the buffer for sequences of `max_len` slots and capture every bucket a tree of at
@@ -189,9 +184,6 @@ class GraphedTarget(StaticTarget):
                 # decode (a caddtree round that met a new size measured 57 ms on an H100). Its
                 # next forward writes the whole packed row and block again
                 tree_inputs(root, root - 1, root, self.length, b.packed, b.anc)
-                tree_inputs(root, root - 1, root, self._next_start, b.packed, b.anc)  # a round queued ahead
-        if self.device.type == "cuda":
-            path_moves(root, root, self.length, self._moves, self._next_start)  # compiled: a path of 0 nodes
 
     # -- one bucket ------------------------------------------------------------------------
     def _node_bucket(self, n: int) -> int:
@@ -262,39 +254,6 @@ class GraphedTarget(StaticTarget):
             b.packed[:n].copy_(tree.tokens)
         b.anc_row.send()
         return self._replay(b, n)
-
-    @torch.inference_mode()
-    def forward_after(self, path: DevicePath, tree: DraftTree) -> TargetOutput | None:
-        """`commit` of a round's accepted path still on the device, then `forward` of the next
-        round's tree, searched on the device (`DraftTree.resident`), at the slot after it: both
-        queued, nothing read. The path's nodes' K/V move after the committed slots and the next
-        root's slot stays on the device, where the tree's inputs read it; the span bucket covers
-        the longest path. The host's `length` follows at `committed`. None (nothing queued) where
-        the tree cannot go there: not resident, past the cache, or in a graph not yet captured (a
-        capture writes the slots after `length`, which hold this round's tree until the commit)."""
-        n, p = tree.num_nodes, path.nodes.shape[0]
-        if self._ahead or not tree.resident or n > BUCKETS[-1] or p > COMMIT_ROWS:
-            return None
-        nb, bound = self._node_bucket(n), self.length + p
-        key = (nb, span_for(bound + nb, self.max_len))
-        if bound + nb > self.max_len or (self.use_graphs and (key not in self._buckets or self._commit_graph is None)):
-            return None
-        path_moves(path.nodes, path.count, self.length, self._moves, self._next_start)
-        if self._commit_graph is not None:
-            self._commit_graph.replay()
-        else:
-            self._move()
-        self._ahead = p
-        b = self._bucket(*key)
-        tree_inputs(tree.tokens, tree.parents, tree.depths, self._next_start, b.packed, b.anc)
-        return self._replay(b, n)
-
-    def committed(self, k: int) -> None:
-        """The path `forward_after` committed held k nodes (read by the host)."""
-        if not 0 < k <= self._ahead:
-            raise ValueError(f"committed: {k} nodes of a path of at most {self._ahead}")
-        self.length += k
-        self._ahead = 0
 
     def _replay(self, b: _Bucket, n: int) -> TargetOutput:
         if b.graph is not None:
