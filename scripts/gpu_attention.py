@@ -3,7 +3,11 @@ heads, head size 128), trees of NODES nodes after 256 committed slots (span 512)
 per call (inside a CUDA graph) per row block, warps, key splits and pipelining stages, fastest
 first, next to what the launch rule (`kernels.attention_launch`) picks.
 
-    usage: python scripts/gpu_attention.py [--nodes 1,16,64,65,256,257] [--stages 2,3,4]
+With --flex it times, instead of the sweep, the launch rule's kernel against FlexAttention
+(`kernels.tree_attention_flex`, compiled): its block mask built in every call (as a round would
+build it) and built once (its kernel alone).
+
+    usage: python scripts/gpu_attention.py [--nodes 1,16,64,65,256,257] [--stages 2,3,4] [--flex]
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import itertools
 
 import torch
+import triton
 from triton.testing import do_bench_cudagraph
 
 from specdiff import kernels
@@ -22,7 +27,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", default="1,16,64,256")
     ap.add_argument("--stages", default="3", help="pipelining depths to try (Triton's default: 3)")
+    ap.add_argument("--flex", action="store_true", help="the Triton kernel against FlexAttention")
     args = ap.parse_args()
+    if args.flex:
+        flex_against_triton([int(x) for x in args.nodes.split(",")])
+        return
     torch.manual_seed(0)
     hq, hkv, d, start, span = 32, 8, 128, 256, 512
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -49,6 +58,36 @@ def main() -> None:
         print(f"n={n}: the rule's setting (block_m {rule[0]}, splits {rule[1]}, warps 8) {ruled:.1f} us; fastest: "
               + "; ".join(f"{us:.1f} us (block_m {bm}, warps {w}, splits {sp}, stages {ns})"
                           for us, bm, w, sp, ns in rows[:5]), flush=True)
+
+
+def flex_against_triton(nodes: list[int]) -> None:
+    torch.manual_seed(0)
+    hq, hkv, d, start, span = 32, 8, 128, 256, 512
+    k = torch.randn(hkv, 1024, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    st = torch.tensor([start], device="cuda")
+    for n in nodes:
+        q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+        anc = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
+        want = kernels.tree_attention_reference(q, k, v, st, anc, span, d ** -0.5)
+        triton_us = 1000 * do_bench_cudagraph(lambda: kernels.tree_attention(q, k, v, st, anc, span, d ** -0.5), rep=40)
+        cells = [f"n={n}: triton kernel (the launch rule) {triton_us:.1f} us"]
+        mask = kernels.tree_block_mask(st, anc, span)
+        for name, fn in (("flex, mask built per call", lambda: kernels.tree_attention_flex(q, k, v, st, anc, span,
+                                                                                             d ** -0.5)),
+                         ("flex, mask built once", lambda: kernels.tree_attention_flex(q, k, v, st, anc, span,
+                                                                                         d ** -0.5, mask))):
+            try:
+                torch.testing.assert_close(fn(), want, atol=3e-2, rtol=3e-2)
+                try:
+                    us = 1000 * do_bench_cudagraph(fn, rep=40)
+                except Exception:  # not capturable in a graph: timed eagerly
+                    us = 1000 * triton.testing.do_bench(fn, rep=40)
+                    name += " (eager timing)"
+                cells.append(f"{name} {us:.1f} us")
+            except Exception as e:
+                cells.append(f"{name}: {type(e).__name__}: {str(e)[:100]}")
+        print("; ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

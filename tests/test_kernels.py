@@ -3,6 +3,8 @@ CPU): norms, the QKV split with RoPE and cache writes, SwiGLU, and tree attentio
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -112,6 +114,35 @@ def test_tree_attention(dtype, n, hq, hkv, start, splits):
     got = kernels.tree_attention(q, k, v, st, anc, span, d ** -0.5, splits=splits)
     assert not got.isnan().any()
     close(got, want, dtype)
+
+
+@pytest.mark.parametrize("n,start,leak", [(1, 37, False), (9, 70, False), (20, 0, False), (9, 70, True)])
+def test_flexattentions_tree_attention_is_the_references(n, start, leak):
+    """FlexAttention with the visibility rule as its mask_mod gives the reference's rows (fp32,
+    GQA 2, slots past the tree holding large values it must not weigh; it multiplies them by a
+    zero weight, so unlike the Triton kernel a NaN there would reach the output); a mask that lets
+    one row see a slot outside its path (planted) changes that row."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    g = torch.Generator().manual_seed(n + start)
+    hq, hkv, d, alloc = 4, 2, 16, 256
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE)
+    k, v = (torch.randn(hkv, alloc, d, generator=g).to(DEVICE) for _ in range(2))
+    anc = random_tree(n, g).ancestor_mask().to(DEVICE)
+    span = start + n + 17
+    st = torch.tensor([start], device=DEVICE)
+    want = kernels.tree_attention_reference(q, k, v, st, anc, span, d ** -0.5)
+    k[:, start + n :], v[:, start + n :] = 1e4, 1e4
+    seen = anc.clone()
+    if leak:
+        seen[n - 1] = True  # the last row also sees every tree slot
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention (a CPU) warns that it is not compiled
+        got = kernels.tree_attention_flex(q, k, v, st, seen, span, d ** -0.5)
+    if leak and not anc[n - 1].all():
+        assert (got[n - 1] - want[n - 1]).abs().max() > 1e-3
+        close(got[: n - 1], want[: n - 1], torch.float32)
+    else:
+        close(got, want, torch.float32)
 
 
 @pytest.mark.parametrize("block_m,splits", [(32, None), (32, 2)])

@@ -39,7 +39,8 @@ import torch
 
 from specdiff.errors import SpecdiffError
 from specdiff.kernels.attention import (ancestor_paths, position_attention, position_tree_index, tree_attention,
-                                        tree_attention_reference, tree_index, tree_visibility)
+                                        tree_attention_flex, tree_attention_reference, tree_block_mask, tree_index,
+                                        tree_visibility)
 from specdiff.kernels.common import BLOCK_N, triton
 from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, kv_rope_store_layers,
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
@@ -52,7 +53,7 @@ __all__ = [
     "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
-    "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_reference", "tree_index",
+    "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
 

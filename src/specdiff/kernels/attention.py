@@ -4,6 +4,7 @@ PyTorch reference both must equal."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -33,6 +34,42 @@ def tree_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_cache[None, :, :span], v_cache[None, :, :span],
                                          attn_mask=visible[None, None], scale=scale, enable_gqa=True)
     return out[0].transpose(0, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _flex(device_type: str):
+    """FlexAttention and its block-mask builder: compiled on a GPU (its fused kernel), eager on a
+    CPU (its reference loop, for tests)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=False), create_block_mask
+    return flex_attention, create_block_mask
+
+
+def tree_attention_flex(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
+                        ancestors: torch.Tensor, span: int, scale: float, block_mask=None) -> torch.Tensor:
+    """`tree_attention_reference` by FlexAttention: the visibility rule as its mask_mod (reading
+    `start` and the ancestor block on the device), its block mask over [N, span] built per call
+    unless one is passed (`tree_block_mask`). The Triton kernel's alternative, measured against it
+    by `scripts/gpu_attention.py --flex`."""
+    flex, _ = _flex(q.device.type)
+    if block_mask is None:
+        block_mask = tree_block_mask(start, ancestors, span)
+    out = flex(q.transpose(0, 1)[None], k_cache[None, :, :span], v_cache[None, :, :span], block_mask=block_mask,
+               scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
+def tree_block_mask(start: torch.Tensor, ancestors: torch.Tensor, span: int):
+    """FlexAttention's block mask of `tree_visibility` for N tree rows over `span` slots."""
+    n = ancestors.shape[0]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        rel = kv_idx - start[0]
+        return (kv_idx < start[0]) | ((rel >= 0) & (rel < n) & ancestors[q_idx, rel.clamp(0, n - 1)])
+
+    return _flex(ancestors.device.type)[1](mask_mod, 1, 1, n, span, device=ancestors.device)
 
 
 if triton is not None:
