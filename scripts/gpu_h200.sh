@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU (meant for an H200): the real-scale table with dependent launches on, and the streaming
-# GEMM's settings tuned for the card it runs on, each step packing $OUT/out.tar:
+# GEMM's settings tuned for the card it runs on, each step packing $OUT/gpu_h200.tar:
 #   1. `specdiff speed --shape qwen3-8b --budgets 64,256`: the table the targets name;
 #   2. the bare streaming GEMM swept per weight shape on this card at 1 and 16 rows, against
 #      cuBLAS (scripts/gpu_decode_gemm.py, GLUE=0), its table written to out/stream_settings.txt;

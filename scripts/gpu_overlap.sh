@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU: what AR's overlap and the tree rows' changes buy, shortest first (each step packs $OUT/out.tar):
+# GPU: what AR's overlap and the tree rows' changes buy, shortest first (each step packs $OUT/gpu_overlap.tar):
 #   1. `specdiff speed --shape qwen3-8b --budgets 64`: ar overlapped and one step at a time,
 #      dflash, ddtree@64 in its own bucket (the attention launch rule at 65 nodes);
 #   2. the bundled pair's bench, function completion, T=0: ar (overlapped) against ddtree@64, every

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU: dependent launches (kernels.common.PDL) against plain ones, and the drafts queued before a
-# round's read, shortest and most telling first (each step packs $OUT/out.tar):
+# round's read, shortest and most telling first (each step packs $OUT/gpu_pdl.tar):
 #   0. the GPU test that holds a captured chain of the forward's kernels, launched dependently, to
 #      the plain launches' bits (and the device path's kernel); where it fails, every later step
 #      runs with PDL off;

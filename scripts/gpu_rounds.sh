@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU: a drafted round at the bundled size against the overlapped AR, and tree attention at the
-# node counts the launch rule decides (each step packs $OUT/out.tar):
+# node counts the launch rule decides (each step packs $OUT/gpu_rounds.tar):
 #   0. the GPU tests of the rounds that read once and of the overlapped loops (drafts queued
 #      before the read included): AR's tokens, the sync counts;
 #   1. `scripts/gpu_attention.py --nodes 65,257 --stages 3,4`: every launch setting against the rule's;

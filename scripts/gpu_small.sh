@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU: where a small model's round can lose device work. The bundled pair's ddtree round is nearly
 # all device time (docs/results.md: queuing its next forward before the read changed nothing), so
-# these try fewer or better-chained kernels, each step packing $OUT/out.tar:
+# these try fewer or better-chained kernels, each step packing $OUT/gpu_small.tar:
 #   1. the bundled bench (function completion, T=0, 24 prompts: ar, ddtree@16, @64) as it runs;
 #   2. the same with every GEMM of up to 16 rows the streaming Triton kernel
 #      (`gemm.SKINNY_MIN_WEIGHT=0`: no cuBLAS call breaks the chain of dependent launches);
