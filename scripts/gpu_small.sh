@@ -4,7 +4,8 @@
 # these try fewer or better-chained kernels, each step packing $OUT/gpu_small.tar:
 #   1. the bundled bench (function completion, T=0, 24 prompts: ar, ddtree@16, @64) as it runs;
 #   2. the same with every GEMM of up to 16 rows the streaming Triton kernel
-#      (`gemm.SKINNY_MIN_WEIGHT=0`: no cuBLAS call breaks the chain of dependent launches);
+#      (`gemm.SKINNY_MIN_WEIGHT=0`: no cuBLAS call breaks the chain of dependent launches; at this
+#      size that is the drafter's step, since the target's exact numerics stream every GEMM already);
 #   3. the same with `--kernels glued` (norms, SiLU-multiply and residual adds inside the GEMMs);
 #   4. tree attention at Qwen3-8B's heads: the Triton kernel against FlexAttention
 #      (`scripts/gpu_attention.py --flex`).
