@@ -37,6 +37,21 @@ def test_speed_prints_every_method_for_a_tiny_shape(capsys):
     assert [r["method"] for r in result["rows"]] == ["ar", "ar, no overlap", "dflash", "ddtree@4", "ddtree@8"]
     assert all(r["ms_per_token"] > 0 and r["tau"] >= 1 for r in result["rows"])
     assert result["bound_ms"] is None  # no peak bandwidth known for a CPU
+    assert [r["forward_nodes"] for r in result["rows"]] == [1, 1, 16, 5, 9]
+
+
+def test_a_rounds_cost_beyond_its_forwards_subtracts_the_parts_it_ran():
+    """The table's last column: the round less the target's forward of the rows that method
+    verifies, and less the drafter's step where it drafts (AR does not)."""
+    from specdiff.bench.speed import table
+
+    rows = [dict(method=m, tau=1.0, ms_per_token=r, round_ms=r, mean_nodes=n, syncs_per_round=None, drafted=d,
+                 forward_nodes=n) for m, r, n, d in (("ar", 5.0, 1, False), ("dflash", 7.0, 16, True),
+                                                     ("ddtree@64", 9.0, 65, True), ("ddtree@8", 3.0, 9, True))]
+    result = dict(shape="s", params=1e9, device="d", dtype="bfloat16", engine="graph", bound_ms=None, rows=rows,
+                  anatomy={"draft_ms": 1.0, "verify_ms": {"1": 4.5, "16": 5.5, "65": 7.25}})
+    cells = [line.rsplit("|", 2)[1].strip() for line in table(result).splitlines() if line.startswith("| ")][1:]
+    assert cells == ["0.50", "0.50", "0.75", "-"]  # no forward of 9 rows timed: no cell
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -173,7 +173,9 @@ def measure(cfg: SpeedConfig) -> dict:
         syncs = count_syncs(decoder, prompt)
         label = method if method != "ddtree" else f"ddtree@{budget}" + (f" ({search} search)" if search != "auto" else "")
         label += "" if overlap else ", no overlap"
-        rows.append({"method": label, "tau": r.tau,
+        rows.append({"method": label, "tau": r.tau, "drafted": method != "ar",
+                     # the rows its target forward takes: AR 1, a DFlash block, a ddtree@B tree its root + B
+                     "forward_nodes": 1 if method == "ar" else cfg.block_size if method == "dflash" else 1 + budget,
                      "syncs_per_round": syncs[0] / syncs[1] if syncs else None,
                      "ms_per_token": 1000 * wall / max(1, r.num_new_tokens),
                      "round_ms": statistics.median(r.round_ms[1:] or r.round_ms),
@@ -250,6 +252,17 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
     return {"draft_ms": draft_ms, "verify_ms": verify}
 
 
+def _fixed_cost(row: dict, parts: dict | None) -> str:
+    """A round's time beyond its forwards timed alone (the target's of the rows it verifies, and
+    the drafter's step where it drafts): its tree search, draws, walk, commit and idle device."""
+    if not parts or "forward_nodes" not in row:
+        return "-"
+    forward = {int(n): ms for n, ms in parts["verify_ms"].items()}.get(row["forward_nodes"])
+    if forward is None:
+        return "-"
+    return f"{row['round_ms'] - forward - (parts['draft_ms'] if row['drafted'] else 0.0):.2f}"
+
+
 def table(result: dict) -> str:
     from specdiff.bench.tables import markdown_table, switches_note
 
@@ -260,14 +273,15 @@ def table(result: dict) -> str:
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
     head += switches_note(result.get("kernel_switches"))
+    parts = result.get("anatomy")
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
              f"{r['mean_nodes']:.0f}",
              f"{r['syncs_per_round']:.2f}" if r.get("syncs_per_round") is not None else "-",
-             f"{100 * bound / r['ms_per_token']:.0f}%" if bound and r["method"].startswith("ar") else "-"]
+             f"{100 * bound / r['ms_per_token']:.0f}%" if bound and r["method"].startswith("ar") else "-",
+             _fixed_cost(r, parts)]
             for r in result["rows"]]
     lines = [head, "", *markdown_table(["method", "ms/token", "round ms (median)", "tau", "nodes/round",
-                                        "host syncs/round", "of HBM bandwidth"], rows)]
-    parts = result.get("anatomy")
+                                        "host syncs/round", "of HBM bandwidth", "beyond its forwards ms"], rows)]
     if parts:
         lines += ["", "Alone: drafter step {:.2f} ms; target forward of N nodes: {}".format(
             parts["draft_ms"], ", ".join(f"{n}: {ms:.2f} ms" for n, ms in parts["verify_ms"].items()))]
