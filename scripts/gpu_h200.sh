@@ -5,7 +5,8 @@
 #   2. the bare streaming GEMM swept per weight shape on this card at 1 and 16 rows, against
 #      cuBLAS (scripts/gpu_decode_gemm.py, GLUE=0), its table written to out/stream_settings.txt;
 #   3. the 8B and 1.7B speed with that table (`gemm.STREAM_SETTINGS`), and 1.7B without it;
-#   4. the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
+#   4. the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
+#      the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
 #   5. the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
 #   usage: DEADLINE=520 bash scripts/gpu_h200.sh
@@ -30,6 +31,9 @@ if [ -s out/stream_settings.txt ]; then
   timeout "$(left 40)" $T speed --shape qwen3-1.7b $G --budgets 64 2>&1 | grep -v "it/s" | tee out/speed_1.7b_tuned.txt
   pk "speed 1.7b tuned"
 fi
+timeout "$(left 60)" python3 -m specdiff speed --shape qwen3-8b $G --budgets 64 --draft-vocab 32768 2>&1 \
+  | grep -v "it/s" | tee out/speed_8b_draft_vocab.txt
+pk "speed 8b draft vocab"
 timeout "$(left 60)" python3 -m specdiff bench $G --prompts data/prompts/function_completion.jsonl --temperature 0 \
   --limit 24 --methods ar,ddtree --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -8 | tee out/bundled.txt
 pk "bundled"

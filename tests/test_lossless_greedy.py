@@ -137,6 +137,43 @@ def test_trained_drafter_agrees_and_is_exact():
     assert sum(t for m, b, t in taus if b == 128) / len(rows) > 2.5
 
 
+@pytest.mark.parametrize("engine", ["static", "graph"])
+def test_a_drafter_over_the_first_ids_drafts_only_them_and_changes_no_token(engine):
+    """`DecodeConfig.draft_vocab`: the bundled drafter's head over the target's first 2,048 of
+    8,192 ids drafts no token past them, its drafts are still accepted (tau well above 1), and the
+    output is AR's (T=0, and T=1 with the same seed); an id count past the vocabulary is refused."""
+    import json
+
+    from specdiff.config import SamplingConfig
+    from specdiff.drafters.dflash import load_drafter
+    from specdiff.errors import SpecdiffError
+    from specdiff.models.bundled import REPO_MODELS, default_path
+    from specdiff.target.hf_causal import load_target
+
+    model, tok = load_target(default_path("target"))
+    drafter = load_drafter(default_path("dflash"))
+    row = (REPO_MODELS.parent / "data" / "prompts" / "function_completion.jsonl").read_text().splitlines()[2]
+    ids = tok(json.loads(row)["prompt"], add_special_tokens=False)["input_ids"]
+    for temperature in (0.0, 1.0):
+        sampling = SamplingConfig(temperature=temperature, seed=4)
+        ar = build_decoder(model, DecodeConfig(method="ar", engine=engine, max_new_tokens=40, stop_at_eos=False,
+                                               sampling=sampling)).generate(ids)
+        for method, budget in (("dflash", 1), ("ddtree", 16)):
+            cfg = DecodeConfig(method=method, budget=budget, engine=engine, max_new_tokens=40, stop_at_eos=False,
+                               sampling=sampling, draft_vocab=2048)
+            dec = build_decoder(model, cfg, drafter)
+            drafted = []
+            propose = dec.proposer.propose
+            dec.proposer.propose = lambda state: (drafted.append(t := propose(state)), t)[1]
+            r = dec.generate(ids)
+            assert r.token_ids == ar.token_ids, (method, temperature)
+            assert max(max(t.host().tokens[1:].tolist(), default=0) for t in drafted) < 2048
+            if temperature == 0:
+                assert r.tau > 2.0, (method, r.tau)
+    with pytest.raises(SpecdiffError, match="exceeds the target's vocabulary"):
+        build_decoder(model, DecodeConfig(method="dflash", engine=engine, draft_vocab=8193), drafter)
+
+
 @pytest.mark.parametrize("engine", ["hf", "static", "graph"])
 def test_overlapped_ar_is_hf_greedy_and_ends_at_the_same_eos(qwen3_model, engine):
     """AR launches each forward on the last draw before reading it (`DecodeConfig.overlap`, the

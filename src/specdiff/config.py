@@ -170,6 +170,14 @@ class DecodeConfig:
                                  "drafted methods: queue the next draft before reading the round, and the next "
                                  "round before handing out the last, so the host's work runs while the device "
                                  "computes")
+    # methods with a drafter: its LM head covers the first N token ids only (0: every id). A
+    # byte-level BPE vocabulary numbers its tokens in merge order, roughly by frequency, so the
+    # first ids hold most tokens a text uses, and the head (the target's, 1.24 GB at Qwen3-8B)
+    # reads N / V of its weight each draft. The target still verifies every draft: the output is
+    # unchanged, only a token past N can no longer be drafted
+    draft_vocab: int = option(0, "methods with a drafter: the drafter's LM head covers the first N token ids only, "
+                                 "which hold most of a BPE vocabulary's frequent tokens, and reads that share of its "
+                                 "weight (0: every id); outputs are unchanged")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"flag_prefix": ""})
     pld: PLDOptions = field(default_factory=PLDOptions)
     caddtree: CaDDTreeOptions = field(default_factory=CaDDTreeOptions)
@@ -192,6 +200,8 @@ class DecodeConfig:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.max_new_tokens < 1:
             raise SpecdiffError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.draft_vocab < 0:
+            raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {self.draft_vocab}")
         for options in (self.sampling, self.pld, self.caddtree, self.d2sd):
             options.validate()
 

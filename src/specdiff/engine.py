@@ -32,6 +32,30 @@ def make_target(model: torch.nn.Module, engine: str = "hf", native: Native | Non
     return HFTarget(model, native=native)
 
 
+class DraftHead(torch.nn.Module):
+    """The target's LM head over its first `n` token ids (`DecodeConfig.draft_vocab`): its weight
+    and bias are views of the target's (nothing copied), so a drafter's logits are [.., n] and
+    their indices are the token ids themselves."""
+
+    def __init__(self, head: torch.nn.Module, n: int):
+        super().__init__()
+        self.weight = head.weight.detach()[:n]  # a view: the target owns the parameter
+        bias = getattr(head, "bias", None)
+        self.bias = None if bias is None else bias.detach()[:n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def draft_head(target: HFTarget, n: int) -> torch.nn.Module:
+    """The LM head a drafter drafts with: the target's, or its first n ids (0: all of them)."""
+    if n == 0 or n == target.vocab_size:
+        return target.lm_head
+    if n > target.vocab_size:
+        raise SpecdiffError(f"--draft-vocab {n} exceeds the target's vocabulary ({target.vocab_size} ids)")
+    return DraftHead(target.lm_head, n)
+
+
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,
                   eos_ids: Sequence[int] = (), vp_drafter: DFlashDrafter | None = None) -> SpeculativeDecoder:
     """The decoder for `cfg`, with the C backend (`native.load()`, where it builds) in the target it
@@ -40,17 +64,18 @@ def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter:
     info = REGISTRY[cfg.method]
     backend = native.load()
     target = model if isinstance(model, HFTarget) else make_target(model, cfg.engine, backend, cfg.kernels, cfg.numerics)
+    head = draft_head(target, cfg.draft_vocab) if info.drafter else None
     if info.drafter:
         if drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a DFlash drafter (--drafter DIR)")
         check_fits(drafter, target.hidden_size, target.vocab_size, target.num_layers)
-        drafter.bind(target.embed_tokens, target.lm_head)
+        drafter.bind(target.embed_tokens, head)
     if info.vp_drafter:
         if vp_drafter is None:
             raise SpecdiffError(f"method {cfg.method} needs a VP drafter (--vp-drafter DIR)")
         check_fits(vp_drafter, target.hidden_size, target.vocab_size, target.num_layers)
         check_pair(drafter, vp_drafter)
-        vp_drafter.bind(target.embed_tokens, target.lm_head)
+        vp_drafter.bind(target.embed_tokens, head)
     if cfg.engine == "graph" and info.drafter:
         drafter = GraphedDrafter(drafter, kernels=cfg.kernels)
         if info.vp_drafter:

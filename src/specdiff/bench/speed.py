@@ -43,6 +43,7 @@ class SpeedConfig:
     prompt_tokens: int = 200
     new_tokens: int = 96
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
+    draft_vocab: int = 0  # DecodeConfig.draft_vocab
     seed: int = 0
 
 
@@ -163,7 +164,7 @@ def measure(cfg: SpeedConfig) -> dict:
     for method, budget, search, overlap in runs:
         dc = DecodeConfig(method=method, budget=budget, max_new_tokens=cfg.new_tokens, engine=cfg.engine,
                           kernels=cfg.kernels, numerics=cfg.numerics, tree_search=search, overlap=overlap,
-                          stop_at_eos=False)
+                          stop_at_eos=False, draft_vocab=cfg.draft_vocab)
         decoder = build_decoder(target, dc, drafter)
         decoder.prepare(len(prompt))
         decoder.generate(prompt)  # warm-up
@@ -191,7 +192,8 @@ def measure(cfg: SpeedConfig) -> dict:
             "engine": cfg.engine, "kernels": target.kernels_ran, "numerics": target.numerics,
             "kernel_switches": kernels.switches(device),
             "read_bytes_per_token": read, "peak_bandwidth": peak,
-            "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts}
+            "bound_ms": 1000 * read / peak if peak else None, "rows": rows, "anatomy": parts,
+            "draft_vocab": cfg.draft_vocab}
 
 
 def count_syncs(decoder, prompt: list[int]) -> tuple[int, int] | None:
@@ -240,7 +242,7 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
         return 1000 * (time.perf_counter() - t) / reps
 
     dc = DecodeConfig(method="dflash", max_new_tokens=cfg.new_tokens, engine=cfg.engine, kernels=cfg.kernels,
-                      numerics=cfg.numerics, stop_at_eos=False)
+                      numerics=cfg.numerics, stop_at_eos=False, draft_vocab=cfg.draft_vocab)
     decoder = build_decoder(target, dc, drafter)
     decoder.prepare(len(prompt))
     decoder.generate(prompt)  # the drafter holds the whole context, as mid-decode
@@ -273,6 +275,8 @@ def table(result: dict) -> str:
             + (f"{bound:.2f} ms/token ({result['read_bytes_per_token'] / 1e9:.2f} GB at "
                f"{result['peak_bandwidth'] / 1e12:.2f} TB/s)" if bound else "- (no known peak bandwidth)"))
     head += switches_note(result.get("kernel_switches"))
+    if result.get("draft_vocab"):
+        head += f"; the drafter's head over the first {result['draft_vocab']:,} token ids"
     parts = result.get("anatomy")
     rows = [[r["method"], f"{r['ms_per_token']:.2f}", f"{r['round_ms']:.2f}", f"{r['tau']:.2f}",
              f"{r['mean_nodes']:.0f}",

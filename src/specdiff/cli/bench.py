@@ -216,6 +216,9 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                    help="static, graph: the forward's rounding (as `specdiff generate --numerics`)")
     p.add_argument("--tree-search", default=",".join(d.tree_searches),
                    help="ddtree's best-first search: auto, host, device, or several comma-separated (each timed)")
+    p.add_argument("--draft-vocab", type=int, default=d.draft_vocab,
+                   help="the drafter's LM head over the first N token ids only (0: all; as `specdiff generate "
+                        "--draft-vocab`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -235,9 +238,12 @@ def cmd_speed(args: argparse.Namespace) -> int:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
+    if args.draft_vocab < 0:
+        raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {args.draft_vocab}")
     result = measure(SpeedConfig(shape=args.shape, target=args.target, drafter_layers=args.drafter_layers,
                                  vocab=args.vocab, device=args.device, dtype=args.dtype, engine=args.engine,
                                  kernels=args.kernels, numerics=args.numerics, tree_searches=searches,
-                                 prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets))
+                                 prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, budgets=budgets,
+                                 draft_vocab=args.draft_vocab))
     print(json.dumps(result) if args.json else table(result), end="\n" if args.json else "")
     return 0
