@@ -27,6 +27,7 @@ class BenchConfig:
     numerics: str = DecodeConfig.numerics
     tree_search: str = DecodeConfig.tree_search  # ddtree/caddtree on the graph engine: see DecodeConfig.tree_search
     overlap: bool = DecodeConfig.overlap  # ar's baseline: see DecodeConfig.overlap
+    draft_vocab: int = DecodeConfig.draft_vocab  # the drafters' head over the first N ids (0: all)
     # caddtree's horizons (CaDDTreeOptions.horizon): the first runs as "caddtree", each other
     # one beside it as "caddtree/<horizon>"
     caddtree_horizons: list[str] = field(default_factory=lambda: ["round"])
@@ -40,6 +41,7 @@ class BenchConfig:
         horizon = label.partition("/")[2] or self.caddtree_horizons[0]
         return DecodeConfig(method=method, budget=budget, max_new_tokens=self.max_new_tokens, engine=self.engine,
                             kernels=self.kernels, numerics=self.numerics, tree_search=self.tree_search, overlap=self.overlap,
+                            draft_vocab=self.draft_vocab,
                             sampling=SamplingConfig(temperature=temperature, seed=self.seed),
                             caddtree=CaDDTreeOptions(profile=self.profile, horizon=horizon),
                             d2sd=D2SDOptions(branches=self.branches))

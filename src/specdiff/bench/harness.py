@@ -269,7 +269,9 @@ def report(result: dict) -> str:
         f"numerics{search_note(cfg, env)}); {cfg['limit']} prompts per set, {cfg['max_new_tokens']} new tokens; "
         + ("ar launches each step before reading the last; on the graph engine dflash and ddtree queue each "
            "round's next draft before reading the round (overlap)." if cfg.get("overlap", False)
-           else "ar one step at a time, every round read before the next is drafted."),
+           else "ar one step at a time, every round read before the next is drafted.")
+        + (f" The drafters' head covers the first {cfg['draft_vocab']:,} token ids (`--draft-vocab`)."
+           if cfg.get("draft_vocab") else ""),
         f"Greedy/seeded outputs that differ from ar: **{result['mismatches']}**.", "",
         *profile_note(env),
         *([] if result.get("complete", True) else ["**Interrupted**: the finished runs only.", ""]),

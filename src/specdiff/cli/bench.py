@@ -34,7 +34,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default=",".join(map(str, d.budgets)),
                    help="comma-separated node budgets for ddtree and d2sd-hybrid")
     for path, flag, f in config_flags():
-        if path in (("max_new_tokens",), ("overlap",), ("d2sd", "branches"), ("caddtree", "profile")):
+        if path in (("max_new_tokens",), ("overlap",), ("draft_vocab",), ("d2sd", "branches"), ("caddtree", "profile")):
             add_setting(p, flag, f)
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed decodes per method before the timed ones")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -64,13 +64,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not horizons or any(h not in ("decode", "round") for h in horizons):
         raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
     check_positive(args.limit, "--limit")
+    if args.draft_vocab < 0:
+        raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {args.draft_vocab}")
     check_out_dir(args.out)
     model, tokenizer, drafter = load_models(args, need_drafter=any(map(needs_drafter, methods)))
     vp_drafter = load_vp_drafter(args) if any(map(needs_vp_drafter, methods)) else None  # D²SD's second drafter
+    if args.draft_vocab > model.config.vocab_size:  # refused before any run, not at the first drafted one
+        raise SpecdiffError(f"--draft-vocab {args.draft_vocab} exceeds the target's vocabulary "
+                            f"({model.config.vocab_size} ids)")
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine, kernels=args.kernels, numerics=args.numerics,
-                      tree_search=args.tree_search, overlap=args.overlap,
+                      tree_search=args.tree_search, overlap=args.overlap, draft_vocab=args.draft_vocab,
                       caddtree_horizons=horizons, device=args.device, dtype=args.dtype, target=str(args.target or "bundled"),
                       drafter=str(args.drafter or "bundled"), branches=args.branches,
                       vp_drafter=str(args.vp_drafter or ("bundled" if vp_drafter is not None else "")))
