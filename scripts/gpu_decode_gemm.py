@@ -13,7 +13,7 @@ split-K form of the bare GEMM, whose fp32 partials the next kernel would sum), t
 a Python dict of the best settings (a single row's; also to the JSON file SETTINGS_OUT names).
 
 With GLUE=0 it tunes the bare streaming GEMM instead (`kernels.linear`'s, for up to 16 rows)
-against what `linear` runs today (cuBLAS or the H100's settings), with deeper pipelines in the
+against what `linear` runs (cuBLAS or the measured settings), with deeper pipelines in the
 sweep and cuBLAS beside it, and writes to SETTINGS_OUT a `gemm.STREAM_SETTINGS` value for this
 card (per shape and row count, its best setting or "cublas" where cuBLAS was faster), for
 `scripts/ab.py specdiff.kernels.gemm.STREAM_SETTINGS=@FILE`.
@@ -101,7 +101,7 @@ def per_call_us(fn, copies: int) -> float:
 
 def roles(hidden: int, inter: int, qkv: int) -> dict:
     # name: (weight rows, K, decode_gemm glue, the separate kernels)
-    if BARE:  # the bare GEMM against `linear` as it runs today
+    if BARE:  # the bare GEMM against `linear` as it runs
         return {role: (rows, k, {}, lambda x, w, r: kernels.linear(x, w))
                 for role, (rows, k) in dict(qkv=(qkv, hidden), o=(hidden, hidden), gate_up=(2 * inter, hidden),
                                            down=(hidden, inter), lm_head=(151936, hidden)).items()}
