@@ -512,7 +512,7 @@ def test_a_cards_streaming_settings_go_by_its_longest_listed_name(monkeypatch):
                                                   "NVIDIA H200": {(8, 4): {1: (32, 128, 4, 7), 4: "cublas"}}})
     for name, want in (("NVIDIA H200 NVL", [(32, 128, 4, 7), "cublas", None]),
                        ("NVIDIA H100 80GB HBM3", [(16, 64, 4, 3)] * 3), ("NVIDIA A100-SXM4-80GB", [None] * 3)):
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        monkeypatch.setattr(gemm, "_card_name", lambda index, name=name: name)
         assert [gemm.stream_settings(torch.device("cuda", 0), 8, 4, m) for m in (1, 3, 16)] == want
         assert gemm.stream_settings(torch.device("cuda", 0), 8, 8, 1) is None
     assert kernels.switches(torch.device("cpu")) == {"stream_settings": "NVIDIA H,NVIDIA H200"}

@@ -38,6 +38,14 @@ def option(default, help: str, flag: str | None = None, **kw):
 MIN_TEMPERATURE = 1e-30
 
 
+def check_draft_vocab(n: int, vocab: int | None = None) -> None:
+    """Refuse a `--draft-vocab` that is negative, or (vocab given) past the target's vocabulary."""
+    if n < 0:
+        raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {n}")
+    if vocab is not None and n > vocab:
+        raise SpecdiffError(f"--draft-vocab {n} exceeds the target's vocabulary ({vocab} ids)")
+
+
 def check_temperature(temperature: float, flag: str = "--temperature") -> None:
     """Refuse a temperature that is not 0 (greedy) or a finite value >= MIN_TEMPERATURE."""
     if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature < math.inf):
@@ -200,8 +208,7 @@ class DecodeConfig:
             raise SpecdiffError(f"--budget must be >= 1, got {self.budget}")
         if self.max_new_tokens < 1:
             raise SpecdiffError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.draft_vocab < 0:
-            raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {self.draft_vocab}")
+        check_draft_vocab(self.draft_vocab)
         for options in (self.sampling, self.pld, self.caddtree, self.d2sd):
             options.validate()
 

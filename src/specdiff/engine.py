@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from specdiff import native
-from specdiff.config import DecodeConfig
+from specdiff.config import DecodeConfig, check_draft_vocab
 from specdiff.decode import SpeculativeDecoder
 from specdiff.drafters.dflash import DFlashDrafter, check_fits, check_pair
 from specdiff.drafters.graphed import GraphedDrafter, GraphedVPDrafter
@@ -49,11 +49,8 @@ class DraftHead(torch.nn.Module):
 
 def draft_head(target: HFTarget, n: int) -> torch.nn.Module:
     """The LM head a drafter drafts with: the target's, or its first n ids (0: all of them)."""
-    if n == 0 or n == target.vocab_size:
-        return target.lm_head
-    if n > target.vocab_size:
-        raise SpecdiffError(f"--draft-vocab {n} exceeds the target's vocabulary ({target.vocab_size} ids)")
-    return DraftHead(target.lm_head, n)
+    check_draft_vocab(n, target.vocab_size)
+    return target.lm_head if n in (0, target.vocab_size) else DraftHead(target.lm_head, n)
 
 
 def build_decoder(model: torch.nn.Module | HFTarget, cfg: DecodeConfig, drafter: DFlashDrafter | None = None,

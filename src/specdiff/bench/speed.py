@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+from specdiff.config import DecodeConfig
 from specdiff.errors import SpecdiffError
 from specdiff.models.shapes import PUBLIC
 
@@ -43,7 +44,7 @@ class SpeedConfig:
     prompt_tokens: int = 200
     new_tokens: int = 96
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
-    draft_vocab: int = 0  # DecodeConfig.draft_vocab
+    draft_vocab: int = DecodeConfig.draft_vocab
     seed: int = 0
 
 
@@ -126,7 +127,6 @@ def measure(cfg: SpeedConfig) -> dict:
 
     from transformers import AutoModelForCausalLM
 
-    from specdiff.config import DecodeConfig
     from specdiff import kernels, native
     from specdiff.engine import build_decoder, make_target
     from specdiff.loading import check_device
@@ -225,7 +225,6 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
 
     import torch
 
-    from specdiff.config import DecodeConfig
     from specdiff.engine import build_decoder
     from specdiff.types import DraftTree
 

@@ -10,7 +10,7 @@ from specdiff.cli.common import (
     ProgressBar, add_model_args, add_setting, config_flags, check_out_dir, check_out_file, check_positive, load_models, load_vp_drafter, split_list,
 )
 from specdiff.bench.config import BenchConfig
-from specdiff.config import KERNELS
+from specdiff.config import KERNELS, check_draft_vocab
 from specdiff.errors import SpecdiffError
 
 # this module's commands in help order: each has add_<name>_args (its docstring: the help line and an
@@ -64,14 +64,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not horizons or any(h not in ("decode", "round") for h in horizons):
         raise SpecdiffError(f"--caddtree-horizon must list decode and/or round, got {args.caddtree_horizon!r}")
     check_positive(args.limit, "--limit")
-    if args.draft_vocab < 0:
-        raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {args.draft_vocab}")
+    check_draft_vocab(args.draft_vocab)
     check_out_dir(args.out)
     model, tokenizer, drafter = load_models(args, need_drafter=any(map(needs_drafter, methods)))
     vp_drafter = load_vp_drafter(args) if any(map(needs_vp_drafter, methods)) else None  # D²SD's second drafter
-    if args.draft_vocab > model.config.vocab_size:  # refused before any run, not at the first drafted one
-        raise SpecdiffError(f"--draft-vocab {args.draft_vocab} exceeds the target's vocabulary "
-                            f"({model.config.vocab_size} ids)")
+    check_draft_vocab(args.draft_vocab, model.config.vocab_size)  # before any run, not at the first drafted one
     cfg = BenchConfig(methods=methods, budgets=budgets, temperatures=temps, prompt_files=args.prompts,
                       limit=args.limit, max_new_tokens=args.max_new_tokens, warmup=args.warmup, seed=args.seed,
                       profile=args.profile, engine=args.engine, kernels=args.kernels, numerics=args.numerics,
@@ -243,8 +240,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if any(b < 1 for b in budgets):
         raise SpecdiffError("budgets must be >= 1")
-    if args.draft_vocab < 0:
-        raise SpecdiffError(f"--draft-vocab must be 0 (every token id) or a count of ids, got {args.draft_vocab}")
+    check_draft_vocab(args.draft_vocab)
     result = measure(SpeedConfig(shape=args.shape, target=args.target, drafter_layers=args.drafter_layers,
                                  vocab=args.vocab, device=args.device, dtype=args.dtype, engine=args.engine,
                                  kernels=args.kernels, numerics=args.numerics, tree_searches=searches,

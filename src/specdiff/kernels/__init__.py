@@ -60,7 +60,7 @@ __all__ = [
 
 def switches(device: torch.device) -> dict:
     """The launch choices a run on `device` made away from their defaults (`scripts/ab.py` sets
-    them), for its report: {} where none. A switch asked for that cannot act here says so."""
+    them), for its report: {} where none."""
     from specdiff.kernels import common, gemm
 
     out: dict = {}

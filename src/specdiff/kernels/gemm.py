@@ -5,6 +5,7 @@ be alone) for exact numerics."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import torch
@@ -123,11 +124,16 @@ MEASURED_STREAM_SETTINGS: dict[str, dict[tuple[int, int], dict[int, StreamSettin
 STREAM_SETTINGS = copy.deepcopy(MEASURED_STREAM_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
 
+@functools.lru_cache(maxsize=None)
+def _card_name(device_index: int) -> str:
+    return torch.cuda.get_device_name(device_index)  # asked once: an eager forward's every GEMM needs it
+
+
 def stream_settings(device: torch.device, n: int, k: int, m: int) -> StreamSetting | None:
     """The card's measured choice for m rows of an [n, k] weight, None where it lists none."""
     if not STREAM_SETTINGS:
         return None
-    name = torch.cuda.get_device_name(device)
+    name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
     cards = sorted((c for c in STREAM_SETTINGS if name.startswith(c)), key=len)
     table = STREAM_SETTINGS[cards[-1]].get((n, k), {}) if cards else {}
     return next((table[rows] for rows in sorted(table) if m <= rows), None)
