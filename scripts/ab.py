@@ -15,19 +15,34 @@ import importlib
 import sys
 
 
+def assign(assignment: str):
+    """Sets one `module.NAME=value`; returns a function that puts the old value back."""
+    name, _, text = assignment.partition("=")
+    module, _, attr = name.rpartition(".")
+    value = ast.literal_eval(open(text[1:]).read() if text.startswith("@") else text)
+    mod = importlib.import_module(module)
+    old = getattr(mod, attr)
+    if isinstance(value, dict):
+        saved = dict(old)
+        old.update(value)
+
+        def undo():
+            old.clear()
+            old.update(saved)
+    else:
+        setattr(mod, attr, value)
+
+        def undo():
+            setattr(mod, attr, old)
+    print(f"ab: {name} = {value!r}", file=sys.stderr)
+    return undo
+
+
 def main() -> int:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     for assignment in argv[:split]:
-        name, _, text = assignment.partition("=")
-        module, _, attr = name.rpartition(".")
-        value = ast.literal_eval(open(text[1:]).read() if text.startswith("@") else text)
-        mod = importlib.import_module(module)
-        if isinstance(value, dict):
-            getattr(mod, attr).update(value)
-        else:
-            setattr(mod, attr, value)
-        print(f"ab: {name} = {value!r}", file=sys.stderr)
+        assign(assignment)
     from specdiff.cli import main as specdiff_main
 
     return specdiff_main(argv[split + 1:])

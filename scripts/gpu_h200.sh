@@ -1,42 +1,71 @@
 #!/usr/bin/env bash
-# GPU (meant for an H200): the real-scale table with dependent launches on, and the streaming
-# GEMM's settings tuned for the card it runs on, each step packing $OUT/gpu_h200.tar:
-#   1. `specdiff speed --shape qwen3-8b --budgets 64,256`: the table the targets name;
-#   2. the bare streaming GEMM swept per weight shape on this card at 1 and 16 rows, against
-#      cuBLAS (scripts/gpu_decode_gemm.py, GLUE=0), its table written to out/stream_settings.txt;
-#   3. the 8B and 1.7B speed with that table (`gemm.STREAM_SETTINGS`), and 1.7B without it;
-#   4. the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
-#      the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
-#   5. the 8B forward kernel by kernel at 1 and 65 nodes.
+# GPU (meant for an H200): the real-scale table at the defaults, launch choices A/B'd on one model
+# per shape, and the streaming GEMM's table for a card that has none, in the order STEPS names
+# (default: all of them), each step packing $OUT/gpu_h200.tar:
+#   tests   the GPU tests of the attention and GEMM kernels (SiLU-multiply in the gate/up GEMM's
+#           epilogue included), of the graphed chain launched dependently, and of the forward with
+#           every GEMM streamed and in bf16;
+#   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes and AR, interleaved, at the
+#           defaults and with SiLU-multiply a launch of its own (`gemm.SWIGLU_EPILOGUE=False`);
+#   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
+#   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
+#   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
+#           GEMM swept per weight shape at 1 and 16 rows against cuBLAS (scripts/gpu_decode_gemm.py,
+#           GLUE=0), its table written to out/stream_settings.txt, then both shapes' speed with it;
+#   bundled the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
+#   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
+#   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
-#   usage: DEADLINE=520 bash scripts/gpu_h200.sh
+#   usage: STEPS="tests ab:qwen3-8b 8b sweep" DEADLINE=520 bash scripts/gpu_h200.sh
 DEADLINE=${DEADLINE:-520}
 source scripts/gpu_call.sh
 G="--device cuda --dtype bfloat16 --engine graph"
-timeout "$(left 80)" python3 -m specdiff speed --shape qwen3-8b $G --budgets 64,256 2>&1 | grep -v "it/s" \
-  | tee out/speed_8b.txt
-pk "speed 8b"
-GLUE=0 SPLIT=0 ROWS=1,16 SETTINGS_OUT=out/stream_settings.txt timeout "$(left 200)" python3 scripts/gpu_decode_gemm.py 8b,1.7b \
-  2>&1 | grep -v "it/s" | tee out/stream_sweep.txt
-pk "stream sweep"
-T="python3 scripts/ab.py specdiff.kernels.gemm.STREAM_SETTINGS=@out/stream_settings.txt --"
-if [ -s out/stream_settings.txt ]; then
-  timeout "$(left 60)" $T speed --shape qwen3-8b $G --budgets 64 2>&1 | grep -v "it/s" | tee out/speed_8b_tuned.txt
-  pk "speed 8b tuned"
-fi
-timeout "$(left 40)" python3 -m specdiff speed --shape qwen3-1.7b $G --budgets 64 2>&1 | grep -v "it/s" \
-  | tee out/speed_1.7b.txt
-pk "speed 1.7b"
-if [ -s out/stream_settings.txt ]; then
-  timeout "$(left 40)" $T speed --shape qwen3-1.7b $G --budgets 64 2>&1 | grep -v "it/s" | tee out/speed_1.7b_tuned.txt
-  pk "speed 1.7b tuned"
-fi
-timeout "$(left 60)" python3 -m specdiff speed --shape qwen3-8b $G --budgets 64 --draft-vocab 32768 2>&1 \
-  | grep -v "it/s" | tee out/speed_8b_draft_vocab.txt
-pk "speed 8b draft vocab"
-timeout "$(left 60)" python3 -m specdiff bench $G --prompts data/prompts/function_completion.jsonl --temperature 0 \
-  --limit 24 --methods ar,ddtree --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -8 | tee out/bundled.txt
-pk "bundled"
-timeout "$(left 60)" python3 scripts/gpu_profile.py --shape qwen3-8b --nodes 1,65 2>&1 | grep -v "it/s" \
-  | tee out/profile_8b.txt
-pk "profile 8b"
+S="python3 -m specdiff"
+speed() {  # output name, runner, shape, extra flags
+  timeout "$(left 90)" $2 speed --shape "$3" $G ${@:4} 2>&1 | grep -v "it/s" | tee "out/speed_$1.txt"
+  pk "speed $1"
+}
+for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab profile}; do
+  case $step in
+    tests)
+      timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_fused_forward.py \
+        -rfE -k "attention or swiglu or decode_gemm or dependently or streamed or bf16" 2>&1 | grep -v "it/s" | tail -12 \
+        | tee out/gputests.txt
+      # the epilogue failing on the device: every later step runs SiLU-multiply as its own launch
+      grep -q "FAILED.*swiglu\|FAILED.*streamed" out/gputests.txt \
+        && S="python3 scripts/ab.py specdiff.kernels.gemm.SWIGLU_EPILOGUE=False --"
+      echo "runner: $S" | tee -a out/gputests.txt
+      pk tests ;;
+    ab:*)
+      timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "${step#ab:}" --nodes 1,16,65 --turns 3 \
+        --variant silu_launch specdiff.kernels.gemm.SWIGLU_EPILOGUE=False \
+        2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
+      pk "$step" ;;
+    8b) speed 8b "$S" qwen3-8b --budgets 64,256 ;;
+    1.7b) speed 1.7b "$S" qwen3-1.7b --budgets 64 ;;
+    sweep)
+      if python3 -c "import sys, torch; from specdiff.kernels import gemm
+sys.exit(any(torch.cuda.get_device_name().startswith(c) for c in gemm.MEASURED_STREAM_SETTINGS))"; then
+        GLUE=0 SPLIT=0 ROWS=1,16 SETTINGS_OUT=out/stream_settings.txt timeout "$(left 220)" \
+          python3 scripts/gpu_decode_gemm.py 8b,1.7b 2>&1 | grep -v "it/s" | tee out/stream_sweep.txt
+        pk "stream sweep"
+        if [ -s out/stream_settings.txt ]; then
+          T="python3 scripts/ab.py specdiff.kernels.gemm.STREAM_SETTINGS=@out/stream_settings.txt --"
+          speed 8b_table "$T" qwen3-8b --budgets 64
+          speed 1.7b_table "$T" qwen3-1.7b --budgets 64
+        fi
+      else
+        echo "sweep: this card has a table already" | tee out/stream_sweep.txt
+      fi ;;
+    bundled)
+      timeout "$(left 60)" $S bench $G --prompts data/prompts/function_completion.jsonl --temperature 0 \
+        --limit 24 --methods ar,ddtree --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -8 \
+        | tee out/bundled.txt
+      pk bundled ;;
+    vocab) speed 8b_draft_vocab "$S" qwen3-8b --budgets 64 --draft-vocab 32768 ;;
+    profile)
+      timeout "$(left 60)" python3 scripts/gpu_profile.py --shape qwen3-8b --nodes 1,65 2>&1 | grep -v "it/s" \
+        | tee out/profile_8b.txt
+      pk "profile 8b" ;;
+  esac
+done

@@ -53,6 +53,7 @@ def build_pair(shape: str):
 
         model, _, drafter = load_models(None, None, "cuda", "bfloat16")
         return model, drafter
+    torch.manual_seed(0)  # as `specdiff speed` seeds it: the load-time probe checks these weights' logits
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(shape_config(shape), attn_implementation="sdpa").eval()

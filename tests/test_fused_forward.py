@@ -20,6 +20,7 @@ from test_target import path_to, random_tree
 
 pytest.importorskip("triton", reason="the fused forward needs Triton (its interpreter runs it on a CPU)")
 NATIVE = native.load()
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the interpreter runs no GPU's kernels
 
 
 @pytest.mark.parametrize("engine,choice", [("static", "triton"), ("graph", "triton"), ("static", "glued")])
@@ -51,6 +52,29 @@ def test_fused_forward_equals_eager(target_model, engine, choice):
         torch.testing.assert_close(lb, la, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
     assert fused.fused.rope.table.shape[1] == fused.max_len  # its RoPE came from the table
+
+
+def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkeypatch):
+    """Every GEMM of up to 16 rows in the streaming kernel (as an 8B forward runs them on a GPU),
+    SiLU-multiply in the gate/up GEMM's epilogue: a tree's and a chain's logits equal the eager
+    forward's to fp32 rounding."""
+    from specdiff.kernels import gemm
+
+    import copy
+
+    model = copy.deepcopy(qwen3_model).to(DEVICE)
+    g = torch.Generator().manual_seed(13)
+    prompt = torch.randint(0, 96, (17,), generator=g).tolist()
+    trees = [random_tree(12, 96, g), DraftTree.chain(4, [5])]
+    outs = []
+    for kernels_choice in ("torch", "triton"):
+        monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if kernels_choice == "triton" else gemm.SQUARE_8B)
+        t = StaticTarget(model, native=NATIVE, kernels=kernels_choice)
+        t.reset(len(prompt) + 20)
+        t.prefill(prompt)
+        outs.append([t.forward(tree).logits.clone() for tree in trees])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
 def test_embed_rows_reads_what_the_module_gives():
@@ -198,7 +222,7 @@ def test_fused_forward_bf16_logits_within_tolerance(choice):
     than equality."""
     from specdiff.models.tiny import tiny_target
 
-    model = tiny_target("qwen3", seed=4).to(torch.bfloat16)
+    model = tiny_target("qwen3", seed=4).to(DEVICE, torch.bfloat16)
     g = torch.Generator().manual_seed(12)
     prompt = torch.randint(0, 96, (19,), generator=g).tolist()
     tree = random_tree(11, 96, g)

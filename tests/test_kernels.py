@@ -250,6 +250,32 @@ def test_decode_gemm_equals_the_separate_kernels(dtype, m, glue, bias):
     close(got, want, dtype)
 
 
+@pytest.mark.parametrize("m,epilogue,streamed", [(1, True, True), (16, True, True), (17, True, True),
+                                                 (4, False, True), (4, True, False)])
+def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monkeypatch, m, epilogue, streamed):
+    """`swiglu` gives SiLU(gate) * up of the fused gate/up projection: one GEMM with the product in
+    its epilogue for up to 16 rows of a weight `linear` streams, else the GEMM then `silu_mul`
+    (past 16 rows, with `SWIGLU_EPILOGUE` off, or where cuBLAS would take the weight); the
+    same values either way (bf16)."""
+    from specdiff.kernels import gemm
+
+    monkeypatch.setattr(gemm, "SWIGLU_EPILOGUE", epilogue)
+    monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if streamed else 1 << 40)
+    launches = []
+    real = gemm.decode_gemm
+    monkeypatch.setattr(gemm, "decode_gemm", lambda *a, **kw: (launches.append(kw.get("swiglu", False)), real(*a, **kw))[1])
+    g = torch.Generator().manual_seed(m)
+    k, inter = 64, 48
+    x = torch.randn(m, k, generator=g).to(DEVICE, torch.bfloat16)
+    w = (torch.randn(2 * inter, k, generator=g) / k ** 0.5).to(DEVICE, torch.bfloat16)
+    b = torch.randn(2 * inter, generator=g).to(DEVICE, torch.bfloat16)
+    want = kernels.silu_mul_reference(torch.nn.functional.linear(x, w, b))
+    got = kernels.swiglu(x, w, b)
+    assert got.shape == (m, inter)
+    close(got, want, torch.bfloat16)
+    assert (True in launches) == (epilogue and streamed and m <= 16), launches
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
     """The exact op set: the GEMM at any row count and the position-ordered attention give a row

@@ -84,6 +84,7 @@ OPS = SimpleNamespace(
     add_rms_norm=add_rms_norm,
     qkv_rope_store=kernels.qkv_rope_store_reference,
     silu_mul=kernels.silu_mul_reference,
+    swiglu=lambda x, w, b=None: kernels.silu_mul_reference(linear(x, w, b)),
     tree_index=tree_index,
     tree_attention=tree_attention,
     decode_gemm=None,

@@ -128,7 +128,7 @@ class FusedDrafterStep:
             o = f["o_proj"]
             h = kernels.add_rms_norm(x, kernels.linear(a.view(bk, -1), o.weight, o.bias), *f["post_norm"])
             down = f["down"]
-            delta = kernels.linear(kernels.silu_mul(kernels.linear(h, *f["gate_up"])), down.weight, down.bias)
+            delta = kernels.linear(kernels.swiglu(h, *f["gate_up"]), down.weight, down.bias)
             nxt = self.layers[i + 1]["input_norm"] if i + 1 < len(self.layers) else self.final_norm
             h = kernels.add_rms_norm(x, delta, *nxt)
         return kernels.linear(h[1:].to(head.weight.dtype), head.weight, getattr(head, "bias", None))

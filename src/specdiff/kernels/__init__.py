@@ -9,7 +9,8 @@ GEMMs (fused QKV, o, fused gate/up, down), and for a few rows into the GEMMs the
 - `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),
   RoPE, and the K/V rows written into the static cache (`kv_rope_store_layers`: the K/V of every
   layer of a DFlash drafter's context fusion at once);
-- `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection;
+- `silu_mul`: SwiGLU's SiLU(gate) * up from the fused gate/up projection, and `swiglu`: the same
+  in the epilogue of that projection's GEMM wherever the GEMM streams its weight;
 - `decode_gemm`: a GEMM of a few rows that streams its weight once, with the RMSNorm in its
   prologue, SiLU-multiply or the residual add in its epilogue;
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
@@ -45,7 +46,8 @@ from specdiff.kernels.common import BLOCK_N, triton
 from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, kv_rope_store_layers,
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
-from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear
+from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear,
+                                   swiglu)
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
     "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
-    "silu_mul_reference", "skinny_linear", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
+    "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
 
@@ -66,6 +68,8 @@ def switches(device: torch.device) -> dict:
     out: dict = {}
     if not common.PDL:
         out["pdl"] = False
+    if not gemm.SWIGLU_EPILOGUE:
+        out["swiglu_epilogue"] = False
     if gemm.PREFETCH_TILES:
         out["prefetch_tiles"] = gemm.PREFETCH_TILES
     if gemm.SKINNY_MIN_WEIGHT != gemm.SQUARE_8B:
@@ -102,10 +106,11 @@ def use_triton(kernels_choice: str, why_not: str | None, device: torch.device, w
 # The op set `target.fused.FusedForward` runs by default (`invariant.OPS` is the exact mode's).
 # `tree_index` runs once per forward; its result goes to every layer's `tree_attention`.
 OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store, silu_mul=silu_mul,
-                      tree_index=tree_index, tree_attention=tree_attention, decode_gemm=decode_gemm)
+                      swiglu=swiglu, tree_index=tree_index, tree_attention=tree_attention, decode_gemm=decode_gemm)
 
 # Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
 # kernels already do: one program per row or element)
 EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
-                            silu_mul=silu_mul, tree_index=position_tree_index, tree_attention=position_attention,
+                            silu_mul=silu_mul, swiglu=lambda x, w, b=None: silu_mul(invariant_linear(x, w, b)),
+                            tree_index=position_tree_index, tree_attention=position_attention,
                             decode_gemm=None)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from specdiff.kernels.common import pdl, triton, tl
+from specdiff.kernels.elementwise import silu_mul
 
 if triton is not None:
     from specdiff.kernels.common import _pdl_release, _pdl_wait, _prefetch_l2, _round
@@ -154,6 +155,26 @@ def tree_gemm_settings(n: int, k: int, m: int) -> tuple[int, int, int, int, int]
     return None
 
 
+def _stream_setting(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """The streaming kernel's (block_n, block_k, warps, stages) for x's rows (up to SKINNY_ROWS)
+    of `weight`, measured fastest for its shape; None where cuBLAS runs them."""
+    n, k = weight.shape
+    card = stream_settings(x.device, n, k, x.shape[0]) if x.dtype == torch.bfloat16 and x.is_cuda else None
+    if card == "cublas":
+        return None
+    if card is not None:
+        return card
+    if n * k < SKINNY_MIN_WEIGHT:
+        return None
+    if n * k < SQUARE_8B:  # narrower than Qwen3-8B (streamed only where SKINNY_MIN_WEIGHT is lowered)
+        return DECODE_GEMM_SETTINGS.get((n, k), DECODE_GEMM_DEFAULT)  # the one-row settings measured for its shape
+    if n * k == SQUARE_8B:  # a square hidden x hidden projection (o)
+        return 32, 128, 4, 5
+    if 16384 <= n < 65536:  # the fused gate/up projection
+        return 64, 128, 4, 3
+    return 64, 256, 4, 5
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` for a decoding forward: `skinny_linear` for a few rows of a large weight on a
     GPU, and for a tree's rows where it was measured faster, with the launch settings measured
@@ -167,21 +188,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             return F.linear(x, weight, bias)
         bm, bn, bk, warps, stages = tree
         return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, block_m=bm)
-    card = stream_settings(x.device, n, k, x.shape[0]) if x.dtype == torch.bfloat16 else None
-    if card == "cublas":
+    setting = _stream_setting(x, weight)
+    if setting is None:
         return F.linear(x, weight, bias)
-    if card is not None:
-        bn, bk, warps, stages = card
-        return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages)
-    if n * k < SKINNY_MIN_WEIGHT:
-        return F.linear(x, weight, bias)
-    if n * k < SQUARE_8B:  # narrower than Qwen3-8B (streamed only where SKINNY_MIN_WEIGHT is lowered)
-        return decode_gemm(x, weight, bias)  # the one-row settings measured for its shape
-    if n * k == SQUARE_8B:  # a square hidden x hidden projection (o)
-        return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
-    if 16384 <= n < 65536:  # the fused gate/up projection
-        return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
-    return skinny_linear(x, weight, bias, block_n=64, block_k=256, num_stages=5)
+    return decode_gemm(x, weight, bias, settings=setting)
+
+
+# SiLU(gate) * up in the epilogue of the gate/up GEMM wherever that GEMM streams its weight: one
+# launch where `linear` then `silu_mul` take two, the kernel boundaries being most of what a
+# decoding forward spends beyond reading its weights.
+SWIGLU_EPILOGUE = True
+
+
+def swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K], a fused gate/up weight [2I, K] (gate rows, then up) -> SiLU(gate) * up [M, I]:
+    one streaming GEMM with the product in its epilogue where `linear` would stream this weight
+    for M rows (Triton's interpreter included), else `linear` then `silu_mul`. Rounds as
+    `silu_mul` does: the projections, SiLU(gate), then the product."""
+    runs = x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    setting = _stream_setting(x, weight) if SWIGLU_EPILOGUE and runs and x.shape[0] <= SKINNY_ROWS else None
+    if setting is None:
+        return silu_mul(linear(x, weight, bias))
+    bn, bk, warps, stages = setting  # a tile of bn / 2 gate rows and their up rows: the same bytes in flight
+    return decode_gemm(x, weight, bias, swiglu=True, settings=(max(16, bn // 2), bk, warps, stages))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,

@@ -151,7 +151,7 @@ class FusedForward:
             a = self._attend(i, f, ops.linear(h, *f.qkv), attend)
             h = ops.add_rms_norm(x, ops.linear(a, f.o_proj.weight, f.o_proj.bias), *f.post_norm)
             if f.gate_up is not None:
-                d = ops.linear(ops.silu_mul(ops.linear(h, *f.gate_up)), f.down.weight, f.down.bias)
+                d = ops.linear(ops.swiglu(h, *f.gate_up), f.down.weight, f.down.bias)
             else:
                 d = f.mlp(h[None])[0]
             w, eps = self.input_norms[i + 1] if i + 1 < len(self.layers) else self.final_norm
