@@ -251,16 +251,18 @@ def test_decode_gemm_equals_the_separate_kernels(dtype, m, glue, bias):
 
 
 @pytest.mark.parametrize("m,epilogue,streamed", [(1, True, True), (16, True, True), (17, True, True),
-                                                 (4, False, True), (4, True, False)])
+                                                 (4, False, True), (4, True, False), (40, True, True)])
 def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monkeypatch, m, epilogue, streamed):
     """`swiglu` gives SiLU(gate) * up of the fused gate/up projection: one GEMM with the product in
-    its epilogue for up to 16 rows of a weight `linear` streams, else the GEMM then `silu_mul`
-    (past 16 rows, with `SWIGLU_EPILOGUE` off, or where cuBLAS would take the weight); the
-    same values either way (bf16)."""
+    its epilogue for up to 16 rows of a weight `linear` streams, and for a tree's rows where
+    `TREE_GEMM_SETTINGS` lists the weight (here up to 32 rows), else the GEMM then `silu_mul`
+    (with `SWIGLU_EPILOGUE` off, or where cuBLAS would take the weight); the same values either
+    way (bf16)."""
     from specdiff.kernels import gemm
 
     monkeypatch.setattr(gemm, "SWIGLU_EPILOGUE", epilogue)
     monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if streamed else 1 << 40)
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(96, 64): {32: (32, 32, 32, 4, 2)}} if streamed else {})
     launches = []
     real = gemm.decode_gemm
     monkeypatch.setattr(gemm, "decode_gemm", lambda *a, **kw: (launches.append(kw.get("swiglu", False)), real(*a, **kw))[1])
@@ -273,7 +275,7 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
     got = kernels.swiglu(x, w, b)
     assert got.shape == (m, inter)
     close(got, want, torch.bfloat16)
-    assert (True in launches) == (epilogue and streamed and m <= 16), launches
+    assert (True in launches) == (epilogue and streamed and m <= 32), launches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

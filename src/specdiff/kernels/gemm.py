@@ -112,13 +112,14 @@ MEASURED_STREAM_SETTINGS: dict[str, dict[tuple[int, int], dict[int, StreamSettin
     # Qwen3-8B's and 1.7B's weights. At 8B it took the 16-row forward 6.11 -> 6.04 ms and the drafter
     # step 1.33 -> 1.30 (dflash's round 7.85 -> 7.62); at 1.7B the one-row forward 1.87 -> 1.77
     # (ar 2.02 -> 1.86 ms/token). Streaming 1.7B's narrow weights at 16 rows, though faster alone,
-    # took its 16-row forward 1.94 -> 2.06 ms: cuBLAS keeps them there.
+    # took its 16-row forward 1.94 -> 2.06 ms: cuBLAS keeps them there, except gate/up, which with
+    # SiLU-multiply in its epilogue (`swiglu`) took that forward 2.06 -> 1.94 ms (scripts/gpu_forward_ab.py).
     "NVIDIA H100 80GB HBM3": {
         (6144, 4096): {1: (32, 128, 4, 5), 16: (64, 256, 4, 3)}, (4096, 4096): {16: (32, 512, 4, 3)},
         (24576, 4096): {16: (64, 128, 4, 3)}, (4096, 12288): {16: (32, 512, 4, 3)},
         (151936, 4096): {16: (128, 256, 4, 3)},  # a count's setting covers the counts below it
         (4096, 2048): {1: (32, 128, 4, 7), 16: "cublas"}, (2048, 2048): {1: (32, 128, 4, 5), 16: "cublas"},
-        (12288, 2048): {1: (32, 128, 4, 3), 16: "cublas"}, (2048, 6144): {1: (16, 512, 4, 3), 16: "cublas"},
+        (12288, 2048): {16: (32, 128, 4, 3)}, (2048, 6144): {1: (16, 512, 4, 3), 16: "cublas"},
         (151936, 2048): {1: (128, 256, 4, 3)},
     },
 }
@@ -205,12 +206,19 @@ def swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     one streaming GEMM with the product in its epilogue where `linear` would stream this weight
     for M rows (Triton's interpreter included), else `linear` then `silu_mul`. Rounds as
     `silu_mul` does: the projections, SiLU(gate), then the product."""
-    runs = x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-    setting = _stream_setting(x, weight) if SWIGLU_EPILOGUE and runs and x.shape[0] <= SKINNY_ROWS else None
+    n, k = weight.shape
+    m = x.shape[0]
+    setting = None
+    if SWIGLU_EPILOGUE and (x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        if m <= SKINNY_ROWS:
+            setting = _stream_setting(x, weight)
+            block_m = SKINNY_ROWS
+        elif (tree := tree_gemm_settings(n, k, m)) is not None:
+            block_m, setting = tree[0], tree[1:]
     if setting is None:
         return silu_mul(linear(x, weight, bias))
     bn, bk, warps, stages = setting  # a tile of bn / 2 gate rows and their up rows: the same bytes in flight
-    return decode_gemm(x, weight, bias, swiglu=True, settings=(max(16, bn // 2), bk, warps, stages))
+    return decode_gemm(x, weight, bias, swiglu=True, settings=(max(16, bn // 2), bk, warps, stages), block_m=block_m)
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,
