@@ -3,7 +3,8 @@
 At decoding sizes a large model's forward is bound by reading its weights, and every kernel
 between two GEMMs adds launch and tail latency: the eager static forward runs about 35 kernels
 per layer, most of them elementwise. These fold a layer's glue into five launches beside its four
-GEMMs (fused QKV, o, fused gate/up, down), and for a few rows into the GEMMs themselves:
+GEMMs (fused QKV, o, fused gate/up, down), four where SiLU-multiply rides in the gate/up GEMM's
+epilogue, and for a few rows (`decode_gemm`'s glued form) into the GEMMs themselves:
 
 - `add_rms_norm`: the residual add and the next RMSNorm in one pass over each row;
 - `qkv_rope_store`: the fused QKV projection split into heads, per-head q/k RMSNorm (Qwen3),

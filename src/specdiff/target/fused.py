@@ -1,10 +1,11 @@
-"""The static forward made of fused kernels: weights fused at load, seven or ten launches per layer.
+"""The static forward made of fused kernels: weights fused at load, seven to ten launches per layer.
 
 `StaticTarget`'s eager forward runs each HF module's own kernels (about 35 a layer); at decoding
 sizes a large model then spends as long between its GEMMs as in them. `FusedForward` runs the same
 layer as four GEMMs (fused QKV, o, fused gate/up, down) and the Triton kernels of
 `specdiff.kernels`: the GEMMs with the glue between them (norm with the residual add,
-SiLU-multiply). With `--kernels glued`, a forward of a few rows (an AR step, a DFlash block, a
+SiLU-multiply, the latter in the gate/up GEMM's epilogue wherever that GEMM streams its weight:
+nine launches a layer there). With `--kernels glued`, a forward of a few rows (an AR step, a DFlash block, a
 small tree) takes `decode_gemm` instead, which streams each weight once with the glue in its
 prologue and epilogue (measured no faster on an H100: docs/results.md). Either way the QKV split
 with q/k norms, RoPE and the cache write is one kernel, and tree attention with its merge two.
