@@ -12,11 +12,17 @@
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
 #           GEMM swept per weight shape at 1 and 16 rows against cuBLAS (scripts/gpu_decode_gemm.py,
 #           GLUE=0), its table written to out/stream_settings.txt, then both shapes' speed with it;
+#   tree_swiglu  the same A/B at Qwen3-8B, 16 and 65 nodes: gate/up with SiLU-multiply in its epilogue
+#           for a tree's rows (`gemm.TREE_GEMM_SETTINGS` for it at up to 96 rows, three tilings)
+#           against cuBLAS and `silu_mul`;
+#   narrow16  the same A/B at Qwen3-1.7B, 1 and 16 nodes: its down, QKV and o weights each streamed
+#           at 16 rows too (this card's table with that entry changed; the settings each GEMM
+#           alone was fastest with on an H100);
 #   bundled the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
 #   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
 #   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
-#   usage: STEPS="tests ab:qwen3-8b 8b sweep" DEADLINE=520 bash scripts/gpu_h200.sh
+#   usage: STEPS="tests ab:qwen3-8b 8b sweep tree_swiglu narrow16" DEADLINE=520 bash scripts/gpu_h200.sh
 DEADLINE=${DEADLINE:-520}
 source scripts/gpu_call.sh
 G="--device cuda --dtype bfloat16 --engine graph"
@@ -40,6 +46,31 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "${step#ab:}" --nodes 1,16,65 --turns 3 \
         --variant silu_launch specdiff.kernels.gemm.SWIGLU_EPILOGUE=False \
         2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
+      pk "$step" ;;
+    tree_swiglu)
+      T=specdiff.kernels.gemm.TREE_GEMM_SETTINGS
+      timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 16,65 --turns 3 \
+        --variant t128_64_128_4_3 "$T={(24576, 4096): {96: (128, 64, 128, 4, 3)}}" \
+        --variant t128_128_64_8_3 "$T={(24576, 4096): {96: (128, 128, 64, 8, 3)}}" \
+        --variant t64_64_128_4_3 "$T={(24576, 4096): {96: (64, 64, 128, 4, 3)}}" \
+        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_tree_swiglu.txt
+      pk "$step" ;;
+    narrow16)
+      python3 - <<'PY'
+import copy, torch
+from specdiff.kernels import gemm
+cards = [c for c in gemm.MEASURED_STREAM_SETTINGS if torch.cuda.get_device_name().startswith(c)]
+for name, shape, setting in [("down16", (2048, 6144), (16, 512, 4, 3)), ("qkv16", (4096, 2048), (32, 128, 4, 5)),
+                             ("o16", (2048, 2048), (16, 512, 4, 3))]:
+    table = copy.deepcopy(gemm.MEASURED_STREAM_SETTINGS)
+    for card in cards:
+        table[card].setdefault(shape, {})[16] = setting
+    open(f"out/{name}.txt", "w").write(repr(table))
+PY
+      N=specdiff.kernels.gemm.STREAM_SETTINGS
+      timeout "$(left 120)" python3 scripts/gpu_forward_ab.py --shape qwen3-1.7b --nodes 1,16 --turns 3 \
+        --variant down16 $N=@out/down16.txt --variant qkv16 $N=@out/qkv16.txt --variant o16 $N=@out/o16.txt \
+        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_1.7b_narrow16.txt
       pk "$step" ;;
     8b) speed 8b "$S" qwen3-8b --budgets 64,256 ;;
     1.7b) speed 1.7b "$S" qwen3-1.7b --budgets 64 ;;
