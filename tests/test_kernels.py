@@ -280,14 +280,19 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
-    """The exact op set: the GEMM at any row count and the position-ordered attention give a row
-    bitwise what they give it alone (and agree with the references to rounding)."""
+    """The exact op set: the GEMM (plain, and with SiLU-multiply in its epilogue) at any row count
+    and the position-ordered attention give a row bitwise what they give it alone (and agree with
+    the references to rounding)."""
     g = torch.Generator().manual_seed(9)
     x = torch.randn(37, 64, generator=g).to(DEVICE, dtype)
     w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE, dtype)
     all_rows = kernels.invariant_linear(x, w)
     close(all_rows, torch.nn.functional.linear(x, w), dtype)
     assert all(torch.equal(all_rows[i], kernels.invariant_linear(x[i : i + 1], w)[0]) for i in (0, 17, 36))
+    # SiLU-multiply in the epilogue of a gate/up GEMM ([2 x 24, 64]) by the weight's shape alone
+    gated = kernels.invariant_swiglu(x, w)
+    close(gated, kernels.silu_mul_reference(torch.nn.functional.linear(x, w)), dtype)
+    assert all(torch.equal(gated[i], kernels.invariant_swiglu(x[i : i + 1], w)[0]) for i in (0, 17, 36))
 
     n, hq, hkv, d, start = 12, 4, 2, 16, 70
     tree = random_tree(n, g)

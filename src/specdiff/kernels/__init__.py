@@ -47,13 +47,13 @@ from specdiff.kernels.common import BLOCK_N, triton
 from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, kv_rope_store_layers,
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
-from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, linear, skinny_linear,
-                                   swiglu)
+from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, invariant_swiglu,
+                                   linear, skinny_linear, swiglu)
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
-    "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "kv_rope_store_layers", "kv_rope_store_layers_reference",
+    "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "invariant_swiglu", "kv_rope_store_layers", "kv_rope_store_layers_reference",
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
@@ -110,8 +110,8 @@ OPS = SimpleNamespace(linear=linear, add_rms_norm=add_rms_norm, qkv_rope_store=q
                       swiglu=swiglu, tree_index=tree_index, tree_attention=tree_attention, decode_gemm=decode_gemm)
 
 # Exact numerics in Triton: every op computes a row as it would alone (norms, QKV/RoPE and SiLU
-# kernels already do: one program per row or element)
+# kernels already do: one program per row or element; the GEMMs take settings by weight shape)
 EXACT_OPS = SimpleNamespace(linear=invariant_linear, add_rms_norm=add_rms_norm, qkv_rope_store=qkv_rope_store,
-                            silu_mul=silu_mul, swiglu=lambda x, w, b=None: silu_mul(invariant_linear(x, w, b)),
+                            silu_mul=silu_mul, swiglu=invariant_swiglu,
                             tree_index=position_tree_index, tree_attention=position_attention,
                             decode_gemm=None)

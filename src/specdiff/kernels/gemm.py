@@ -232,13 +232,27 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return decode_gemm(x, weight, bias, settings=(block_n, block_k, num_warps, num_stages), block_m=block_m)
 
 
+def _invariant_setting(weight: torch.Tensor) -> tuple[int, int, int, int]:
+    """The streaming kernel's settings for `weight` whatever the row count: its shape alone."""
+    n, k = weight.shape
+    return (32, 128, 4, 5) if n * k <= SQUARE_8B else (64, 128, 4, 3)
+
+
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`skinny_linear` at any row count with settings chosen by the weight's shape alone: a row's
     result depends on that row alone (`--numerics exact`)."""
-    n, k = weight.shape
-    if n * k <= SQUARE_8B:
-        return skinny_linear(x, weight, bias, block_n=32, block_k=128, num_stages=5)
-    return skinny_linear(x, weight, bias, block_n=64, block_k=128, num_stages=3)
+    return decode_gemm(x, weight, bias, settings=_invariant_setting(weight))
+
+
+def invariant_swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`swiglu` for exact numerics: SiLU-multiply in the epilogue of a GEMM whose settings come
+    from the weight's shape alone, its tile as wide as `invariant_linear`'s (half gate rows, half
+    up rows), so a row's result depends on that row alone; `invariant_linear` then `silu_mul`
+    where `SWIGLU_EPILOGUE` is off."""
+    if not SWIGLU_EPILOGUE:
+        return silu_mul(invariant_linear(x, weight, bias))
+    bn, bk, warps, stages = _invariant_setting(weight)
+    return decode_gemm(x, weight, bias, swiglu=True, settings=(bn // 2, bk, warps, stages))
 
 
 # Launch settings of the glued GEMM by weight shape (rows, K): (block_n, block_k, warps, stages),
