@@ -6,7 +6,9 @@
 #           epilogue included), of the graphed chain launched dependently, and of the forward with
 #           every GEMM streamed and in bf16;
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes and AR, interleaved, at the
-#           defaults and with SiLU-multiply a launch of its own (`gemm.SWIGLU_EPILOGUE=False`);
+#           defaults, with SiLU-multiply a launch of its own (`gemm.SWIGLU_EPILOGUE=False`), and with
+#           the attention's key splits merged in the o projection's prologue
+#           (`gemm.MERGE_IN_PROLOGUE=True`);
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
@@ -35,7 +37,7 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
   case $step in
     tests)
       timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_fused_forward.py \
-        -rfE -k "attention or swiglu or decode_gemm or dependently or streamed or bf16" 2>&1 | grep -v "it/s" | tail -12 \
+        -rfE -k "attention or swiglu or decode_gemm or dependently or streamed or bf16 or exact or prologue" 2>&1 | grep -v "it/s" | tail -12 \
         | tee out/gputests.txt
       # the epilogue failing on the device: every later step runs SiLU-multiply as its own launch
       grep -q "FAILED.*swiglu\|FAILED.*streamed" out/gputests.txt \
@@ -45,6 +47,7 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
     ab:*)
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "${step#ab:}" --nodes 1,16,65 --turns 3 \
         --variant silu_launch specdiff.kernels.gemm.SWIGLU_EPILOGUE=False \
+        --variant merge_prologue specdiff.kernels.gemm.MERGE_IN_PROLOGUE=True \
         2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
       pk "$step" ;;
     tree_swiglu)

@@ -54,17 +54,23 @@ def test_fused_forward_equals_eager(target_model, engine, choice):
     assert fused.fused.rope.table.shape[1] == fused.max_len  # its RoPE came from the table
 
 
-def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkeypatch):
+@pytest.mark.parametrize("merge_in_prologue", [False, True])
+def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkeypatch, merge_in_prologue):
     """Every GEMM of up to 16 rows in the streaming kernel (as an 8B forward runs them on a GPU),
-    SiLU-multiply in the gate/up GEMM's epilogue: a tree's and a chain's logits equal the eager
-    forward's to fp32 rounding."""
-    from specdiff.kernels import gemm
+    SiLU-multiply in the gate/up GEMM's epilogue, and (`gemm.MERGE_IN_PROLOGUE`, with the keys
+    split as on a GPU of 132 SMs) attention's key splits merged in the o projection's prologue: a
+    tree's and a chain's logits equal the eager forward's to fp32 rounding."""
+    from specdiff.kernels import attention, gemm
+
+    monkeypatch.setattr(gemm, "MERGE_IN_PROLOGUE", merge_in_prologue)
+    if merge_in_prologue:
+        monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
 
     import copy
 
     model = copy.deepcopy(qwen3_model).to(DEVICE)
     g = torch.Generator().manual_seed(13)
-    prompt = torch.randint(0, 96, (17,), generator=g).tolist()
+    prompt = torch.randint(0, 96, (150 if merge_in_prologue else 17,), generator=g).tolist()  # 150: keys to split
     trees = [random_tree(12, 96, g), DraftTree.chain(4, [5])]
     outs = []
     for kernels_choice in ("torch", "triton"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -219,13 +220,50 @@ def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | No
     return block_m, max(1, min(-(-span // BLOCK_N), 2 * sms // programs(block_m)))
 
 
+@dataclass
+class SplitAttention:
+    """Tree attention over keys split into parts, not merged yet (the o projection's GEMM can
+    merge them in its prologue: `gemm.merge_linear`). Row r of KV head h is query row r // G,
+    query head h * G + r % G."""
+
+    part: torch.Tensor  # [splits, Hkv, N * G, D] fp32: each split's unnormalised output
+    ml: torch.Tensor  # [splits, Hkv, N * G, 2] fp32: its running max and sum
+    out: torch.Tensor  # [N, Hq, D], q's dtype: where `merge` writes
+
+    @property
+    def splits(self) -> int:
+        return self.part.shape[0]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.part.shape[1]
+
+    @property
+    def group(self) -> int:
+        return self.out.shape[1] // self.part.shape[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.part.shape[3]
+
+    def merge(self) -> torch.Tensor:
+        """The attention's output [N, Hq, D] (`_combine_kernel`)."""
+        hq, d = self.out.shape[1], self.head_dim
+        _combine_kernel[(self.kv_heads, self.part.shape[2])](
+            self.part, self.ml, self.out, self.out.shape[0], hq, self.kv_heads, self.splits, G=self.group, D=d,
+            SPLITS_P2=_next_pow2(self.splits), **pdl(self.out.device))
+        return self.out
+
+
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
                    ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None,
-                   block_m: int | None = None, num_warps: int = 8, num_stages: int | None = None) -> torch.Tensor:
+                   block_m: int | None = None, num_warps: int = 8, num_stages: int | None = None,
+                   defer_merge: bool = False) -> torch.Tensor | SplitAttention:
     """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
     host int, the most slots any row can see) sizes the split; the kernel stops at start + N.
     splits: key splits (None: enough programs to fill the GPU twice over); num_stages: the key
-    loop's software pipelining depth (None: Triton's default)."""
+    loop's software pipelining depth (None: Triton's default); defer_merge: split keys are left
+    unmerged (a `SplitAttention`) for the next GEMM to merge."""
     n, hq, d = q.shape
     hkv = k_cache.shape[0]
     g = hq // hkv
@@ -249,10 +287,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
         G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}), **pdl(q.device))
-    if not direct:
-        _combine_kernel[(hkv, rows)](part, ml, out, n, hq, hkv, splits, G=g, D=d, SPLITS_P2=_next_pow2(splits),
-                                     **pdl(q.device))
-    return out
+    if direct:
+        return out
+    split = SplitAttention(part, ml, out)
+    return split if defer_merge else split.merge()
 
 
 def tree_index(start: torch.Tensor, ancestors: torch.Tensor) -> dict:
