@@ -197,14 +197,22 @@ def test_kernels_choice_and_refusal(qwen3_model, monkeypatch):
         DecodeConfig(kernels="cuda").validate()
 
 
-@pytest.mark.parametrize("prompt_len,choice", [(20, "triton"), (250, "triton"), (20, "glued")])
-def test_fused_drafter_step_equals_eager(qwen3_model, prompt_len, choice):
+@pytest.mark.parametrize("prompt_len,choice", [(20, "triton"), (250, "triton"), (20, "glued"), (150, "merge")])
+def test_fused_drafter_step_equals_eager(qwen3_model, monkeypatch, prompt_len, choice):
     """The drafter's fused step (context fusion, then the block through the fused layers, its K/V
     past the context) gives the eager drafter's logits round after round, also across the first
-    span bucket; glued, through the GEMMs with the glue inside."""
+    span bucket; glued, through the GEMMs with the glue inside; "merge": every GEMM streamed and
+    the attention's key splits (as a 132-SM GPU splits them) merged in the o projection."""
     from specdiff.drafters.graphed import GraphedDrafter
+    from specdiff.kernels import attention, gemm
 
     from test_graph_engine import plain_and_graphed
+
+    if choice == "merge":
+        monkeypatch.setattr(gemm, "MERGE_IN_PROLOGUE", True)
+        monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0)
+        monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
+        choice = "triton"
 
     g = torch.Generator().manual_seed(7)
     plain, fused = plain_and_graphed(qwen3_model, lambda d: GraphedDrafter(d, use_graphs=False, kernels=choice),
