@@ -5,6 +5,8 @@ each variant (the defaults first) sets its module constants (`scripts/ab.py`'s `
 form), builds a graph-engine target whose graphs it captures under them, and times the target's
 forward of N nodes alone and an AR decode (96 tokens after a 200-token prompt). The variants take
 turns for --turns turns; each cell is the median over them, so drift between variants cancels.
+With --drafter-layers (default 5) a random DFlash drafter of the shape's width is timed too: its
+step (the committed context fused, a block drafted), under each variant's settings.
 
     usage: python scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 1,16,65 \
                --variant merge_launch specdiff.kernels.attention.MERGE_IN_KERNEL=False \
@@ -26,21 +28,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import assign  # noqa: E402
 
 from specdiff import kernels, native  # noqa: E402
-from specdiff.bench.speed import shape_config  # noqa: E402
+from specdiff.bench.speed import random_drafter, shape_config  # noqa: E402
 from specdiff.config import DecodeConfig  # noqa: E402
 from specdiff.engine import build_decoder, make_target  # noqa: E402
 from specdiff.types import DraftTree  # noqa: E402
 
 
 class Variant:
-    def __init__(self, label: str, assignments: list[str], model, prompt: list[int], nodes: list[int], engine: str):
+    def __init__(self, label: str, assignments: list[str], model, prompt: list[int], nodes: list[int], engine: str,
+                 drafter=None):
         self.label, self.assignments, self.prompt, self.nodes = label, assignments, prompt, nodes
+        self.step = None
         self.times: dict[str, list[float]] = {}
         with self:  # graphs are captured under the variant's settings
             self.target = make_target(model, engine, native.load(), "auto")
             self.switches = kernels.switches(self.target.device)
             self.decoder = build_decoder(self.target, DecodeConfig(method="ar", max_new_tokens=96, engine=engine,
                                                                    stop_at_eos=False), None)
+            if drafter is not None:  # its graphs too are captured under the variant's settings
+                self.drafted = build_decoder(self.target, DecodeConfig(method="dflash", max_new_tokens=16,
+                                                                       engine=engine, stop_at_eos=False), drafter)
+                self.drafted.prepare(len(prompt))
+                self.drafted.generate(prompt)  # the drafter holds the whole context, as mid-decode
+                self.step = self.drafted.proposer.drafters[0]
         self.turn(record=False)  # under the settings again: captures every graph the turns replay
 
     def __enter__(self):
@@ -71,6 +81,8 @@ class Variant:
             t = time.perf_counter()
             r = self.decoder.generate(self.prompt)
             cells = {"ar ms/token": 1000 * (time.perf_counter() - t) / r.num_new_tokens}
+            if self.step is not None:
+                cells["drafter step"] = timed(lambda: self.step.propose(self.prompt[-1], self.step.block_size - 1))
             self.target.reset(len(self.prompt) + 96 + max(self.nodes))
             self.target.prefill(self.prompt)
             last = self.prompt[-1]
@@ -86,6 +98,7 @@ def main() -> None:
     p.add_argument("--shape", default="qwen3-8b")
     p.add_argument("--nodes", default="1,16,65")
     p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--drafter-layers", type=int, default=5, help="0: no drafter")
     p.add_argument("--device", default="cuda")
     p.add_argument("--engine", default="graph")
     p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("LABEL", "ASSIGNMENT"),
@@ -98,9 +111,11 @@ def main() -> None:
     torch.set_default_dtype(torch.float32)
     prompt = torch.randint(0, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     nodes = [int(n) for n in args.nodes.split(",")]
-    variants = [Variant("default", [], model, prompt, nodes, args.engine)]
+    drafter = random_drafter(model.config, args.drafter_layers, 16, model.device, torch.bfloat16) \
+        if args.drafter_layers else None
+    variants = [Variant("default", [], model, prompt, nodes, args.engine, drafter)]
     for label, *assignments in args.variant:
-        variants.append(Variant(label, assignments, model, prompt, nodes, args.engine))
+        variants.append(Variant(label, assignments, model, prompt, nodes, args.engine, drafter))
         if args.device == "cuda":
             print(f"{label}: captured ({torch.cuda.max_memory_allocated() / 2**30:.1f} GiB held at most)", flush=True)
     for _ in range(args.turns):

@@ -5,7 +5,8 @@
 #   tests   the GPU tests of the attention and GEMM kernels (SiLU-multiply in the gate/up GEMM's
 #           epilogue included), of the graphed chain launched dependently, and of the forward with
 #           every GEMM streamed and in bf16;
-#   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes and AR, interleaved, at the
+#   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
+#           step, interleaved, at the
 #           defaults, with SiLU-multiply a launch of its own (`gemm.SWIGLU_EPILOGUE=False`), and with
 #           the attention's key splits merged in the o projection's prologue
 #           (`gemm.MERGE_IN_PROLOGUE=True`);
