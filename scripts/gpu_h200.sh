@@ -6,10 +6,9 @@
 #           epilogue included), of the graphed chain launched dependently, and of the forward with
 #           every GEMM streamed and in bf16;
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
-#           step, interleaved, at the
-#           defaults, with SiLU-multiply a launch of its own (`gemm.SWIGLU_EPILOGUE=False`), and with
-#           the attention's key splits merged in the o projection's prologue
-#           (`gemm.MERGE_IN_PROLOGUE=True`);
+#           step, interleaved, at the defaults, with SiLU-multiply a launch of its own
+#           (`gemm.SWIGLU_EPILOGUE=False`), and with the attention's key splits merged in the o
+#           projection's prologue (`gemm.MERGE_IN_PROLOGUE=True`);
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
