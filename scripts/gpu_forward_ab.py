@@ -22,13 +22,12 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab import assign  # noqa: E402
 
 from specdiff import kernels, native  # noqa: E402
-from specdiff.bench.speed import random_drafter, shape_config  # noqa: E402
+from specdiff.bench.speed import random_drafter, random_target, timed_ms  # noqa: E402
 from specdiff.config import DecodeConfig  # noqa: E402
 from specdiff.engine import build_decoder, make_target  # noqa: E402
 from specdiff.types import DraftTree  # noqa: E402
@@ -61,19 +60,8 @@ class Variant:
             undo()
 
     def turn(self, record: bool = True, reps: int = 30) -> None:
-        def sync():
-            if self.target.device.type == "cuda":
-                torch.cuda.synchronize(self.target.device)
-
         def timed(fn) -> float:
-            for _ in range(3):
-                fn()
-            sync()
-            t = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            sync()
-            return 1000 * (time.perf_counter() - t) / reps
+            return timed_ms(fn, self.target.device, reps)
 
         with self:
             self.decoder.prepare(len(self.prompt))
@@ -105,10 +93,7 @@ def main() -> None:
                    help="a label and its module.NAME=value assignments (repeatable)")
     args = p.parse_args()
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(args.device):
-        model = AutoModelForCausalLM.from_config(shape_config(args.shape), attn_implementation="sdpa").eval()
-    torch.set_default_dtype(torch.float32)
+    model = random_target(args.shape, args.device, torch.bfloat16)
     prompt = torch.randint(0, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     nodes = [int(n) for n in args.nodes.split(",")]
     drafter = random_drafter(model.config, args.drafter_layers, 16, model.device, torch.bfloat16) \

@@ -15,10 +15,9 @@ from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModelForCausalLM
 
 from specdiff import native
-from specdiff.bench.speed import random_drafter, shape_config
+from specdiff.bench.speed import random_drafter, random_target
 from specdiff.config import DecodeConfig
 from specdiff.engine import build_decoder, make_target
 from specdiff.types import DraftTree
@@ -54,10 +53,7 @@ def build_pair(shape: str):
         model, _, drafter = load_models(None, None, "cuda", "bfloat16")
         return model, drafter
     torch.manual_seed(0)  # as `specdiff speed` seeds it: the load-time probe checks these weights' logits
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(shape_config(shape), attn_implementation="sdpa").eval()
-    torch.set_default_dtype(torch.float32)
+    model = random_target(shape, "cuda", torch.bfloat16)
     return model, random_drafter(model.config, 5, 16, torch.device("cuda"), torch.bfloat16)
 
 

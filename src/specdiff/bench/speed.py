@@ -74,6 +74,41 @@ def shape_config(name: str, vocab: int | None = None):
                        pad_token_id=None)
 
 
+def random_target(shape: str, device, dtype, vocab: int | None = None):
+    """A causal LM of a public shape (`shape_config`) with random weights, made on `device` in
+    `dtype` itself (no float32 copy of an 8B model first; seeded by the caller's generator)."""
+    import torch
+
+    from transformers import AutoModelForCausalLM
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # random weights made on the device: an 8B model in seconds
+            return AutoModelForCausalLM.from_config(shape_config(shape, vocab), attn_implementation="sdpa").eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def timed_ms(fn, device, reps: int = 20) -> float:
+    """Milliseconds per call of `fn`, back to back after 3 untimed calls, with one device sync at
+    each end (host work hides behind the device, as in a decode)."""
+    import torch
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return 1000 * (time.perf_counter() - t) / reps
+
+
 def random_drafter(target_cfg, layers: int, block_size: int, device, dtype):
     """A random DFlash drafter of the target's width, tapping layers by DFlash's rule."""
     import torch
@@ -125,8 +160,6 @@ def measure(cfg: SpeedConfig) -> dict:
     """AR and each drafted method on one shape -> {"rows": [...], "shape": ..., "bound_ms": ...}."""
     import torch
 
-    from transformers import AutoModelForCausalLM
-
     from specdiff import kernels, native
     from specdiff.engine import build_decoder, make_target
     from specdiff.loading import check_device
@@ -139,14 +172,7 @@ def measure(cfg: SpeedConfig) -> dict:
         model, _ = load_target(cfg.target, cfg.device, cfg.dtype)
         name = cfg.target
     else:
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # made in the dtype itself: no float32 copy of an 8B model first
-        try:
-            with torch.device(device):  # random weights made on the device: an 8B model in seconds
-                model = AutoModelForCausalLM.from_config(shape_config(cfg.shape, cfg.vocab),
-                                                         attn_implementation="sdpa").eval()
-        finally:
-            torch.set_default_dtype(default)
+        model = random_target(cfg.shape, device, dtype, cfg.vocab)
         name = cfg.shape
     drafter = random_drafter(model.config, cfg.drafter_layers, cfg.block_size, device, dtype)
     prompt = torch.randint(0, model.config.vocab_size, (cfg.prompt_tokens,), generator=torch.Generator().manual_seed(
@@ -221,24 +247,11 @@ def anatomy(target, drafter, prompt: list[int], cfg: SpeedConfig, sizes: list[in
     behind the device, as in a decode): the drafter's step (fuse the committed features, draft a
     block) and the target's forward of N nodes, N in `sizes` -> {"draft_ms", "verify_ms": {N: ms}}.
     A round's time beyond the two is the host's (tree search, walk, commit)."""
-    import time
-
-    import torch
-
     from specdiff.engine import build_decoder
     from specdiff.types import DraftTree
 
     def timed(fn) -> float:
-        for _ in range(3):
-            fn()
-        if target.device.type == "cuda":
-            torch.cuda.synchronize(target.device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        if target.device.type == "cuda":
-            torch.cuda.synchronize(target.device)
-        return 1000 * (time.perf_counter() - t) / reps
+        return timed_ms(fn, target.device, reps)
 
     dc = DecodeConfig(method="dflash", max_new_tokens=cfg.new_tokens, engine=cfg.engine, kernels=cfg.kernels,
                       numerics=cfg.numerics, stop_at_eos=False, draft_vocab=cfg.draft_vocab)

@@ -193,9 +193,12 @@ def tree_gemm_settings(n: int, k: int, m: int) -> tuple[int, int, int, int, int]
 
 
 def _stream_setting(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """The streaming kernel's (block_n, block_k, warps, stages) for x's rows (up to SKINNY_ROWS)
-    of `weight`, measured fastest for its shape; None where cuBLAS runs them."""
+    """The streaming kernel's (block_n, block_k, warps, stages) for x's rows of `weight`, measured
+    fastest for its shape; None where cuBLAS runs them (past SKINNY_ROWS rows, or off a GPU
+    without Triton's interpreter)."""
     n, k = weight.shape
+    if x.shape[0] > SKINNY_ROWS or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
     card = stream_settings(x.device, n, k, x.shape[0]) if x.dtype == torch.bfloat16 and x.is_cuda else None
     if card == "cublas":
         return None
@@ -244,13 +247,12 @@ def swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `silu_mul` does: the projections, SiLU(gate), then the product."""
     n, k = weight.shape
     m = x.shape[0]
-    setting = None
-    if SWIGLU_EPILOGUE and (x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
-        if m <= SKINNY_ROWS:
-            setting = _stream_setting(x, weight)
-            block_m = SKINNY_ROWS
-        elif (tree := tree_gemm_settings(n, k, m)) is not None:
-            block_m, setting = tree[0], tree[1:]
+    setting, block_m = None, SKINNY_ROWS
+    if SWIGLU_EPILOGUE and m <= SKINNY_ROWS:
+        setting = _stream_setting(x, weight)
+    elif SWIGLU_EPILOGUE and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") \
+            and (tree := tree_gemm_settings(n, k, m)) is not None:
+        block_m, setting = tree[0], tree[1:]
     if setting is None:
         return silu_mul(linear(x, weight, bias))
     bn, bk, warps, stages = setting  # a tile of bn / 2 gate rows and their up rows: the same bytes in flight
@@ -338,8 +340,7 @@ def merge_linear(a: SplitAttention | torch.Tensor, weight: torch.Tensor, bias: t
     if isinstance(a, torch.Tensor):
         return linear(a, weight, bias)
     rows = a.out.view(a.out.shape[0], -1)  # [N, Hq * D]: the rows' shape and dtype
-    runs = rows.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    setting = _stream_setting(rows, weight) if runs and rows.shape[0] <= SKINNY_ROWS else None
+    setting = _stream_setting(rows, weight)
     if setting is None:
         return linear(a.merge().view(rows.shape), weight, bias)
     return decode_gemm(rows, weight, bias, merge=a, settings=setting)
