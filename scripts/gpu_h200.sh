@@ -6,9 +6,10 @@
 #           epilogue included), of the graphed chain launched dependently, and of the forward with
 #           every GEMM streamed and in bf16;
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
-#           step, interleaved, at the defaults, with SiLU-multiply a launch of its own
-#           (`gemm.SWIGLU_EPILOGUE=False`), and with the attention's key splits merged in the o
+#           step, interleaved, at the defaults and with the attention's key splits merged in the o
 #           projection's prologue (`gemm.MERGE_IN_PROLOGUE=True`);
+#   attn    the same A/B at Qwen3-8B, 65 and 257 nodes: tree attention's launch (row block, key
+#           splits, pipelining depth; `attention.LAUNCH_SETTINGS`) against the rule's;
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
@@ -24,7 +25,7 @@
 #   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
 #   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
-#   usage: STEPS="tests ab:qwen3-8b 8b sweep tree_swiglu narrow16" DEADLINE=520 bash scripts/gpu_h200.sh
+#   usage: STEPS="tests ab:qwen3-8b attn 8b sweep tree_swiglu narrow16" DEADLINE=520 bash scripts/gpu_h200.sh
 DEADLINE=${DEADLINE:-520}
 source scripts/gpu_call.sh
 G="--device cuda --dtype bfloat16 --engine graph"
@@ -46,9 +47,19 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       pk tests ;;
     ab:*)
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "${step#ab:}" --nodes 1,16,65 --turns 3 \
-        --variant silu_launch specdiff.kernels.gemm.SWIGLU_EPILOGUE=False \
         --variant merge_prologue specdiff.kernels.gemm.MERGE_IN_PROLOGUE=True \
         2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
+      pk "$step" ;;
+    attn)
+      A=specdiff.kernels.attention.LAUNCH_SETTINGS
+      timeout "$(left 200)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 65,257 --turns 3 \
+        --drafter-layers 0 \
+        --variant split2 "$A={(17, 128): (16, 2, None), (129, 512): (64, 2, None)}" \
+        --variant split4 "$A={(17, 128): (16, 4, None), (129, 512): (32, 2, None)}" \
+        --variant stages2 "$A={(17, 128): (16, 1, 2), (129, 512): (64, 1, 2)}" \
+        --variant stages4 "$A={(17, 128): (16, 1, 4), (129, 512): (64, 1, 4)}" \
+        --variant m32 "$A={(17, 128): (32, 2, None), (129, 512): (128, 1, None)}" \
+        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
       pk "$step" ;;
     tree_swiglu)
       T=specdiff.kernels.gemm.TREE_GEMM_SETTINGS

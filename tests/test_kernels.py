@@ -116,6 +116,26 @@ def test_tree_attention(dtype, n, hq, hkv, start, splits):
     close(got, want, dtype)
 
 
+def test_launch_settings_pick_a_trees_launch(monkeypatch):
+    """`attention.LAUNCH_SETTINGS` sets the launch of trees whose node count it covers (4 splits
+    here, seen in the unmerged result) and leaves other trees to the rule; either way the output
+    is the reference's."""
+    from specdiff.kernels import attention
+
+    monkeypatch.setattr(attention, "LAUNCH_SETTINGS", {(5, 12): (16, 4, 2)})
+    g = torch.Generator().manual_seed(5)
+    hq, hkv, d, start = 4, 2, 16, 150
+    k, v = (torch.randn(hkv, 256, d, generator=g).to(DEVICE) for _ in range(2))
+    st = torch.tensor([start], device=DEVICE)
+    for n, splits in [(9, 4), (4, None), (13, None)]:
+        q = torch.randn(n, hq, d, generator=g).to(DEVICE)
+        anc = random_tree(n, g).ancestor_mask().to(DEVICE)
+        got = kernels.tree_attention(q, k, v, st, anc, 256, d ** -0.5, defer_merge=True)
+        assert (got.splits if isinstance(got, kernels.SplitAttention) else None) == splits, n
+        got = got.merge() if splits else got
+        close(got, kernels.tree_attention_reference(q, k, v, st, anc, 256, d ** -0.5), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,streamed", [(1, True), (5, True), (5, False), (20, True)])
 def test_split_keys_merged_in_the_o_projections_prologue(monkeypatch, dtype, n, streamed):

@@ -200,6 +200,18 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
+# (row block, key splits, pipelining depth) for trees of lo..hi nodes, each None for the rule's or
+# Triton's choice; empty by default. A launch's cost alone and inside a forward differ (11.7 us a
+# layer alone at 64 nodes on an H100; the 65-node forward's profile gives more), so the forward's
+# A/B (`scripts/gpu_forward_ab.py`) sets this to price a launch where it runs.
+LAUNCH_SETTINGS: dict[tuple[int, int], tuple[int | None, int | None, int | None]] = {}
+
+
+def launch_setting(n: int) -> tuple[int | None, int | None, int | None]:
+    """`LAUNCH_SETTINGS`' entry for a tree of n nodes, or the rule's (all None)."""
+    return next((v for (lo, hi), v in LAUNCH_SETTINGS.items() if lo <= n <= hi), (None, None, None))
+
+
 def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | None = None) -> tuple[int, int]:
     """(row block, key splits) for `rows` query rows (tokens x heads per KV head) per KV head over
     `span` slots on `sms` multiprocessors (0: the interpreter); `block_m` fixes the row block. The
@@ -268,6 +280,8 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     hkv = k_cache.shape[0]
     g = hq // hkv
     rows = n * g
+    set_m, set_splits, set_stages = launch_setting(n)
+    block_m, splits, num_stages = block_m or set_m, splits or set_splits, num_stages or set_stages
     block_m, auto_splits = attention_launch(rows, hkv, span, _multiprocessors(q.device), block_m)
     splits = splits or auto_splits
     row_blocks = triton.cdiv(rows, block_m)
