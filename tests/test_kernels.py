@@ -116,6 +116,21 @@ def test_tree_attention(dtype, n, hq, hkv, start, splits):
     close(got, want, dtype)
 
 
+def test_key_splits_share_the_keys_a_tree_sees_not_its_span():
+    """A tree whose keys fill a sixth of its span bucket: each of the 3 splits gets some of them
+    (each row's running sum > 0 in every split) where splitting the span would give the first
+    split them all; merged, the reference's output."""
+    g = torch.Generator().manual_seed(11)
+    n, hq, hkv, d, start, span = 10, 4, 2, 16, 150, 1024
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE)
+    k, v = (torch.randn(hkv, span, d, generator=g).to(DEVICE) for _ in range(2))
+    anc = random_tree(n, g).ancestor_mask().to(DEVICE)
+    st = torch.tensor([start], device=DEVICE)
+    split = kernels.tree_attention(q, k, v, st, anc, span, d ** -0.5, splits=3, defer_merge=True)
+    assert split.splits == 3 and (split.ml[..., 1] > 0).all()
+    close(split.merge(), kernels.tree_attention_reference(q, k, v, st, anc, span, d ** -0.5), torch.float32)
+
+
 def test_launch_settings_pick_a_trees_launch(monkeypatch):
     """`attention.LAUNCH_SETTINGS` sets the launch of trees whose node count it covers (4 splits
     here, seen in the unmerged result) and leaves other trees to the rule; either way the output
@@ -454,7 +469,7 @@ cases = {
                 dict(G=4, D=128, SPLITS_P2=8)),
     "attention": (attention._tree_attention_kernel,
                   dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, start_ptr="*i64", anc_ptr="*u8", out_ptr=bf, part_ptr=f32,
-                       ml_ptr=f32, N=i32, HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, scale="fp32", KEYS=i32),
+                       ml_ptr=f32, N=i32, HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, scale="fp32"),
                   dict(G=4, D=128, BLOCK_M=16, BLOCK_N=64, DIRECT=False, PRECISION="tf32", INTERPRETED=False)),
     "qkv": (elementwise._qkv_rope_store_kernel,
             dict(qkv_ptr=bf, cos_ptr=f32, sin_ptr=f32, nw_ptr=bf, q_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="*i64",

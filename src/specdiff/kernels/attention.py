@@ -91,7 +91,7 @@ if triton is not None:
 
     @triton.jit
     def _tree_attention_kernel(q_ptr, k_ptr, v_ptr, start_ptr, anc_ptr, out_ptr, part_ptr, ml_ptr,
-                               N, HQ, HKV, cache_sh, cache_ss, scale, KEYS,
+                               N, HQ, HKV, cache_sh, cache_ss, scale,
                                G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                DIRECT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
                                PDL: tl.constexpr):
@@ -107,8 +107,12 @@ if triton is not None:
         if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
             q = q.to(tl.float32)
         start = tl.load(start_ptr)
-        lo = split * KEYS
-        hi = tl.minimum(lo + KEYS, start + N)  # no slot at or past the tree's end is visible
+        # the splits share the keys a row can see (start + N, read on the device), not the span
+        # bucket's: a tree in a half-full bucket would leave its last splits idle and its first
+        # with all the work
+        keys = tl.cdiv(tl.cdiv(start + N, BLOCK_N), tl.num_programs(2)) * BLOCK_N
+        lo = split * keys
+        hi = tl.minimum(lo + keys, start + N)  # no slot at or past the tree's end is visible
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -272,8 +276,9 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
                    block_m: int | None = None, num_warps: int = 8, num_stages: int | None = None,
                    defer_merge: bool = False) -> torch.Tensor | SplitAttention:
     """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
-    host int, the most slots any row can see) sizes the split; the kernel stops at start + N.
-    splits: key splits (None: enough programs to fill the GPU twice over); num_stages: the key
+    host int, the most slots any row can see) sizes the launch; the kernel stops at start + N.
+    splits: key splits (None: enough programs to fill the GPU twice over), sharing the start + N
+    keys on the device; num_stages: the key
     loop's software pipelining depth (None: Triton's default); defer_merge: split keys are left
     unmerged (a `SplitAttention`) for the next GEMM to merge."""
     n, hq, d = q.shape
@@ -285,9 +290,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     block_m, auto_splits = attention_launch(rows, hkv, span, _multiprocessors(q.device), block_m)
     splits = splits or auto_splits
     row_blocks = triton.cdiv(rows, block_m)
-    tiles = triton.cdiv(span, BLOCK_N)
-    keys = triton.cdiv(tiles, splits) * BLOCK_N
-    splits = triton.cdiv(span, keys)
+    splits = min(splits, triton.cdiv(span, BLOCK_N))  # no more splits than key tiles
     out = torch.empty_like(q)
     direct = splits == 1
     part = ml = out  # unused when direct
@@ -297,7 +300,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _tree_attention_kernel[(hkv, row_blocks, splits)](
         q, k_cache, v_cache, start, ancestors.view(torch.uint8), out, part, ml,
-        n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale, keys,
+        n, hq, hkv, k_cache.stride(0), k_cache.stride(1), scale,
         G=g, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=precision,
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}), **pdl(q.device))
