@@ -15,6 +15,8 @@
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
 #           GEMM swept per weight shape at 1 and 16 rows against cuBLAS (scripts/gpu_decode_gemm.py,
 #           GLUE=0), its table written to out/stream_settings.txt, then both shapes' speed with it;
+#   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
+#           FlexAttention (scripts/gpu_attention.py --flex);
 #   tree_swiglu  the same A/B at Qwen3-8B, 16 and 65 nodes: gate/up with SiLU-multiply in its epilogue
 #           for a tree's rows (`gemm.TREE_GEMM_SETTINGS` for it at up to 96 rows, three tilings)
 #           against cuBLAS and `silu_mul`;
@@ -60,6 +62,10 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
         --variant stages4 "$A={(17, 128): (16, 1, 4), (129, 512): (64, 1, 4)}" \
         --variant m32 "$A={(17, 128): (32, 2, None), (129, 512): (128, 1, None)}" \
         2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
+      pk "$step" ;;
+    flex)
+      timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \
+        | tee out/flex_attention.txt
       pk "$step" ;;
     tree_swiglu)
       T=specdiff.kernels.gemm.TREE_GEMM_SETTINGS
