@@ -1,13 +1,16 @@
 """GPU: `kernels.tree_attention` launch settings at Qwen3-8B's attention shape (32 query heads, 8 KV
-heads, head size 128), trees of NODES nodes after 256 committed slots (span 512): microseconds
-per call (inside a CUDA graph) per row block, warps, key splits and pipelining stages, fastest
-first, next to what the launch rule (`kernels.attention_launch`) picks.
+heads, head size 128), trees of NODES nodes after 256 committed slots (span: the graph engine's
+bucket, 512 or more): microseconds per call (inside a CUDA graph) per row block, warps, key
+splits and pipelining stages, fastest first, next to what the launch rule
+(`kernels.attention_launch`) picks. --out writes the fastest 8-warp setting per node count as an
+`attention.LAUNCH_SETTINGS` literal, for `scripts/ab.py` and `scripts/gpu_forward_ab.py`.
 
 With --flex it times, instead of the sweep, the launch rule's kernel against FlexAttention
 (`kernels.tree_attention_flex`, compiled): its block mask built in every call (as a round would
 build it) and built once (its kernel alone).
 
     usage: python scripts/gpu_attention.py [--nodes 1,16,64,65,256,257] [--stages 2,3,4] [--flex]
+                                           [--out launch_settings.txt]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from triton.testing import do_bench_cudagraph
 
 from specdiff import kernels
 from specdiff.kernels.attention import attention_launch
+from specdiff.target.graphed import span_for
 
 
 def main() -> None:
@@ -28,17 +32,20 @@ def main() -> None:
     ap.add_argument("--nodes", default="1,16,64,256")
     ap.add_argument("--stages", default="3", help="pipelining depths to try (Triton's default: 3)")
     ap.add_argument("--flex", action="store_true", help="the Triton kernel against FlexAttention")
+    ap.add_argument("--out", help="write the fastest 8-warp setting per node count (LAUNCH_SETTINGS)")
     args = ap.parse_args()
     if args.flex:
         flex_against_triton([int(x) for x in args.nodes.split(",")])
         return
     torch.manual_seed(0)
-    hq, hkv, d, start, span = 32, 8, 128, 256, 512
+    hq, hkv, d, start = 32, 8, 128, 256
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    k = torch.randn(hkv, 1024, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(hkv, 2048, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     st = torch.tensor([start], device="cuda")
+    best = {}
     for n in (int(x) for x in args.nodes.split(",")):
+        span = span_for(start + n, 2048)
         q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
         anc = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
         want = kernels.tree_attention_reference(q, k, v, st, anc, span, d ** -0.5)
@@ -54,10 +61,13 @@ def main() -> None:
             except Exception as e:
                 print(f"  n={n} block_m={bm} warps={w} splits={sp} stages={ns}: {type(e).__name__}")
         rows.sort()
+        best[(n, n)] = next(((bm, sp, ns) for _, bm, w, sp, ns in rows if w == 8), (None, None, None))
         ruled = 1000 * do_bench_cudagraph(lambda: kernels.tree_attention(q, k, v, st, anc, span, d ** -0.5), rep=40)
         print(f"n={n}: the rule's setting (block_m {rule[0]}, splits {rule[1]}, warps 8) {ruled:.1f} us; fastest: "
               + "; ".join(f"{us:.1f} us (block_m {bm}, warps {w}, splits {sp}, stages {ns})"
                           for us, bm, w, sp, ns in rows[:5]), flush=True)
+    if args.out:
+        open(args.out, "w").write(repr(best))
 
 
 def flex_against_triton(nodes: list[int]) -> None:

@@ -3,7 +3,7 @@
 Builds a model of a public shape once (bf16, random weights, as `specdiff speed` does), then for
 each variant (the defaults first) sets its module constants (`scripts/ab.py`'s `module.NAME=value`
 form), builds a graph-engine target whose graphs it captures under them, and times the target's
-forward of N nodes alone and an AR decode (96 tokens after a 200-token prompt). The variants take
+forward of N nodes alone (in a graph bucket of N nodes, as a decode's largest tree runs) and an AR decode (96 tokens after a 200-token prompt). The variants take
 turns for --turns turns; each cell is the median over them, so drift between variants cancels.
 With --drafter-layers (default 5) a random DFlash drafter of the shape's width is timed too: its
 step (the committed context fused, a block drafted), under each variant's settings.
@@ -41,6 +41,9 @@ class Variant:
         self.times: dict[str, list[float]] = {}
         with self:  # graphs are captured under the variant's settings
             self.target = make_target(model, engine, native.load(), "auto")
+            for n in sorted(nodes) if hasattr(self.target, "prepare") else ():  # each forward timed runs
+                self.target.prepare(len(prompt) + 96 + max(nodes), n)  # in a bucket of its own size, as
+                # a decode's largest tree does
             self.switches = kernels.switches(self.target.device)
             self.decoder = build_decoder(self.target, DecodeConfig(method="ar", max_new_tokens=96, engine=engine,
                                                                    stop_at_eos=False), None)

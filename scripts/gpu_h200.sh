@@ -8,8 +8,10 @@
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
 #           step, interleaved, at the defaults and with the attention's key splits merged in the o
 #           projection's prologue (`gemm.MERGE_IN_PROLOGUE=True`);
-#   attn    the same A/B at Qwen3-8B, 65 and 257 nodes: tree attention's launch (row block, key
-#           splits, pipelining depth; `attention.LAUNCH_SETTINGS`) against the rule's;
+#   attn    tree attention alone at Qwen3-8B's heads, 65 and 257 nodes, every launch setting
+#           (scripts/gpu_attention.py, the fastest written out), then the same A/B as ab:SHAPE at
+#           those node counts: the launch rule against the one before it (16- and 64-row blocks,
+#           136 programs) and against the fastest alone (`attention.LAUNCH_SETTINGS`);
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
@@ -53,15 +55,14 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
         2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
       pk "$step" ;;
     attn)
+      timeout "$(left 150)" python3 scripts/gpu_attention.py --nodes 65,257 --out out/attn_best.txt 2>&1 \
+        | grep -v "it/s" | tee out/attention_sweep.txt
+      pk "attention sweep"
       A=specdiff.kernels.attention.LAUNCH_SETTINGS
+      SWEPT=(); [ -s out/attn_best.txt ] && SWEPT=(--variant swept "$A=@out/attn_best.txt")
       timeout "$(left 200)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 65,257 --turns 3 \
-        --drafter-layers 0 \
-        --variant split2 "$A={(17, 128): (16, 2, None), (129, 512): (64, 2, None)}" \
-        --variant split4 "$A={(17, 128): (16, 4, None), (129, 512): (32, 2, None)}" \
-        --variant stages2 "$A={(17, 128): (16, 1, 2), (129, 512): (64, 1, 2)}" \
-        --variant stages4 "$A={(17, 128): (16, 1, 4), (129, 512): (64, 1, 4)}" \
-        --variant m32 "$A={(17, 128): (32, 2, None), (129, 512): (128, 1, None)}" \
-        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
+        --drafter-layers 0 --variant old_rule "$A={(65, 65): (16, 1, None), (257, 257): (64, 1, None)}" \
+        "${SWEPT[@]}" 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
       pk "$step" ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \

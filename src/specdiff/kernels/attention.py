@@ -219,18 +219,17 @@ def launch_setting(n: int) -> tuple[int | None, int | None, int | None]:
 def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | None = None) -> tuple[int, int]:
     """(row block, key splits) for `rows` query rows (tokens x heads per KV head) per KV head over
     `span` slots on `sms` multiprocessors (0: the interpreter); `block_m` fixes the row block. The
-    largest row block (64, 32) whose blocks give nearly every SM a program (7/8 of them), else 16;
-    the keys unsplit where the blocks give half the SMs a program, else split to fill the GPU
-    twice over. This is the best setting measured on an H100 at Qwen3-8B's heads at 1, 16, 64 and
-    256 nodes (`scripts/gpu_attention.py`). A 65-node tree in 32-row blocks (72 programs) took
-    16.6 us a layer inside the forward, where 64 nodes in 16-row blocks (128 programs) took 11.7
-    and 32-row blocks more than 13.5."""
+    smallest row block (16-128) whose programs fit one wave (at most one per SM: a program holds
+    an SM's registers); the keys unsplit where the blocks give half the SMs a program, else split
+    to fill the GPU twice over (short programs: at 1 and 16 nodes one wave or two tied). On an H100 at Qwen3-8B's heads this is the best setting measured alone at 1,
+    16, 64 and 256 nodes (`scripts/gpu_attention.py`). One program past a wave costs a second
+    wave: 65 nodes in 16-row blocks (136 programs) took 25.9 us, where 64 nodes (128) took 11.7."""
     programs = lambda m: hkv * -(-rows // m)  # noqa: E731
     if block_m is None:
         if not sms:  # the interpreter runs programs one by one: the smallest tile that covers the rows
             block_m = 16 if rows <= 256 else 64
         else:
-            block_m = next((m for m in (64, 32) if 8 * programs(m) >= 7 * sms), 16)
+            block_m = next((m for m in (16, 32, 64) if programs(m) <= sms), 128)
     if 2 * programs(block_m) >= sms:
         return block_m, 1
     return block_m, max(1, min(-(-span // BLOCK_N), 2 * sms // programs(block_m)))
