@@ -10,8 +10,9 @@
 #           projection's prologue (`gemm.MERGE_IN_PROLOGUE=True`);
 #   attn    tree attention alone at Qwen3-8B's heads, 65 and 257 nodes, every launch setting
 #           (scripts/gpu_attention.py, the fastest written out), then the same A/B as ab:SHAPE at
-#           those node counts: the launch rule against the one before it (16- and 64-row blocks,
-#           136 programs) and against the fastest alone (`attention.LAUNCH_SETTINGS`);
+#           those node counts: the launch rule against the ones before it (16- and 128-row blocks
+#           of 8 warps; 32-row blocks of 8 warps at 257) and against the fastest alone
+#           (`attention.LAUNCH_SETTINGS`);
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
@@ -61,7 +62,8 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       A=specdiff.kernels.attention.LAUNCH_SETTINGS
       SWEPT=(); [ -s out/attn_best.txt ] && SWEPT=(--variant swept "$A=@out/attn_best.txt")
       timeout "$(left 200)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 65,257 --turns 3 \
-        --drafter-layers 0 --variant old_rule "$A={(65, 65): (16, 1, None), (257, 257): (64, 1, None)}" \
+        --drafter-layers 0 --variant old_rule "$A={(65, 65): (16, 1, None, 8), (257, 257): (128, 1, None, 8)}" \
+        --variant w8 "$A={(257, 257): (32, 1, None, 8)}" \
         "${SWEPT[@]}" 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
       pk "$step" ;;
     flex)

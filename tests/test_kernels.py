@@ -137,7 +137,7 @@ def test_launch_settings_pick_a_trees_launch(monkeypatch):
     is the reference's."""
     from specdiff.kernels import attention
 
-    monkeypatch.setattr(attention, "LAUNCH_SETTINGS", {(5, 12): (16, 4, 2)})
+    monkeypatch.setattr(attention, "LAUNCH_SETTINGS", {(5, 12): (16, 4, 2, 4)})
     g = torch.Generator().manual_seed(5)
     hq, hkv, d, start = 4, 2, 16, 150
     k, v = (torch.randn(hkv, 256, d, generator=g).to(DEVICE) for _ in range(2))
@@ -227,20 +227,20 @@ def test_tree_attention_in_32_row_blocks(block_m, splits):
     close(got, want, torch.float32)
 
 
-@pytest.mark.parametrize("nodes,block_m,splits", [(1, 16, range(2, 9)), (16, 16, (4, 8)), (64, 16, (1,)),
-                                                   (256, 64, (1,)), (65, 32, (1,)), (96, 32, (1,)), (128, 32, (1,)),
-                                                   (257, 128, (1,))])
-def test_attention_launch_gives_the_measured_best_settings(nodes, block_m, splits):
+@pytest.mark.parametrize("nodes,block_m,splits,warps", [
+    (1, 16, range(2, 9), 8), (16, 16, (4, 8), 8), (64, 16, (1,), 8), (256, 64, (1,), 8), (65, 32, (1,), 8),
+    (96, 32, (1,), 8), (128, 32, (1,), 8), (257, 32, (1,), 4)])
+def test_attention_launch_gives_the_measured_best_settings(nodes, block_m, splits, warps):
     """At Qwen3-8B's heads (32 query, 8 KV) on an H100's 132 SMs over 512 slots, the launch rule
     gives the settings `scripts/gpu_attention.py` measured best at 1, 16, 64 and 256 nodes
     (docs/benchmarks/fused_h100/attention_settings.txt; at 16 nodes 4 and 8 splits tied within
-    0.1 us), and trees one node past those (ddtree@64's 65, @256's 257) programs that fit one wave
-    of 132: 16-row blocks at 65 nodes (136 programs) took 25.9 us alone against 11.7 at 64."""
+    0.1 us) and at 257 (`docs/benchmarks/attention_h100/`: 32-row blocks of 4 warps, 40 us, where
+    128 rows took 93), and at 65 one within 1.5 us of the best (the 16-row blocks of 64 nodes
+    there are 136 programs, a second wave: 26 us against 18)."""
     from specdiff.kernels.attention import attention_launch
 
-    got_m, got_splits = attention_launch(nodes * 4, 8, 512, 132)
-    assert got_m == block_m and got_splits in splits, (got_m, got_splits)
-    assert 8 * -(-nodes * 4 // got_m) * got_splits <= 2 * 132
+    got = attention_launch(nodes * 4, 8, 512, 132)
+    assert got[0] == block_m and got[1] in splits and got[2] == warps, got
 
 
 def test_tree_attention_catches_a_wrong_mask():

@@ -204,35 +204,40 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
-# (row block, key splits, pipelining depth) for trees of lo..hi nodes, each None for the rule's or
-# Triton's choice; empty by default. A launch's cost alone and inside a forward differ (11.7 us a
-# layer alone at 64 nodes on an H100; the 65-node forward's profile gives more), so the forward's
-# A/B (`scripts/gpu_forward_ab.py`) sets this to price a launch where it runs.
-LAUNCH_SETTINGS: dict[tuple[int, int], tuple[int | None, int | None, int | None]] = {}
+# (row block, key splits, pipelining depth, warps) for trees of lo..hi nodes, each None for the
+# rule's or Triton's choice; empty by default. A launch's cost alone and inside a forward differ,
+# so the forward's A/B (`scripts/gpu_forward_ab.py`) sets this to price a launch where it runs.
+LAUNCH_SETTINGS: dict[tuple[int, int], tuple[int | None, int | None, int | None, int | None]] = {}
 
 
-def launch_setting(n: int) -> tuple[int | None, int | None, int | None]:
+def launch_setting(n: int) -> tuple[int | None, int | None, int | None, int | None]:
     """`LAUNCH_SETTINGS`' entry for a tree of n nodes, or the rule's (all None)."""
-    return next((v for (lo, hi), v in LAUNCH_SETTINGS.items() if lo <= n <= hi), (None, None, None))
+    return next((v for (lo, hi), v in LAUNCH_SETTINGS.items() if lo <= n <= hi), (None, None, None, None))
 
 
-def attention_launch(rows: int, hkv: int, span: int, sms: int, block_m: int | None = None) -> tuple[int, int]:
-    """(row block, key splits) for `rows` query rows (tokens x heads per KV head) per KV head over
-    `span` slots on `sms` multiprocessors (0: the interpreter); `block_m` fixes the row block. The
-    smallest row block (16-128) whose programs fit one wave (at most one per SM: a program holds
-    an SM's registers); the keys unsplit where the blocks give half the SMs a program, else split
-    to fill the GPU twice over (short programs: at 1 and 16 nodes one wave or two tied). On an H100 at Qwen3-8B's heads this is the best setting measured alone at 1,
-    16, 64 and 256 nodes (`scripts/gpu_attention.py`). One program past a wave costs a second
-    wave: 65 nodes in 16-row blocks (136 programs) took 25.9 us, where 64 nodes (128) took 11.7."""
+def attention_launch(rows: int, hkv: int, span: int, sms: int,
+                     block_m: int | None = None) -> tuple[int, int, int]:
+    """(row block, key splits, warps) for `rows` query rows (tokens x heads per KV head) per KV
+    head over `span` slots on `sms` multiprocessors (0: the interpreter); `block_m` fixes the row
+    block. The smallest row block (16, 32, 64) whose programs fit one wave of 8-warp programs (one
+    per SM), else 32-row blocks of 4 warps (several share an SM); the keys unsplit where the
+    blocks give half the SMs a program, else split to fill the GPU twice over. Measured alone on
+    an H100 at Qwen3-8B's heads (`scripts/gpu_attention.py`): the best setting at 1, 16, 64 and
+    256 nodes; at 65 nodes within 1.5 us of the best (32 rows: 18 us, where 16-row blocks, 136
+    programs, took 26); at 257, 32 rows of 4 warps took 40 us, 128 rows of 8 warps 93 and 64
+    rows 99."""
     programs = lambda m: hkv * -(-rows // m)  # noqa: E731
+    warps = 8
     if block_m is None:
         if not sms:  # the interpreter runs programs one by one: the smallest tile that covers the rows
             block_m = 16 if rows <= 256 else 64
         else:
-            block_m = next((m for m in (16, 32, 64) if programs(m) <= sms), 128)
+            block_m = next((m for m in (16, 32, 64) if programs(m) <= sms), None)
+            if block_m is None:
+                block_m, warps = 32, 4
     if 2 * programs(block_m) >= sms:
-        return block_m, 1
-    return block_m, max(1, min(-(-span // BLOCK_N), 2 * sms // programs(block_m)))
+        return block_m, 1, warps
+    return block_m, max(1, min(-(-span // BLOCK_N), 2 * sms // programs(block_m))), warps
 
 
 @dataclass
@@ -272,22 +277,22 @@ class SplitAttention:
 
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
                    ancestors: torch.Tensor, span: int, scale: float, splits: int | None = None,
-                   block_m: int | None = None, num_warps: int = 8, num_stages: int | None = None,
+                   block_m: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
                    defer_merge: bool = False) -> torch.Tensor | SplitAttention:
     """`tree_attention_reference` as one kernel (plus a merge when the keys are split). `span` (a
     host int, the most slots any row can see) sizes the launch; the kernel stops at start + N.
-    splits: key splits (None: enough programs to fill the GPU twice over), sharing the start + N
-    keys on the device; num_stages: the key
+    splits: key splits (None: the rule's, `attention_launch`), sharing the start + N keys on the
+    device; num_warps: None for the rule's; num_stages: the key
     loop's software pipelining depth (None: Triton's default); defer_merge: split keys are left
     unmerged (a `SplitAttention`) for the next GEMM to merge."""
     n, hq, d = q.shape
     hkv = k_cache.shape[0]
     g = hq // hkv
     rows = n * g
-    set_m, set_splits, set_stages = launch_setting(n)
+    set_m, set_splits, set_stages, set_warps = launch_setting(n)
     block_m, splits, num_stages = block_m or set_m, splits or set_splits, num_stages or set_stages
-    block_m, auto_splits = attention_launch(rows, hkv, span, _multiprocessors(q.device), block_m)
-    splits = splits or auto_splits
+    block_m, auto_splits, auto_warps = attention_launch(rows, hkv, span, _multiprocessors(q.device), block_m)
+    splits, num_warps = splits or auto_splits, num_warps or set_warps or auto_warps
     row_blocks = triton.cdiv(rows, block_m)
     splits = min(splits, triton.cdiv(span, BLOCK_N))  # no more splits than key tiles
     out = torch.empty_like(q)
