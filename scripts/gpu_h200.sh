@@ -6,8 +6,8 @@
 #           epilogue included), of the graphed chain launched dependently, and of the forward with
 #           every GEMM streamed and in bf16;
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
-#           step, interleaved, at the defaults and with the attention's key splits merged in the o
-#           projection's prologue (`gemm.MERGE_IN_PROLOGUE=True`);
+#           step at the defaults, and with tree attention's launch as it was before it kept its
+#           programs to one wave (16-row blocks of 8 warps at 65 nodes);
 #   attn    tree attention alone at Qwen3-8B's heads, 65 and 257 nodes, every launch setting
 #           (scripts/gpu_attention.py, the fastest written out), then the same A/B as ab:SHAPE at
 #           those node counts: the launch rule against the ones before it (16- and 128-row blocks
@@ -52,7 +52,7 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       pk tests ;;
     ab:*)
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "${step#ab:}" --nodes 1,16,65 --turns 3 \
-        --variant merge_prologue specdiff.kernels.gemm.MERGE_IN_PROLOGUE=True \
+        --variant old_attention "specdiff.kernels.attention.LAUNCH_SETTINGS={(65, 65): (16, 1, None, 8)}" \
         2>&1 | grep -v "it/s" | tee "out/ab_${step#ab:}.txt"
       pk "$step" ;;
     attn)

@@ -121,7 +121,9 @@ if triton is not None:
 
 
 # Tree attention's key splits merged in the prologue of the o projection's GEMM (where it streams
-# its weight) instead of by their own kernel: one launch less per layer. Off until measured.
+# its weight) instead of by their own kernel: one launch less per layer, but every program of the
+# GEMM merges every split of its K block again, so it is off (an H100's 8B forward of one token:
+# 5.76 -> 11.00 ms, docs/benchmarks/attention_h100/). It would pay only with few splits.
 MERGE_IN_PROLOGUE = False
 
 
