@@ -54,23 +54,22 @@ def test_fused_forward_equals_eager(target_model, engine, choice):
     assert fused.fused.rope.table.shape[1] == fused.max_len  # its RoPE came from the table
 
 
-@pytest.mark.parametrize("merge_in_prologue", [False, True])
-def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkeypatch, merge_in_prologue):
+@pytest.mark.parametrize("split_keys", [False, True])
+def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkeypatch, split_keys):
     """Every GEMM of up to 16 rows in the streaming kernel (as an 8B forward runs them on a GPU),
-    SiLU-multiply in the gate/up GEMM's epilogue, and (`gemm.MERGE_IN_PROLOGUE`, with the keys
-    split as on a GPU of 132 SMs) attention's key splits merged in the o projection's prologue: a
-    tree's and a chain's logits equal the eager forward's to fp32 rounding."""
+    SiLU-multiply in the gate/up GEMM's epilogue, and (split_keys) the attention's keys split as
+    on a GPU of 132 SMs: a tree's and a chain's logits equal the eager forward's to fp32
+    rounding."""
     from specdiff.kernels import attention, gemm
 
-    monkeypatch.setattr(gemm, "MERGE_IN_PROLOGUE", merge_in_prologue)
-    if merge_in_prologue:
+    if split_keys:
         monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
 
     import copy
 
     model = copy.deepcopy(qwen3_model).to(DEVICE)
     g = torch.Generator().manual_seed(13)
-    prompt = torch.randint(0, 96, (150 if merge_in_prologue else 17,), generator=g).tolist()  # 150: keys to split
+    prompt = torch.randint(0, 96, (150 if split_keys else 17,), generator=g).tolist()  # 150: keys to split
     trees = [random_tree(12, 96, g), DraftTree.chain(4, [5])]
     outs = []
     for kernels_choice in ("torch", "triton"):
@@ -197,19 +196,18 @@ def test_kernels_choice_and_refusal(qwen3_model, monkeypatch):
         DecodeConfig(kernels="cuda").validate()
 
 
-@pytest.mark.parametrize("prompt_len,choice", [(20, "triton"), (250, "triton"), (20, "glued"), (150, "merge")])
+@pytest.mark.parametrize("prompt_len,choice", [(20, "triton"), (250, "triton"), (20, "glued"), (150, "split")])
 def test_fused_drafter_step_equals_eager(qwen3_model, monkeypatch, prompt_len, choice):
     """The drafter's fused step (context fusion, then the block through the fused layers, its K/V
     past the context) gives the eager drafter's logits round after round, also across the first
-    span bucket; glued, through the GEMMs with the glue inside; "merge": every GEMM streamed and
-    the attention's key splits (as a 132-SM GPU splits them) merged in the o projection."""
+    span bucket; glued, through the GEMMs with the glue inside; "split": every GEMM streamed and
+    the attention's keys split as a 132-SM GPU splits them."""
     from specdiff.drafters.graphed import GraphedDrafter
     from specdiff.kernels import attention, gemm
 
     from test_graph_engine import plain_and_graphed
 
-    if choice == "merge":
-        monkeypatch.setattr(gemm, "MERGE_IN_PROLOGUE", True)
+    if choice == "split":
         monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0)
         monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
         choice = "triton"

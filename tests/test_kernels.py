@@ -152,33 +152,20 @@ def test_launch_settings_pick_a_trees_launch(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,streamed", [(1, True), (5, True), (5, False), (20, True)])
-def test_split_keys_merged_in_the_o_projections_prologue(monkeypatch, dtype, n, streamed):
-    """Attention left in key splits (`defer_merge`) projected by `merge_linear`: for up to 16 rows
-    of a weight `linear` streams, the GEMM merges the splits in its prologue (one launch); else
-    they are merged first. Either way the reference attention's projection, and `merge()` gives
-    the attention's own output; 20 rows span two row blocks of the attention (GQA 2, 4 splits)."""
-    from specdiff.kernels import gemm
-
-    monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if streamed else 1 << 40)
-    merged = []
-    real = gemm.decode_gemm
-    monkeypatch.setattr(gemm, "decode_gemm", lambda *a, **kw: (merged.append(kw.get("merge") is not None),
-                                                                real(*a, **kw))[1])
+@pytest.mark.parametrize("n", [1, 5, 20])
+def test_split_keys_left_unmerged_merge_to_the_reference(dtype, n):
+    """Attention left in key splits (`defer_merge`, a `SplitAttention`) merges to the reference
+    attention and to the merged call's output, bit for bit; 20 rows span two row blocks (GQA 2,
+    4 splits)."""
     g = torch.Generator().manual_seed(n + 3)
     hq, hkv, d, start = 4, 2, 16, 150
     q = torch.randn(n, hq, d, generator=g).to(DEVICE, dtype)
     k, v = (torch.randn(hkv, 256, d, generator=g).to(DEVICE, dtype) for _ in range(2))
     anc = random_tree(n, g).ancestor_mask().to(DEVICE)
     st = torch.tensor([start], device=DEVICE)
-    w = (torch.randn(24, hq * d, generator=g) / 8).to(DEVICE, dtype)
-    b = torch.randn(24, generator=g).to(DEVICE, dtype)
     att = kernels.tree_attention_reference(q, k, v, st, anc, 256, d ** -0.5)
     split = kernels.tree_attention(q, k, v, st, anc, 256, d ** -0.5, splits=4, block_m=16, defer_merge=True)
     assert isinstance(split, kernels.SplitAttention) and split.splits == 4 and split.group == 2
-    got = kernels.merge_linear(split, w, b)
-    close(got, torch.nn.functional.linear(att.reshape(n, -1), w, b), dtype)
-    assert (True in merged) == (streamed and n <= 16), merged
     close(split.merge(), att, dtype)
     assert torch.equal(kernels.tree_attention(q, k, v, st, anc, 256, d ** -0.5, splits=4, block_m=16), split.out)
 
@@ -458,12 +445,10 @@ from triton.compiler import ASTSource
 from specdiff.kernels import attention, elementwise, gemm
 bf, f32, i32 = "*bf16", "*fp32", "i32"
 cases = {
-    **{name: (gemm._decode_gemm_kernel,
-              dict(x_ptr=bf, nw_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=bf, part_ptr=f32, ml_ptr=f32, M=i32, N=i32, K=i32,
-                   eps="fp32", SPLITS=i32, HKV=i32),
-              dict(NORM=not merge, BIAS=False, RESIDUAL=not merge, SWIGLU=False, MERGE=merge, G=4, HD=128,
-                   BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, PRECISION="tf32", INTERPRETED=False, PREFETCH=2))
-       for name, merge in (("gemm", False), ("gemm_merge", True))},
+    "gemm": (gemm._decode_gemm_kernel,
+             dict(x_ptr=bf, nw_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=bf, M=i32, N=i32, K=i32, eps="fp32"),
+             dict(NORM=True, BIAS=False, RESIDUAL=True, SWIGLU=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+                  PRECISION="tf32", INTERPRETED=False, PREFETCH=2)),
     "norm": (elementwise._add_rms_norm_kernel, dict(x_ptr=bf, d_ptr=bf, w_ptr=bf, out_ptr=bf, H=i32, eps="fp32"),
              dict(ADD=True, BLOCK=1024)),
     "silu": (elementwise._silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I=i32), dict(BLOCK=1024)),
@@ -503,7 +488,7 @@ def test_a_kernel_launched_dependently_waits_before_it_reads_or_writes_memory():
     run = subprocess.run([sys.executable, "-c", _HOPPER_PTX], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     ptx = json.loads(run.stdout)
-    for name in ("gemm", "gemm_merge", "norm", "silu", "combine", "attention", "qkv"):
+    for name in ("gemm", "norm", "silu", "combine", "attention", "qkv"):
         assert "griddepcontrol" not in ptx[f"{name} False"], name
         on = ptx[f"{name} True"]
         wait = on.index("griddepcontrol.wait")

@@ -124,11 +124,9 @@ class FusedDrafterStep:
             q = kernels.qkv_rope_store(kernels.linear(h, *f["qkv"]), cos, sin, f["qk_norm"], f["qk_eps"], d.ctx_k[i],
                                        d.ctx_v[i], positions, self.num_heads)
             a = kernels.tree_attention(q, d.ctx_k[i], d.ctx_v[i], length, self.block_sees_block, span,
-                                       self.head_dim ** -0.5, defer_merge=kernels.gemm.MERGE_IN_PROLOGUE)
-            if not isinstance(a, kernels.SplitAttention):  # else the o projection merges its key splits
-                a = a.view(bk, -1)
+                                       self.head_dim ** -0.5).view(bk, -1)
             o = f["o_proj"]
-            h = kernels.add_rms_norm(x, kernels.merge_linear(a, o.weight, o.bias), *f["post_norm"])
+            h = kernels.add_rms_norm(x, kernels.linear(a, o.weight, o.bias), *f["post_norm"])
             down = f["down"]
             delta = kernels.linear(kernels.swiglu(h, *f["gate_up"]), down.weight, down.bias)
             nxt = self.layers[i + 1]["input_norm"] if i + 1 < len(self.layers) else self.final_norm

@@ -17,7 +17,7 @@ epilogue, and for a few rows (`decode_gemm`'s glued form) into the GEMMs themsel
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
   over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
   at or past start + N; the splits merged by a kernel of their own, or left unmerged
-  (`SplitAttention`) for the o projection's GEMM to merge in its prologue (`merge_linear`).
+  (`SplitAttention`) for the caller to merge.
 
 Each `*_reference` is the same contract in eager PyTorch, with Hugging Face's rounding order
 (normalise in fp32, cast, then scale by the weight; each RoPE product rounded before the sum). The
@@ -50,13 +50,13 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, invariant_swiglu,
-                                   linear, merge_linear, skinny_linear, swiglu)
+                                   linear, skinny_linear, swiglu)
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SplitAttention", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
     "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "invariant_swiglu", "kv_rope_store_layers", "kv_rope_store_layers_reference",
-    "linear", "merge_linear", "position_attention", "position_tree_index",
+    "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
@@ -71,8 +71,6 @@ def switches(device: torch.device) -> dict:
     out: dict = {}
     if not common.PDL:
         out["pdl"] = False
-    if gemm.MERGE_IN_PROLOGUE:
-        out["merge_in_prologue"] = True
     if not gemm.SWIGLU_EPILOGUE:
         out["swiglu_epilogue"] = False
     if gemm.PREFETCH_TILES:

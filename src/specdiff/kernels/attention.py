@@ -242,9 +242,8 @@ def attention_launch(rows: int, hkv: int, span: int, sms: int,
 
 @dataclass
 class SplitAttention:
-    """Tree attention over keys split into parts, not merged yet (the o projection's GEMM can
-    merge them in its prologue: `gemm.merge_linear`). Row r of KV head h is query row r // G,
-    query head h * G + r % G."""
+    """Tree attention over keys split into parts, not merged yet (`merge` merges them). Row r of
+    KV head h is query row r // G, query head h * G + r % G."""
 
     part: torch.Tensor  # [splits, Hkv, N * G, D] fp32: each split's unnormalised output
     ml: torch.Tensor  # [splits, Hkv, N * G, 2] fp32: its running max and sum
@@ -284,7 +283,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     splits: key splits (None: the rule's, `attention_launch`), sharing the start + N keys on the
     device; num_warps: None for the rule's; num_stages: the key
     loop's software pipelining depth (None: Triton's default); defer_merge: split keys are left
-    unmerged (a `SplitAttention`) for the next GEMM to merge."""
+    unmerged (a `SplitAttention`) for the caller to merge."""
     n, hq, d = q.shape
     hkv = k_cache.shape[0]
     g = hq // hkv

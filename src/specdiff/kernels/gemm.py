@@ -11,7 +11,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specdiff.kernels.attention import SplitAttention
 from specdiff.kernels.common import pdl, triton, tl
 from specdiff.kernels.elementwise import silu_mul
 
@@ -19,10 +18,9 @@ if triton is not None:
     from specdiff.kernels.common import _pdl_release, _pdl_wait, _prefetch_l2, _round
 
     @triton.jit
-    def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ml_ptr, M, N, K, eps, SPLITS, HKV,
+    def _decode_gemm_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, M, N, K, eps,
                             NORM: tl.constexpr, BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
-                            MERGE: tl.constexpr, G: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                             INTERPRETED: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
         # one row block per program: any M. Row blocks vary fastest, so the programs that read one
         # weight tile run side by side and can share it through L2. With no flag this is the plain
@@ -31,11 +29,8 @@ if triton is not None:
         # elementwise until one reduction at the end: the rows are a few KB, read from L2), rounded
         # as `add_rms_norm` rounds. SWIGLU: the weight holds 2N rows, gate then up; a program reads its BLOCK_N gate
         # rows and the matching up rows as one tile and multiplies SiLU(gate) by up in the
-        # epilogue. RESIDUAL: the product is added into y in place (the residual stream). MERGE:
-        # the input rows are tree attention's key splits, not yet merged (`SplitAttention`: per
-        # split, KV head and row-in-group, an unnormalised output of HD and its running max and
-        # sum): each K block merges them as `_combine_kernel` does, x_ptr only giving the dtype.
-        # No split over K: one program owns an output tile.
+        # epilogue. RESIDUAL: the product is added into y in place (the residual stream). No split
+        # over K: one program owns an output tile.
         TILE_N: tl.constexpr = 2 * BLOCK_N if SWIGLU else BLOCK_N
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, TILE_N)
@@ -63,11 +58,7 @@ if triton is not None:
         for k in range(0, K, BLOCK_K):
             rk = k + tl.arange(0, BLOCK_K)
             kmask = rk < K
-            if MERGE:
-                x = _merged_rows(part_ptr, ml_ptr, rm, rk, mmask[:, None] & kmask[None, :], M, SPLITS, HKV, G, HD,
-                                 BLOCK_M, BLOCK_K, dt)
-            else:
-                x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
             if NORM:  # HF's rounding: normalise in fp32, cast, then scale by the weight
                 nw = tl.load(nw_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
                 if INTERPRETED:  # its casts truncate: `_round` rounds as the GPU's casts do
@@ -96,35 +87,6 @@ if triton is not None:
         if RESIDUAL:
             out = _round(tl.load(ptrs, mask=omask, other=0.0).to(tl.float32) + out.to(tl.float32), dt)
         tl.store(ptrs, out, mask=omask)
-
-
-    @triton.jit
-    def _merged_rows(part_ptr, ml_ptr, rm, rk, mask, M, SPLITS, HKV, G: tl.constexpr, HD: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, dt: tl.constexpr):
-        """Rows rm, columns rk (query head * HD + d) of attention merged from its key splits:
-        sum_s o_s exp(m_s - m) / sum_s l_s exp(m_s - m), m the splits' max, rounded to dt."""
-        head = rk // HD
-        row = (head // G)[None, :] * (M * G) + rm[:, None] * G + (head % G)[None, :]  # [BM, BK] within a split
-        stride = HKV * M * G
-        m_max = tl.full([BLOCK_M, BLOCK_K], float("-inf"), tl.float32)
-        for s in range(0, SPLITS):
-            m_max = tl.maximum(m_max, tl.load(ml_ptr + 2 * (s * stride + row), mask=mask, other=float("-inf")))
-        m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)  # padding rows: nothing to weigh
-        num = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-        den = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
-        for s in range(0, SPLITS):
-            idx = s * stride + row
-            w = tl.exp(tl.load(ml_ptr + 2 * idx, mask=mask, other=float("-inf")) - m_ref)
-            den += tl.load(ml_ptr + 2 * idx + 1, mask=mask, other=0.0) * w
-            num += tl.load(part_ptr + idx * HD + (rk % HD)[None, :], mask=mask, other=0.0) * w
-        return _round(num / tl.where(den > 0, den, 1.0), dt)
-
-
-# Tree attention's key splits merged in the prologue of the o projection's GEMM (where it streams
-# its weight) instead of by their own kernel: one launch less per layer, but every program of the
-# GEMM merges every split of its K block again, so it is off (an H100's 8B forward of one token:
-# 5.76 -> 11.00 ms, docs/benchmarks/attention_h100/). It would pay only with few splits.
-MERGE_IN_PROLOGUE = False
 
 
 # k tiles of its weight a GEMM launched dependently prefetches into L2 before it waits for the
@@ -308,41 +270,22 @@ DECODE_GEMM_SETTINGS: dict[tuple[int, int], tuple[int, int, int, int]] = {
 
 def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
-                residual: torch.Tensor | None = None, merge: SplitAttention | None = None,
+                residual: torch.Tensor | None = None,
                 settings: tuple[int, int, int, int] | None = None, block_m: int = SKINNY_ROWS) -> torch.Tensor:
     """A decoding GEMM with its glue, one kernel: x [M, K] -> y = RMSNorm(x) (norm: (weight,
     eps)) @ weight.T + bias; swiglu: weight [2I, K] (gate then up) gives SiLU(gate) * up [M, I];
-    residual [M, N]: y is added into it in place (and returned); merge: x is that attention's
-    output, merged from its key splits in the prologue (x only sizes the rows). Each step rounds
-    as the separate kernels do (`add_rms_norm`, `silu_mul`, the attention's merge), so only the
-    order of the sums differs."""
+    residual [M, N]: y is added into it in place (and returned). Each step rounds as the separate
+    kernels do (`add_rms_norm`, `silu_mul`), so only the order of the sums differs."""
     m, k = x.shape
     rows = weight.shape[0]
     n = rows // 2 if swiglu else rows
     bn, bk, warps, stages = settings or DECODE_GEMM_SETTINGS.get((rows, k), DECODE_GEMM_DEFAULT)
     y = residual if residual is not None else torch.empty(m, n, dtype=x.dtype, device=x.device)
     nw, eps = norm if norm is not None else (weight, 0.0)
-    part, ml = (merge.part, merge.ml) if merge is not None else (y, y)
     _decode_gemm_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, bn))](
-        x, nw, weight, weight if bias is None else bias, y, part, ml, m, n, k, eps,
-        merge.splits if merge else 1, merge.kv_heads if merge else 1, NORM=norm is not None,
-        BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, MERGE=merge is not None,
-        G=merge.group if merge else 1, HD=merge.head_dim if merge else 1, BLOCK_M=block_m, BLOCK_N=bn,
+        x, nw, weight, weight if bias is None else bias, y, m, n, k, eps, NORM=norm is not None,
+        BIAS=bias is not None, RESIDUAL=residual is not None, SWIGLU=swiglu, BLOCK_M=block_m, BLOCK_N=bn,
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages,
         PREFETCH=PREFETCH_TILES, **pdl(x.device))
     return y
-
-
-def merge_linear(a: SplitAttention | torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-    """The o projection of tree attention's output [N, Hq * D]: where the attention left its key
-    splits unmerged (`SplitAttention`) and `linear` would stream this weight for N rows, merged
-    in the GEMM's prologue; else merged first (`SplitAttention.merge`), then `linear`."""
-    if isinstance(a, torch.Tensor):
-        return linear(a, weight, bias)
-    rows = a.out.view(a.out.shape[0], -1)  # [N, Hq * D]: the rows' shape and dtype
-    setting = _stream_setting(rows, weight)
-    if setting is None:
-        return linear(a.merge().view(rows.shape), weight, bias)
-    return decode_gemm(rows, weight, bias, merge=a, settings=setting)

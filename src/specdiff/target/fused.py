@@ -134,19 +134,13 @@ class FusedForward:
         self.final_norm = norm_params(target.decoder.norm)
         self.rope = RopeTable(target.decoder.rotary_emb)  # its owner sizes it with the K/V buffer
 
-    def _attend(self, i: int, f: FusedLayer, qkv: torch.Tensor, at: AttentionInputs, defer_merge: bool = False
-                ) -> torch.Tensor | kernels.SplitAttention:
-        """Layer i's attention from its fused QKV projection [N, (Hq + 2 Hkv) D] -> [N, Hq D], or
-        with defer_merge its key splits left unmerged where it split them; its K/V go to the cache."""
+    def _attend(self, i: int, f: FusedLayer, qkv: torch.Tensor, at: AttentionInputs) -> torch.Tensor:
+        """Layer i's attention from its fused QKV projection [N, (Hq + 2 Hkv) D] -> [N, Hq D]; its
+        K/V go to the cache."""
         t, ops = self.target, self.ops
         k_cache, v_cache = t.k[i, 0], t.v[i, 0]  # [Hkv, S, D]
         q = ops.qkv_rope_store(qkv, at.cos, at.sin, f.qk_norm, f.qk_eps, k_cache, v_cache, at.slots, self.num_heads)
-        if defer_merge:
-            a = kernels.tree_attention(q, k_cache, v_cache, at.start, at.ancestors, at.span, f.scale, defer_merge=True)
-            if isinstance(a, kernels.SplitAttention):
-                return a
-        else:
-            a = ops.tree_attention(q, k_cache, v_cache, at.start, at.ancestors, at.span, f.scale, **at.tree)
+        a = ops.tree_attention(q, k_cache, v_cache, at.start, at.ancestors, at.span, f.scale, **at.tree)
         return a.reshape(qkv.shape[0], -1)  # [N, Hq D]
 
     def _layers(self, x: torch.Tensor, attend: AttentionInputs, taps: dict) -> torch.Tensor:
@@ -154,11 +148,9 @@ class FusedForward:
         t, ops = self.target, self.ops
         w, eps = self.input_norms[0]
         h = ops.add_rms_norm(x, None, w, eps)
-        defer = ops is kernels.OPS and kernels.gemm.MERGE_IN_PROLOGUE  # split keys merged by the o projection
         for i, f in enumerate(self.layers):
-            a = self._attend(i, f, ops.linear(h, *f.qkv), attend, defer)
-            o_proj = kernels.merge_linear if isinstance(a, kernels.SplitAttention) else ops.linear
-            h = ops.add_rms_norm(x, o_proj(a, f.o_proj.weight, f.o_proj.bias), *f.post_norm)
+            a = self._attend(i, f, ops.linear(h, *f.qkv), attend)
+            h = ops.add_rms_norm(x, ops.linear(a, f.o_proj.weight, f.o_proj.bias), *f.post_norm)
             if f.gate_up is not None:
                 d = ops.linear(ops.swiglu(h, *f.gate_up), f.down.weight, f.down.bias)
             else:
