@@ -41,9 +41,9 @@ class Variant:
         self.times: dict[str, list[float]] = {}
         with self:  # graphs are captured under the variant's settings
             self.target = make_target(model, engine, native.load(), "auto")
-            for n in sorted(nodes) if hasattr(self.target, "prepare") else ():  # each forward timed runs
-                self.target.prepare(len(prompt) + 96 + max(nodes), n)  # in a bucket of its own size, as
-                # a decode's largest tree does
+            if hasattr(self.target, "prepare"):  # each forward timed in a bucket of its own size, as a
+                for n in sorted(nodes):  # decode's largest tree runs
+                    self.target.prepare(len(prompt) + 96 + max(nodes), n)
             self.switches = kernels.switches(self.target.device)
             self.decoder = build_decoder(self.target, DecodeConfig(method="ar", max_new_tokens=96, engine=engine,
                                                                    stop_at_eos=False), None)
