@@ -1,19 +1,19 @@
-"""GPU: a tree's GEMMs (more than 16 rows) as one weight-streaming Triton kernel against cuBLAS.
+"""GPU: a tree's GEMMs (more than 16 rows) as `kernels.tree_linear` against cuBLAS.
 
-A ddtree forward pads its rows to a graph bucket (65 nodes: 96 rows) and cuBLAS picks its own
-tiles for them; `kernels.skinny_linear` with a row block of 32-128 reads each weight once for all
-of the block's rows. Each weight is replicated past 256 MB and the calls cycle through the copies
-inside one CUDA graph, so every call streams its weight from HBM as in a real forward. Prints, per
-shape and row count (the graph buckets), cuBLAS and the best setting: microseconds per call and
-GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS` entries as a Python
-literal (the best setting where it beat cuBLAS by 3%, else None), for `scripts/ab.py`.
+A ddtree forward of B nodes runs B + 1 rows (17, 65, 257) in a graph bucket of that size, and
+cuBLAS picks its own tiles for them; `tree_linear` puts the weight on the MMA's wide side, pads
+the rows to 16 only and splits K for a narrow weight. Each weight is replicated past 256 MB and
+the calls cycle through the copies inside one CUDA graph, so every call streams its weight from
+HBM as in a real forward. Prints, per shape and row count, cuBLAS and the best setting:
+microseconds per call and GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS`
+entries as a Python literal (the best setting where it beat cuBLAS by 3%, else None), for
+`scripts/ab.py` and `gpu_forward_ab.py --variant`.
 
-    usage: [ROWS=32,64,96,128,192,256,320] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
+    usage: [ROWS=17,65,257] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import sys
@@ -25,7 +25,11 @@ from gpu_gemv import SHAPES as GEMV_SHAPES, per_call_us
 from specdiff import kernels
 
 SHAPES = {**GEMV_SHAPES, "1.7b lm_head": (151936, 2048)}  # name: (out features, in features)
-TILES = [(64, 128, 4, 3), (64, 128, 8, 4), (128, 64, 8, 3), (32, 128, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3)]
+# (block_n, block_k, splits, warps, stages): wide weight tiles keep the rows' reads from L2 small
+# against the weight's; the splits give a narrow weight enough programs for the SMs
+TILES = [(128, 128, 1, 4, 3), (128, 128, 2, 4, 3), (128, 128, 4, 4, 3), (128, 64, 2, 4, 4), (128, 64, 4, 4, 4),
+         (64, 128, 1, 4, 3), (64, 128, 2, 4, 3), (64, 128, 4, 4, 4), (256, 64, 1, 8, 3), (256, 64, 2, 8, 3),
+         (128, 128, 2, 8, 4), (64, 256, 2, 4, 3)]
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
     sets = (argv[0] if argv and not argv[0].startswith("--") else "8b,1.7b").split(",")
     torch.manual_seed(0)
-    rows = [int(r) for r in os.environ.get("ROWS", "32,64,96,128,192,256,320").split(",")]
+    rows = [int(r) for r in os.environ.get("ROWS", "17,65,257").split(",")]
     best_settings, table = {}, {}
     for name, (n, k) in SHAPES.items():
         if name.split()[0] not in sets:
@@ -46,13 +50,12 @@ def main() -> None:
             ref_out = F.linear(x, ws[0])
             ref = per_call_us(lambda: [F.linear(x, w) for w in ws], copies)
             best = (float("inf"), None)
-            block_ms = [b for b in (16, 32, 64, 128) if b <= max(16, 1 << (m - 1).bit_length())][-2:]
-            for bm, (bn, bk, w, s) in itertools.product(block_ms, TILES):
-                cfg = dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
+            for bn, bk, splits, w, s in TILES:
+                cfg = dict(block_n=bn, block_k=bk, splits=splits, num_warps=w, num_stages=s)
                 try:
-                    got = kernels.skinny_linear(x, ws[0], **cfg)
+                    got = kernels.tree_linear(x, ws[0], **cfg)
                     torch.testing.assert_close(got, ref_out, atol=3e-2, rtol=3e-2)
-                    us = per_call_us(lambda: [kernels.skinny_linear(x, w_, **cfg) for w_ in ws], copies)
+                    us = per_call_us(lambda: [kernels.tree_linear(x, w_, **cfg) for w_ in ws], copies)
                 except Exception as e:  # a setting that does not compile or fit
                     print(f"  {name} m={m} {cfg}: {type(e).__name__}", flush=True)
                     continue
@@ -62,7 +65,7 @@ def main() -> None:
                   f"{size / us / 1e3:6.0f} GB/s  {cfg}", flush=True)
             best_settings[(n, k, m)] = (us, ref, cfg)
             table.setdefault((n, k), {})[m] = (
-                tuple(cfg[f] for f in ("block_m", "block_n", "block_k", "num_warps", "num_stages"))
+                tuple(cfg[f] for f in ("block_n", "block_k", "splits", "num_warps", "num_stages"))
                 if cfg and us < 0.97 * ref else None)
             if out:
                 with open(out, "w") as f:

@@ -3,6 +3,7 @@ CPU): norms, the QKV split with RoPE and cache writes, SwiGLU, and tree attentio
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -256,15 +257,39 @@ def test_skinny_linear(dtype, m, n, k, bias):
     close(kernels.skinny_linear(x, w, b, block_n=16, block_k=64), torch.nn.functional.linear(x, w, b), dtype)
 
 
-@pytest.mark.parametrize("m,block_m", [(40, 32), (70, 64), (33, 64)])
-def test_skinny_linear_tree_rows(m, block_m):
-    """A tree's rows in row blocks of 32-64 (partly filled: the masks), as `linear` runs them
-    where `TREE_GEMM_SETTINGS` names the shape."""
-    g = torch.Generator().manual_seed(m)
-    x = torch.randn(m, 64, generator=g).to(DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k,splits,bias", [(65, 48, 96, 1, True), (40, 33, 80, 3, False), (17, 64, 64, 2, True),
+                                              (64, 16, 64, 1, False), (130, 20, 160, 4, True)])
+def test_tree_linear(dtype, m, n, k, splits, bias):
+    """A tree's rows as two dots (65: 64 + 16; 40: 32 + 16; 130: 128 + 16; 64: one), the K range
+    split with a ragged last slice (80 over 3 slices of 32) and a weight not a whole number of
+    tiles, against `F.linear`; the split sums give the same bits on a second call."""
+    g = torch.Generator().manual_seed(m + splits)
+    x = torch.randn(m, k, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if bias else None
+    got = kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits)
+    close(got, torch.nn.functional.linear(x, w, b), dtype)
+    assert torch.equal(got, kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits))
+
+
+def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
+    """`linear` takes `tree_linear` with the measured setting for a tree's rows of a listed weight
+    and cuBLAS elsewhere (past the largest measured rows, or a weight not listed)."""
+    from specdiff.kernels import gemm
+
+    if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("linear runs F.linear off a GPU without Triton's interpreter")
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(48, 64): {96: (16, 32, 2, 4, 2)}})
+    calls = []
+    real = gemm.tree_linear
+    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
+    g = torch.Generator().manual_seed(0)
     w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE)
-    got = kernels.skinny_linear(x, w, None, block_n=16, block_k=32, block_m=block_m)
-    close(got, torch.nn.functional.linear(x, w), torch.float32)
+    for m in (65, 97):
+        x = torch.randn(m, 64, generator=g).to(DEVICE)
+        close(gemm.linear(x, w), torch.nn.functional.linear(x, w), torch.float32)
+    assert calls == [dict(block_n=16, block_k=32, splits=2, num_warps=4, num_stages=2)]
 
 
 def test_tree_gemm_settings_take_the_next_measured_rows(monkeypatch):
@@ -310,15 +335,12 @@ def test_decode_gemm_equals_the_separate_kernels(dtype, m, glue, bias):
                                                  (4, False, True), (4, True, False), (40, True, True)])
 def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monkeypatch, m, epilogue, streamed):
     """`swiglu` gives SiLU(gate) * up of the fused gate/up projection: one GEMM with the product in
-    its epilogue for up to 16 rows of a weight `linear` streams, and for a tree's rows where
-    `TREE_GEMM_SETTINGS` lists the weight (here up to 32 rows), else the GEMM then `silu_mul`
-    (with `SWIGLU_EPILOGUE` off, or where cuBLAS would take the weight); the same values either
-    way (bf16)."""
+    its epilogue for up to 16 rows of a weight `linear` streams, else the GEMM then `silu_mul` (a tree's rows, `SWIGLU_EPILOGUE` off, or where cuBLAS would
+    take the weight); the same values either way (bf16)."""
     from specdiff.kernels import gemm
 
     monkeypatch.setattr(gemm, "SWIGLU_EPILOGUE", epilogue)
     monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if streamed else 1 << 40)
-    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(96, 64): {32: (32, 32, 32, 4, 2)}} if streamed else {})
     launches = []
     real = gemm.decode_gemm
     monkeypatch.setattr(gemm, "decode_gemm", lambda *a, **kw: (launches.append(kw.get("swiglu", False)), real(*a, **kw))[1])
@@ -331,7 +353,7 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
     got = kernels.swiglu(x, w, b)
     assert got.shape == (m, inter)
     close(got, want, torch.bfloat16)
-    assert (True in launches) == (epilogue and streamed and m <= 32), launches
+    assert (True in launches) == (epilogue and streamed and m <= 16), launches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

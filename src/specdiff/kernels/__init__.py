@@ -14,6 +14,8 @@ epilogue, and for a few rows (`decode_gemm`'s glued form) into the GEMMs themsel
   in the epilogue of that projection's GEMM wherever the GEMM streams its weight;
 - `decode_gemm`: a GEMM of a few rows that streams its weight once, with the RMSNorm in its
   prologue, SiLU-multiply or the residual add in its epilogue;
+- `tree_linear`: a GEMM of a tree's rows, the rows on the MMA's narrow side padded to 16 only, its
+  K range split for a narrow weight (where `gemm.TREE_GEMM_SETTINGS` names the weight);
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
   over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
   at or past start + N; the splits merged by a kernel of their own, or left unmerged
@@ -50,7 +52,7 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, invariant_swiglu,
-                                   linear, skinny_linear, swiglu)
+                                   linear, skinny_linear, swiglu, tree_linear)
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
@@ -58,7 +60,7 @@ __all__ = [
     "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "invariant_swiglu", "kv_rope_store_layers", "kv_rope_store_layers_reference",
     "linear", "position_attention", "position_tree_index",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
-    "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index",
+    "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index", "tree_linear",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
 ]
 

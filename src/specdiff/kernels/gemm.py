@@ -11,7 +11,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specdiff.kernels.common import pdl, triton, tl
+from specdiff.kernels.common import _next_pow2, pdl, triton, tl
 from specdiff.kernels.elementwise import silu_mul
 
 if triton is not None:
@@ -89,6 +89,77 @@ if triton is not None:
         tl.store(ptrs, out, mask=omask)
 
 
+    @triton.jit
+    def _tree_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT, BIAS: tl.constexpr,
+                          ROWS_A: tl.constexpr, ROWS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          PARTIAL: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+                          PDL: tl.constexpr):
+        # program (n block, k split). The weight tile is the MMA's wide side and the tree's rows its
+        # narrow one, in two dots (ROWS_A a power of two, then ROWS_B more): 65 rows run as 64 + 16,
+        # where one row block would pad them to 128. Each program reads all M rows once per k tile
+        # from L2, so a wide BLOCK_N keeps that read small against the weight's; the split over K
+        # gives a narrow weight enough programs to fill the SMs. PARTIAL: fp32 sums of this k slice
+        # go to y[split] ([splits, M, N]) for `_split_sum_kernel`; else rounded into y [M, N].
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        ra = tl.arange(0, ROWS_A)
+        k0 = tl.program_id(1) * K_SPLIT
+        dt = x_ptr.dtype.element_ty
+        _pdl_wait(PDL)
+        acc_a = tl.zeros([BLOCK_N, ROWS_A], tl.float32)
+        if ROWS_B > 0:
+            rb = ROWS_A + tl.arange(0, ROWS_B)
+            acc_b = tl.zeros([BLOCK_N, ROWS_B], tl.float32)
+        for k in range(k0, k0 + K_SPLIT, BLOCK_K):
+            rk = k + tl.arange(0, BLOCK_K)
+            kmask = rk < K
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+            xa = tl.load(x_ptr + ra[None, :] * K + rk[:, None], mask=(ra < M)[None, :] & kmask[:, None], other=0.0)
+            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
+                acc_a += tl.dot(w.to(tl.float32), xa.to(tl.float32))
+            else:
+                acc_a += tl.dot(w, xa, input_precision=PRECISION)  # [BLOCK_N, ROWS_A]
+            if ROWS_B > 0:
+                xb = tl.load(x_ptr + rb[None, :] * K + rk[:, None], mask=(rb < M)[None, :] & kmask[:, None],
+                             other=0.0)
+                if INTERPRETED:
+                    acc_b += tl.dot(w.to(tl.float32), xb.to(tl.float32))
+                else:
+                    acc_b += tl.dot(w, xb, input_precision=PRECISION)
+        _pdl_release(PDL)
+        _tree_gemm_store(acc_a, ra, rn, b_ptr, y_ptr, M, N, BIAS, PARTIAL, dt)
+        if ROWS_B > 0:
+            _tree_gemm_store(acc_b, rb, rn, b_ptr, y_ptr, M, N, BIAS, PARTIAL, dt)
+
+    @triton.jit
+    def _tree_gemm_store(acc, rows, rn, b_ptr, y_ptr, M, N, BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+                         dt: tl.constexpr):
+        """acc [BLOCK_N, rows] (features by rows) to y's [rows, features]."""
+        mask = (rn < N)[:, None] & (rows < M)[None, :]
+        offs = rows[None, :] * N + rn[:, None]
+        if PARTIAL:
+            tl.store(y_ptr + tl.program_id(1) * M * N + offs, acc, mask=mask)
+        else:
+            if BIAS:
+                acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None]
+            tl.store(y_ptr + offs, _round(acc, dt), mask=mask)
+
+    @triton.jit
+    def _split_sum_kernel(p_ptr, b_ptr, y_ptr, MN, N, SPLITS: tl.constexpr, BIAS: tl.constexpr,
+                          BLOCK: tl.constexpr, PDL: tl.constexpr):
+        # y = the k splits' fp32 sums added in split order (the same bits every run), + bias, rounded
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < MN
+        _pdl_wait(PDL)
+        acc = tl.load(p_ptr + i, mask=mask, other=0.0)
+        for s in tl.static_range(1, SPLITS):
+            acc += tl.load(p_ptr + s * MN + i, mask=mask, other=0.0)
+        _pdl_release(PDL)
+        if BIAS:
+            acc += tl.load(b_ptr + i % N, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + i, _round(acc, y_ptr.dtype.element_ty), mask=mask)
+
+
 # k tiles of its weight a GEMM launched dependently prefetches into L2 before it waits for the
 # kernel before it (0: none). 4 tiles did not help the Qwen3-8B forward on an H100 (5.82 -> 5.87
 # ms, `scripts/gpu_pdl.sh`).
@@ -141,14 +212,15 @@ def stream_settings(device: torch.device, n: int, k: int, m: int) -> StreamSetti
     return next((table[rows] for rows in sorted(table) if m <= rows), None)
 
 
-# A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and the
-# streaming kernel's settings (block_m, block_n, block_k, warps, stages) at each, or None where
+# A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and
+# `tree_linear`'s settings (block_n, block_k, k splits, warps, stages) at each, or None where
 # cuBLAS was as fast (scripts/gpu_gemm_rows.py). A row count takes the smallest measured one at
 # or above it; past the largest, and for shapes not listed, cuBLAS.
-TREE_GEMM_SETTINGS: dict[tuple[int, int], dict[int, tuple[int, int, int, int, int] | None]] = {}
+TreeSetting = tuple[int, int, int, int, int]
+TREE_GEMM_SETTINGS: dict[tuple[int, int], dict[int, TreeSetting | None]] = {}
 
 
-def tree_gemm_settings(n: int, k: int, m: int) -> tuple[int, int, int, int, int] | None:
+def tree_gemm_settings(n: int, k: int, m: int) -> TreeSetting | None:
     table = TREE_GEMM_SETTINGS.get((n, k))
     for rows in sorted(table or ()):
         if m <= rows:
@@ -184,14 +256,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     GPU, and for a tree's rows where it was measured faster, with the launch settings measured
     fastest for its shape; cuBLAS otherwise."""
     n, k = weight.shape
-    if x.device.type != "cuda":
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return F.linear(x, weight, bias)
     if x.shape[0] > SKINNY_ROWS:
         tree = tree_gemm_settings(n, k, x.shape[0])
         if tree is None:
             return F.linear(x, weight, bias)
-        bm, bn, bk, warps, stages = tree
-        return skinny_linear(x, weight, bias, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, block_m=bm)
+        bn, bk, splits, warps, stages = tree
+        return tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
+                           num_stages=stages)
     setting = _stream_setting(x, weight)
     if setting is None:
         return F.linear(x, weight, bias)
@@ -207,20 +280,15 @@ SWIGLU_EPILOGUE = True
 def swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K], a fused gate/up weight [2I, K] (gate rows, then up) -> SiLU(gate) * up [M, I]:
     one streaming GEMM with the product in its epilogue where `linear` would stream this weight
-    for M rows (Triton's interpreter included), else `linear` then `silu_mul`. Rounds as
-    `silu_mul` does: the projections, SiLU(gate), then the product."""
-    n, k = weight.shape
-    m = x.shape[0]
-    setting, block_m = None, SKINNY_ROWS
-    if SWIGLU_EPILOGUE and m <= SKINNY_ROWS:
-        setting = _stream_setting(x, weight)
-    elif SWIGLU_EPILOGUE and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") \
-            and (tree := tree_gemm_settings(n, k, m)) is not None:
-        block_m, setting = tree[0], tree[1:]
+    for M rows (Triton's interpreter included), else `linear` then `silu_mul` (a tree's rows: the
+    epilogue there measured no faster than cuBLAS then `silu_mul` on an H100, +0.23 to -0.003 ms
+    of an 8B forward). Rounds as `silu_mul` does: the projections, SiLU(gate), then the
+    product."""
+    setting = _stream_setting(x, weight) if SWIGLU_EPILOGUE and x.shape[0] <= SKINNY_ROWS else None
     if setting is None:
         return silu_mul(linear(x, weight, bias))
     bn, bk, warps, stages = setting  # a tile of bn / 2 gate rows and their up rows: the same bytes in flight
-    return decode_gemm(x, weight, bias, swiglu=True, settings=(max(16, bn // 2), bk, warps, stages), block_m=block_m)
+    return decode_gemm(x, weight, bias, swiglu=True, settings=(max(16, bn // 2), bk, warps, stages))
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, block_n: int = 32,
@@ -288,4 +356,35 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         BLOCK_K=bk, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1", num_warps=warps, num_stages=stages,
         PREFETCH=PREFETCH_TILES, **pdl(x.device))
+    return y
+
+
+def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_n: int = 128,
+                block_k: int = 128, splits: int = 1, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """`F.linear` for a tree's rows (tens to hundreds): x [M, K] @ weight [N, K].T -> [M, N], the
+    weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
+    splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
+    fixed order, so the same input gives the same bits every run."""
+    x = x.contiguous()  # the kernel steps through rows by K
+    m, k = x.shape
+    n = weight.shape[0]
+    rows = -(-m // 16) * 16
+    rows_a = 1 << (rows.bit_length() - 1)
+    rows_b = _next_pow2(rows - rows_a) if rows > rows_a else 0
+    k_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
+    splits = triton.cdiv(k, k_split)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    part = torch.empty(splits, m, n, dtype=torch.float32, device=x.device) if splits > 1 else y
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    launch = pdl(x.device)
+    _tree_gemm_kernel[(triton.cdiv(n, block_n), splits)](
+        x, weight, weight if bias is None else bias, part, m, n, k, k_split, BIAS=bias is not None and splits == 1,
+        ROWS_A=rows_a, ROWS_B=rows_b, BLOCK_N=block_n, BLOCK_K=block_k, PARTIAL=splits > 1,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", INTERPRETED=interpreted, num_warps=num_warps,
+        num_stages=num_stages, **launch)
+    if splits > 1:
+        block = 1024
+        _split_sum_kernel[(triton.cdiv(m * n, block),)](
+            part, weight if bias is None else bias, y, m * n, n, SPLITS=splits, BIAS=bias is not None, BLOCK=block,
+            **launch)
     return y
