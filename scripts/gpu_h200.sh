@@ -112,7 +112,8 @@ PY
       pk "$step" ;;
     8b) speed 8b "$S" qwen3-8b --budgets 64,256 ;;
     8b_tree)
-      if grep -q "(" out/tree_gemm.txt 2>/dev/null; then
+      if [ -s out/tree_gemm.txt ] && python3 -c "import ast, sys
+sys.exit(not any(v for t in ast.literal_eval(open('out/tree_gemm.txt').read()).values() for v in t.values()))"; then
         speed 8b_tree "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm.txt --" \
           qwen3-8b --budgets 16,64
       fi ;;
