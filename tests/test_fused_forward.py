@@ -82,6 +82,32 @@ def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkey
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
+def test_fused_forward_with_a_trees_gemms_in_tree_linear_equals_eager(qwen3_model, monkeypatch):
+    """A tree of 20 rows with every GEMM in `tree_linear` (K split in two, as
+    `TREE_GEMM_SETTINGS` would name it on a GPU): its logits equal the eager forward's to fp32
+    rounding."""
+    from specdiff.kernels import gemm
+
+    import copy
+
+    model = copy.deepcopy(qwen3_model).to(DEVICE)
+    g = torch.Generator().manual_seed(14)
+    prompt = torch.randint(0, 96, (17,), generator=g).tolist()
+    tree = random_tree(20, 96, g)
+    outs, runs = [], []
+    real = gemm.tree_linear
+    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (runs.append(kw["splits"]), real(*a, **kw))[1])
+    for kernels_choice in ("torch", "triton"):
+        monkeypatch.setattr(gemm, "tree_gemm_settings",
+                            (lambda n, k, m: (16, 32, 2, 4, 2)) if kernels_choice == "triton" else (lambda n, k, m: None))
+        t = StaticTarget(model, native=NATIVE, kernels=kernels_choice)
+        t.reset(len(prompt) + 24)
+        t.prefill(prompt)
+        outs.append(t.forward(tree).logits.clone())
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+    assert runs and set(runs) == {2}  # the forward's GEMMs ran in it
+
+
 def test_embed_rows_reads_what_the_module_gives():
     """The fast paths gather a plain embedding's rows themselves; a scaled embedding (Gemma's kind)
     runs its own forward, scale included."""
