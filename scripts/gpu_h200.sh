@@ -3,8 +3,8 @@
 # per shape, and the streaming GEMM's table for a card that has none, in the order STEPS names
 # (default: all of them), each step packing $OUT/gpu_h200.tar:
 #   tests   the GPU tests of the attention and GEMM kernels (SiLU-multiply in the gate/up GEMM's
-#           epilogue included), of the graphed chain launched dependently, and of the forward with
-#           every GEMM streamed and in bf16;
+#           epilogue included; a tree's GEMM, `tree_linear`), of the graphed chain launched
+#           dependently, and of the forward with every GEMM streamed and in bf16;
 #   ab:SHAPE  scripts/gpu_forward_ab.py: forwards of 1, 16 and 65 nodes, AR and a 5-layer drafter's
 #           step at the defaults, and with tree attention's launch as it was before it kept its
 #           programs to one wave (16-row blocks of 8 warps at 65 nodes);
@@ -49,7 +49,7 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
   case $step in
     tests)
       timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_fused_forward.py \
-        -rfE -k "attention or swiglu or decode_gemm or dependently or exact_kernels or prologue or streamed or bf16_logits" 2>&1 | grep -v "it/s" | tail -12 \
+        -rfE -k "attention or swiglu or decode_gemm or dependently or exact_kernels or prologue or streamed or bf16_logits or tree_linear" 2>&1 | grep -v "it/s" | tail -12 \
         | tee out/gputests.txt
       # the epilogue failing on the device: every later step runs SiLU-multiply as its own launch
       grep -q "FAILED.*swiglu\|FAILED.*streamed" out/gputests.txt \
