@@ -5,9 +5,9 @@ cuBLAS picks its own tiles for them; `tree_linear` puts the weight on the MMA's 
 the rows to 16 only and splits K for a narrow weight. Each weight is replicated past 256 MB and
 the calls cycle through the copies inside one CUDA graph, so every call streams its weight from
 HBM as in a real forward. Prints, per shape and row count, cuBLAS and the best setting:
-microseconds per call and GB/s of weight read. With --out, writes `kernels.gemm.TREE_GEMM_SETTINGS`
-entries as a Python literal (the best setting where it beat cuBLAS by 3%, else None), for
-`scripts/ab.py` and `gpu_forward_ab.py --variant`.
+microseconds per call and GB/s of weight read. With --out, writes this card's entry of
+`kernels.gemm.TREE_GEMM_SETTINGS` as a Python literal (the best setting where it beat cuBLAS by
+3%, else None), for `scripts/ab.py` and `gpu_forward_ab.py --variant`.
 
     usage: [ROWS=17,65,257] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
 """
@@ -69,7 +69,7 @@ def main() -> None:
                 if cfg and us < 0.97 * ref else None)
             if out:
                 with open(out, "w") as f:
-                    f.write(repr(table))
+                    f.write(repr({torch.cuda.get_device_name(): table}))
     print({key: (round(us, 1), round(ref, 1), tuple(cfg.values()) if cfg else None)
            for key, (us, ref, cfg) in best_settings.items()})
 

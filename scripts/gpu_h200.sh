@@ -14,16 +14,17 @@
 #           of 8 warps; 32-row blocks of 8 warps at 257) and against the fastest alone
 #           (`attention.LAUNCH_SETTINGS`);
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
+#   8b16    the same at `--budgets 16,64`;
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
 #           GEMM swept per weight shape at 1 and 16 rows against cuBLAS (scripts/gpu_decode_gemm.py,
 #           GLUE=0), its table written to out/stream_settings.txt, then both shapes' speed with it;
-#   tree_gemm  a tree's GEMMs at Qwen3-8B, 17 and 65 rows: `kernels.tree_linear` swept against
-#           cuBLAS (scripts/gpu_gemm_rows.py, the winners written out), then the A/B of forwards of
-#           17, 65 and 257 nodes with them (`gemm.TREE_GEMM_SETTINGS`), and at 257 with tree
-#           attention's 32-row blocks of 8 warps in place of the rule's 4;
+#   tree_gemm:SIZE  a tree's GEMMs at Qwen3-SIZE (8b, 1.7b), 17 and 65 rows: `kernels.tree_linear`
+#           swept against cuBLAS (scripts/gpu_gemm_rows.py, the winners written out), then the A/B
+#           of forwards of 17 and 65 nodes with them, and with cuBLAS for every tree GEMM;
+#   treeab:SIZE  that A/B without the sweep: the defaults against cuBLAS for every tree GEMM;
 #   8b_tree the 8b table's command at --budgets 16,64 with the sweep's TREE_GEMM_SETTINGS (after
-#           tree_gemm; skipped where no setting beat cuBLAS);
+#           tree_gemm:8b; skipped where no setting beat cuBLAS);
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
 #   tree_swiglu  the same A/B at Qwen3-8B, 16 and 65 nodes: gate/up with SiLU-multiply in its epilogue
@@ -72,14 +73,18 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
         --variant w8 "$A={(257, 257): (32, 1, None, 8)}" \
         "${SWEPT[@]}" 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_attention.txt
       pk "$step" ;;
-    tree_gemm)
-      ROWS=17,65 timeout "$(left 200)" python3 scripts/gpu_gemm_rows.py 8b --out out/tree_gemm.txt 2>&1 \
-        | grep -v "it/s" | tee out/tree_gemm_sweep.txt
-      pk "tree gemm sweep"
-      TREE=(); [ -s out/tree_gemm.txt ] && TREE=(--variant tree_gemm "specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm.txt")
-      timeout "$(left 220)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 17,65,257 --turns 3 \
-        --drafter-layers 0 "${TREE[@]}" --variant w8 "specdiff.kernels.attention.LAUNCH_SETTINGS={(257, 257): (32, 1, None, 8)}" \
-        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_tree_gemm.txt
+    tree_gemm:*|treeab:*)
+      SZ=${step#*:}; TREE=()
+      if [ "${step%%:*}" = tree_gemm ]; then
+        ROWS=17,65 timeout "$(left 200)" python3 scripts/gpu_gemm_rows.py "$SZ" --out "out/tree_gemm_$SZ.txt" 2>&1 \
+          | grep -v "it/s" | tee "out/tree_gemm_sweep_$SZ.txt"
+        pk "tree gemm sweep $SZ"
+        [ -s "out/tree_gemm_$SZ.txt" ] && TREE=(--variant swept "specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm_$SZ.txt")
+      fi
+      timeout "$(left 200)" python3 scripts/gpu_forward_ab.py --shape "qwen3-$SZ" --nodes 17,65 --turns 3 \
+        --drafter-layers 0 "${TREE[@]}" \
+        --variant cublas "specdiff.kernels.gemm.TREE_GEMM_SETTINGS={'NVIDIA H100 80GB HBM3': {}, 'NVIDIA H200': {}}" \
+        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${SZ}_tree_gemm.txt"
       pk "$step" ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \
@@ -111,10 +116,11 @@ PY
         2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_1.7b_narrow16.txt
       pk "$step" ;;
     8b) speed 8b "$S" qwen3-8b --budgets 64,256 ;;
+    8b16) speed 8b_16_64 "$S" qwen3-8b --budgets 16,64 ;;
     8b_tree)
-      if [ -s out/tree_gemm.txt ] && python3 -c "import ast, sys
-sys.exit(not any(v for t in ast.literal_eval(open('out/tree_gemm.txt').read()).values() for v in t.values()))"; then
-        speed 8b_tree "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm.txt --" \
+      if [ -s out/tree_gemm_8b.txt ] && python3 -c "import ast, sys
+sys.exit(not any(v for c in ast.literal_eval(open('out/tree_gemm_8b.txt').read()).values() for t in c.values() for v in t.values()))"; then
+        speed 8b_tree "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm_8b.txt --" \
           qwen3-8b --budgets 16,64
       fi ;;
     1.7b) speed 1.7b "$S" qwen3-1.7b --budgets 64 ;;

@@ -99,7 +99,7 @@ def test_fused_forward_with_a_trees_gemms_in_tree_linear_equals_eager(qwen3_mode
     monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (runs.append(kw["splits"]), real(*a, **kw))[1])
     for kernels_choice in ("torch", "triton"):
         monkeypatch.setattr(gemm, "tree_gemm_settings",
-                            (lambda n, k, m: (16, 32, 2, 4, 2)) if kernels_choice == "triton" else (lambda n, k, m: None))
+                            (lambda d, n, k, m: (16, 32, 2, 4, 2)) if kernels_choice == "triton" else (lambda d, n, k, m: None))
         t = StaticTarget(model, native=NATIVE, kernels=kernels_choice)
         t.reset(len(prompt) + 24)
         t.prefill(prompt)

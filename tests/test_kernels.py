@@ -280,7 +280,7 @@ def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("linear runs F.linear off a GPU without Triton's interpreter")
-    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(48, 64): {96: (16, 32, 2, 4, 2)}})
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {"interpreter": {(48, 64): {96: (16, 32, 2, 4, 2)}}})
     calls = []
     real = gemm.tree_linear
     monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
@@ -296,9 +296,16 @@ def test_tree_gemm_settings_take_the_next_measured_rows(monkeypatch):
     from specdiff.kernels import gemm
 
     a, b = (64, 64, 128, 4, 3), (128, 64, 128, 8, 3)
-    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {(96, 64): {128: b, 64: a, 256: None}})
-    assert [gemm.tree_gemm_settings(96, 64, m) for m in (17, 64, 65, 128, 200, 257)] == [a, a, b, b, None, None]
-    assert gemm.tree_gemm_settings(64, 96, 17) is None  # a shape not measured: cuBLAS
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {"interpreter": {(96, 64): {128: b, 64: a, 256: None}}})
+    assert [gemm.tree_gemm_settings(cpu, 96, 64, m) for m in (17, 64, 65, 128, 200, 257)] == [a, a, b, b, None, None]
+    assert gemm.tree_gemm_settings(cpu, 64, 96, 17) is None  # a shape not measured: cuBLAS
+    monkeypatch.setattr(gemm, "_card_name", lambda index: "NVIDIA H200 SXM 141GB")
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", gemm.MEASURED_TREE_SETTINGS)
+    h200, down = torch.device("cuda", 0), gemm.MEASURED_TREE_SETTINGS["NVIDIA H100 80GB HBM3"][(4096, 12288)]
+    assert gemm.tree_gemm_settings(h200, 4096, 12288, 40) == down[65]  # the H100's table, by prefix
+    monkeypatch.setattr(gemm, "_card_name", lambda index: "NVIDIA A100-SXM4-80GB")
+    assert gemm.tree_gemm_settings(h200, 4096, 12288, 40) is None  # a card not listed: cuBLAS
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

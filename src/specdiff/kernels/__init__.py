@@ -81,8 +81,8 @@ def switches(device: torch.device) -> dict:
         out["skinny_min_weight"] = gemm.SKINNY_MIN_WEIGHT
     if gemm.STREAM_SETTINGS != gemm.MEASURED_STREAM_SETTINGS:
         out["stream_settings"] = ",".join(sorted(c for c, t in gemm.STREAM_SETTINGS.items() if t))
-    if gemm.TREE_GEMM_SETTINGS:
-        out["tree_gemm_shapes"] = len(gemm.TREE_GEMM_SETTINGS)
+    if gemm.TREE_GEMM_SETTINGS != gemm.MEASURED_TREE_SETTINGS:
+        out["tree_gemm_settings"] = ",".join(sorted(c for c, t in gemm.TREE_GEMM_SETTINGS.items() if t))
     return out
 
 

@@ -212,20 +212,39 @@ def stream_settings(device: torch.device, n: int, k: int, m: int) -> StreamSetti
     return next((table[rows] for rows in sorted(table) if m <= rows), None)
 
 
-# A tree's rows (past SKINNY_ROWS): per weight shape (rows, K), the row counts measured and
-# `tree_linear`'s settings (block_n, block_k, k splits, warps, stages) at each, or None where
-# cuBLAS was as fast (scripts/gpu_gemm_rows.py). A row count takes the smallest measured one at
-# or above it; past the largest, and for shapes not listed, cuBLAS.
+# A tree's rows (past SKINNY_ROWS), per card as `MEASURED_STREAM_SETTINGS` is: {card name:
+# {(rows, K): {row count: `tree_linear`'s (block_n, block_k, k splits, warps, stages) or None}}},
+# None where cuBLAS was as fast (within 3%; scripts/gpu_gemm_rows.py). A row count takes the
+# smallest measured one at or above it; past the largest, and for shapes and cards not listed,
+# cuBLAS.
 TreeSetting = tuple[int, int, int, int, int]
-TREE_GEMM_SETTINGS: dict[tuple[int, int], dict[int, TreeSetting | None]] = {}
+_H100_TREE_SETTINGS: dict[tuple[int, int], dict[int, TreeSetting | None]] = {
+    # Qwen3-8B at ddtree@16's 17 rows and @64's 65: gate/up at 17 (69.6 against cuBLAS's 73.5 us),
+    # down (37.8 against 40.6; 41.3 against 43.0) and the LM head (410 against 441; 429 against
+    # 453); the forward of 17 nodes 6.69 -> 6.36 ms, of 65 7.18 -> 7.04 (tree_gemm_h100/call1)
+    (24576, 4096): {17: (64, 128, 1, 4, 3), 65: None},
+    (4096, 12288): {17: (128, 128, 4, 4, 3), 65: (64, 256, 2, 4, 3)},
+    (151936, 4096): {65: (128, 128, 1, 4, 3)},
+}
+MEASURED_TREE_SETTINGS: dict[str, dict[tuple[int, int], dict[int, TreeSetting | None]]] = {
+    "NVIDIA H100 80GB HBM3": _H100_TREE_SETTINGS,
+    # the H100's table, not measured on an H200: the same SMs and shared memory, more bandwidth
+    "NVIDIA H200": _H100_TREE_SETTINGS,
+}
+TREE_GEMM_SETTINGS = copy.deepcopy(MEASURED_TREE_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
 
-def tree_gemm_settings(n: int, k: int, m: int) -> TreeSetting | None:
-    table = TREE_GEMM_SETTINGS.get((n, k))
-    for rows in sorted(table or ()):
-        if m <= rows:
-            return table[rows]
-    return None
+def tree_gemm_settings(device: torch.device, n: int, k: int, m: int) -> TreeSetting | None:
+    """The card's measured `tree_linear` setting for m rows of an [n, k] weight, None for cuBLAS."""
+    if not TREE_GEMM_SETTINGS:
+        return None
+    if device.type != "cuda":  # Triton's interpreter: the first card's table
+        table = next(iter(TREE_GEMM_SETTINGS.values())).get((n, k), {})
+    else:
+        name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
+        cards = sorted((c for c in TREE_GEMM_SETTINGS if name.startswith(c)), key=len)
+        table = TREE_GEMM_SETTINGS[cards[-1]].get((n, k), {}) if cards else {}
+    return next((table[rows] for rows in sorted(table) if m <= rows), None)
 
 
 def _stream_setting(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -259,7 +278,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return F.linear(x, weight, bias)
     if x.shape[0] > SKINNY_ROWS:
-        tree = tree_gemm_settings(n, k, x.shape[0])
+        tree = tree_gemm_settings(x.device, n, k, x.shape[0])
         if tree is None:
             return F.linear(x, weight, bias)
         bn, bk, splits, warps, stages = tree
