@@ -23,8 +23,9 @@
 #           swept against cuBLAS (scripts/gpu_gemm_rows.py, the winners written out), then the A/B
 #           of forwards of 17 and 65 nodes with them, and with cuBLAS for every tree GEMM;
 #   treeab:SIZE  that A/B without the sweep: the defaults against cuBLAS for every tree GEMM;
-#   8b_tree the 8b table's command at --budgets 16,64 with the sweep's TREE_GEMM_SETTINGS (after
-#           tree_gemm:8b; skipped where no setting beat cuBLAS);
+#   tree_speed:SIZE  the SIZE table's command at --budgets 16,64 with tree_gemm:SIZE's sweep as
+#           this card's TREE_GEMM_SETTINGS (skipped where no setting beat cuBLAS), then without
+#           any (cuBLAS for every tree GEMM);
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
 #   tree_swiglu  the same A/B at Qwen3-8B, 16 and 65 nodes: gate/up with SiLU-multiply in its epilogue
@@ -117,11 +118,15 @@ PY
       pk "$step" ;;
     8b) speed 8b "$S" qwen3-8b --budgets 64,256 ;;
     8b16) speed 8b_16_64 "$S" qwen3-8b --budgets 16,64 ;;
-    8b_tree)
-      if [ -s out/tree_gemm_8b.txt ] && python3 -c "import ast, sys
-sys.exit(not any(v for c in ast.literal_eval(open('out/tree_gemm_8b.txt').read()).values() for t in c.values() for v in t.values()))"; then
-        speed 8b_tree "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm_8b.txt --" \
-          qwen3-8b --budgets 16,64
+    tree_speed:*)
+      SZ=${step#*:}
+      if [ -s "out/tree_gemm_$SZ.txt" ] && python3 -c "import ast, sys
+sys.exit(not any(v for c in ast.literal_eval(open('out/tree_gemm_$SZ.txt').read()).values() for t in c.values() for v in t.values()))"; then
+        speed "${SZ}_tree" "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm_$SZ.txt --" \
+          "qwen3-$SZ" --budgets 16,64
+        echo "{'NVIDIA H100 80GB HBM3': {}, 'NVIDIA H200': {}}" > out/tree_cublas.txt  # a file: the runner is split on spaces
+        speed "${SZ}_cublas" "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_cublas.txt --" \
+          "qwen3-$SZ" --budgets 16,64
       fi ;;
     1.7b) speed 1.7b "$S" qwen3-1.7b --budgets 64 ;;
     sweep)
