@@ -272,13 +272,15 @@ def _stream_setting(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, in
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear` for a decoding forward: `skinny_linear` for a few rows of a large weight on a
-    GPU, and for a tree's rows where it was measured faster, with the launch settings measured
-    fastest for its shape; cuBLAS otherwise."""
+    GPU and `tree_linear` for a tree's rows where each was measured faster, with the launch
+    settings measured fastest for its shape; cuBLAS otherwise."""
     n, k = weight.shape
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return F.linear(x, weight, bias)
     if x.shape[0] > SKINNY_ROWS:
-        tree = tree_gemm_settings(x.device, n, k, x.shape[0])
+        # the table's settings were measured in bf16: another dtype's tiles may not fit shared memory
+        bf16 = x.dtype == torch.bfloat16 or not x.is_cuda
+        tree = tree_gemm_settings(x.device, n, k, x.shape[0]) if bf16 else None
         if tree is None:
             return F.linear(x, weight, bias)
         bn, bk, splits, warps, stages = tree
