@@ -275,23 +275,26 @@ def test_tree_linear(dtype, m, n, k, splits, bias):
 
 def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
     """`linear` takes `tree_linear` with the measured setting for a tree's rows of a listed weight
-    and cuBLAS elsewhere (past the largest measured rows, or a weight not listed)."""
+    (in bf16 on a GPU, the dtype the table was measured in) and cuBLAS elsewhere: past the largest
+    measured rows, and fp32 on a GPU, whose tiles may not fit shared memory."""
     from specdiff.kernels import gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("linear runs F.linear off a GPU without Triton's interpreter")
-    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {"interpreter": {(48, 64): {96: (16, 32, 2, 4, 2)}}})
+    card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {card: {(48, 64): {96: (16, 32, 2, 4, 2)}}})
     calls = []
     real = gemm.tree_linear
     monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
     g = torch.Generator().manual_seed(0)
-    w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE)
+    w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE, dtype)
     for m in (65, 97):
-        x = torch.randn(m, 64, generator=g).to(DEVICE)
-        close(gemm.linear(x, w), torch.nn.functional.linear(x, w), torch.float32)
+        x = torch.randn(m, 64, generator=g).to(DEVICE, dtype)
+        close(gemm.linear(x, w), torch.nn.functional.linear(x, w), dtype)
     assert calls == [dict(block_n=16, block_k=32, splits=2, num_warps=4, num_stages=2)]
-    if DEVICE.type == "cuda":  # fp32 on a GPU: the bf16-measured tiles may not fit; cuBLAS
-        gemm.linear(torch.randn(65, 64, generator=g).to(DEVICE), w)
+    if DEVICE.type == "cuda":
+        gemm.linear(torch.randn(65, 64, generator=g).to(DEVICE), w.float())
         assert len(calls) == 1
 
 
