@@ -90,6 +90,8 @@ def test_fused_forward_with_a_trees_gemms_in_tree_linear_equals_eager(qwen3_mode
 
     import copy
 
+    if DEVICE.type == "cuda":
+        pytest.skip("fp32 on a GPU keeps cuBLAS for a tree's rows (the table is bf16's); test_tree_linear runs there")
     model = copy.deepcopy(qwen3_model).to(DEVICE)
     g = torch.Generator().manual_seed(14)
     prompt = torch.randint(0, 96, (17,), generator=g).tolist()
