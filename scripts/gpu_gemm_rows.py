@@ -5,11 +5,12 @@ cuBLAS picks its own tiles for them; `tree_linear` puts the weight on the MMA's 
 the rows to 16 only and splits K for a narrow weight. Each weight is replicated past 256 MB and
 the calls cycle through the copies inside one CUDA graph, so every call streams its weight from
 HBM as in a real forward. Prints, per shape and row count, cuBLAS and the best setting:
-microseconds per call and GB/s of weight read. With --out, writes this card's entry of
+microseconds per call and GB/s of weight read; with STREAM32=1, up to 32 rows, also the
+streaming kernel (`decode_gemm`) in one 32-row block. With --out, writes this card's entry of
 `kernels.gemm.TREE_GEMM_SETTINGS` as a Python literal (the best setting where it beat cuBLAS by
 3%, else None), for `scripts/ab.py` and `gpu_forward_ab.py --variant`.
 
-    usage: [ROWS=17,65,257] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
+    usage: [ROWS=17,65,257] [STREAM32=1] python scripts/gpu_gemm_rows.py [8b,1.7b] [--out tree_gemm.txt]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from gpu_gemv import SHAPES as GEMV_SHAPES, per_call_us
+from gpu_gemv import CONFIGS as STREAM_CONFIGS, SHAPES as GEMV_SHAPES, per_call_us
 
 from specdiff import kernels
 
@@ -63,6 +64,20 @@ def main() -> None:
             us, cfg = best
             print(f"{name:13s} m={m:3d}  cublas {ref:7.1f} us {size / ref / 1e3:6.0f} GB/s   triton {us:7.1f} us "
                   f"{size / us / 1e3:6.0f} GB/s  {cfg}", flush=True)
+            if m <= 32 and os.environ.get("STREAM32") == "1":  # compared only, not written out
+                stream = (float("inf"), None)
+                for c in STREAM_CONFIGS:
+                    st = (c["block_n"], c["block_k"], c["num_warps"], c["num_stages"])
+                    try:
+                        torch.testing.assert_close(kernels.decode_gemm(x, ws[0], settings=st, block_m=32), ref_out,
+                                                   atol=3e-2, rtol=3e-2)
+                        t = per_call_us(lambda: [kernels.decode_gemm(x, w_, settings=st, block_m=32) for w_ in ws], copies)
+                    except Exception as e:  # a setting that does not compile or fit
+                        print(f"  {name} m={m} stream {st}: {type(e).__name__}", flush=True)
+                        continue
+                    stream = min(stream, (t, st), key=lambda p: p[0])
+                print(f"{name:13s} m={m:3d}  streaming kernel, one 32-row block: {stream[0]:7.1f} us  {stream[1]}",
+                      flush=True)
             best_settings[(n, k, m)] = (us, ref, cfg)
             table.setdefault((n, k), {})[m] = (
                 tuple(cfg[f] for f in ("block_n", "block_k", "splits", "num_warps", "num_stages"))
