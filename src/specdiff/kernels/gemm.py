@@ -1,6 +1,7 @@
 """GEMMs for decoding: a weight-streaming kernel for a few rows, its glued form (a layer's norm,
-SiLU-multiply or residual add inside), and its batch-invariant use (every row computed as it would
-be alone) for exact numerics."""
+SiLU-multiply or residual add inside), its batch-invariant use (every row computed as it would be
+alone) for exact numerics, a tree's rows' GEMM (`tree_linear`), and the per-card tables of which
+runs where."""
 
 from __future__ import annotations
 
