@@ -27,10 +27,11 @@ from specdiff import kernels
 
 SHAPES = {**GEMV_SHAPES, "1.7b lm_head": (151936, 2048)}  # name: (out features, in features)
 # (block_n, block_k, splits, warps, stages): wide weight tiles keep the rows' reads from L2 small
-# against the weight's; the splits give a narrow weight enough programs for the SMs
+# against the weight's; the splits give a narrow weight enough programs for the SMs. The 32-wide
+# tiles give qkv and o enough programs without a split's second launch, at more L2 reads.
 TILES = [(128, 128, 1, 4, 3), (128, 128, 2, 4, 3), (128, 128, 4, 4, 3), (128, 64, 2, 4, 4), (128, 64, 4, 4, 4),
          (64, 128, 1, 4, 3), (64, 128, 2, 4, 3), (64, 128, 4, 4, 4), (256, 64, 1, 8, 3), (256, 64, 2, 8, 3),
-         (128, 128, 2, 8, 4), (64, 256, 2, 4, 3)]
+         (128, 128, 2, 8, 4), (64, 256, 2, 4, 3), (32, 128, 1, 4, 4), (32, 256, 1, 4, 3)]
 
 
 def main() -> None:
