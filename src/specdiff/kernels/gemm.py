@@ -203,14 +203,24 @@ def _card_name(device_index: int) -> str:
     return torch.cuda.get_device_name(device_index)  # asked once: an eager forward's every GEMM needs it
 
 
+def _measured(tables: dict, device: torch.device, n: int, k: int, m: int):
+    """From per-card tables ({card name: {(n, k): {row count: setting}}}), the entry of the
+    device's card (its longest listed prefix; "interpreter" off a GPU) for m rows of an [n, k]
+    weight: the smallest measured row count at or above m; None where none is listed."""
+    if not tables:
+        return None
+    if device.type != "cuda":
+        name = "interpreter"
+    else:
+        name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
+    cards = sorted((c for c in tables if name.startswith(c)), key=len)
+    table = tables[cards[-1]].get((n, k), {}) if cards else {}
+    return next((table[rows] for rows in sorted(table) if m <= rows), None)
+
+
 def stream_settings(device: torch.device, n: int, k: int, m: int) -> StreamSetting | None:
     """The card's measured choice for m rows of an [n, k] weight, None where it lists none."""
-    if not STREAM_SETTINGS:
-        return None
-    name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
-    cards = sorted((c for c in STREAM_SETTINGS if name.startswith(c)), key=len)
-    table = STREAM_SETTINGS[cards[-1]].get((n, k), {}) if cards else {}
-    return next((table[rows] for rows in sorted(table) if m <= rows), None)
+    return _measured(STREAM_SETTINGS, device, n, k, m)
 
 
 # A tree's rows (past SKINNY_ROWS), per card as `MEASURED_STREAM_SETTINGS` is: {card name:
@@ -237,15 +247,7 @@ TREE_GEMM_SETTINGS = copy.deepcopy(MEASURED_TREE_SETTINGS)  # what runs (`script
 
 def tree_gemm_settings(device: torch.device, n: int, k: int, m: int) -> TreeSetting | None:
     """The card's measured `tree_linear` setting for m rows of an [n, k] weight, None for cuBLAS."""
-    if not TREE_GEMM_SETTINGS:
-        return None
-    if device.type != "cuda":  # Triton's interpreter: the first card's table
-        table = next(iter(TREE_GEMM_SETTINGS.values())).get((n, k), {})
-    else:
-        name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
-        cards = sorted((c for c in TREE_GEMM_SETTINGS if name.startswith(c)), key=len)
-        table = TREE_GEMM_SETTINGS[cards[-1]].get((n, k), {}) if cards else {}
-    return next((table[rows] for rows in sorted(table) if m <= rows), None)
+    return _measured(TREE_GEMM_SETTINGS, device, n, k, m)
 
 
 def _stream_setting(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int] | None:
