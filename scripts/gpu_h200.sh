@@ -28,9 +28,6 @@
 #           any (cuBLAS for every tree GEMM);
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
-#   tree_swiglu  the same A/B at Qwen3-8B, 16 and 65 nodes: gate/up with SiLU-multiply in its epilogue
-#           for a tree's rows (`gemm.TREE_GEMM_SETTINGS` for it at up to 96 rows, three tilings)
-#           against cuBLAS and `silu_mul`;
 #   narrow16  the same A/B at Qwen3-1.7B, 1 and 16 nodes: its down, QKV and o weights each streamed
 #           at 16 rows too (this card's table with that entry changed; the settings each GEMM
 #           alone was fastest with on an H100);
@@ -38,11 +35,13 @@
 #   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
 #   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
-#   usage: STEPS="tests ab:qwen3-8b attn 8b sweep tree_swiglu narrow16" DEADLINE=520 bash scripts/gpu_h200.sh
+#   usage: STEPS="tests ab:qwen3-8b attn 8b sweep tree_gemm:8b narrow16" DEADLINE=520 bash scripts/gpu_h200.sh
 DEADLINE=${DEADLINE:-520}
 source scripts/gpu_call.sh
 G="--device cuda --dtype bfloat16 --engine graph"
 S="python3 -m specdiff"
+# every listed card's tree table emptied: cuBLAS for every tree GEMM (a file: a runner is split on spaces)
+python3 -c "from specdiff.kernels import gemm; print({c: {} for c in gemm.MEASURED_TREE_SETTINGS})" > out/tree_cublas.txt
 speed() {  # output name, runner, shape, extra flags
   timeout "$(left 90)" $2 speed --shape "$3" $G ${@:4} 2>&1 | grep -v "it/s" | tee "out/speed_$1.txt"
   pk "speed $1"
@@ -84,20 +83,12 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       fi
       timeout "$(left 200)" python3 scripts/gpu_forward_ab.py --shape "qwen3-$SZ" --nodes 17,65 --turns 3 \
         --drafter-layers 0 "${TREE[@]}" \
-        --variant cublas "specdiff.kernels.gemm.TREE_GEMM_SETTINGS={'NVIDIA H100 80GB HBM3': {}, 'NVIDIA H200': {}}" \
+        --variant cublas specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_cublas.txt \
         2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${SZ}_tree_gemm.txt"
       pk "$step" ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \
         | tee out/flex_attention.txt
-      pk "$step" ;;
-    tree_swiglu)
-      T=specdiff.kernels.gemm.TREE_GEMM_SETTINGS
-      timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 16,65 --turns 3 \
-        --variant t128_64_128_4_3 "$T={(24576, 4096): {96: (128, 64, 128, 4, 3)}}" \
-        --variant t128_128_64_8_3 "$T={(24576, 4096): {96: (128, 128, 64, 8, 3)}}" \
-        --variant t64_64_128_4_3 "$T={(24576, 4096): {96: (64, 64, 128, 4, 3)}}" \
-        2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_tree_swiglu.txt
       pk "$step" ;;
     narrow16)
       python3 - <<'PY'
@@ -124,7 +115,6 @@ PY
 sys.exit(not any(v for c in ast.literal_eval(open('out/tree_gemm_$SZ.txt').read()).values() for t in c.values() for v in t.values()))"; then
         speed "${SZ}_tree" "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_gemm_$SZ.txt --" \
           "qwen3-$SZ" --budgets 16,64
-        echo "{'NVIDIA H100 80GB HBM3': {}, 'NVIDIA H200': {}}" > out/tree_cublas.txt  # a file: the runner is split on spaces
         speed "${SZ}_cublas" "python3 scripts/ab.py specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_cublas.txt --" \
           "qwen3-$SZ" --budgets 16,64
       fi ;;
