@@ -26,6 +26,9 @@
 #   tree_speed:SIZE  the SIZE table's command at --budgets 16,64 with tree_gemm:SIZE's sweep as
 #           this card's TREE_GEMM_SETTINGS (skipped where no setting beat cuBLAS), then without
 #           any (cuBLAS for every tree GEMM);
+#   invariance  exact numerics' GEMMs: `tree_linear`'s batch invariance and speed per Qwen3-8B
+#           weight (scripts/gpu_invariance.py, the winners written out), then the 8B speed in exact
+#           numerics with them and without (`--numerics exact --budgets 16,64`), and in fast;
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
 #   narrow16  the same A/B at Qwen3-1.7B, 1 and 16 nodes: its down, QKV and o weights each streamed
@@ -86,6 +89,16 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
         --variant cublas specdiff.kernels.gemm.TREE_GEMM_SETTINGS=@out/tree_cublas.txt \
         2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${SZ}_tree_gemm.txt"
       pk "$step" ;;
+    invariance)
+      (cd scripts && timeout "$(left 200)" python3 gpu_invariance.py 8b --out ../out/invariant_8b.txt 2>&1 \
+        | grep -v "it/s" | tee ../out/invariance_8b.txt)
+      pk "$step"
+      if [ -s out/invariant_8b.txt ]; then
+        speed 8b_exact_tree "python3 scripts/ab.py specdiff.kernels.gemm.INVARIANT_SETTINGS=@out/invariant_8b.txt --" \
+          qwen3-8b --budgets 16,64 --numerics exact
+      fi
+      speed 8b_exact "$S" qwen3-8b --budgets 16,64 --numerics exact
+      speed 8b_fast "$S" qwen3-8b --budgets 16,64 --numerics fast ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \
         | tee out/flex_attention.txt

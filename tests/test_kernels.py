@@ -369,6 +369,38 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
     assert (True in launches) == (epilogue and streamed and m <= 16), launches
 
 
+def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch):
+    """Where the card lists a weight in `INVARIANT_SETTINGS`, exact numerics' GEMMs run
+    `tree_linear` with that one setting at every row count (its K split included), SiLU-multiply
+    then as its own kernel; a row's bits are those it gets alone, from 1 to 65 rows (in fp32 on
+    the interpreter, where a changed order of the sums shows in every row)."""
+    from specdiff.kernels import gemm
+
+    if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
+    card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    monkeypatch.setattr(gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
+    calls = []
+    real = gemm.tree_linear
+    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw["splits"]), real(*a, **kw))[1])
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(65, 256, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
+    gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
+    for fn, weight, ref in [(gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
+                            (gemm.invariant_swiglu, gate_up,
+                             kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
+        alone = torch.cat([fn(x[i : i + 1], weight) for i in range(65)])
+        close(alone, ref, dtype)
+        for m in (16, 17, 33, 65):
+            assert torch.equal(fn(x[:m], weight), alone[:m]), (fn.__name__, m)
+    assert set(calls) == {1, 4}
+    calls.clear()
+    gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
+    assert calls == []
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_kernels_compute_a_row_as_it_would_alone(dtype):
     """The exact op set: the GEMM (plain, and with SiLU-multiply in its epilogue) at any row count

@@ -83,6 +83,8 @@ def switches(device: torch.device) -> dict:
         out["stream_settings"] = ",".join(sorted(c for c, t in gemm.STREAM_SETTINGS.items() if t))
     if gemm.TREE_GEMM_SETTINGS != gemm.MEASURED_TREE_SETTINGS:
         out["tree_gemm_settings"] = ",".join(sorted(c for c, t in gemm.TREE_GEMM_SETTINGS.items() if t))
+    if gemm.INVARIANT_SETTINGS != gemm.MEASURED_INVARIANT_SETTINGS:
+        out["invariant_settings"] = ",".join(sorted(c for c, t in gemm.INVARIANT_SETTINGS.items() if t))
     return out
 
 

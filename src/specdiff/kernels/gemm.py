@@ -203,18 +203,24 @@ def _card_name(device_index: int) -> str:
     return torch.cuda.get_device_name(device_index)  # asked once: an eager forward's every GEMM needs it
 
 
-def _measured(tables: dict, device: torch.device, n: int, k: int, m: int):
-    """From per-card tables ({card name: {(n, k): {row count: setting}}}), the entry of the
-    device's card (its longest listed prefix; "interpreter" off a GPU) for m rows of an [n, k]
-    weight: the smallest measured row count at or above m; None where none is listed."""
+def _card_table(tables: dict, device: torch.device) -> dict:
+    """From per-card tables ({card name: table}), the table of the device's card (its longest
+    listed prefix; "interpreter" off a GPU), {} where none is listed."""
     if not tables:
-        return None
+        return {}
     if device.type != "cuda":
         name = "interpreter"
     else:
         name = _card_name(torch.cuda.current_device() if device.index is None else device.index)
     cards = sorted((c for c in tables if name.startswith(c)), key=len)
-    table = tables[cards[-1]].get((n, k), {}) if cards else {}
+    return tables[cards[-1]] if cards else {}
+
+
+def _measured(tables: dict, device: torch.device, n: int, k: int, m: int):
+    """From per-card tables ({card name: {(n, k): {row count: setting}}}), the device card's entry
+    for m rows of an [n, k] weight: the smallest measured row count at or above m; None where none
+    is listed."""
+    table = _card_table(tables, device).get((n, k), {})
     return next((table[rows] for rows in sorted(table) if m <= rows), None)
 
 
@@ -332,9 +338,34 @@ def _invariant_setting(weight: torch.Tensor) -> tuple[int, int, int, int]:
     return (32, 128, 4, 5) if n * k <= SQUARE_8B else (64, 128, 4, 3)
 
 
+# Exact numerics' GEMM as `tree_linear`, per card: {card name: {(rows, K): (block_n, block_k,
+# splits, warps, stages)}}, one setting per weight shape for every row count. `tree_linear` reads a
+# weight tile once for all of a forward's rows, where the streaming kernel's 16-row blocks read it
+# once per block; its K order is fixed by block_k and the splits, so a row's bits do not depend on
+# the rows beside it, provided the card's MMA sums a row the same whatever the tile's width. A card
+# is listed only where `scripts/gpu_invariance.py` found that so (every row of 1 to 257-row calls
+# equal to the row alone) and the setting faster; other cards and shapes keep the streaming kernel.
+MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {}
+INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
+
+
+def invariant_tree_setting(x: torch.Tensor, weight: torch.Tensor) -> TreeSetting | None:
+    """The card's `tree_linear` setting for exact numerics' GEMM of `weight`, None where it lists
+    none (measured in bf16: another dtype's tiles may not fit shared memory)."""
+    if x.dtype != torch.bfloat16 and x.is_cuda:
+        return None
+    return _card_table(INVARIANT_SETTINGS, x.device).get(tuple(weight.shape))
+
+
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`skinny_linear` at any row count with settings chosen by the weight's shape alone: a row's
-    result depends on that row alone (`--numerics exact`)."""
+    """`F.linear` whose row results depend on that row alone (`--numerics exact`): `tree_linear`
+    with the card's one setting for the weight's shape (`INVARIANT_SETTINGS`), else `skinny_linear`
+    at any row count with settings chosen by the weight's shape alone."""
+    tree = invariant_tree_setting(x, weight)
+    if tree is not None:
+        bn, bk, splits, warps, stages = tree
+        return tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
+                           num_stages=stages)
     return decode_gemm(x, weight, bias, settings=_invariant_setting(weight))
 
 
@@ -342,8 +373,8 @@ def invariant_swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """`swiglu` for exact numerics: SiLU-multiply in the epilogue of a GEMM whose settings come
     from the weight's shape alone, its tile as wide as `invariant_linear`'s (half gate rows, half
     up rows), so a row's result depends on that row alone; `invariant_linear` then `silu_mul`
-    where `SWIGLU_EPILOGUE` is off."""
-    if not SWIGLU_EPILOGUE:
+    where `SWIGLU_EPILOGUE` is off or the card runs this weight in `tree_linear`."""
+    if not SWIGLU_EPILOGUE or invariant_tree_setting(x, weight) is not None:
         return silu_mul(invariant_linear(x, weight, bias))
     bn, bk, warps, stages = _invariant_setting(weight)
     return decode_gemm(x, weight, bias, swiglu=True, settings=(bn // 2, bk, warps, stages))

@@ -1,0 +1,107 @@
+"""GPU: is `kernels.tree_linear` batch-invariant, and what would exact numerics' GEMMs cost with it?
+
+Exact numerics (`--numerics exact`) need every row's GEMM result to be the same bits whatever
+other rows share its forward. Today that is `invariant_linear`: the streaming kernel with one
+16-row block per program, so a forward of 65 rows reads each weight tile five times (once per
+block, from L2 at best). `tree_linear` reads each weight tile once for all rows, its rows on the
+MMA's narrow side. If its per-row sums do not depend on how many rows ride along (the K order is
+fixed by block_k and the split; the MMA's width is the only thing a row count changes), one launch
+setting per weight shape makes it batch-invariant too, at one weight read per forward.
+
+For each weight shape and setting: the rows of 1, 16, 17, 65 and 257-row calls against each row
+computed alone (rows whose bits differ), the same against the current exact kernel, and the time
+per call (each weight streamed from HBM, as `gpu_gemm_rows.py` times it) at 1, 17, 65 and 257 rows,
+next to `invariant_linear`, cuBLAS and `kernels.linear` (the fast path). With --out, writes this
+card's entry of `kernels.gemm.INVARIANT_SETTINGS` as a Python literal: per shape, of the settings
+with no differing row, the one fastest over 1, 17 and 65 rows together, where it beat
+`invariant_linear` there (for `scripts/ab.py`).
+
+    usage: python scripts/gpu_invariance.py [8b,1.7b] [--out invariant_settings.txt]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from gpu_gemm_rows import SHAPES
+from gpu_gemv import per_call_us
+
+from specdiff import kernels
+
+# (block_n, block_k, splits, warps, stages)
+SETTINGS = [(128, 128, 1, 4, 3), (64, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 128, 1, 4, 4), (128, 128, 2, 4, 3),
+            (64, 128, 2, 4, 3), (64, 256, 2, 4, 3), (128, 128, 4, 4, 3), (64, 128, 4, 4, 4)]
+COUNTS = (1, 16, 17, 65, 257)
+TIMED = (1, 17, 65, 257)
+
+
+def differing_rows(fn, x: torch.Tensor, alone: torch.Tensor) -> list[int]:
+    """Per row count, how many rows of fn(x[:m]) differ in any bit from the row computed alone."""
+    return [int((fn(x[:m]) != alone[:m]).any(dim=1).sum()) for m in COUNTS]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    out = argv[argv.index("--out") + 1] if "--out" in argv else None
+    sets = (argv[0] if argv and not argv[0].startswith("--") else "8b").split(",")
+    torch.manual_seed(0)
+    summary, table = [], {}
+    for name, (n, k) in SHAPES.items():
+        if name.split()[0] not in sets:
+            continue
+        size = n * k * 2
+        copies = max(1, math.ceil(256e6 / size))
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+        x = torch.randn(max(COUNTS), k, device="cuda", dtype=torch.bfloat16)
+        exact_alone = torch.cat([kernels.invariant_linear(x[i:i + 1], ws[0]) for i in range(x.shape[0])])
+        times = {}
+        for m in TIMED:
+            times[("cublas", m)] = per_call_us(lambda: [F.linear(x[:m], w) for w in ws], copies)
+            times[("linear", m)] = per_call_us(lambda: [kernels.linear(x[:m], w) for w in ws], copies)
+            times[("invariant", m)] = per_call_us(lambda: [kernels.invariant_linear(x[:m], w) for w in ws], copies)
+        exact_self = differing_rows(lambda r: kernels.invariant_linear(r, ws[0]), x, exact_alone)
+        row = lambda label: " ".join(f"{times[(label, m)]:7.1f}" for m in TIMED)  # noqa: E731
+        print(f"{name}: us at {TIMED} rows", flush=True)
+        print(f"  cuBLAS              {row('cublas')}", flush=True)
+        print(f"  linear (fast)       {row('linear')}", flush=True)
+        print(f"  invariant_linear    {row('invariant')}   self {exact_self}", flush=True)
+        first = {}
+        best = (sum(times[("invariant", m)] for m in TIMED[:3]), None)
+        for bn, bk, splits, warps, stages in SETTINGS:
+            cfg = dict(block_n=bn, block_k=bk, splits=splits, num_warps=warps, num_stages=stages)
+            fn = lambda r, w=ws[0]: kernels.tree_linear(r, w, **cfg)  # noqa: E731
+            try:
+                alone = torch.cat([fn(x[i:i + 1]) for i in range(x.shape[0])])
+                torch.testing.assert_close(alone, F.linear(x, ws[0]), atol=3e-2, rtol=3e-2)
+                self_rows = differing_rows(fn, x, alone)
+                vs_exact = int((alone != exact_alone).any(dim=1).sum())
+                key = (bk, splits)  # the same K order: do other tile widths give the same bits?
+                vs_first = int((alone != first.setdefault(key, alone)).any(dim=1).sum())
+                us = [per_call_us(lambda: [kernels.tree_linear(x[:m], w_, **cfg) for w_ in ws], copies)
+                      for m in TIMED]
+            except Exception as e:  # a setting that does not compile or fit
+                print(f"  {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            print(f"  tree {bn:3d} {bk:3d} {splits} {warps} {stages}  " + " ".join(f"{t:7.1f}" for t in us)
+                  + f"   self {self_rows}  vs invariant_linear {vs_exact}  vs first of bk/splits {vs_first}",
+                  flush=True)
+            if not any(self_rows):
+                summary.append((name, (bn, bk, splits, warps, stages), [round(t, 1) for t in us],
+                                [round(times[("invariant", m)], 1) for m in TIMED],
+                                [round(times[("linear", m)], 1) for m in TIMED]))
+                best = min(best, (sum(us[:3]), (bn, bk, splits, warps, stages)), key=lambda b: b[0])
+        if best[1] is not None:
+            table[(n, k)] = best[1]
+        if out:
+            with open(out, "w") as f:
+                f.write(repr({torch.cuda.get_device_name(): table}))
+    print("\ninvariant settings (shape, setting, us tree / invariant_linear / fast linear at", TIMED, "rows):")
+    for s in summary:
+        print(" ", s)
+
+
+if __name__ == "__main__":
+    main()
