@@ -34,19 +34,30 @@ TILES = [(128, 128, 1, 4, 3), (128, 128, 2, 4, 3), (128, 128, 4, 4, 3), (128, 64
          (128, 128, 2, 8, 4), (64, 256, 2, 4, 3), (32, 128, 1, 4, 4), (32, 256, 1, 4, 3)]
 
 
-def main() -> None:
+def cli(default_sets: str) -> tuple[list[str], str | None]:
+    """argv: [SETS] [--out FILE] -> (sets, out)."""
     argv = sys.argv[1:]
     out = argv[argv.index("--out") + 1] if "--out" in argv else None
-    sets = (argv[0] if argv and not argv[0].startswith("--") else "8b,1.7b").split(",")
+    return (argv[0] if argv and not argv[0].startswith("--") else default_sets).split(","), out
+
+
+def streamed_weights(n: int, k: int) -> tuple[int, int, list[torch.Tensor]]:
+    """(bytes, copies, the copies): enough copies of a random [n, k] bf16 weight to pass 256 MB,
+    so that calls cycling through them read each from HBM."""
+    size = n * k * 2
+    copies = max(1, math.ceil(256e6 / size))
+    return size, copies, [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+
+
+def main() -> None:
+    sets, out = cli("8b,1.7b")
     torch.manual_seed(0)
     rows = [int(r) for r in os.environ.get("ROWS", "17,65,257").split(",")]
     best_settings, table = {}, {}
     for name, (n, k) in SHAPES.items():
         if name.split()[0] not in sets:
             continue
-        size = n * k * 2
-        copies = max(1, math.ceil(256e6 / size))
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+        size, copies, ws = streamed_weights(n, k)
         for m in rows:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref_out = F.linear(x, ws[0])

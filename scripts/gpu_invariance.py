@@ -21,12 +21,9 @@ with no differing row, the one fastest over 1, 17 and 65 rows together, where it
 
 from __future__ import annotations
 
-import math
-import sys
-
 import torch
 import torch.nn.functional as F
-from gpu_gemm_rows import SHAPES
+from gpu_gemm_rows import SHAPES, cli, streamed_weights
 from gpu_gemv import per_call_us
 
 from specdiff import kernels
@@ -44,17 +41,13 @@ def differing_rows(fn, x: torch.Tensor, alone: torch.Tensor) -> list[int]:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    out = argv[argv.index("--out") + 1] if "--out" in argv else None
-    sets = (argv[0] if argv and not argv[0].startswith("--") else "8b").split(",")
+    sets, out = cli("8b")
     torch.manual_seed(0)
     summary, table = [], {}
     for name, (n, k) in SHAPES.items():
         if name.split()[0] not in sets:
             continue
-        size = n * k * 2
-        copies = max(1, math.ceil(256e6 / size))
-        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
+        _, copies, ws = streamed_weights(n, k)
         x = torch.randn(max(COUNTS), k, device="cuda", dtype=torch.bfloat16)
         exact_alone = torch.cat([kernels.invariant_linear(x[i:i + 1], ws[0]) for i in range(x.shape[0])])
         times = {}
