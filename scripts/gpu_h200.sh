@@ -29,6 +29,7 @@
 #   invariance  exact numerics' GEMMs: `tree_linear`'s batch invariance and speed per Qwen3-8B
 #           weight (scripts/gpu_invariance.py, the winners written out), then the 8B speed in exact
 #           numerics with them and without (`--numerics exact --budgets 16,64`), and in fast;
+#   exact:SIZE  Qwen3-SIZE's speed in exact numerics and in fast at the defaults, `--budgets 64,256`;
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
 #   narrow16  the same A/B at Qwen3-1.7B, 1 and 16 nodes: its down, QKV and o weights each streamed
@@ -52,8 +53,8 @@ speed() {  # output name, runner, shape, extra flags
 for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab profile}; do
   case $step in
     tests)
-      timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_fused_forward.py \
-        -rfE -k "attention or swiglu or decode_gemm or dependently or exact_kernels or exact_gemms or prologue or streamed or bf16_logits or tree_linear" 2>&1 | grep -v "it/s" | tail -12 \
+      timeout "$(left 90)" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_fused_forward.py tests/test_numerics.py \
+        -rfE -k "attention or swiglu or decode_gemm or dependently or exact_kernels or exact_gemms or invariance_probe or bitwise_the_same or prologue or streamed or bf16_logits or tree_linear" 2>&1 | grep -v "it/s" | tail -12 \
         | tee out/gputests.txt
       # the epilogue failing on the device: every later step runs SiLU-multiply as its own launch
       grep -q "FAILED.*swiglu\|FAILED.*streamed" out/gputests.txt \
@@ -99,6 +100,9 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       fi
       speed 8b_exact "$S" qwen3-8b --budgets 16,64 --numerics exact
       speed 8b_fast "$S" qwen3-8b --budgets 16,64 --numerics fast ;;
+    exact:*)
+      speed "${step#exact:}_exact" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics exact
+      speed "${step#exact:}_fast" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics fast ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \
         | tee out/flex_attention.txt

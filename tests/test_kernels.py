@@ -381,13 +381,16 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     monkeypatch.setattr(gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
-    calls = []
-    real = gemm.tree_linear
-    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw["splits"]), real(*a, **kw))[1])
+    monkeypatch.setattr(gemm, "INVARIANCE_VERDICTS", {})
     g = torch.Generator().manual_seed(5)
     x = torch.randn(65, 256, generator=g).to(DEVICE, dtype)
     w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
     gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
+    assert gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
+    assert gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
+    calls = []
+    real = gemm.tree_linear
+    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw["splits"]), real(*a, **kw))[1])
     for fn, weight, ref in [(gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
                             (gemm.invariant_swiglu, gate_up,
                              kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
@@ -399,6 +402,28 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     calls.clear()
     gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
     assert calls == []
+
+
+def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_beside_them(monkeypatch):
+    """A listed weight whose `tree_linear` setting sums K differently for a single row (as a split
+    chosen by the row count would) is refused at the probe: exact GEMMs keep the streaming kernel
+    for it, and the run's switches name it."""
+    from specdiff.kernels import gemm
+
+    if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
+    card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    monkeypatch.setattr(gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 1, 4, 2)}})
+    monkeypatch.setattr(gemm, "INVARIANCE_VERDICTS", {})
+    real = gemm.tree_linear
+    monkeypatch.setattr(gemm, "tree_linear", lambda x, weight, bias=None, **kw: real(
+        x, weight, bias, **{**kw, "splits": 4 if x.shape[0] == 1 else kw["splits"]}))
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
+    assert gemm.probe_invariance([w]) == [(48, 256)]
+    assert gemm.invariant_tree_setting(torch.randn(3, 256).to(DEVICE, dtype), w) is None
+    assert kernels.switches(DEVICE)["invariant_refused"] == "48x256"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

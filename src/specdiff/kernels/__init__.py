@@ -15,7 +15,9 @@ epilogue, and for a few rows (`decode_gemm`'s glued form) into the GEMMs themsel
 - `decode_gemm`: a GEMM of a few rows that streams its weight once, with the RMSNorm in its
   prologue, SiLU-multiply or the residual add in its epilogue;
 - `tree_linear`: a GEMM of a tree's rows, the rows on the MMA's narrow side padded to 16 only, its
-  K range split for a narrow weight (where `gemm.TREE_GEMM_SETTINGS` names the weight);
+  K range split for a narrow weight (where `gemm.TREE_GEMM_SETTINGS` names the weight), and exact
+  numerics' GEMM at every row count where `gemm.INVARIANT_SETTINGS` names the weight and
+  `probe_invariance` passed it on the device;
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
   over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
   at or past start + N; the splits merged by a kernel of their own, or left unmerged
@@ -52,13 +54,13 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, invariant_swiglu,
-                                   linear, skinny_linear, swiglu, tree_linear)
+                                   linear, probe_invariance, skinny_linear, swiglu, tree_linear)
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
     "BLOCK_N", "EXACT_OPS", "OPS", "SKINNY_MIN_WEIGHT", "SplitAttention", "SKINNY_ROWS", "add_rms_norm", "add_rms_norm_reference",
     "ancestor_paths", "decode_gemm", "switches", "invariant_linear", "invariant_swiglu", "kv_rope_store_layers", "kv_rope_store_layers_reference",
-    "linear", "position_attention", "position_tree_index",
+    "linear", "position_attention", "position_tree_index", "probe_invariance",
     "qkv_rope_store", "qkv_rope_store_reference", "rms_norm_reference", "rope_reference", "runnable", "silu_mul",
     "silu_mul_reference", "skinny_linear", "swiglu", "tree_attention", "tree_attention_flex", "tree_attention_reference", "tree_block_mask", "tree_index", "tree_linear",
     "accepted_path", "tree_inputs", "tree_inputs_reference", "tree_visibility", "use_triton",
@@ -85,6 +87,9 @@ def switches(device: torch.device) -> dict:
         out["tree_gemm_settings"] = ",".join(sorted(c for c, t in gemm.TREE_GEMM_SETTINGS.items() if t))
     if gemm.INVARIANT_SETTINGS != gemm.MEASURED_INVARIANT_SETTINGS:
         out["invariant_settings"] = ",".join(sorted(c for c, t in gemm.INVARIANT_SETTINGS.items() if t))
+    refused = sorted({shape for (_, shape, _), ok in gemm.INVARIANCE_VERDICTS.items() if not ok})
+    if refused:  # exact GEMMs a card lists that its probe refused: the streaming kernel ran them
+        out["invariant_refused"] = " ".join(f"{n}x{k}" for n, k in refused)
     return out
 
 

@@ -134,6 +134,14 @@ class FusedForward:
         self.final_norm = norm_params(target.decoder.norm)
         self.rope = RopeTable(target.decoder.rotary_emb)  # its owner sizes it with the K/V buffer
 
+    def gemm_weights(self) -> list[torch.Tensor]:
+        """Every weight a forward multiplies by: each layer's fused QKV, o, fused gate/up and down,
+        then the LM head."""
+        out = []
+        for f in self.layers:
+            out += [f.qkv[0], f.o_proj.weight] + ([f.gate_up[0], f.down.weight] if f.gate_up is not None else [])
+        return out + [self.target.lm_head.weight]
+
     def _attend(self, i: int, f: FusedLayer, qkv: torch.Tensor, at: AttentionInputs) -> torch.Tensor:
         """Layer i's attention from its fused QKV projection [N, (Hq + 2 Hkv) D] -> [N, Hq D]; its
         K/V go to the cache."""
@@ -241,4 +249,9 @@ def make_exact(target, kernels_choice: str = "auto", graphs: bool = False) -> Fu
     if not swiglu_layers(target):
         raise SpecdiffError(f"--numerics exact needs a SwiGLU MLP in every layer ({type(target.model).__name__} has "
                             "another); use --numerics fast")
-    return FusedForward(target, ops=kernels.EXACT_OPS if triton else invariant.OPS)
+    if not triton:
+        return FusedForward(target, ops=invariant.OPS)
+    fused = FusedForward(target, ops=kernels.EXACT_OPS)
+    # the weights the card runs in `tree_linear` are checked row by row here, outside any capture
+    kernels.probe_invariance(fused.gemm_weights())
+    return fused
