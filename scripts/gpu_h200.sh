@@ -95,7 +95,7 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
         | grep -v "it/s" | tee ../out/invariance_8b.txt)
       pk "$step"
       if [ -s out/invariant_8b.txt ]; then
-        speed 8b_exact_tree "python3 scripts/ab.py specdiff.kernels.gemm.INVARIANT_SETTINGS=@out/invariant_8b.txt --" \
+        speed 8b_exact_tree "python3 scripts/ab.py specdiff.kernels.exact_gemm.INVARIANT_SETTINGS=@out/invariant_8b.txt --" \
           qwen3-8b --budgets 16,64 --numerics exact
       fi
       speed 8b_exact "$S" qwen3-8b --budgets 16,64 --numerics exact

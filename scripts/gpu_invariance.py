@@ -12,7 +12,7 @@ For each weight shape and setting: the rows of 1, 16, 17, 65 and 257-row calls a
 computed alone (rows whose bits differ), the same against the current exact kernel, and the time
 per call (each weight streamed from HBM, as `gpu_gemm_rows.py` times it) at 1, 17, 65 and 257 rows,
 next to `invariant_linear`, cuBLAS and `kernels.linear` (the fast path). With --out, writes this
-card's entry of `kernels.gemm.INVARIANT_SETTINGS` as a Python literal: per shape, of the settings
+card's entry of `kernels.exact_gemm.INVARIANT_SETTINGS` as a Python literal: per shape, of the settings
 with no differing row, the one fastest over 1, 17 and 65 rows together, where it beat
 `invariant_linear` there (for `scripts/ab.py`).
 

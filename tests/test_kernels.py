@@ -374,25 +374,25 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     `tree_linear` with that one setting at every row count (its K split included), SiLU-multiply
     then as its own kernel; a row's bits are those it gets alone, from 1 to 65 rows (in fp32 on
     the interpreter, where a changed order of the sums shows in every row)."""
-    from specdiff.kernels import gemm
+    from specdiff.kernels import exact_gemm, gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
     card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
-    monkeypatch.setattr(gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
-    monkeypatch.setattr(gemm, "INVARIANCE_VERDICTS", {})
+    monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
+    monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     g = torch.Generator().manual_seed(5)
     x = torch.randn(65, 256, generator=g).to(DEVICE, dtype)
     w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
     gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
-    assert gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
-    assert gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
+    assert exact_gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
+    assert exact_gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
     calls = []
     real = gemm.tree_linear
     monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw["splits"]), real(*a, **kw))[1])
-    for fn, weight, ref in [(gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
-                            (gemm.invariant_swiglu, gate_up,
+    for fn, weight, ref in [(exact_gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
+                            (exact_gemm.invariant_swiglu, gate_up,
                              kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
         alone = torch.cat([fn(x[i : i + 1], weight) for i in range(65)])
         close(alone, ref, dtype)
@@ -400,7 +400,7 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
             assert torch.equal(fn(x[:m], weight), alone[:m]), (fn.__name__, m)
     assert set(calls) == {1, 4}
     calls.clear()
-    gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
+    exact_gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
     assert calls == []
 
 
@@ -408,7 +408,7 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     """A listed weight whose `tree_linear` setting sums K differently for a single row (as a split
     chosen by the row count would) is refused at the probe: exact GEMMs keep the streaming kernel
     for it, and the run's switches name it."""
-    from specdiff.kernels import gemm
+    from specdiff.kernels import exact_gemm, gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
@@ -417,15 +417,15 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     # a thousand there); under the interpreter, fp32, where it changes nearly every output
     (n, k), dtype, setting = (((4096, 4096), torch.bfloat16, (64, 128, 1, 4, 3)) if DEVICE.type == "cuda"
                               else ((48, 256), torch.float32, (16, 32, 1, 4, 2)))
-    monkeypatch.setattr(gemm, "INVARIANT_SETTINGS", {card: {(n, k): setting}})
-    monkeypatch.setattr(gemm, "INVARIANCE_VERDICTS", {})
+    monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(n, k): setting}})
+    monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     real = gemm.tree_linear
     monkeypatch.setattr(gemm, "tree_linear", lambda x, weight, bias=None, **kw: real(
         x, weight, bias, **{**kw, "splits": 4 if x.shape[0] == 1 else kw["splits"]}))
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
-    assert gemm.probe_invariance([w]) == [(n, k)]
-    assert gemm.invariant_tree_setting(torch.randn(3, k).to(DEVICE, dtype), w) is None
+    assert exact_gemm.probe_invariance([w]) == [(n, k)]
+    assert exact_gemm.invariant_tree_setting(torch.randn(3, k).to(DEVICE, dtype), w) is None
     assert kernels.switches(DEVICE)["invariant_refused"] == f"{n}x{k}"
 
 

@@ -67,11 +67,11 @@ def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, 
     every GEMM in `tree_linear` at one setting, split over K (as a card's `INVARIANT_SETTINGS`
     would run them once the load's probe passed them)."""
     if path == "triton-tree-gemm":
-        from specdiff.kernels import gemm
+        from specdiff.kernels import exact_gemm
 
         calls = []
-        monkeypatch.setattr(gemm, "_listed_invariant", lambda device, shape: calls.append(1) or (16, 16, 2, 4, 2))
-        monkeypatch.setattr(gemm, "INVARIANCE_VERDICTS", {})  # the target's load probes every weight
+        monkeypatch.setattr(exact_gemm, "_listed_invariant", lambda device, shape: calls.append(1) or (16, 16, 2, 4, 2))
+        monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})  # the target's load probes every weight
     if path == "torch":
         target, sizes = StaticTarget(bf16_model, numerics="exact", kernels="torch"), [1, 7, 64, 300]
     else:
@@ -87,7 +87,7 @@ def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, 
     for n, got in logits.items():
         assert torch.equal(got, ar[: got.shape[0]]), f"a tree of {n} nodes"
     if path == "triton-tree-gemm":
-        assert calls and gemm.INVARIANCE_VERDICTS and all(gemm.INVARIANCE_VERDICTS.values())
+        assert calls and exact_gemm.INVARIANCE_VERDICTS and all(exact_gemm.INVARIANCE_VERDICTS.values())
 
 
 def test_a_planted_batch_dependent_kernel_is_caught(bf16_model, monkeypatch):

@@ -16,7 +16,7 @@ epilogue, and for a few rows (`decode_gemm`'s glued form) into the GEMMs themsel
   prologue, SiLU-multiply or the residual add in its epilogue;
 - `tree_linear`: a GEMM of a tree's rows, the rows on the MMA's narrow side padded to 16 only, its
   K range split for a narrow weight (where `gemm.TREE_GEMM_SETTINGS` names the weight), and exact
-  numerics' GEMM at every row count where `gemm.INVARIANT_SETTINGS` names the weight and
+  numerics' GEMM at every row count where `exact_gemm.INVARIANT_SETTINGS` names the weight and
   `probe_invariance` passed it on the device;
 - `tree_attention`: N tree rows over the committed cache slots and their tree ancestors, split
   over the keys (flash-decoding) so that a single query row still fills the GPU, reading no slot
@@ -30,8 +30,8 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
-its glued form and its batch-invariant use), `tree` (a resident tree's target inputs and the
-device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
+its glued form and the tree GEMM), `exact_gemm` (exact numerics' GEMMs from them), `tree` (a
+resident tree's target inputs and the device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
 dependent launch: under `common.PDL`, on Hopper, each forward kernel is scheduled while the one
 before it drains and waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
 the `--kernels` decision, and re-exports the rest.
@@ -53,8 +53,8 @@ from specdiff.kernels.common import BLOCK_N, triton
 from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, kv_rope_store_layers,
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
-from specdiff.kernels.gemm import (SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, invariant_linear, invariant_swiglu,
-                                   linear, probe_invariance, skinny_linear, swiglu, tree_linear)
+from specdiff.kernels.exact_gemm import invariant_linear, invariant_swiglu, probe_invariance
+from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, linear, skinny_linear, swiglu, tree_linear
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
@@ -70,7 +70,7 @@ __all__ = [
 def switches(device: torch.device) -> dict:
     """The launch choices a run on `device` made away from their defaults (`scripts/ab.py` sets
     them), for its report: {} where none."""
-    from specdiff.kernels import common, gemm
+    from specdiff.kernels import common, exact_gemm, gemm
 
     out: dict = {}
     if not common.PDL:
@@ -85,9 +85,9 @@ def switches(device: torch.device) -> dict:
         out["stream_settings"] = ",".join(sorted(c for c, t in gemm.STREAM_SETTINGS.items() if t))
     if gemm.TREE_GEMM_SETTINGS != gemm.MEASURED_TREE_SETTINGS:
         out["tree_gemm_settings"] = ",".join(sorted(c for c, t in gemm.TREE_GEMM_SETTINGS.items() if t))
-    if gemm.INVARIANT_SETTINGS != gemm.MEASURED_INVARIANT_SETTINGS:
-        out["invariant_settings"] = ",".join(sorted(c for c, t in gemm.INVARIANT_SETTINGS.items() if t))
-    refused = sorted({shape for (_, shape, _), ok in gemm.INVARIANCE_VERDICTS.items() if not ok})
+    if exact_gemm.INVARIANT_SETTINGS != exact_gemm.MEASURED_INVARIANT_SETTINGS:
+        out["invariant_settings"] = ",".join(sorted(c for c, t in exact_gemm.INVARIANT_SETTINGS.items() if t))
+    refused = sorted({shape for (_, shape, _), ok in exact_gemm.INVARIANCE_VERDICTS.items() if not ok})
     if refused:  # exact GEMMs a card lists that its probe refused: the streaming kernel ran them
         out["invariant_refused"] = " ".join(f"{n}x{k}" for n, k in refused)
     return out

@@ -1,7 +1,6 @@
 """GEMMs for decoding: a weight-streaming kernel for a few rows, its glued form (a layer's norm,
-SiLU-multiply or residual add inside), its batch-invariant use (every row computed as it would be
-alone) for exact numerics, a tree's rows' GEMM (`tree_linear`), and the per-card tables of which
-runs where."""
+SiLU-multiply or residual add inside), a tree's rows' GEMM (`tree_linear`), and the per-card
+tables of which runs where (exact numerics' use of them: `exact_gemm`)."""
 
 from __future__ import annotations
 
@@ -205,6 +204,12 @@ def _card_name(device_index: int) -> str:
     return torch.cuda.get_device_name(device_index)  # asked once: an eager forward's every GEMM needs it
 
 
+def _card_key(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "interpreter"
+    return _card_name(torch.cuda.current_device() if device.index is None else device.index)
+
+
 def _card_table(tables: dict, device: torch.device) -> dict:
     """From per-card tables ({card name: table}), the table of the device's card (its longest
     listed prefix; "interpreter" off a GPU), {} where none is listed."""
@@ -335,109 +340,6 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     alone: every tile has the same shape and sums K in the same order, whatever M is. A larger
     block_m reads the weight once for that many rows."""
     return decode_gemm(x, weight, bias, settings=(block_n, block_k, num_warps, num_stages), block_m=block_m)
-
-
-def _invariant_setting(weight: torch.Tensor) -> tuple[int, int, int, int]:
-    """The streaming kernel's settings for `weight` whatever the row count: its shape alone."""
-    n, k = weight.shape
-    return (32, 128, 4, 5) if n * k <= SQUARE_8B else (64, 128, 4, 3)
-
-
-# Exact numerics' GEMM as `tree_linear`, per card: {card name: {(rows, K): (block_n, block_k,
-# splits, warps, stages)}}, one setting per weight shape for every row count. `tree_linear` reads a
-# weight tile once for all of a forward's rows, where the streaming kernel's 16-row blocks read it
-# once per block; its K order is fixed by block_k and the splits, so a row's bits do not depend on
-# the rows beside it, provided the card's MMA sums a row the same whatever the tile's width. A card
-# is listed where `scripts/gpu_invariance.py` found that so (every row of 1 to 257-row calls equal
-# to the row alone, at every setting it tried) and the setting faster; other cards and shapes keep
-# the streaming kernel. A listed weight runs in `tree_linear` only once `probe_invariance` has
-# checked it on this device.
-MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {
-    # Qwen3-8B: at 1 / 17 / 65 rows, us against the streaming kernel's 16-row blocks: qkv 19.1 /
-    # 19.8 / 23.3 against 22.0 / 23.1 / 30.1, o 13.9 / 14.6 / 16.9 against 14.0 / 14.7 / 31.9,
-    # gate/up 68.2 / 69.5 / 75.4 against 69.0 / 87.5 / 132.4, down 36.8 / 38.0 / 41.3 against 52.1
-    # / 52.8 / 67.4, the LM head 406 / 411 / 429 against 406 / 450 / 850. The 8B rounds in exact
-    # numerics: ar 7.13 -> 6.33 ms, ddtree@64 13.55 -> 9.26 (fast: 5.97, 8.80;
-    # invariant_gemm_h100/call2)
-    "NVIDIA H100 80GB HBM3": {
-        (6144, 4096): (64, 256, 1, 4, 3), (4096, 4096): (64, 128, 2, 4, 3), (24576, 4096): (64, 128, 1, 4, 3),
-        (4096, 12288): (64, 256, 2, 4, 3), (151936, 4096): (128, 128, 1, 4, 3),
-    },
-}
-INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
-# (card, weight shape, setting) -> whether `probe_invariance` found a row's bits its own there
-INVARIANCE_VERDICTS: dict[tuple[str, tuple[int, int], TreeSetting], bool] = {}
-
-
-def _card_key(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "interpreter"
-    return _card_name(torch.cuda.current_device() if device.index is None else device.index)
-
-
-def _listed_invariant(device: torch.device, shape: tuple[int, int]) -> TreeSetting | None:
-    return _card_table(INVARIANT_SETTINGS, device).get(shape)
-
-
-def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
-    """Checks each weight whose shape the card lists in `INVARIANT_SETTINGS`, once per setting:
-    `tree_linear` at that setting over 97 rows (two dots, then row groups, past 80) against eight
-    rows computed alone and the 17 and 65-row calls (in bf16 a changed order of the sums flips
-    about one output in a thousand at K = 4096, so a real weight's thousands of outputs show it). Records the verdicts `invariant_linear` reads ->
-    the shapes refused (a row's bits changed with the rows beside it: they keep the streaming
-    kernel). Not graph-capturable: run it where the model loads."""
-    refused = []
-    for w in weights:
-        shape, setting = tuple(w.shape), _listed_invariant(w.device, tuple(w.shape))
-        key = (_card_key(w.device), shape, setting)
-        if setting is None or (w.dtype != torch.bfloat16 and w.is_cuda) or key in INVARIANCE_VERDICTS:
-            continue
-        bn, bk, splits, warps, stages = setting
-        run = functools.partial(tree_linear, weight=w, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
-                                num_stages=stages)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(97, w.shape[1], generator=g).to(w.device, w.dtype)
-        full = run(x)
-        ok = (all(torch.equal(full[i : i + 1], run(x[i : i + 1])) for i in (0, 1, 15, 16, 17, 63, 64, 96))
-              and torch.equal(full[:17], run(x[:17])) and torch.equal(full[:65], run(x[:65])))
-        INVARIANCE_VERDICTS[key] = ok
-        if not ok:
-            refused.append(shape)
-    return refused
-
-
-def invariant_tree_setting(x: torch.Tensor, weight: torch.Tensor) -> TreeSetting | None:
-    """The card's `tree_linear` setting for exact numerics' GEMM of `weight` where
-    `probe_invariance` passed it, else None (measured in bf16: another dtype's tiles may not fit
-    shared memory)."""
-    if x.dtype != torch.bfloat16 and x.is_cuda:
-        return None
-    shape = tuple(weight.shape)
-    setting = _listed_invariant(x.device, shape)
-    return setting if setting is not None and INVARIANCE_VERDICTS.get((_card_key(x.device), shape, setting)) else None
-
-
-def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` whose row results depend on that row alone (`--numerics exact`): `tree_linear`
-    with the card's one setting for the weight's shape (`INVARIANT_SETTINGS`), else `skinny_linear`
-    at any row count with settings chosen by the weight's shape alone."""
-    tree = invariant_tree_setting(x, weight)
-    if tree is not None:
-        bn, bk, splits, warps, stages = tree
-        return tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
-                           num_stages=stages)
-    return decode_gemm(x, weight, bias, settings=_invariant_setting(weight))
-
-
-def invariant_swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`swiglu` for exact numerics: SiLU-multiply in the epilogue of a GEMM whose settings come
-    from the weight's shape alone, its tile as wide as `invariant_linear`'s (half gate rows, half
-    up rows), so a row's result depends on that row alone; `invariant_linear` then `silu_mul`
-    where `SWIGLU_EPILOGUE` is off or the card runs this weight in `tree_linear`."""
-    if not SWIGLU_EPILOGUE or invariant_tree_setting(x, weight) is not None:
-        return silu_mul(invariant_linear(x, weight, bias))
-    bn, bk, warps, stages = _invariant_setting(weight)
-    return decode_gemm(x, weight, bias, swiglu=True, settings=(bn // 2, bk, warps, stages))
 
 
 # Launch settings of the glued GEMM by weight shape (rows, K): (block_n, block_k, warps, stages),
