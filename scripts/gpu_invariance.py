@@ -1,20 +1,21 @@
-"""GPU: is `kernels.tree_linear` batch-invariant, and what would exact numerics' GEMMs cost with it?
+"""GPU: is `kernels.tree_linear` batch-invariant, and what do exact numerics' GEMMs cost with it?
 
 Exact numerics (`--numerics exact`) need every row's GEMM result to be the same bits whatever
-other rows share its forward. Today that is `invariant_linear`: the streaming kernel with one
+other rows share its forward. Unprobed, `invariant_linear` is the streaming kernel with one
 16-row block per program, so a forward of 65 rows reads each weight tile five times (once per
 block, from L2 at best). `tree_linear` reads each weight tile once for all rows, its rows on the
-MMA's narrow side. If its per-row sums do not depend on how many rows ride along (the K order is
-fixed by block_k and the split; the MMA's width is the only thing a row count changes), one launch
-setting per weight shape makes it batch-invariant too, at one weight read per forward.
+MMA's narrow side. Where its per-row sums do not depend on how many rows ride along (the K order
+is fixed by block_k and the split), one launch setting per weight shape makes it batch-invariant
+too, at one weight read per forward (`kernels.exact_gemm`).
 
 For each weight shape and setting: the rows of 1, 16, 17, 65 and 257-row calls against each row
-computed alone (rows whose bits differ), the same against the current exact kernel, and the time
-per call (each weight streamed from HBM, as `gpu_gemm_rows.py` times it) at 1, 17, 65 and 257 rows,
-next to `invariant_linear`, cuBLAS and `kernels.linear` (the fast path). With --out, writes this
-card's entry of `kernels.exact_gemm.INVARIANT_SETTINGS` as a Python literal: per shape, of the settings
-with no differing row, the one fastest over 1, 17 and 65 rows together, where it beat
-`invariant_linear` there (for `scripts/ab.py`).
+computed alone (rows whose bits differ), the same against the streaming kernel, and the time per
+call (each weight streamed from HBM, as `gpu_gemm_rows.py` times it) at 1, 17, 65 and 257 rows,
+next to the streaming kernel, cuBLAS and `kernels.linear` (the fast path). For the setting chosen,
+257 rows also in wider row groups and with fewer pipeline stages (`wide_groups`). With --out,
+writes this card's entry of `kernels.exact_gemm.INVARIANT_SETTINGS` as a Python literal: per
+shape, of the settings with no differing row, the one fastest over 1, 17 and 65 rows together,
+where it beat the streaming kernel there (for `scripts/ab.py`).
 
     usage: python scripts/gpu_invariance.py [8b,1.7b] [--out invariant_settings.txt]
 """
@@ -38,6 +39,25 @@ TIMED = (1, 17, 65, 257)
 def differing_rows(fn, x: torch.Tensor, alone: torch.Tensor) -> list[int]:
     """Per row count, how many rows of fn(x[:m]) differ in any bit from the row computed alone."""
     return [int((fn(x[:m]) != alone[:m]).any(dim=1).sum()) for m in COUNTS]
+
+
+def wide_groups(x: torch.Tensor, ws: list[torch.Tensor], copies: int, setting: tuple) -> None:
+    """257 rows of the chosen setting in wider row groups (128, and 256 + 16 in two dots) and with
+    2 pipeline stages, which leave the sums' order alone: us per call and rows whose bits differ
+    from the rows computed alone at the setting itself."""
+    bn, bk, splits, warps, stages = setting
+    cfg = dict(block_n=bn, block_k=bk, splits=splits, num_warps=warps)
+    alone = torch.cat([kernels.tree_linear(x[i:i + 1], ws[0], num_stages=stages, **cfg) for i in range(257)])
+    for group, st in ((64, stages), (128, stages), (128, 2), (256, 2)):
+        run = dict(cfg, num_stages=st, group_rows=group)
+        try:
+            differ = int((kernels.tree_linear(x[:257], ws[0], **run) != alone).any(dim=1).sum())
+            us = per_call_us(lambda: [kernels.tree_linear(x[:257], w_, **run) for w_ in ws], copies)
+        except Exception as e:  # a tile that does not fit shared memory
+            print(f"    257 rows, groups of {group}, {st} stages: {type(e).__name__}", flush=True)
+            continue
+        print(f"    257 rows, groups of {group}, {st} stages: {us:7.1f} us, rows differing from alone {differ}",
+              flush=True)
 
 
 def main() -> None:
@@ -88,6 +108,7 @@ def main() -> None:
                 best = min(best, (sum(us[:3]), (bn, bk, splits, warps, stages)), key=lambda b: b[0])
         if best[1] is not None:
             table[(n, k)] = best[1]
+            wide_groups(x, ws, copies, best[1])
         if out:
             with open(out, "w") as f:
                 f.write(repr({torch.cuda.get_device_name(): table}))

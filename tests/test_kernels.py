@@ -261,9 +261,10 @@ def test_skinny_linear(dtype, m, n, k, bias):
 @pytest.mark.parametrize("m,n,k,splits,bias", [(65, 48, 96, 1, True), (40, 33, 80, 3, False), (17, 64, 64, 2, True),
                                               (64, 16, 64, 1, False), (130, 20, 160, 4, True)])
 def test_tree_linear(dtype, m, n, k, splits, bias):
-    """A tree's rows as two dots (65: 64 + 16; 40: 32 + 16; 130: 128 + 16; 64: one), the K range
-    split with a ragged last slice (80 over 3 slices of 32) and a weight not a whole number of
-    tiles, against `F.linear`; the split sums give the same bits on a second call."""
+    """A tree's rows as two dots (65: 64 + 16; 40: 32 + 16; 64: one) or past 80 in groups of 64
+    (130: three), the K range split with a ragged last slice (80 over 3 slices of 32) and a weight
+    not a whole number of tiles, against `F.linear`; the split sums give the same bits on a second
+    call."""
     g = torch.Generator().manual_seed(m + splits)
     x = torch.randn(m, k, generator=g).to(DEVICE, dtype)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
@@ -271,6 +272,19 @@ def test_tree_linear(dtype, m, n, k, splits, bias):
     got = kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits)
     close(got, torch.nn.functional.linear(x, w, b), dtype)
     assert torch.equal(got, kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits))
+
+
+def test_tree_linear_row_groups_leave_each_rows_sums_alone():
+    """257 rows in groups of 64, 128, or 256 + 16 in two dots, with 2 or 3 pipeline stages: a row's
+    sums run in the same order, so the same bits (fp32 under the interpreter)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(257, 96, generator=g).to(DEVICE)
+    w = (torch.randn(40, 96, generator=g) / 10).to(DEVICE)
+    ref = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2)
+    close(ref, torch.nn.functional.linear(x, w), torch.float32)
+    for group, stages in ((128, 3), (256, 2)):
+        got = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2, group_rows=group, num_stages=stages)
+        assert torch.equal(got, ref), (group, stages)
 
 
 def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):

@@ -382,18 +382,19 @@ TREE_GROUP_ROWS = 64
 
 
 def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_n: int = 128,
-                block_k: int = 128, splits: int = 1, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                block_k: int = 128, splits: int = 1, num_warps: int = 4, num_stages: int = 3,
+                group_rows: int = TREE_GROUP_ROWS) -> torch.Tensor:
     """`F.linear` for a tree's rows (tens to hundreds): x [M, K] @ weight [N, K].T -> [M, N], the
     weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
     splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
-    fixed order, so the same input gives the same bits every run. Past TREE_GROUP_ROWS + 16 rows
-    the rows go in groups of TREE_GROUP_ROWS, one dot each."""
+    fixed order, so the same input gives the same bits every run. Past group_rows + 16 rows (a
+    power of two) the rows go in groups of group_rows, one dot each."""
     x = x.contiguous()  # the kernel steps through rows by K
     m, k = x.shape
     n = weight.shape[0]
     rows = -(-m // 16) * 16
-    if rows > TREE_GROUP_ROWS + 16:
-        rows_a, rows_b = TREE_GROUP_ROWS, 0
+    if rows > group_rows + 16:
+        rows_a, rows_b = group_rows, 0
     else:
         rows_a = 1 << (rows.bit_length() - 1)
         rows_b = _next_pow2(rows - rows_a) if rows > rows_a else 0
