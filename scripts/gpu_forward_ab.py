@@ -35,21 +35,22 @@ from specdiff.types import DraftTree  # noqa: E402
 
 class Variant:
     def __init__(self, label: str, assignments: list[str], model, prompt: list[int], nodes: list[int], engine: str,
-                 drafter=None):
+                 drafter=None, numerics: str = "auto"):
         self.label, self.assignments, self.prompt, self.nodes = label, assignments, prompt, nodes
         self.step = None
         self.times: dict[str, list[float]] = {}
         with self:  # graphs are captured under the variant's settings
-            self.target = make_target(model, engine, native.load(), "auto")
+            self.target = make_target(model, engine, native.load(), "auto", numerics)
             if hasattr(self.target, "prepare"):  # each forward timed in a bucket of its own size, as a
                 for n in sorted(nodes):  # decode's largest tree runs
                     self.target.prepare(len(prompt) + 96 + max(nodes), n)
             self.switches = kernels.switches(self.target.device)
             self.decoder = build_decoder(self.target, DecodeConfig(method="ar", max_new_tokens=96, engine=engine,
-                                                                   stop_at_eos=False), None)
+                                                                   numerics=numerics, stop_at_eos=False), None)
             if drafter is not None:  # its graphs too are captured under the variant's settings
                 self.drafted = build_decoder(self.target, DecodeConfig(method="dflash", max_new_tokens=16,
-                                                                       engine=engine, stop_at_eos=False), drafter)
+                                                                       engine=engine, numerics=numerics,
+                                                                       stop_at_eos=False), drafter)
                 self.drafted.prepare(len(prompt))
                 self.drafted.generate(prompt)  # the drafter holds the whole context, as mid-decode
                 self.step = self.drafted.proposer.drafters[0]
@@ -92,6 +93,7 @@ def main() -> None:
     p.add_argument("--drafter-layers", type=int, default=5, help="0: no drafter")
     p.add_argument("--device", default="cuda")
     p.add_argument("--engine", default="graph")
+    p.add_argument("--numerics", default="auto", choices=["auto", "exact", "fast"])
     p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("LABEL", "ASSIGNMENT"),
                    help="a label and its module.NAME=value assignments (repeatable)")
     args = p.parse_args()
@@ -101,9 +103,9 @@ def main() -> None:
     nodes = [int(n) for n in args.nodes.split(",")]
     drafter = random_drafter(model.config, args.drafter_layers, 16, model.device, torch.bfloat16) \
         if args.drafter_layers else None
-    variants = [Variant("default", [], model, prompt, nodes, args.engine, drafter)]
+    variants = [Variant("default", [], model, prompt, nodes, args.engine, drafter, args.numerics)]
     for label, *assignments in args.variant:
-        variants.append(Variant(label, assignments, model, prompt, nodes, args.engine, drafter))
+        variants.append(Variant(label, assignments, model, prompt, nodes, args.engine, drafter, args.numerics))
         if args.device == "cuda":
             print(f"{label}: captured ({torch.cuda.max_memory_allocated() / 2**30:.1f} GiB held at most)", flush=True)
     for _ in range(args.turns):
@@ -111,7 +113,7 @@ def main() -> None:
             v.turn()
     cols = list(variants[0].times)
     card = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    print(f"\n{args.shape} on {card}, ms (median of {args.turns} turns; "
+    print(f"\n{args.shape} on {card}, {args.numerics} numerics, ms (median of {args.turns} turns; "
           f"in brackets: against the defaults)\n")
     print("| variant | " + " | ".join(cols) + " | switches |")
     print("|---" * (len(cols) + 2) + "|")

@@ -287,6 +287,27 @@ def test_tree_linear_row_groups_leave_each_rows_sums_alone():
         assert torch.equal(got, ref), (group, stages)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,splits,bias", [(65, 3, True), (17, 2, False), (130, 4, True)])
+def test_tree_linear_split_fixup_gives_the_second_launchs_bits(dtype, m, splits, bias, monkeypatch):
+    """Under TREE_SPLIT_FIXUP a tile's last split adds the slices in split order inside the same
+    launch: the bits of the two-launch sum (two dots and row groups alike), and every tile's
+    counter back at zero for the next call."""
+    from specdiff.kernels import gemm
+
+    g = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 160, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(40, 160, generator=g) / 12).to(DEVICE, dtype)
+    b = torch.randn(40, generator=g).to(DEVICE, dtype) if bias else None
+    two_launches = kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits)
+    monkeypatch.setattr(gemm, "TREE_SPLIT_FIXUP", True)
+    no_launch = type("NoLaunch", (), {"__getitem__": lambda self, grid: pytest.fail("a second launch")})
+    monkeypatch.setattr(gemm, "_split_sum_kernel", no_launch())
+    for _ in range(2):  # the counters reset: a second call sums the same way
+        assert torch.equal(kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits), two_launches)
+    assert int(gemm._COUNTERS[x.device][-1].abs().sum()) == 0
+
+
 def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
     """`linear` takes `tree_linear` with the measured setting for a tree's rows of a listed weight
     (in bf16 on a GPU, the dtype the table was measured in) and cuBLAS elsewhere: past the largest

@@ -90,10 +90,10 @@ if triton is not None:
 
 
     @triton.jit
-    def _tree_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT, BIAS: tl.constexpr,
+    def _tree_gemm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, out_ptr, cnt_ptr, M, N, K, K_SPLIT, BIAS: tl.constexpr,
                           ROWS_A: tl.constexpr, ROWS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PARTIAL: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
-                          PDL: tl.constexpr):
+                          PARTIAL: tl.constexpr, SPLITS: tl.constexpr, FIXUP: tl.constexpr,
+                          PRECISION: tl.constexpr, INTERPRETED: tl.constexpr, PDL: tl.constexpr):
         # program (row group, n block, k split). The weight tile is the MMA's wide side and the
         # tree's rows its narrow one, in two dots (ROWS_A a power of two, then ROWS_B more): 65 rows
         # run as 64 + 16, where one row block would pad them to 128. Each program reads its group's
@@ -102,6 +102,8 @@ if triton is not None:
         # rows than two dots hold go in groups of ROWS_A, the groups of one weight tile side by side
         # (the fastest grid axis) so that it streams from HBM once. PARTIAL: fp32 sums of this k
         # slice go to y[split] ([splits, M, N]) for `_split_sum_kernel`; else rounded into y [M, N].
+        # FIXUP: no second launch; the tile's last split to finish (a counter per tile in cnt_ptr,
+        # zero between launches) adds the slices in split order into out [M, N] and resets it.
         rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
         ra = tl.program_id(0) * ROWS_A + tl.arange(0, ROWS_A)
@@ -132,6 +134,27 @@ if triton is not None:
         _tree_gemm_store(acc_a, ra, rn, b_ptr, y_ptr, M, N, BIAS, PARTIAL, dt)
         if ROWS_B > 0:
             _tree_gemm_store(acc_b, rb, rn, b_ptr, y_ptr, M, N, BIAS, PARTIAL, dt)
+        if FIXUP:
+            tl.debug_barrier()  # every thread's slice stored before the count says so
+            tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+            if tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLITS - 1:
+                _split_fixup(y_ptr, b_ptr, out_ptr, ra, rn, M, N, SPLITS, BIAS)
+                if ROWS_B > 0:
+                    _split_fixup(y_ptr, b_ptr, out_ptr, rb, rn, M, N, SPLITS, BIAS)
+                tl.store(cnt_ptr + tile, 0)  # the next launch waits for this one's end
+
+    @triton.jit
+    def _split_fixup(p_ptr, b_ptr, out_ptr, rows, rn, M, N, SPLITS: tl.constexpr, BIAS: tl.constexpr):
+        """The k slices of [rows, rn] ([SPLITS, M, N] fp32, read from L2: other SMs wrote them)
+        added in split order, + bias, rounded into out: `_split_sum_kernel`'s sum, tile by tile."""
+        mask = (rn < N)[:, None] & (rows < M)[None, :]
+        offs = rows[None, :] * N + rn[:, None]
+        acc = tl.load(p_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(1, SPLITS):
+            acc += tl.load(p_ptr + s * M * N + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        if BIAS:
+            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + offs, _round(acc, out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _tree_gemm_store(acc, rows, rn, b_ptr, y_ptr, M, N, BIAS: tl.constexpr, PARTIAL: tl.constexpr,
@@ -376,6 +399,26 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
+# A K split's slices added inside `tree_linear`'s own launch by the tile's last split to finish
+# (a counter per tile), not by a second launch. Off until timed on a GPU. The counters live per
+# device and are shared by every call: the kernels of a device's decode run on one stream, one
+# after the other (a later launch waits for the one before to end, dependent launches included).
+TREE_SPLIT_FIXUP = False
+_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _fixup_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
+    """A zeroed int32 counter per tile, kept for the process (a captured graph holds its address);
+    None where a larger buffer would have to be made during a graph capture."""
+    held = _COUNTERS.setdefault(device, [])
+    if held and held[-1].numel() >= tiles:
+        return held[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    held.append(torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device))
+    return held[-1]
+
+
 # rows of one group of `tree_linear`'s programs past 80: the tiles that fit shared memory at 65
 # rows (64 + 16) fit it at any row count
 TREE_GROUP_ROWS = 64
@@ -387,7 +430,8 @@ def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """`F.linear` for a tree's rows (tens to hundreds): x [M, K] @ weight [N, K].T -> [M, N], the
     weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
     splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
-    fixed order, so the same input gives the same bits every run. Past group_rows + 16 rows (a
+    fixed order (the same launch's last split, under TREE_SPLIT_FIXUP), so the same input gives
+    the same bits every run. Past group_rows + 16 rows (a
     power of two) the rows go in groups of group_rows, one dot each."""
     x = x.contiguous()  # the kernel steps through rows by K
     m, k = x.shape
@@ -404,12 +448,15 @@ def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     part = torch.empty(splits, m, n, dtype=torch.float32, device=x.device) if splits > 1 else y
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     launch = pdl(x.device)
-    _tree_gemm_kernel[(triton.cdiv(m, rows_a) if rows_b == 0 else 1, triton.cdiv(n, block_n), splits)](
-        x, weight, weight if bias is None else bias, part, m, n, k, k_split, BIAS=bias is not None and splits == 1,
-        ROWS_A=rows_a, ROWS_B=rows_b, BLOCK_N=block_n, BLOCK_K=block_k, PARTIAL=splits > 1,
+    grid = (triton.cdiv(m, rows_a) if rows_b == 0 else 1, triton.cdiv(n, block_n), splits)
+    counters = _fixup_counters(x.device, grid[0] * grid[1]) if TREE_SPLIT_FIXUP and splits > 1 else None
+    _tree_gemm_kernel[grid](
+        x, weight, weight if bias is None else bias, part, y, y if counters is None else counters, m, n, k, k_split,
+        BIAS=bias is not None and (splits == 1 or counters is not None), ROWS_A=rows_a, ROWS_B=rows_b,
+        BLOCK_N=block_n, BLOCK_K=block_k, PARTIAL=splits > 1, SPLITS=splits, FIXUP=counters is not None,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", INTERPRETED=interpreted, num_warps=num_warps,
         num_stages=num_stages, **launch)
-    if splits > 1:
+    if splits > 1 and counters is None:
         block = 1024
         _split_sum_kernel[(triton.cdiv(m * n, block),)](
             part, weight if bias is None else bias, y, m * n, n, SPLITS=splits, BIAS=bias is not None, BLOCK=block,
