@@ -47,26 +47,26 @@ INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`s
 INVARIANCE_VERDICTS: dict[tuple[str, tuple[int, int], TreeSetting], bool] = {}
 
 
-def _listed_invariant(device: torch.device, shape: tuple[int, int]) -> TreeSetting | None:
-    return gemm._card_table(INVARIANT_SETTINGS, device).get(shape)
+def _listed_invariant(x: torch.Tensor, shape: tuple[int, int]) -> TreeSetting | None:
+    """The card's setting for a weight of `shape` multiplying tensors like x, None where none."""
+    return gemm._card_table(INVARIANT_SETTINGS, x.device).get(shape) if gemm.tree_tables_apply(x) else None
 
 
 def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
     """Checks each weight whose shape the card lists in `INVARIANT_SETTINGS`, once per setting:
     `tree_linear` at that setting over 97 rows (two dots, then row groups, past 80) against eight
-    rows computed alone and the 17 and 65-row calls (in bf16 a changed order of the sums flips
-    about one output in a thousand at K = 4096, so a real weight's thousands of outputs show it). Records the verdicts `invariant_linear` reads ->
-    the shapes refused (a row's bits changed with the rows beside it: they keep the streaming
-    kernel). Not graph-capturable: run it where the model loads."""
+    rows computed alone and the 17 and 65-row calls (on a GPU a changed order of the sums flips
+    about one bf16 output in a thousand at K = 4096, so a real weight's thousands of outputs show
+    it). Records the verdicts `invariant_linear` reads -> the shapes refused (a row's bits changed
+    with the rows beside it: they keep the streaming kernel). Not graph-capturable: run it where
+    the model loads."""
     refused = []
     for w in weights:
-        shape, setting = tuple(w.shape), _listed_invariant(w.device, tuple(w.shape))
+        shape, setting = tuple(w.shape), _listed_invariant(w, tuple(w.shape))
         key = (gemm._card_key(w.device), shape, setting)
-        if setting is None or (w.dtype != torch.bfloat16 and w.is_cuda) or key in INVARIANCE_VERDICTS:
+        if setting is None or key in INVARIANCE_VERDICTS:
             continue
-        bn, bk, splits, warps, stages = setting
-        run = functools.partial(gemm.tree_linear, weight=w, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
-                                num_stages=stages)
+        run = functools.partial(gemm.tree_linear_at, weight=w, bias=None, setting=setting)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(97, w.shape[1], generator=g).to(w.device, w.dtype)
         full = run(x)
@@ -80,12 +80,9 @@ def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 def invariant_tree_setting(x: torch.Tensor, weight: torch.Tensor) -> TreeSetting | None:
     """The card's `tree_linear` setting for exact numerics' GEMM of `weight` where
-    `probe_invariance` passed it, else None (measured in bf16: another dtype's tiles may not fit
-    shared memory)."""
-    if x.dtype != torch.bfloat16 and x.is_cuda:
-        return None
+    `probe_invariance` passed it, else None."""
     shape = tuple(weight.shape)
-    setting = _listed_invariant(x.device, shape)
+    setting = _listed_invariant(x, shape)
     return setting if setting is not None and INVARIANCE_VERDICTS.get((gemm._card_key(x.device), shape, setting)) else None
 
 
@@ -95,9 +92,7 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     at any row count with settings chosen by the weight's shape alone."""
     tree = invariant_tree_setting(x, weight)
     if tree is not None:
-        bn, bk, splits, warps, stages = tree
-        return gemm.tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
-                           num_stages=stages)
+        return gemm.tree_linear_at(x, weight, bias, tree)
     return gemm.decode_gemm(x, weight, bias, settings=_invariant_setting(weight))
 
 

@@ -284,6 +284,12 @@ MEASURED_TREE_SETTINGS: dict[str, dict[tuple[int, int], dict[int, TreeSetting | 
 TREE_GEMM_SETTINGS = copy.deepcopy(MEASURED_TREE_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
 
+def tree_tables_apply(x: torch.Tensor) -> bool:
+    """Whether the `tree_linear` tables apply to x's dtype: they were measured in bf16, and another
+    dtype's tiles may not fit a GPU's shared memory (the interpreter takes any)."""
+    return x.dtype == torch.bfloat16 or not x.is_cuda
+
+
 def tree_gemm_settings(device: torch.device, n: int, k: int, m: int) -> TreeSetting | None:
     """The card's measured `tree_linear` setting for m rows of an [n, k] weight, None for cuBLAS."""
     return _measured(TREE_GEMM_SETTINGS, device, n, k, m)
@@ -320,14 +326,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return F.linear(x, weight, bias)
     if x.shape[0] > SKINNY_ROWS:
-        # the table's settings were measured in bf16: another dtype's tiles may not fit shared memory
-        bf16 = x.dtype == torch.bfloat16 or not x.is_cuda
-        tree = tree_gemm_settings(x.device, n, k, x.shape[0]) if bf16 else None
-        if tree is None:
-            return F.linear(x, weight, bias)
-        bn, bk, splits, warps, stages = tree
-        return tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps,
-                           num_stages=stages)
+        tree = tree_gemm_settings(x.device, n, k, x.shape[0]) if tree_tables_apply(x) else None
+        return F.linear(x, weight, bias) if tree is None else tree_linear_at(x, weight, bias, tree)
     setting = _stream_setting(x, weight)
     if setting is None:
         return F.linear(x, weight, bias)
@@ -431,8 +431,8 @@ def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
     splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
     fixed order (the same launch's last split, under TREE_SPLIT_FIXUP), so the same input gives
-    the same bits every run. Past group_rows + 16 rows (a
-    power of two) the rows go in groups of group_rows, one dot each."""
+    the same bits every run. Past group_rows + 16 rows (a power of two) the rows go in groups of
+    group_rows, one dot each."""
     x = x.contiguous()  # the kernel steps through rows by K
     m, k = x.shape
     n = weight.shape[0]
@@ -462,3 +462,10 @@ def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             part, weight if bias is None else bias, y, m * n, n, SPLITS=splits, BIAS=bias is not None, BLOCK=block,
             **launch)
     return y
+
+
+def tree_linear_at(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, setting: TreeSetting
+                   ) -> torch.Tensor:
+    """`tree_linear` at a table's setting (block_n, block_k, splits, warps, stages)."""
+    bn, bk, splits, warps, stages = setting
+    return tree_linear(x, weight, bias, block_n=bn, block_k=bk, splits=splits, num_warps=warps, num_stages=stages)
