@@ -30,8 +30,8 @@
 #           weight (scripts/gpu_invariance.py, the winners written out), then the 8B speed in exact
 #           numerics with them and without (`--numerics exact --budgets 16,64`), and in fast;
 #   exact:SIZE  Qwen3-SIZE's speed in exact numerics and in fast at the defaults, `--budgets 64,256`;
-#   fixup   `tree_linear`'s K split summed in its own launch (`gemm.TREE_SPLIT_FIXUP`) against the
-#           second launch: forwards of 17 and 65 nodes at Qwen3-8B and 1.7B (fast numerics), and of
+#   fixup   `tree_linear`'s K split summed in its own launch (`gemm.TREE_SPLIT_FIXUP`, the default)
+#           against the second launch (the variant): forwards of 17 and 65 nodes at Qwen3-8B and 1.7B (fast numerics), and of
 #           1 and 65 at 8B in exact numerics, where o and down split at every row count;
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
 #           FlexAttention (scripts/gpu_attention.py --flex);
@@ -107,14 +107,14 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       speed "${step#exact:}_exact" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics exact
       speed "${step#exact:}_fast" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics fast ;;
     fixup)
-      F="specdiff.kernels.gemm.TREE_SPLIT_FIXUP=True"
+      F="specdiff.kernels.gemm.TREE_SPLIT_FIXUP=False"
       for sz in 8b 1.7b; do
         timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "qwen3-$sz" --nodes 17,65 --turns 3 \
-          --drafter-layers 0 --variant fixup $F 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${sz}_fixup.txt"
+          --drafter-layers 0 --variant second_launch $F 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${sz}_fixup.txt"
         pk "$step $sz"
       done
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 1,65 --turns 3 --numerics exact \
-        --drafter-layers 0 --variant fixup $F 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_exact_fixup.txt
+        --drafter-layers 0 --variant second_launch $F 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_exact_fixup.txt
       pk "$step exact" ;;
     flex)
       timeout "$(left 150)" python3 scripts/gpu_attention.py --flex --nodes 1,16,65,257 2>&1 | grep -v "it/s" \

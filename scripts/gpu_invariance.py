@@ -42,9 +42,9 @@ def differing_rows(fn, x: torch.Tensor, alone: torch.Tensor) -> list[int]:
 
 
 def wide_groups(x: torch.Tensor, ws: list[torch.Tensor], copies: int, setting: tuple) -> None:
-    """257 rows of the chosen setting in wider row groups (128, and 256 + 16 in two dots) and with
-    2 pipeline stages, which leave the sums' order alone: us per call and rows whose bits differ
-    from the rows computed alone at the setting itself."""
+    """257 rows of the chosen setting in row groups of 64, 128 and 256 and with 2 pipeline stages,
+    which leave the sums' order alone: us per call and rows whose bits differ from the rows
+    computed alone at the setting itself."""
     bn, bk, splits, warps, stages = setting
     cfg = dict(block_n=bn, block_k=bk, splits=splits, num_warps=warps)
     alone = torch.cat([kernels.tree_linear(x[i:i + 1], ws[0], num_stages=stages, **cfg) for i in range(257)])

@@ -261,8 +261,8 @@ def test_skinny_linear(dtype, m, n, k, bias):
 @pytest.mark.parametrize("m,n,k,splits,bias", [(65, 48, 96, 1, True), (40, 33, 80, 3, False), (17, 64, 64, 2, True),
                                               (64, 16, 64, 1, False), (130, 20, 160, 4, True)])
 def test_tree_linear(dtype, m, n, k, splits, bias):
-    """A tree's rows as two dots (65: 64 + 16; 40: 32 + 16; 64: one) or past 80 in groups of 64
-    (130: three), the K range split with a ragged last slice (80 over 3 slices of 32) and a weight
+    """A tree's rows as two dots (65: 64 + 16; 40: 32 + 16; 64: one) or past 80 in groups (130: two
+    of 128), the K range split with a ragged last slice (80 over 3 slices of 32) and a weight
     not a whole number of tiles, against `F.linear`; the split sums give the same bits on a second
     call."""
     g = torch.Generator().manual_seed(m + splits)
@@ -275,14 +275,15 @@ def test_tree_linear(dtype, m, n, k, splits, bias):
 
 
 def test_tree_linear_row_groups_leave_each_rows_sums_alone():
-    """257 rows in groups of 64, 128, or 256 + 16 in two dots, with 2 or 3 pipeline stages: a row's
-    sums run in the same order, so the same bits (fp32 under the interpreter)."""
+    """257 rows in groups of 64, 128 or 256, with 2 or 3 pipeline stages, and the widest group that
+    fits by default: a row's sums run in the same order, so the same bits (fp32 under the
+    interpreter)."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(257, 96, generator=g).to(DEVICE)
     w = (torch.randn(40, 96, generator=g) / 10).to(DEVICE)
-    ref = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2)
+    ref = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2, group_rows=64)
     close(ref, torch.nn.functional.linear(x, w), torch.float32)
-    for group, stages in ((128, 3), (256, 2)):
+    for group, stages in ((None, 3), (128, 3), (256, 2)):
         got = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2, group_rows=group, num_stages=stages)
         assert torch.equal(got, ref), (group, stages)
 
@@ -299,6 +300,7 @@ def test_tree_linear_split_fixup_gives_the_second_launchs_bits(dtype, m, splits,
     x = torch.randn(m, 160, generator=g).to(DEVICE, dtype)
     w = (torch.randn(40, 160, generator=g) / 12).to(DEVICE, dtype)
     b = torch.randn(40, generator=g).to(DEVICE, dtype) if bias else None
+    monkeypatch.setattr(gemm, "TREE_SPLIT_FIXUP", False)
     two_launches = kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits)
     monkeypatch.setattr(gemm, "TREE_SPLIT_FIXUP", True)
     no_launch = type("NoLaunch", (), {"__getitem__": lambda self, grid: pytest.fail("a second launch")})

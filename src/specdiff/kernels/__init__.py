@@ -77,8 +77,8 @@ def switches(device: torch.device) -> dict:
         out["pdl"] = False
     if not gemm.SWIGLU_EPILOGUE:
         out["swiglu_epilogue"] = False
-    if gemm.TREE_SPLIT_FIXUP:
-        out["tree_split_fixup"] = True
+    if not gemm.TREE_SPLIT_FIXUP:
+        out["tree_split_fixup"] = False
     if gemm.PREFETCH_TILES:
         out["prefetch_tiles"] = gemm.PREFETCH_TILES
     if gemm.SKINNY_MIN_WEIGHT != gemm.SQUARE_8B:

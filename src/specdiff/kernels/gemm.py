@@ -119,15 +119,17 @@ if triton is not None:
             kmask = rk < K
             w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
             xa = tl.load(x_ptr + ra[None, :] * K + rk[:, None], mask=(ra < M)[None, :] & kmask[:, None], other=0.0)
-            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
-                acc_a += tl.dot(w.to(tl.float32), xa.to(tl.float32))
+            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers, and its
+                # fp32 BLAS may sum a row's products in an order set by the rows beside it; fp64
+                # sums rounded to fp32 give a row the same bits in any call, as an MMA does
+                acc_a += tl.dot(w.to(tl.float64), xa.to(tl.float64)).to(tl.float32)
             else:
                 acc_a += tl.dot(w, xa, input_precision=PRECISION)  # [BLOCK_N, ROWS_A]
             if ROWS_B > 0:
                 xb = tl.load(x_ptr + rb[None, :] * K + rk[:, None], mask=(rb < M)[None, :] & kmask[:, None],
                              other=0.0)
                 if INTERPRETED:
-                    acc_b += tl.dot(w.to(tl.float32), xb.to(tl.float32))
+                    acc_b += tl.dot(w.to(tl.float64), xb.to(tl.float64)).to(tl.float32)
                 else:
                     acc_b += tl.dot(w, xb, input_precision=PRECISION)
         _pdl_release(PDL)
@@ -400,10 +402,11 @@ def decode_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 # A K split's slices added inside `tree_linear`'s own launch by the tile's last split to finish
-# (a counter per tile), not by a second launch. Off until timed on a GPU. The counters live per
-# device and are shared by every call: the kernels of a device's decode run on one stream, one
-# after the other (a later launch waits for the one before to end, dependent launches included).
-TREE_SPLIT_FIXUP = False
+# (a counter per tile), not by a second launch: the same bits, one launch fewer per split GEMM.
+# The counters live per device and are shared by every call: the kernels of a device's decode run
+# on one stream, one after the other (a later launch waits for the one before to end, dependent
+# launches included).
+TREE_SPLIT_FIXUP = True
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
 
 
@@ -419,26 +422,43 @@ def _fixup_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
     return held[-1]
 
 
-# rows of one group of `tree_linear`'s programs past 80: the tiles that fit shared memory at 65
-# rows (64 + 16) fit it at any row count
-TREE_GROUP_ROWS = 64
+# rows of one group of `tree_linear`'s programs past 80 rows, widest first: the widest whose
+# pipelined tiles fit shared memory. A group of 128 reads each weight tile half as often as one of
+# 64 (8B gate/up at 257 rows on an H100: 187 against 200 us); the tiles that fit at 65 rows
+# (64 + 16) fit a group of 64 at any row count.
+TREE_GROUP_ROWS = (128, 64)
+
+
+@functools.cache
+def _shared_memory(device: torch.device) -> int:
+    """Bytes of shared memory one program may take on `device` (no limit under the interpreter)."""
+    if device.type != "cuda":
+        return 1 << 30
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
+
+
+def tree_group_rows(block_n: int, block_k: int, stages: int, itemsize: int, device: torch.device) -> int:
+    """The widest of TREE_GROUP_ROWS whose `stages` buffers of a weight tile and a row group fit."""
+    fits = [g for g in TREE_GROUP_ROWS if stages * (block_n + g) * block_k * itemsize <= _shared_memory(device)]
+    return fits[0] if fits else TREE_GROUP_ROWS[-1]
 
 
 def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_n: int = 128,
                 block_k: int = 128, splits: int = 1, num_warps: int = 4, num_stages: int = 3,
-                group_rows: int = TREE_GROUP_ROWS) -> torch.Tensor:
+                group_rows: int | None = None) -> torch.Tensor:
     """`F.linear` for a tree's rows (tens to hundreds): x [M, K] @ weight [N, K].T -> [M, N], the
     weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
     splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
     fixed order (the same launch's last split, under TREE_SPLIT_FIXUP), so the same input gives
-    the same bits every run. Past group_rows + 16 rows (a power of two) the rows go in groups of
-    group_rows, one dot each."""
+    the same bits every run. Past 80 rows the rows go in groups of group_rows (a power of two;
+    default `tree_group_rows`), one dot each."""
     x = x.contiguous()  # the kernel steps through rows by K
     m, k = x.shape
     n = weight.shape[0]
     rows = -(-m // 16) * 16
-    if rows > group_rows + 16:
-        rows_a, rows_b = group_rows, 0
+    if rows > 80:
+        rows_a = group_rows or tree_group_rows(block_n, block_k, num_stages, x.element_size(), x.device)
+        rows_b = 0
     else:
         rows_a = 1 << (rows.bit_length() - 1)
         rows_b = _next_pow2(rows - rows_a) if rows > rows_a else 0
