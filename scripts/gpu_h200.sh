@@ -29,6 +29,11 @@
 #   invariance  exact numerics' GEMMs: `tree_linear`'s batch invariance and speed per Qwen3-8B
 #           weight (scripts/gpu_invariance.py, the winners written out), then the 8B speed in exact
 #           numerics with them and without (`--numerics exact --budgets 16,64`), and in fast;
+#   wide    exact numerics past 80 rows: the launch swept per Qwen3-8B weight with the table's
+#           block_k and splits kept (scripts/gpu_invariance.py --wide, the winners written out),
+#           then forwards of 129 and 257 nodes in exact numerics with them, with the defaults and
+#           with row groups of 64 (as before the widest group that fits), and the 8B speed in exact
+#           numerics with them and without (`--budgets 64,256`), and in fast;
 #   exact:SIZE  Qwen3-SIZE's speed in exact numerics and in fast at the defaults, `--budgets 64,256`;
 #   fixup   `tree_linear`'s K split summed in its own launch (`gemm.TREE_SPLIT_FIXUP`, the default)
 #           against the second launch (the variant): forwards of 17 and 65 nodes at Qwen3-8B and 1.7B (fast numerics), and of
@@ -52,6 +57,12 @@ python3 -c "from specdiff.kernels import gemm; print({c: {} for c in gemm.MEASUR
 speed() {  # output name, runner, shape, extra flags
   timeout "$(left 90)" $2 speed --shape "$3" $G ${@:4} 2>&1 | grep -v "it/s" | tee "out/speed_$1.txt"
   pk "speed $1"
+}
+exact_speeds() {  # a swept constant, its file, budgets, a name: the 8B speed in exact numerics with the
+  # file's table (where the sweep wrote one), then at the defaults, then in fast numerics
+  [ -s "$2" ] && speed "8b_exact_$4" "python3 scripts/ab.py $1=@$2 --" qwen3-8b --budgets "$3" --numerics exact
+  speed 8b_exact "$S" qwen3-8b --budgets "$3" --numerics exact
+  speed 8b_fast "$S" qwen3-8b --budgets "$3" --numerics fast
 }
 for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab profile}; do
   case $step in
@@ -97,12 +108,17 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       (cd scripts && timeout "$(left 200)" python3 gpu_invariance.py 8b --out ../out/invariant_8b.txt 2>&1 \
         | grep -v "it/s" | tee ../out/invariance_8b.txt)
       pk "$step"
-      if [ -s out/invariant_8b.txt ]; then
-        speed 8b_exact_tree "python3 scripts/ab.py specdiff.kernels.exact_gemm.INVARIANT_SETTINGS=@out/invariant_8b.txt --" \
-          qwen3-8b --budgets 16,64 --numerics exact
-      fi
-      speed 8b_exact "$S" qwen3-8b --budgets 16,64 --numerics exact
-      speed 8b_fast "$S" qwen3-8b --budgets 16,64 --numerics fast ;;
+      exact_speeds specdiff.kernels.exact_gemm.INVARIANT_SETTINGS out/invariant_8b.txt 16,64 tree ;;
+    wide)
+      (cd scripts && timeout "$(left 240)" python3 gpu_invariance.py 8b --wide --out ../out/wide_8b.txt 2>&1 \
+        | grep -v "it/s" | tee ../out/wide_sweep_8b.txt)
+      pk "$step sweep"
+      W=(); [ -s out/wide_8b.txt ] && W=(--variant swept "specdiff.kernels.exact_gemm.WIDE_LAUNCH=@out/wide_8b.txt")
+      timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 129,257 --turns 3 --numerics exact \
+        --drafter-layers 0 "${W[@]}" --variant group64 "specdiff.kernels.gemm.TREE_GROUP_ROWS=(64,)" 2>&1 \
+        | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_wide.txt
+      pk "$step ab"
+      exact_speeds specdiff.kernels.exact_gemm.WIDE_LAUNCH out/wide_8b.txt 64,256 wide ;;
     exact:*)
       speed "${step#exact:}_exact" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics exact
       speed "${step#exact:}_fast" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics fast ;;

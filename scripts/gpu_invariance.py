@@ -17,10 +17,19 @@ writes this card's entry of `kernels.exact_gemm.INVARIANT_SETTINGS` as a Python 
 shape, of the settings with no differing row, the one fastest over 1, 17 and 65 rows together,
 where it beat the streaming kernel there (for `scripts/ab.py`).
 
-    usage: python scripts/gpu_invariance.py [8b,1.7b] [--out invariant_settings.txt]
+With --wide: for each weight the card lists in `INVARIANT_SETTINGS`, the launch past 80 rows (a
+tree of 128 or 256 nodes) swept with the table's block_k and splits kept: block_n, warps, stages
+and row group, at 129 and 257 rows, each row against the row computed alone at the table's
+setting, beside cuBLAS (fast numerics' GEMM there) and the table's own launch. --out then writes
+`kernels.exact_gemm.WIDE_LAUNCH`'s entry for this card: per shape, of the launches with no
+differing row, the fastest over 129 and 257 rows together where it beat the table's own launch.
+
+    usage: python scripts/gpu_invariance.py [8b,1.7b] [--wide] [--out invariant_settings.txt]
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +37,7 @@ from gpu_gemm_rows import SHAPES, cli, streamed_weights
 from gpu_gemv import per_call_us
 
 from specdiff import kernels
+from specdiff.kernels import exact_gemm, gemm
 
 # (block_n, block_k, splits, warps, stages)
 SETTINGS = [(128, 128, 1, 4, 3), (64, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 128, 1, 4, 4), (128, 128, 2, 4, 3),
@@ -60,8 +70,55 @@ def wide_groups(x: torch.Tensor, ws: list[torch.Tensor], copies: int, setting: t
               flush=True)
 
 
+WIDE_ROWS = (129, 257)
+# (block_n, warps, stages, group rows) past 80 rows; tiles past shared memory fail and are skipped
+WIDE = [(bn, warps, stages, group) for bn in (64, 128, 256) for warps, stages in ((4, 3), (8, 3), (8, 4))
+        for group in (64, 128)]
+
+
+def wide_launch(sets: list[str], out: str | None) -> None:
+    """The exact GEMM's launch past 80 rows per listed weight: every row's bits against the row
+    alone at the table's setting, and us per call at WIDE_ROWS, beside cuBLAS and the table's own."""
+    table = {}
+    for name, (n, k) in SHAPES.items():
+        setting = gemm._card_table(exact_gemm.INVARIANT_SETTINGS, torch.device("cuda")).get((n, k))
+        if name.split()[0] not in sets or setting is None:
+            continue
+        _, copies, ws = streamed_weights(n, k)
+        x = torch.randn(max(WIDE_ROWS), k, device="cuda", dtype=torch.bfloat16)
+        alone = torch.cat([gemm.tree_linear_at(x[i:i + 1], ws[0], None, setting) for i in range(x.shape[0])])
+        cublas = [per_call_us(lambda: [F.linear(x[:m], w) for w in ws], copies) for m in WIDE_ROWS]
+        own = [per_call_us(lambda: [gemm.tree_linear_at(x[:m], w, None, setting) for w in ws], copies)
+               for m in WIDE_ROWS]
+        print(f"{name} {setting}: us at {WIDE_ROWS} rows; cuBLAS " + " ".join(f"{t:7.1f}" for t in cublas)
+              + "; the table's launch " + " ".join(f"{t:7.1f}" for t in own), flush=True)
+        best = (sum(own), None)
+        for bn, warps, stages, group in WIDE:
+            cfg = dict(block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps, num_stages=stages,
+                       group_rows=group)
+            try:
+                differ = int((kernels.tree_linear(x, ws[0], **cfg) != alone).any(dim=1).sum())
+                us = [per_call_us(lambda: [kernels.tree_linear(x[:m], w, **cfg) for w in ws], copies)
+                      for m in WIDE_ROWS]
+            except Exception as e:  # a tile past shared memory
+                print(f"  {bn:3d} {warps} {stages} {group:3d}: {type(e).__name__}", flush=True)
+                continue
+            print(f"  {bn:3d} {warps} {stages} {group:3d}: " + " ".join(f"{t:7.1f}" for t in us)
+                  + f"   rows differing from alone {differ}", flush=True)
+            if differ == 0:
+                best = min(best, (sum(us), (bn, warps, stages, group)), key=lambda b: b[0])
+        if best[1] is not None:
+            table[(n, k)] = best[1]
+        print(f"  chosen: {best[1]} ({best[0]:.1f} us over {WIDE_ROWS} rows)", flush=True)
+        if out:
+            with open(out, "w") as f:
+                f.write(repr({torch.cuda.get_device_name(): table}))
+
+
 def main() -> None:
     sets, out = cli("8b")
+    if "--wide" in sys.argv:
+        return wide_launch(sets, out)
     torch.manual_seed(0)
     summary, table = [], {}
     for name, (n, k) in SHAPES.items():

@@ -408,9 +408,10 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
 
 def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch):
     """Where the card lists a weight in `INVARIANT_SETTINGS`, exact numerics' GEMMs run
-    `tree_linear` with that one setting at every row count (its K split included), SiLU-multiply
-    then as its own kernel; a row's bits are those it gets alone, from 1 to 65 rows (in fp32 on
-    the interpreter, where a changed order of the sums shows in every row)."""
+    `tree_linear` with that one setting at every row count (its K split included), past 80 rows
+    at the card's wide launch where it lists one, SiLU-multiply then as its own kernel; a row's
+    bits are those it gets alone, from 1 to 130 rows (in fp32 on the interpreter, where a changed
+    order of the sums shows in every row)."""
     from specdiff.kernels import exact_gemm, gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -418,33 +419,36 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
+    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(48, 256): (32, 8, 3, 32)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(65, 256, generator=g).to(DEVICE, dtype)
+    x = torch.randn(130, 256, generator=g).to(DEVICE, dtype)
     w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
     gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
     assert exact_gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
     assert exact_gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
     calls = []
     real = gemm.tree_linear
-    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw["splits"]), real(*a, **kw))[1])
+    monkeypatch.setattr(gemm, "tree_linear", lambda x, *a, **kw: (
+        calls.append((x.shape[0] > 80, kw["splits"], kw["block_n"])), real(x, *a, **kw))[1])
     for fn, weight, ref in [(exact_gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
                             (exact_gemm.invariant_swiglu, gate_up,
                              kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
-        alone = torch.cat([fn(x[i : i + 1], weight) for i in range(65)])
+        alone = torch.cat([fn(x[i : i + 1], weight) for i in range(130)])
         close(alone, ref, dtype)
-        for m in (16, 17, 33, 65):
+        for m in (16, 17, 33, 65, 97, 130):
             assert torch.equal(fn(x[:m], weight), alone[:m]), (fn.__name__, m)
-    assert set(calls) == {1, 4}
+    assert set(calls) == {(False, 4, 16), (True, 4, 32), (False, 1, 32), (True, 1, 32)}
     calls.clear()
     exact_gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
     assert calls == []
 
 
-def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_beside_them(monkeypatch):
-    """A listed weight whose `tree_linear` setting sums K differently for a single row (as a split
-    chosen by the row count would) is refused at the probe: exact GEMMs keep the streaming kernel
-    for it, and the run's switches name it."""
+@pytest.mark.parametrize("planted", ["one row", "wide launch"])
+def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_beside_them(planted, monkeypatch):
+    """A listed weight whose `tree_linear` sums K differently for a single row, or past 80 rows at
+    the card's wide launch (as a split chosen by the row count would), is refused at the probe:
+    exact GEMMs keep the streaming kernel for it, and the run's switches name it."""
     from specdiff.kernels import exact_gemm, gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -455,10 +459,12 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     (n, k), dtype, setting = (((4096, 4096), torch.bfloat16, (64, 128, 1, 4, 3)) if DEVICE.type == "cuda"
                               else ((48, 256), torch.float32, (16, 32, 1, 4, 2)))
     monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(n, k): setting}})
+    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(n, k): (setting[0], 4, 2, 64)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     real = gemm.tree_linear
+    split_at = (lambda m: m == 1) if planted == "one row" else (lambda m: m > 80)
     monkeypatch.setattr(gemm, "tree_linear", lambda x, weight, bias=None, **kw: real(
-        x, weight, bias, **{**kw, "splits": 4 if x.shape[0] == 1 else kw["splits"]}))
+        x, weight, bias, **{**kw, "splits": 4 if split_at(x.shape[0]) else kw["splits"]}))
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)
     assert exact_gemm.probe_invariance([w]) == [(n, k)]

@@ -89,7 +89,9 @@ def switches(device: torch.device) -> dict:
         out["tree_gemm_settings"] = ",".join(sorted(c for c, t in gemm.TREE_GEMM_SETTINGS.items() if t))
     if exact_gemm.INVARIANT_SETTINGS != exact_gemm.MEASURED_INVARIANT_SETTINGS:
         out["invariant_settings"] = ",".join(sorted(c for c, t in exact_gemm.INVARIANT_SETTINGS.items() if t))
-    refused = sorted({shape for (_, shape, _), ok in exact_gemm.INVARIANCE_VERDICTS.items() if not ok})
+    if exact_gemm.WIDE_LAUNCH != exact_gemm.MEASURED_WIDE_LAUNCH:
+        out["wide_launch"] = ",".join(sorted(c for c, t in exact_gemm.WIDE_LAUNCH.items() if t))
+    refused = sorted({key[1] for key, ok in exact_gemm.INVARIANCE_VERDICTS.items() if not ok})
     if refused:  # exact GEMMs a card lists that its probe refused: the streaming kernel ran them
         out["invariant_refused"] = " ".join(f"{n}x{k}" for n, k in refused)
     return out

@@ -43,8 +43,18 @@ MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {
     },
 }
 INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
-# (card, weight shape, setting) -> whether `probe_invariance` found a row's bits its own there
-INVARIANCE_VERDICTS: dict[tuple[str, tuple[int, int], TreeSetting], bool] = {}
+
+# Past `gemm.TREE_DOT_ROWS` rows (a tree of 128 or 256 nodes), launch choices that leave a row's
+# sums alone, per card: {card name: {(rows, K): (block_n, warps, stages, group_rows)}}. Block_k
+# and the splits stay `INVARIANT_SETTINGS`' (they fix the K order); a wider tile, more warps or a
+# wider row group only change how often the weight is read and how well the MMA is fed. Listed
+# where `scripts/gpu_invariance.py --wide` found every row of a 257-row call equal to the row
+# alone and the launch faster; the probe checks it on the device like the setting itself.
+MEASURED_WIDE_LAUNCH: dict[str, dict[tuple[int, int], tuple[int, int, int, int]]] = {}
+WIDE_LAUNCH = copy.deepcopy(MEASURED_WIDE_LAUNCH)  # what runs (`scripts/ab.py` may change it)
+# (card, weight shape, setting, wide launch) -> whether `probe_invariance` found a row's bits its
+# own there
+INVARIANCE_VERDICTS: dict[tuple, bool] = {}
 
 
 def _listed_invariant(x: torch.Tensor, shape: tuple[int, int]) -> TreeSetting | None:
@@ -52,9 +62,30 @@ def _listed_invariant(x: torch.Tensor, shape: tuple[int, int]) -> TreeSetting | 
     return gemm._card_table(INVARIANT_SETTINGS, x.device).get(shape) if gemm.tree_tables_apply(x) else None
 
 
+def _wide_launch(x: torch.Tensor, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The card's launch for `shape` past `gemm.TREE_DOT_ROWS` rows, None where none."""
+    return gemm._card_table(WIDE_LAUNCH, x.device).get(shape)
+
+
+def _verdict_key(x: torch.Tensor, shape: tuple[int, int], setting: TreeSetting) -> tuple:
+    return gemm._card_key(x.device), shape, setting, _wide_launch(x, shape)
+
+
+def _tree_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, setting: TreeSetting
+              ) -> torch.Tensor:
+    """`tree_linear` at the table's setting, through the wide launch past `gemm.TREE_DOT_ROWS` rows."""
+    wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > gemm.TREE_DOT_ROWS else None
+    if wide is None:
+        return gemm.tree_linear_at(x, weight, bias, setting)
+    bn, warps, stages, group = wide
+    return gemm.tree_linear(x, weight, bias, block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps,
+                            num_stages=stages, group_rows=group)
+
+
 def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
     """Checks each weight whose shape the card lists in `INVARIANT_SETTINGS`, once per setting:
-    `tree_linear` at that setting over 97 rows (two dots, then row groups, past 80) against eight
+    `tree_linear` at that setting over 97 rows (row groups, at the wide launch where the card
+    lists one) against eight
     rows computed alone and the 17 and 65-row calls (on a GPU a changed order of the sums flips
     about one bf16 output in a thousand at K = 4096, so a real weight's thousands of outputs show
     it). Records the verdicts `invariant_linear` reads -> the shapes refused (a row's bits changed
@@ -63,10 +94,10 @@ def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
     refused = []
     for w in weights:
         shape, setting = tuple(w.shape), _listed_invariant(w, tuple(w.shape))
-        key = (gemm._card_key(w.device), shape, setting)
+        key = _verdict_key(w, shape, setting)
         if setting is None or key in INVARIANCE_VERDICTS:
             continue
-        run = functools.partial(gemm.tree_linear_at, weight=w, bias=None, setting=setting)
+        run = functools.partial(_tree_run, weight=w, bias=None, setting=setting)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(97, w.shape[1], generator=g).to(w.device, w.dtype)
         full = run(x)
@@ -83,7 +114,7 @@ def invariant_tree_setting(x: torch.Tensor, weight: torch.Tensor) -> TreeSetting
     `probe_invariance` passed it, else None."""
     shape = tuple(weight.shape)
     setting = _listed_invariant(x, shape)
-    return setting if setting is not None and INVARIANCE_VERDICTS.get((gemm._card_key(x.device), shape, setting)) else None
+    return setting if setting is not None and INVARIANCE_VERDICTS.get(_verdict_key(x, shape, setting)) else None
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,7 +123,7 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     at any row count with settings chosen by the weight's shape alone."""
     tree = invariant_tree_setting(x, weight)
     if tree is not None:
-        return gemm.tree_linear_at(x, weight, bias, tree)
+        return _tree_run(x, weight, bias, tree)
     return gemm.decode_gemm(x, weight, bias, settings=_invariant_setting(weight))
 
 

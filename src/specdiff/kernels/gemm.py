@@ -422,7 +422,8 @@ def _fixup_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
     return held[-1]
 
 
-# rows of one group of `tree_linear`'s programs past 80 rows, widest first: the widest whose
+TREE_DOT_ROWS = 80  # rows `tree_linear` runs in one or two dots (64 + 16); past them, row groups
+# rows of one group of `tree_linear`'s programs past TREE_DOT_ROWS, widest first: the widest whose
 # pipelined tiles fit shared memory. A group of 128 reads each weight tile half as often as one of
 # 64 (8B gate/up at 257 rows on an H100: 187 against 200 us); the tiles that fit at 65 rows
 # (64 + 16) fit a group of 64 at any row count.
@@ -450,13 +451,13 @@ def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     weight tile on the MMA's wide side and the rows padded to 16 only (`_tree_gemm_kernel`); with
     splits > 1 the K range is cut in that many slices whose fp32 sums one more launch adds in a
     fixed order (the same launch's last split, under TREE_SPLIT_FIXUP), so the same input gives
-    the same bits every run. Past 80 rows the rows go in groups of group_rows (a power of two;
+    the same bits every run. Past TREE_DOT_ROWS the rows go in groups of group_rows (a power of two;
     default `tree_group_rows`), one dot each."""
     x = x.contiguous()  # the kernel steps through rows by K
     m, k = x.shape
     n = weight.shape[0]
     rows = -(-m // 16) * 16
-    if rows > 80:
+    if rows > TREE_DOT_ROWS:
         rows_a = group_rows or tree_group_rows(block_n, block_k, num_stages, x.element_size(), x.device)
         rows_b = 0
     else:
