@@ -410,7 +410,7 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     """Where the card lists a weight in `INVARIANT_SETTINGS`, exact numerics' GEMMs run
     `tree_linear` with that one setting at every row count (its K split included), past 80 rows
     at the card's wide launch where it lists one, SiLU-multiply then as its own kernel; a row's
-    bits are those it gets alone, from 1 to 130 rows (in fp32 on the interpreter, where a changed
+    bits are those it gets alone, from 1 to 97 rows (in fp32 on the interpreter, where a changed
     order of the sums shows in every row)."""
     from specdiff.kernels import exact_gemm, gemm
 
@@ -418,11 +418,11 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
         pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
     card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
-    monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (16, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
-    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(48, 256): (32, 8, 3, 32)}})
+    monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (32, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
+    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(48, 256): (64, 8, 3, 32), (96, 256): (64, 4, 2, 64)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(130, 256, generator=g).to(DEVICE, dtype)
+    x = torch.randn(97, 256, generator=g).to(DEVICE, dtype)
     w = (torch.randn(48, 256, generator=g) / 16).to(DEVICE, dtype)
     gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
     assert exact_gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
@@ -434,14 +434,29 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     for fn, weight, ref in [(exact_gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
                             (exact_gemm.invariant_swiglu, gate_up,
                              kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
-        alone = torch.cat([fn(x[i : i + 1], weight) for i in range(130)])
-        close(alone, ref, dtype)
-        for m in (16, 17, 33, 65, 97, 130):
-            assert torch.equal(fn(x[:m], weight), alone[:m]), (fn.__name__, m)
-    assert set(calls) == {(False, 4, 16), (True, 4, 32), (False, 1, 32), (True, 1, 32)}
+        alone = {i: fn(x[i : i + 1], weight) for i in (0, 15, 16, 40, 64, 81, 96)}
+        for m in (16, 17, 65, 97):
+            got = fn(x[:m], weight)
+            close(got, ref[:m], dtype)
+            for i in (i for i in alone if i < m):
+                assert torch.equal(got[i : i + 1], alone[i]), (fn.__name__, m, i)
+    assert set(calls) == {(False, 4, 32), (True, 4, 64), (False, 1, 32), (True, 1, 64)}
     calls.clear()
     exact_gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
     assert calls == []
+
+
+def test_every_wide_launch_widens_a_listed_setting_within_shared_memory():
+    """A card's exact launch past 80 rows is for a weight shape its `INVARIANT_SETTINGS` lists
+    (else it would never run), and its tiles fit the 227 KB a Hopper program may take at the
+    setting's block_k (a bf16 tile that does not fit fails at launch, not at load)."""
+    from specdiff.kernels import exact_gemm
+
+    for card, table in exact_gemm.MEASURED_WIDE_LAUNCH.items():
+        for shape, (bn, warps, stages, group) in table.items():
+            setting = exact_gemm.MEASURED_INVARIANT_SETTINGS[card][shape]
+            assert stages * (bn + group) * setting[1] * 2 <= 227 * 1024, (card, shape)
+            assert warps in (4, 8) and group in (64, 128) and bn & (bn - 1) == 0
 
 
 @pytest.mark.parametrize("planted", ["one row", "wide launch"])

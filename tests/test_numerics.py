@@ -70,7 +70,7 @@ def test_a_tokens_logits_are_bitwise_the_same_alone_and_in_any_tree(bf16_model, 
         from specdiff.kernels import exact_gemm
 
         calls = []
-        monkeypatch.setattr(exact_gemm, "_listed_invariant", lambda x, shape: calls.append(1) or (16, 16, 2, 4, 2))
+        monkeypatch.setattr(exact_gemm, "_listed_invariant", lambda x, shape: calls.append(1) or (64, 32, 2, 4, 2))
         monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})  # the target's load probes every weight
     if path == "torch":
         target, sizes = StaticTarget(bf16_model, numerics="exact", kernels="torch"), [1, 7, 64, 300]

@@ -50,7 +50,15 @@ INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`s
 # wider row group only change how often the weight is read and how well the MMA is fed. Listed
 # where `scripts/gpu_invariance.py --wide` found every row of a 257-row call equal to the row
 # alone and the launch faster; the probe checks it on the device like the setting itself.
-MEASURED_WIDE_LAUNCH: dict[str, dict[tuple[int, int], tuple[int, int, int, int]]] = {}
+MEASURED_WIDE_LAUNCH: dict[str, dict[tuple[int, int], tuple[int, int, int, int]]] = {
+    # Qwen3-8B: at 129 / 257 rows, us against the table's own launch: o 24.6 / 38.6 against 28.0 /
+    # 41.9, gate/up 98.0 / 167.4 against 124.0 / 199.7, the LM head 630.5 / 947.1 against 636.5 /
+    # 1013.2; qkv and down (block_k 256) fit no wider tile. The 8B forward of 257 nodes in exact
+    # numerics 19.09 -> 17.77 ms (wide_rows_h100/call2)
+    "NVIDIA H100 80GB HBM3": {
+        (4096, 4096): (128, 8, 3, 128), (24576, 4096): (128, 8, 3, 128), (151936, 4096): (128, 8, 3, 128),
+    },
+}
 WIDE_LAUNCH = copy.deepcopy(MEASURED_WIDE_LAUNCH)  # what runs (`scripts/ab.py` may change it)
 # (card, weight shape, setting, wide launch) -> whether `probe_invariance` found a row's bits its
 # own there
