@@ -30,7 +30,9 @@
 #           weight (scripts/gpu_invariance.py, the winners written out), then the 8B speed in exact
 #           numerics with them and without (`--numerics exact --budgets 16,64`), and in fast;
 #   wide    exact numerics past 80 rows: the launch swept per Qwen3-8B weight with the table's
-#           block_k and splits kept (scripts/gpu_invariance.py --wide, the winners written out),
+#           block_k and splits kept, `tree_linear` wider and, where the setting has no split, the
+#           streaming kernel in 64 or 128-row blocks (scripts/gpu_invariance.py --wide, the
+#           winners written out),
 #           then forwards of 129 and 257 nodes in exact numerics with them, with the defaults and
 #           with row groups of 64 (as before the widest group that fits), and the 8B speed in exact
 #           numerics with them and without (`--budgets 64,256`), and in fast;

@@ -18,17 +18,20 @@ shape, of the settings with no differing row, the one fastest over 1, 17 and 65 
 where it beat the streaming kernel there (for `scripts/ab.py`).
 
 With --wide: for each weight the card lists in `INVARIANT_SETTINGS`, the launch past 80 rows (a
-tree of 128 or 256 nodes) swept with the table's block_k and splits kept: block_n, warps, stages
-and row group, at 129 and 257 rows, each row against the row computed alone at the table's
-setting, beside cuBLAS (fast numerics' GEMM there) and the table's own launch. --out then writes
-`kernels.exact_gemm.WIDE_LAUNCH`'s entry for this card: per shape, of the launches with no
-differing row, the fastest over 129 and 257 rows together where it beat the table's own launch.
+tree of 128 or 256 nodes) swept with the table's block_k and splits kept: `tree_linear`'s block_n,
+warps, stages and row group, and for a setting without a split the streaming kernel's row block,
+block_n, warps and stages (the rows on the MMA's wide side), at 129 and 257 rows, each row against
+the row computed alone at the table's setting, beside cuBLAS (fast numerics' GEMM there) and the
+table's own launch. --out then writes `kernels.exact_gemm.WIDE_LAUNCH`'s entry for this card: per
+shape, of the launches with no differing row, the fastest over 129 and 257 rows together where
+it beat the table's own launch.
 
     usage: python scripts/gpu_invariance.py [8b,1.7b] [--wide] [--out invariant_settings.txt]
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -71,15 +74,18 @@ def wide_groups(x: torch.Tensor, ws: list[torch.Tensor], copies: int, setting: t
 
 
 WIDE_ROWS = (129, 257)
-# (block_n, warps, stages, group rows) past 80 rows; tiles past shared memory fail and are skipped
-WIDE = [(bn, warps, stages, group) for bn in (64, 128, 256) for warps, stages in ((4, 3), (8, 3), (8, 4))
-        for group in (64, 128)]
+# `exact_gemm.WIDE_LAUNCH` candidates past 80 rows; tiles past shared memory are skipped
+WIDE = ([("tree", bn, warps, stages, group) for bn in (64, 128, 256) for warps, stages in ((4, 3), (8, 3), (8, 4))
+         for group in (64, 128)]
+        + [("rows", bm, bn, warps, stages) for bm in (64, 128) for bn in (64, 128, 256)
+           for warps, stages in ((4, 3), (8, 3), (8, 2))])
 
 
 def wide_launch(sets: list[str], out: str | None) -> None:
     """The exact GEMM's launch past 80 rows per listed weight: every row's bits against the row
     alone at the table's setting, and us per call at WIDE_ROWS, beside cuBLAS and the table's own."""
     table = {}
+    exact_gemm.WIDE_LAUNCH[torch.cuda.get_device_name()] = {}  # the table's own launch, not the listed one
     for name, (n, k) in SHAPES.items():
         setting = gemm._card_table(exact_gemm.INVARIANT_SETTINGS, torch.device("cuda")).get((n, k))
         if name.split()[0] not in sets or setting is None:
@@ -93,20 +99,23 @@ def wide_launch(sets: list[str], out: str | None) -> None:
         print(f"{name} {setting}: us at {WIDE_ROWS} rows; cuBLAS " + " ".join(f"{t:7.1f}" for t in cublas)
               + "; the table's launch " + " ".join(f"{t:7.1f}" for t in own), flush=True)
         best = (sum(own), None)
-        for bn, warps, stages, group in WIDE:
-            cfg = dict(block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps, num_stages=stages,
-                       group_rows=group)
-            try:
-                differ = int((kernels.tree_linear(x, ws[0], **cfg) != alone).any(dim=1).sum())
-                us = [per_call_us(lambda: [kernels.tree_linear(x[:m], w, **cfg) for w in ws], copies)
-                      for m in WIDE_ROWS]
-            except Exception as e:  # a tile past shared memory
-                print(f"  {bn:3d} {warps} {stages} {group:3d}: {type(e).__name__}", flush=True)
+        for wide in WIDE:
+            if not exact_gemm.wide_launch_fits(setting, wide):
                 continue
-            print(f"  {bn:3d} {warps} {stages} {group:3d}: " + " ".join(f"{t:7.1f}" for t in us)
+            run = functools.partial(exact_gemm._tree_run, bias=None, setting=setting)
+            try:
+                exact_gemm.WIDE_LAUNCH.setdefault(torch.cuda.get_device_name(), {})[(n, k)] = wide
+                differ = int((run(x, ws[0]) != alone).any(dim=1).sum())
+                us = [per_call_us(lambda: [run(x[:m], w) for w in ws], copies) for m in WIDE_ROWS]
+            except Exception as e:  # a launch that does not compile
+                print(f"  {wide}: {type(e).__name__}", flush=True)
+                continue
+            finally:
+                exact_gemm.WIDE_LAUNCH[torch.cuda.get_device_name()].pop((n, k))
+            print(f"  {str(wide):28s} " + " ".join(f"{t:7.1f}" for t in us)
                   + f"   rows differing from alone {differ}", flush=True)
             if differ == 0:
-                best = min(best, (sum(us), (bn, warps, stages, group)), key=lambda b: b[0])
+                best = min(best, (sum(us), wide), key=lambda b: b[0])
         if best[1] is not None:
             table[(n, k)] = best[1]
         print(f"  chosen: {best[1]} ({best[0]:.1f} us over {WIDE_ROWS} rows)", flush=True)

@@ -409,7 +409,8 @@ def test_swiglu_runs_in_the_gate_up_gemms_epilogue_where_that_gemm_streams(monke
 def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch):
     """Where the card lists a weight in `INVARIANT_SETTINGS`, exact numerics' GEMMs run
     `tree_linear` with that one setting at every row count (its K split included), past 80 rows
-    at the card's wide launch where it lists one, SiLU-multiply then as its own kernel; a row's
+    at the card's wide launch where it lists one (a wider `tree_linear`, or the streaming kernel
+    in wider row blocks for a setting without a split), SiLU-multiply then as its own kernel; a row's
     bits are those it gets alone, from 1 to 97 rows (in fp32 on the interpreter, where a changed
     order of the sums shows in every row)."""
     from specdiff.kernels import exact_gemm, gemm
@@ -419,7 +420,8 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     card = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "interpreter"
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(48, 256): (32, 32, 4, 4, 2), (96, 256): (32, 64, 1, 4, 2)}})
-    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(48, 256): (64, 8, 3, 32), (96, 256): (64, 4, 2, 64)}})
+    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(48, 256): ("tree", 64, 8, 3, 32),
+                                                          (96, 256): ("rows", 32, 64, 4, 2)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     g = torch.Generator().manual_seed(5)
     x = torch.randn(97, 256, generator=g).to(DEVICE, dtype)
@@ -427,10 +429,12 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     gate_up = (torch.randn(96, 256, generator=g) / 16).to(DEVICE, dtype)
     assert exact_gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
     assert exact_gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
-    calls = []
-    real = gemm.tree_linear
+    calls, row_blocks = [], []
+    real, streamed = gemm.tree_linear, gemm.decode_gemm
     monkeypatch.setattr(gemm, "tree_linear", lambda x, *a, **kw: (
         calls.append((x.shape[0] > 80, kw["splits"], kw["block_n"])), real(x, *a, **kw))[1])
+    monkeypatch.setattr(gemm, "decode_gemm", lambda x, *a, **kw: (
+        row_blocks.append((x.shape[0], kw.get("block_m"))), streamed(x, *a, **kw))[1])
     for fn, weight, ref in [(exact_gemm.invariant_linear, w, torch.nn.functional.linear(x, w)),
                             (exact_gemm.invariant_swiglu, gate_up,
                              kernels.silu_mul_reference(torch.nn.functional.linear(x, gate_up)))]:
@@ -440,7 +444,8 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
             close(got, ref[:m], dtype)
             for i in (i for i in alone if i < m):
                 assert torch.equal(got[i : i + 1], alone[i]), (fn.__name__, m, i)
-    assert set(calls) == {(False, 4, 32), (True, 4, 64), (False, 1, 32), (True, 1, 64)}
+    assert set(calls) == {(False, 4, 32), (True, 4, 64), (False, 1, 32)}
+    assert set(row_blocks) == {(97, 32)}  # gate/up past 80 rows: the streaming kernel's 32-row blocks
     calls.clear()
     exact_gemm.invariant_linear(x, w.T.contiguous())  # a shape the card does not list: the streaming kernel
     assert calls == []
@@ -448,15 +453,19 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
 
 def test_every_wide_launch_widens_a_listed_setting_within_shared_memory():
     """A card's exact launch past 80 rows is for a weight shape its `INVARIANT_SETTINGS` lists
-    (else it would never run), and its tiles fit the 227 KB a Hopper program may take at the
-    setting's block_k (a bf16 tile that does not fit fails at launch, not at load)."""
+    (else it would never run), of a known kind, the streaming kernel only for a setting without a
+    K split, and its tiles fit the 227 KB a Hopper program may take at the setting's block_k (a
+    bf16 tile that does not fit fails at launch, not at load); the check refuses each of those."""
     from specdiff.kernels import exact_gemm
 
     for card, table in exact_gemm.MEASURED_WIDE_LAUNCH.items():
-        for shape, (bn, warps, stages, group) in table.items():
-            setting = exact_gemm.MEASURED_INVARIANT_SETTINGS[card][shape]
-            assert stages * (bn + group) * setting[1] * 2 <= 227 * 1024, (card, shape)
-            assert warps in (4, 8) and group in (64, 128) and bn & (bn - 1) == 0
+        for shape, wide in table.items():
+            assert exact_gemm.wide_launch_fits(exact_gemm.MEASURED_INVARIANT_SETTINGS[card][shape], wide), (card, shape)
+    fits = exact_gemm.wide_launch_fits
+    assert fits((64, 128, 1, 4, 3), ("rows", 128, 128, 8, 3)) and fits((64, 128, 2, 4, 3), ("tree", 128, 8, 3, 128))
+    assert not fits((64, 128, 2, 4, 3), ("rows", 128, 128, 8, 3))  # a split the streaming kernel lacks
+    assert not fits((64, 256, 1, 4, 3), ("tree", 64, 4, 3, 128))  # 288 KB of tiles
+    assert not fits((64, 128, 1, 4, 3), ("wide", 128, 8, 3, 128))
 
 
 @pytest.mark.parametrize("planted", ["one row", "wide launch"])
@@ -474,7 +483,7 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     (n, k), dtype, setting = (((4096, 4096), torch.bfloat16, (64, 128, 1, 4, 3)) if DEVICE.type == "cuda"
                               else ((48, 256), torch.float32, (16, 32, 1, 4, 2)))
     monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(n, k): setting}})
-    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(n, k): (setting[0], 4, 2, 64)}})
+    monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(n, k): ("tree", setting[0], 4, 2, 64)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
     real = gemm.tree_linear
     split_at = (lambda m: m == 1) if planted == "one row" else (lambda m: m > 80)

@@ -45,18 +45,23 @@ MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {
 INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
 # Past `gemm.TREE_DOT_ROWS` rows (a tree of 128 or 256 nodes), launch choices that leave a row's
-# sums alone, per card: {card name: {(rows, K): (block_n, warps, stages, group_rows)}}. Block_k
-# and the splits stay `INVARIANT_SETTINGS`' (they fix the K order); a wider tile, more warps or a
-# wider row group only change how often the weight is read and how well the MMA is fed. Listed
-# where `scripts/gpu_invariance.py --wide` found every row of a 257-row call equal to the row
-# alone and the launch faster; the probe checks it on the device like the setting itself.
-MEASURED_WIDE_LAUNCH: dict[str, dict[tuple[int, int], tuple[int, int, int, int]]] = {
+# sums alone, per card: {card name: {(rows, K): launch}}, a launch either ("tree", block_n, warps,
+# stages, group_rows): `tree_linear`, the rows on the MMA's narrow side; or ("rows", block_m,
+# block_n, warps, stages): the streaming kernel in block_m-row blocks, the rows on its wide side,
+# for a setting without a K split. Block_k and the splits stay `INVARIANT_SETTINGS`' (they fix
+# the K order); a wider tile, more warps or wider row blocks only change how often the weight is
+# read and how well the MMA is fed. Listed where `scripts/gpu_invariance.py --wide` found every
+# row of a 257-row call equal to the row alone and the launch faster; the probe checks it on the
+# device like the setting itself.
+WideLaunch = tuple  # ("tree", block_n, warps, stages, group_rows) | ("rows", block_m, block_n, warps, stages)
+MEASURED_WIDE_LAUNCH: dict[str, dict[tuple[int, int], WideLaunch]] = {
     # Qwen3-8B: at 129 / 257 rows, us against the table's own launch: o 24.6 / 38.6 against 28.0 /
     # 41.9, gate/up 98.0 / 167.4 against 124.0 / 199.7, the LM head 630.5 / 947.1 against 636.5 /
     # 1013.2; qkv and down (block_k 256) fit no wider tile. The 8B forward of 257 nodes in exact
     # numerics 19.09 -> 17.77 ms (wide_rows_h100/call2)
     "NVIDIA H100 80GB HBM3": {
-        (4096, 4096): (128, 8, 3, 128), (24576, 4096): (128, 8, 3, 128), (151936, 4096): (128, 8, 3, 128),
+        (4096, 4096): ("tree", 128, 8, 3, 128), (24576, 4096): ("tree", 128, 8, 3, 128),
+        (151936, 4096): ("tree", 128, 8, 3, 128),
     },
 }
 WIDE_LAUNCH = copy.deepcopy(MEASURED_WIDE_LAUNCH)  # what runs (`scripts/ab.py` may change it)
@@ -70,7 +75,7 @@ def _listed_invariant(x: torch.Tensor, shape: tuple[int, int]) -> TreeSetting | 
     return gemm._card_table(INVARIANT_SETTINGS, x.device).get(shape) if gemm.tree_tables_apply(x) else None
 
 
-def _wide_launch(x: torch.Tensor, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+def _wide_launch(x: torch.Tensor, shape: tuple[int, int]) -> WideLaunch | None:
     """The card's launch for `shape` past `gemm.TREE_DOT_ROWS` rows, None where none."""
     return gemm._card_table(WIDE_LAUNCH, x.device).get(shape)
 
@@ -85,9 +90,26 @@ def _tree_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > gemm.TREE_DOT_ROWS else None
     if wide is None:
         return gemm.tree_linear_at(x, weight, bias, setting)
-    bn, warps, stages, group = wide
+    kind, *launch = wide
+    if kind == "rows":  # the streaming kernel has no K split: `wide_launch_fits` keeps it to none
+        bm, bn, warps, stages = launch
+        return gemm.decode_gemm(x, weight, bias, settings=(bn, setting[1], warps, stages), block_m=bm)
+    bn, warps, stages, group = launch
     return gemm.tree_linear(x, weight, bias, block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps,
                             num_stages=stages, group_rows=group)
+
+
+def wide_launch_fits(setting: TreeSetting, wide: WideLaunch, itemsize: int = 2, shared: int = 227 * 1024) -> bool:
+    """Whether a wide launch can run a setting: a known kind, the streaming kernel only without a
+    K split, and its pipelined tiles within `shared` bytes at the setting's block_k."""
+    kind, *launch = wide
+    if kind == "rows":
+        bm, bn, _, stages = launch
+        return setting[2] == 1 and stages * (bm + bn) * setting[1] * itemsize <= shared
+    if kind == "tree":
+        bn, _, stages, group = launch
+        return stages * (bn + group) * setting[1] * itemsize <= shared
+    return False
 
 
 def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:

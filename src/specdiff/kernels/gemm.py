@@ -66,8 +66,9 @@ if triton is not None:
                 else:
                     x = ((x.to(tl.float32) * rstd).to(dt).to(tl.float32) * nw).to(dt)
             w = tl.load(w_ptr + wrow[None, :] * K + rk[:, None], mask=nmask[None, :] & kmask[:, None], other=0.0)
-            if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers
-                acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+            if INTERPRETED:  # bf16 bit patterns multiplied as integers, and a BLAS whose order of
+                # sums follows the tile's shape: fp64 sums rounded to fp32, as in `_tree_gemm_kernel`
+                acc += tl.dot(x.to(tl.float64), w.to(tl.float64)).to(tl.float32)
             else:
                 acc += tl.dot(x, w, input_precision=PRECISION)  # [BLOCK_M, TILE_N]
         _pdl_release(PDL)
@@ -120,7 +121,7 @@ if triton is not None:
             w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
             xa = tl.load(x_ptr + ra[None, :] * K + rk[:, None], mask=(ra < M)[None, :] & kmask[:, None], other=0.0)
             if INTERPRETED:  # the interpreter's dot multiplies bf16 bit patterns as integers, and its
-                # fp32 BLAS may sum a row's products in an order set by the rows beside it; fp64
+                # fp32 BLAS may sum a row's products in an order set by the tile's shape; fp64
                 # sums rounded to fp32 give a row the same bits in any call, as an MMA does
                 acc_a += tl.dot(w.to(tl.float64), xa.to(tl.float64)).to(tl.float32)
             else:
