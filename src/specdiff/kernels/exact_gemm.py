@@ -88,10 +88,10 @@ def _tree_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
               ) -> torch.Tensor:
     """`tree_linear` at the table's setting, through the wide launch past `gemm.TREE_DOT_ROWS` rows."""
     wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > gemm.TREE_DOT_ROWS else None
-    if wide is None:
+    if wide is None or not wide_launch_fits(setting, wide, x.element_size()):
         return gemm.tree_linear_at(x, weight, bias, setting)
     kind, *launch = wide
-    if kind == "rows":  # the streaming kernel has no K split: `wide_launch_fits` keeps it to none
+    if kind == "rows":  # without a K split (`wide_launch_fits`), which the streaming kernel lacks
         bm, bn, warps, stages = launch
         return gemm.decode_gemm(x, weight, bias, settings=(bn, setting[1], warps, stages), block_m=bm)
     bn, warps, stages, group = launch
