@@ -84,8 +84,8 @@ WIDE = ([("tree", bn, warps, stages, group) for bn in (64, 128, 256) for warps, 
 def wide_launch(sets: list[str], out: str | None) -> None:
     """The exact GEMM's launch past 80 rows per listed weight: every row's bits against the row
     alone at the table's setting, and us per call at WIDE_ROWS, beside cuBLAS and the table's own."""
-    table = {}
-    exact_gemm.WIDE_LAUNCH[torch.cuda.get_device_name()] = {}  # the table's own launch, not the listed one
+    table, card = {}, torch.cuda.get_device_name()
+    listed = exact_gemm.WIDE_LAUNCH[card] = {}  # the table's own launch, not the listed one
     for name, (n, k) in SHAPES.items():
         setting = gemm._card_table(exact_gemm.INVARIANT_SETTINGS, torch.device("cuda")).get((n, k))
         if name.split()[0] not in sets or setting is None:
@@ -104,14 +104,14 @@ def wide_launch(sets: list[str], out: str | None) -> None:
                 continue
             run = functools.partial(exact_gemm._tree_run, bias=None, setting=setting)
             try:
-                exact_gemm.WIDE_LAUNCH.setdefault(torch.cuda.get_device_name(), {})[(n, k)] = wide
+                listed[(n, k)] = wide
                 differ = int((run(x, ws[0]) != alone).any(dim=1).sum())
                 us = [per_call_us(lambda: [run(x[:m], w) for w in ws], copies) for m in WIDE_ROWS]
             except Exception as e:  # a launch that does not compile
                 print(f"  {wide}: {type(e).__name__}", flush=True)
                 continue
             finally:
-                exact_gemm.WIDE_LAUNCH[torch.cuda.get_device_name()].pop((n, k))
+                listed.pop((n, k))
             print(f"  {str(wide):28s} " + " ".join(f"{t:7.1f}" for t in us)
                   + f"   rows differing from alone {differ}", flush=True)
             if differ == 0:
@@ -121,7 +121,7 @@ def wide_launch(sets: list[str], out: str | None) -> None:
         print(f"  chosen: {best[1]} ({best[0]:.1f} us over {WIDE_ROWS} rows)", flush=True)
         if out:
             with open(out, "w") as f:
-                f.write(repr({torch.cuda.get_device_name(): table}))
+                f.write(repr({card: table}))
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def _tree_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
               ) -> torch.Tensor:
     """`tree_linear` at the table's setting, through the wide launch past `gemm.TREE_DOT_ROWS` rows."""
     wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > gemm.TREE_DOT_ROWS else None
-    if wide is None or not wide_launch_fits(setting, wide, x.element_size()):
+    if wide is None or not wide_launch_fits(setting, wide, x.element_size(), gemm._shared_memory(x.device)):
         return gemm.tree_linear_at(x, weight, bias, setting)
     kind, *launch = wide
     if kind == "rows":  # without a K split (`wide_launch_fits`), which the streaming kernel lacks
@@ -105,10 +105,10 @@ def wide_launch_fits(setting: TreeSetting, wide: WideLaunch, itemsize: int = 2, 
     kind, *launch = wide
     if kind == "rows":
         bm, bn, _, stages = launch
-        return setting[2] == 1 and stages * (bm + bn) * setting[1] * itemsize <= shared
+        return setting[2] == 1 and gemm.tiles_fit(bm, bn, setting[1], stages, itemsize, shared)
     if kind == "tree":
         bn, _, stages, group = launch
-        return stages * (bn + group) * setting[1] * itemsize <= shared
+        return gemm.tiles_fit(group, bn, setting[1], stages, itemsize, shared)
     return False
 
 

@@ -439,10 +439,16 @@ def _shared_memory(device: torch.device) -> int:
     return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
 
 
+def tiles_fit(rows: int, block_n: int, block_k: int, stages: int, itemsize: int, shared: int) -> bool:
+    """Whether `stages` pipelined buffers of a row block and a weight tile fit `shared` bytes."""
+    return stages * (rows + block_n) * block_k * itemsize <= shared
+
+
 def tree_group_rows(block_n: int, block_k: int, stages: int, itemsize: int, device: torch.device) -> int:
     """The widest of TREE_GROUP_ROWS whose `stages` buffers of a weight tile and a row group fit."""
-    fits = [g for g in TREE_GROUP_ROWS if stages * (block_n + g) * block_k * itemsize <= _shared_memory(device)]
-    return fits[0] if fits else TREE_GROUP_ROWS[-1]
+    shared = _shared_memory(device)
+    return next((g for g in TREE_GROUP_ROWS if tiles_fit(g, block_n, block_k, stages, itemsize, shared)),
+                TREE_GROUP_ROWS[-1])
 
 
 def tree_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_n: int = 128,
