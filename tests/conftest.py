@@ -9,6 +9,9 @@ import torch
 
 if not torch.cuda.is_available():  # Triton kernels run under its interpreter, on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    from triton_interpreter import patch_device_calls_once
+
+    patch_device_calls_once()
 
 from specdiff import native
 from specdiff.methods.base import DecodeState
@@ -19,6 +22,19 @@ from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
 # under pytest-xdist (`-n auto`) the workers share the cores instead of each taking them all
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+@pytest.fixture(autouse=True)
+def tree_inputs_by_reference(request, monkeypatch):
+    """Under the interpreter, graph-engine decodes build a round's inputs with
+    `tree_inputs_reference`: the kernel's row walks cost a chain's decode most of its time there
+    (19 ms a row). The kernel is checked against the reference directly (test_kernels) and inside
+    decodes marked `tree_inputs_kernel`; on a GPU every decode runs it."""
+    if os.environ.get("TRITON_INTERPRET") == "1" and not request.node.get_closest_marker("tree_inputs_kernel"):
+        from specdiff.kernels import tree_inputs_reference
+        from specdiff.target import graphed
+
+        monkeypatch.setattr(graphed, "tree_inputs", tree_inputs_reference)
 
 
 @pytest.fixture(scope="session", params=["qwen3", "llama"])
@@ -60,9 +76,18 @@ class OracleProposer:
         self.native = native.load()  # the tree search a built decoder's proposer has
         self.max_nodes = 1 + (slots if tree == "chain" else budget)
         self.gen = torch.Generator().manual_seed(seed)
+        self.next_logits: dict[tuple[int, ...], torch.Tensor] = {}  # a prefix's last-row logits
 
     def begin(self, state, prefill, max_len):
         pass
+
+    def _next_logits(self, ids: list[int]) -> torch.Tensor:
+        """The target's logits after `ids`; a prefix forwarded before is not forwarded again (a
+        round's rollout mostly repeats the last round's)."""
+        key = tuple(ids)
+        if key not in self.next_logits:
+            self.next_logits[key] = self.model(torch.tensor([ids])).logits[0, -1].float()
+        return self.next_logits[key]
 
     @torch.inference_mode()
     def propose(self, state: DecodeState) -> DraftTree:
@@ -72,7 +97,7 @@ class OracleProposer:
         ids = list(state.tokens)
         rows = []
         for _ in range(depth):
-            logits = self.model(torch.tensor([ids])).logits[0, -1].float()
+            logits = self._next_logits(ids)
             rows.append(logits)
             ids.append(int(logits.argmax()))
         logits = torch.stack(rows)

@@ -208,15 +208,15 @@ def test_profile_then_caddtree(capsys, demo, tmp_path, measure):
     path = tmp_path / "prof.json"
     vp = ["--vp-drafter", drafter, "--branches", "3"] if measure is None else []  # D²SD's re-draft, priced
     code, out, err = run_cli(capsys, "profile", "--target", target, "--drafter", drafter, "--engine", "graph",
-                             "--contexts", "16,64", "--nodes", "1,2,4,8,16,24,32", "--reps", "2", "--warmup", "1",
+                             "--contexts", "16,64", "--nodes", "1,4,16,32", "--reps", "2", "--warmup", "1",
                              *(["--measure", measure] if measure else []), *vp, "--out", str(path))
     assert code == 0, err
     prof = json.loads(path.read_text())
-    assert prof["buckets"] and prof["nodes"] == [1, 2, 4, 8, 16, 24, 32] and prof["draft_ms"] > 0
+    assert prof["buckets"] and prof["nodes"] == [1, 4, 16, 32] and prof["draft_ms"] > 0
     assert (prof["redraft_ms"] > 0, prof["redraft_rows"]) == ((True, 3) if vp else (False, 0))
     measure = measure or "rounds"
     assert prof["measure"] == measure and ("whole rounds" in out) == (measure == "rounds")
-    assert all(len(row) == 7 and min(row) > 0 for row in prof["raw_verify_ms"])
+    assert all(len(row) == 4 and min(row) > 0 for row in prof["raw_verify_ms"])
     assert len(prof["root_alone_ms"]) == 2 and min(prof["root_alone_ms"]) > 0  # caddtree's root-alone step
     texts = []
     for method in ("ar", "caddtree"):
@@ -404,17 +404,11 @@ def test_progress_off_a_terminal_is_the_first_line_then_one_per_tenth_and_quiet_
     assert capsys.readouterr().err == ""
 
 
-def test_demo_on_a_cpu_says_why_and_runs_the_cpus_best_setting():
+def test_demo_on_a_cpu_says_why_and_runs_the_cpus_best_setting(capsys):
     """On a CPU the demo says in one line, before the numbers, why a tree gains little there, and
     sets ar beside pld (no drafter forward) rather than a method slower than ar."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "specdiff", "demo", "--max-new-tokens", "16", "--prompts", "3",
-                           "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    code, out, err = run_cli(capsys, "demo", "--max-new-tokens", "16", "--prompts", "3", "--device", "cpu")
+    assert code == 0, err
     assert out.index("compute-bound") < out.index("method     tokens")
     assert "\npld " in out and "pld outputs identical to ar: 3 of 3" in out
     assert out.startswith("specdiff demo on ") and "3 held-out prompts" in out

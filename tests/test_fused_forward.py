@@ -10,7 +10,7 @@ from specdiff import native
 from specdiff.config import DecodeConfig, SamplingConfig
 from specdiff.engine import build_decoder
 from specdiff.errors import SpecdiffError
-from specdiff.models.tiny import tiny_drafter
+from specdiff.models.tiny import tiny_drafter, tiny_target
 from specdiff.target import StaticTarget
 from specdiff.target.graphed import GraphedTarget
 from specdiff.types import DraftTree
@@ -62,22 +62,23 @@ def test_fused_forward_with_every_gemm_streamed_equals_eager(qwen3_model, monkey
     rounding."""
     from specdiff.kernels import attention, gemm
 
-    if split_keys:
-        monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
-
     import copy
 
+    multiprocessors = attention._multiprocessors
     model = copy.deepcopy(qwen3_model).to(DEVICE)
     g = torch.Generator().manual_seed(13)
-    prompt = torch.randint(0, 96, (150 if split_keys else 17,), generator=g).tolist()  # 150: keys to split
+    prompt = torch.randint(0, 96, (80 if split_keys else 17,), generator=g).tolist()  # 80: keys span two tiles
     trees = [random_tree(12, 96, g), DraftTree.chain(4, [5])]
     outs = []
     for kernels_choice in ("torch", "triton"):
         monkeypatch.setattr(gemm, "SKINNY_MIN_WEIGHT", 0 if kernels_choice == "triton" else gemm.SQUARE_8B)
         t = StaticTarget(model, native=NATIVE, kernels=kernels_choice)
         t.reset(len(prompt) + 20)
-        t.prefill(prompt)
+        t.prefill(prompt)  # keys unsplit: the interpreter would merge 150 rows' splits one by one
+        if split_keys:
+            monkeypatch.setattr(attention, "_multiprocessors", lambda device: 132)
         outs.append([t.forward(tree).logits.clone() for tree in trees])
+        monkeypatch.setattr(attention, "_multiprocessors", multiprocessors)
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
@@ -174,10 +175,12 @@ def test_fused_weights_are_views_of_the_model(qwen3_model):
         assert torch.equal(qwen3_model(input_ids=ids).logits, before)
 
 
-def test_fused_decode_is_lossless(qwen3_model):
+def test_fused_decode_is_lossless():
     """Drafted methods through the fused forward give transformers' greedy tokens, and at T=1
-    the tokens AR gives with the same seed (the interpreter is slow: a few short decodes). The
-    glued dflash run verifies its blocks, and drafts them, through the glued GEMMs."""
+    the tokens AR gives with the same seed (the interpreter is slow: a few short decodes of a
+    two-layer target). The glued dflash run verifies its blocks, and drafts them, through the
+    glued GEMMs."""
+    qwen3_model = tiny_target("qwen3", seed=0, layers=2)
     drafter = tiny_drafter(qwen3_model, block_size=8)
     n = 7
     expected = hf_greedy(qwen3_model, n)

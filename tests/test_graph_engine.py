@@ -264,6 +264,7 @@ def test_a_tree_searched_on_the_device_is_read_back_with_the_draws(target_model,
 
 
 @on_the_interpreter
+@pytest.mark.tree_inputs_kernel
 @pytest.mark.parametrize("method,temperature", [("ddtree", 0.0), ("ddtree", 1.0), ("caddtree", 0.0),
                                                 ("caddtree", 1.0)])
 def test_a_decode_with_trees_left_on_the_device_gives_ars_tokens(target_model, method, temperature):
@@ -381,7 +382,9 @@ NEW_AHEAD = 40
 
 
 @on_the_interpreter
-@pytest.mark.parametrize("method,budget,temperature", [("dflash", 1, 0.0), ("ddtree", 8, 0.0), ("ddtree", 8, 1.0)])
+@pytest.mark.parametrize("method,budget,temperature", [
+    pytest.param("dflash", 1, 0.0, marks=pytest.mark.tree_inputs_kernel),  # a drafted chain's inputs kernel
+    ("ddtree", 8, 0.0), ("ddtree", 8, 1.0)])
 def test_a_draft_queued_before_the_read_gives_ars_tokens(monkeypatch, method, budget, temperature):
     """The bundled pair on the graph engine with the next round's draft queued before the round
     is read, from the path the device found (ddtree's trees searched on the device): AR's tokens

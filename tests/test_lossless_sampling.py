@@ -32,7 +32,8 @@ from oracle_drafters import AR_DRAFTER_METHODS, oracle_decoder
 
 PROMPT = [1, 2, 3]
 NEW = 3
-SAMPLES = 2000  # planted bugs give p < 1e-100 at this size; the fits are checked against p > 1e-3
+SAMPLES = 2000  # the fits are checked against p > 1e-3
+SAMPLES_BUG = 500  # a planted bug must give p < 1e-6: each gave p < 1e-30 at this size
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 12, 0.6)])
@@ -161,7 +162,7 @@ def test_goodness_of_fit_catches_planted_bugs(tiny_vocab, monkeypatch, bug):
     if bug == "shared noise across depths":
         monkeypatch.setattr(sampling_module, "keyed_gumbel", shared_noise_across_depths(sampling_module.keyed_gumbel))
     dec = agreeing_decoder(model, "ddtree", 8, T1, verifier)
-    samples, _ = sample_outputs(dec, SAMPLES)
+    samples, _ = sample_outputs(dec, SAMPLES_BUG)
     p = gof_pvalue(samples, exact_distribution(model, T1))
     assert p < 1e-6, f"{bug} went unnoticed (p={p:.2e})"
 
@@ -370,7 +371,7 @@ def test_planted_pq_verifier_is_caught(tiny_vocab):
     cfg = DecodeConfig(method="dflash", max_new_tokens=NEW, sampling=sampling, engine="static")
     dec = build_decoder(model, cfg, drafter)
     dec.verifier = PQVerifier(drafter)
-    samples, accepted = sample_outputs(dec, SAMPLES)
+    samples, accepted = sample_outputs(dec, SAMPLES_BUG)
     assert accepted > 0
     p = gof_pvalue(samples, exact_distribution(model, sampling))
     assert p < 1e-6, f"the biased verifier went unnoticed (p={p:.2e})"

@@ -33,7 +33,8 @@ ROOT, A, B = 7, 21, 50  # the root, its child A, A's child B: in every tree, and
 
 @pytest.fixture(scope="module")
 def bf16_model():
-    return tiny_target("qwen3", seed=3).to(DEVICE, torch.bfloat16)
+    # two layers under the interpreter (its programs run one by one): a layer repeats the ops
+    return tiny_target("qwen3", seed=3, layers=2 if INTERPRETED else 4).to(DEVICE, torch.bfloat16)
 
 
 def tree_with_path(n: int, g: torch.Generator) -> DraftTree:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 from tokenizers import processors
@@ -41,16 +39,17 @@ def test_chat_messages_go_through_the_template(tok):
         encode_chat(tok_without, [{"role": "user", "content": "hi"}])
 
 
-def test_generate_chat_cli(tmp_path):
-    base = [sys.executable, "-m", "specdiff", "generate", "--method", "ar", "--max-new-tokens", "6", "--json",
-            "--prompt", "write quicksort"]
-    done = subprocess.run(base + ["--system", "be brief"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["num_new_tokens"] == 6
+def test_generate_chat_cli(tmp_path, capsys):
+    from specdiff.cli import main
+
+    base = ["generate", "--method", "ar", "--max-new-tokens", "6", "--json", "--prompt", "write quicksort"]
+    assert main(base + ["--system", "be brief"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_new_tokens"] == 6
     folder = tmp_path / "target"
     shutil.copytree(default_path("target"), folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.pop("chat_template")
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    done = subprocess.run(base + ["--chat", "--target", str(folder)], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "no chat template" in done.stderr
+    assert main(base + ["--chat", "--target", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "no chat template" in err

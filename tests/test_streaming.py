@@ -100,18 +100,19 @@ def test_first_stop():
     assert first_stop("abc", ["x"]) is None and first_stop("abc", []) is None
 
 
-def test_generate_cli_stops_at_a_stop_string_and_streams():
+def test_generate_cli_stops_at_a_stop_string_and_streams(capsys):
     import json
-    import subprocess
-    import sys
 
-    base = [sys.executable, "-m", "specdiff", "generate", "--method", "ddtree", "--budget", "16", "--prompt",
-            "def fibonacci(n):", "--max-new-tokens", "40"]
-    full = json.loads(subprocess.run(base + ["--json"], capture_output=True, text=True, check=True).stdout)
+    from specdiff.cli import main
+
+    def generate(*extra) -> str:
+        assert main(["generate", "--method", "ddtree", "--budget", "16", "--prompt", "def fibonacci(n):",
+                     "--max-new-tokens", "40", *extra]) == 0
+        return capsys.readouterr().out
+
+    full = json.loads(generate("--json"))
     stop = full["text"][12:15]
-    out = json.loads(subprocess.run(base + ["--json", "--stop", stop], capture_output=True, text=True,
-                                    check=True).stdout)
+    out = json.loads(generate("--json", "--stop", stop))
     assert out["stop_reason"] == "stop" and out["text"] == full["text"][: full["text"].find(stop)]
     assert out["token_ids"] == full["token_ids"][: len(out["token_ids"])]
-    streamed = subprocess.run(base + ["--stream"], capture_output=True, text=True, check=True)
-    assert streamed.stdout == "def fibonacci(n):" + full["text"] + "\n"
+    assert generate("--stream") == "def fibonacci(n):" + full["text"] + "\n"
