@@ -128,8 +128,9 @@ def test_trained_drafter_agrees_and_is_exact():
         ref = hf_greedy(model, ids, 48)
         for method, budget in (("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree", 128)):
             cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=48, stop_at_eos=False)
-            r = build_decoder(target, cfg, drafter).generate(ids)
-            assert r.token_ids == ref, f"{method}@{budget}"
+            if budget in (1, 128):  # the HF engine's middle budgets: test_random_drafter_is_exact
+                r = build_decoder(target, cfg, drafter).generate(ids)
+                assert r.token_ids == ref, f"{method}@{budget}"
             r = build_decoder(static, cfg, drafter).generate(ids)
             assert r.token_ids == ref, f"{method}@{budget}"
             taus.append((method, budget, r.tau))

@@ -5,8 +5,6 @@ On a CUDA machine the same tests run the compiled kernels and the graph engine's
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -152,17 +150,18 @@ def test_auto_numerics_is_exact_only_where_it_costs_about_what_fast_does(monkeyp
     assert fused.auto_numerics(target, "auto", graphs=True) == "fast"
 
 
-def test_bench_exact_bf16_on_the_bundled_pair_matches_ar(tmp_path):
+def test_bench_exact_bf16_on_the_bundled_pair_matches_ar(tmp_path, capsys):
     """`specdiff bench --dtype bfloat16 --numerics exact` on the CPU: no output unlike AR's, and the
     report says which numerics ran."""
     rows = [json.loads(line) for line in open("data/prompts/function_completion.jsonl").readlines()[:1]]
     prompts = tmp_path / "short.jsonl"  # the prompts' heads: exact numerics prefill one row per call
     prompts.write_text("".join(json.dumps({**r, "prompt": r["prompt"][:160]}) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "specdiff", "bench", "--dtype", "bfloat16", "--engine", "static", "--numerics",
-           "exact", "--methods", "ar,ddtree", "--budgets", "16", "--temperature", "0,1", "--limit", "1",
-           "--max-new-tokens", "24", "--warmup", "0", "--prompts", str(prompts), "--out", str(tmp_path / "out")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    from specdiff.cli import main
+
+    code = main(["bench", "--dtype", "bfloat16", "--engine", "static", "--numerics", "exact", "--methods", "ar,ddtree",
+                 "--budgets", "16", "--temperature", "0,1", "--limit", "1", "--max-new-tokens", "24", "--warmup", "0",
+                 "--prompts", str(prompts), "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err[-2000:]
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert result["mismatches"] == 0 and result["environment"]["numerics"] == "exact"
     assert len(result["runs"]) == 2 * 2  # temperatures x methods

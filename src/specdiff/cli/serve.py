@@ -41,6 +41,15 @@ def need(command: str, modules: tuple[str, ...]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     need("serve", ("fastapi", "uvicorn", "sse_starlette", "prometheus_client"))
+    if args.queue < 1 or args.max_prompt_tokens < 1:
+        raise SpecdiffError("--queue and --max-prompt-tokens must be >= 1")
+    # a taken port is the user's problem: one line, before the libraries and the models load
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            raise SpecdiffError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     import uvicorn
 
     from specdiff.engine import build_decoder
@@ -49,14 +58,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from specdiff.serve.app import create_app
     from specdiff.serve.worker import Worker
 
-    if args.queue < 1 or args.max_prompt_tokens < 1:
-        raise SpecdiffError("--queue and --max-prompt-tokens must be >= 1")
-    with socket.socket() as s:  # a taken port is the user's problem: one line, before loading models
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((args.host, args.port))
-        except OSError as e:
-            raise SpecdiffError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     cfg = decode_config(args)
     model, tokenizer, drafter = load_models(args, needs_drafter(cfg.method))
     vp_drafter = load_vp_drafter(args) if needs_vp_drafter(cfg.method) else None
