@@ -64,8 +64,10 @@ def test_ar_equals_hf_generate(target_model, references):
      ("d2sd", 1, "graph"), ("d2sd-hybrid", 32, "graph")],
 )
 def test_random_drafter_is_exact(target_model, references, method, budget, engine):
-    """A random drafter rarely agrees: almost every round rejects early."""
+    """A random drafter rarely agrees: almost every round rejects early (six prompts: 240 such
+    rounds per method and engine)."""
     ps, refs = references
+    ps, refs = ps[:6], refs[:6]
     drafter = tiny_drafter(target_model, block_size=16)
     vp_drafter = tiny_drafter(target_model, block_size=16, seed=2)  # D²SD's second drafter
     cfg = DecodeConfig(method=method, budget=budget, max_new_tokens=NEW, engine=engine)
