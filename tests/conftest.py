@@ -20,6 +20,8 @@ from specdiff.methods.ddtree import build_ddtree
 from specdiff.methods.dflash import build_chain
 from specdiff.types import DraftProposal, DraftTree, TargetOutput, VerifyResult
 
+from oracle_drafters import NextLogits
+
 # under pytest-xdist (`-n auto`) the workers share the cores instead of each taking them all
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
@@ -76,18 +78,10 @@ class OracleProposer:
         self.native = native.load()  # the tree search a built decoder's proposer has
         self.max_nodes = 1 + (slots if tree == "chain" else budget)
         self.gen = torch.Generator().manual_seed(seed)
-        self.next_logits: dict[tuple[int, ...], torch.Tensor] = {}  # a prefix's last-row logits
+        self.next_logits = NextLogits(model)
 
     def begin(self, state, prefill, max_len):
         pass
-
-    def _next_logits(self, ids: list[int]) -> torch.Tensor:
-        """The target's logits after `ids`; a prefix forwarded before is not forwarded again (a
-        round's rollout mostly repeats the last round's)."""
-        key = tuple(ids)
-        if key not in self.next_logits:
-            self.next_logits[key] = self.model(torch.tensor([ids])).logits[0, -1].float()
-        return self.next_logits[key]
 
     @torch.inference_mode()
     def propose(self, state: DecodeState) -> DraftTree:
@@ -97,7 +91,7 @@ class OracleProposer:
         ids = list(state.tokens)
         rows = []
         for _ in range(depth):
-            logits = self._next_logits(ids)
+            logits = self.next_logits(ids)
             rows.append(logits)
             ids.append(int(logits.argmax()))
         logits = torch.stack(rows)

@@ -29,6 +29,22 @@ from specdiff.types import DraftProposal
 AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
 
 
+class NextLogits:
+    """[V] a target's fp32 logits after a prefix, each prefix forwarded once: an oracle's rollout
+    mostly repeats the last round's, and the distribution tests decode one short prompt thousands
+    of times."""
+
+    def __init__(self, model):
+        self.model = model
+        self.memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, ids: list[int]) -> torch.Tensor:
+        key = tuple(ids)
+        if key not in self.memo:
+            self.memo[key] = self.model(torch.tensor([ids])).logits[0, -1].float()
+        return self.memo[key]
+
+
 class OracleDrafter:
     def __init__(self, model, sampling: SamplingConfig, block_size: int = 8, aware: bool = True,
                  noise: float = 1.0, bonus: float = 4.0, seed: int = 0, device_search: bool = False):
@@ -43,7 +59,7 @@ class OracleDrafter:
         self.spec = SimpleNamespace(target_layer_ids=[0], mask_token_id=self.vocab)
         self.gen = torch.Generator().manual_seed(seed)
         self.tokens: list[int] = []
-        self.memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.next_logits = NextLogits(model)
 
     def watch(self, proposer) -> None:
         """Let the oracle see the committed tokens each round (a real drafter sees the target's
@@ -80,14 +96,6 @@ class OracleDrafter:
             rows.append(row)
             ids.append(tok)
         return torch.stack(rows) if rows else torch.zeros(0, self.vocab)
-
-    def next_logits(self, ids: list[int]) -> torch.Tensor:
-        """[V] the target's logits after `ids` (memoised: the distribution tests decode one short
-        prompt thousands of times)."""
-        key = tuple(ids)
-        if key not in self.memo:
-            self.memo[key] = self.model(torch.tensor([ids])).logits[0, -1].float()
-        return self.memo[key]
 
     def draft(self, root: int, num_slots: int) -> torch.Tensor:
         assert self.tokens and self.tokens[-1] == root

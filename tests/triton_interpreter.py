@@ -5,8 +5,8 @@ It also patches the language again on every call of a `@triton.jit` device funct
 kernel (each `_round`, each `tl.zeros`), walking the language's modules with `inspect` each
 time, and never restores those inner patches. A second patch of the same function's modules
 finds them patched already, so only the first call per function changes anything; the rest cost
-a fifth of an interpreted forward. `patch_device_calls_once` skips the repeats, and does nothing
-where the interpreter's code is not the shape it expects."""
+about a third of an interpreted forward. `patch_device_calls_once` skips the repeats, and does
+nothing where the interpreter's code is not the shape it expects."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ def patch_device_calls_once() -> bool:
         return False
     cls = getattr(interpreter, "InterpretedFunction", None)
     call = getattr(cls, "__call__", None)
-    if call is None or getattr(call, "_patched_once", False):
-        return bool(call is not None)
+    if call is None:
+        return False
+    if getattr(call, "_patched_once", False):
+        return True
     try:
         source = inspect.getsource(call)
     except (OSError, TypeError):
