@@ -36,8 +36,11 @@
 #           then forwards of 129 and 257 nodes in exact numerics with them, with the defaults and
 #           with row groups of 64 (as before the widest group that fits), and the 8B speed in exact
 #           numerics with them and without (`--budgets 64,256`), and in fast;
+#   tail    past 80 rows, the rows past the last full group in a 16-row dot (`tree_gemm.TREE_TAIL`)
+#           against a whole group: forwards of 129 and 257 nodes at Qwen3-8B in exact numerics, then
+#           the 8B speed in exact numerics at `--budgets 64,128,256`;
 #   exact:SIZE  Qwen3-SIZE's speed in exact numerics and in fast at the defaults, `--budgets 64,256`;
-#   fixup   `tree_linear`'s K split summed in its own launch (`gemm.TREE_SPLIT_FIXUP`, the default)
+#   fixup   `tree_linear`'s K split summed in its own launch (`tree_gemm.TREE_SPLIT_FIXUP`, the default)
 #           against the second launch (the variant): forwards of 17 and 65 nodes at Qwen3-8B and 1.7B (fast numerics), and of
 #           1 and 65 at 8B in exact numerics, where o and down split at every row count;
 #   flex    tree attention alone at Qwen3-8B's heads, 1-257 nodes: the Triton kernel against
@@ -117,15 +120,21 @@ for step in ${STEPS:-tests ab:qwen3-8b ab:qwen3-1.7b 8b 1.7b sweep bundled vocab
       pk "$step sweep"
       W=(); [ -s out/wide_8b.txt ] && W=(--variant swept "specdiff.kernels.exact_gemm.WIDE_LAUNCH=@out/wide_8b.txt")
       timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 129,257 --turns 3 --numerics exact \
-        --drafter-layers 0 "${W[@]}" --variant group64 "specdiff.kernels.gemm.TREE_GROUP_ROWS=(64,)" 2>&1 \
+        --drafter-layers 0 "${W[@]}" --variant group64 "specdiff.kernels.tree_gemm.TREE_GROUP_ROWS=(64,)" 2>&1 \
         | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_wide.txt
       pk "$step ab"
       exact_speeds specdiff.kernels.exact_gemm.WIDE_LAUNCH out/wide_8b.txt 64,256 wide ;;
+    tail)
+      timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape qwen3-8b --nodes 129,257 --turns 3 --numerics exact \
+        --drafter-layers 0 --variant no_tail specdiff.kernels.tree_gemm.TREE_TAIL=False 2>&1 \
+        | grep -v "it/s" | grep -v "^ab:" | tee out/ab_8b_tail.txt
+      pk "$step ab"
+      speed 8b_exact "$S" qwen3-8b --budgets 64,128,256 --numerics exact ;;
     exact:*)
       speed "${step#exact:}_exact" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics exact
       speed "${step#exact:}_fast" "$S" "qwen3-${step#exact:}" --budgets 64,256 --numerics fast ;;
     fixup)
-      F="specdiff.kernels.gemm.TREE_SPLIT_FIXUP=False"
+      F="specdiff.kernels.tree_gemm.TREE_SPLIT_FIXUP=False"
       for sz in 8b 1.7b; do
         timeout "$(left 150)" python3 scripts/gpu_forward_ab.py --shape "qwen3-$sz" --nodes 17,65 --turns 3 \
           --drafter-layers 0 --variant second_launch $F 2>&1 | grep -v "it/s" | grep -v "^ab:" | tee "out/ab_${sz}_fixup.txt"

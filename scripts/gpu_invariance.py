@@ -40,7 +40,7 @@ from gpu_gemm_rows import SHAPES, cli, streamed_weights
 from gpu_gemv import per_call_us
 
 from specdiff import kernels
-from specdiff.kernels import exact_gemm, gemm
+from specdiff.kernels import exact_gemm, gemm, tree_gemm
 
 # (block_n, block_k, splits, warps, stages)
 SETTINGS = [(128, 128, 1, 4, 3), (64, 128, 1, 4, 3), (64, 256, 1, 4, 3), (32, 128, 1, 4, 4), (128, 128, 2, 4, 3),
@@ -92,9 +92,9 @@ def wide_launch(sets: list[str], out: str | None) -> None:
             continue
         _, copies, ws = streamed_weights(n, k)
         x = torch.randn(max(WIDE_ROWS), k, device="cuda", dtype=torch.bfloat16)
-        alone = torch.cat([gemm.tree_linear_at(x[i:i + 1], ws[0], None, setting) for i in range(x.shape[0])])
+        alone = torch.cat([tree_gemm.tree_linear_at(x[i:i + 1], ws[0], None, setting) for i in range(x.shape[0])])
         cublas = [per_call_us(lambda: [F.linear(x[:m], w) for w in ws], copies) for m in WIDE_ROWS]
-        own = [per_call_us(lambda: [gemm.tree_linear_at(x[:m], w, None, setting) for w in ws], copies)
+        own = [per_call_us(lambda: [tree_gemm.tree_linear_at(x[:m], w, None, setting) for w in ws], copies)
                for m in WIDE_ROWS]
         print(f"{name} {setting}: us at {WIDE_ROWS} rows; cuBLAS " + " ".join(f"{t:7.1f}" for t in cublas)
               + "; the table's launch " + " ".join(f"{t:7.1f}" for t in own), flush=True)

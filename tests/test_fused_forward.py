@@ -98,7 +98,7 @@ def test_fused_forward_with_a_trees_gemms_in_tree_linear_equals_eager(qwen3_mode
     """A tree of 20 rows with every GEMM in `tree_linear` (K split in two, as
     `TREE_GEMM_SETTINGS` would name it on a GPU): its logits equal the eager forward's to fp32
     rounding."""
-    from specdiff.kernels import gemm
+    from specdiff.kernels import gemm, tree_gemm
 
     import copy
 
@@ -109,8 +109,8 @@ def test_fused_forward_with_a_trees_gemms_in_tree_linear_equals_eager(qwen3_mode
     prompt = torch.randint(0, 96, (17,), generator=g).tolist()
     tree = random_tree(20, 96, g)
     outs, runs = [], []
-    real = gemm.tree_linear
-    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (runs.append(kw["splits"]), real(*a, **kw))[1])
+    real = tree_gemm.tree_linear
+    monkeypatch.setattr(tree_gemm, "tree_linear", lambda *a, **kw: (runs.append(kw["splits"]), real(*a, **kw))[1])
     for kernels_choice in ("torch", "triton"):
         monkeypatch.setattr(gemm, "tree_gemm_settings",
                             (lambda d, n, k, m: (16, 32, 2, 4, 2)) if kernels_choice == "triton" else (lambda d, n, k, m: None))

@@ -274,18 +274,26 @@ def test_tree_linear(dtype, m, n, k, splits, bias):
     assert torch.equal(got, kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits))
 
 
-def test_tree_linear_row_groups_leave_each_rows_sums_alone():
+def test_tree_linear_row_groups_leave_each_rows_sums_alone(monkeypatch):
     """257 rows in groups of 64, 128 or 256, with 2 or 3 pipeline stages, and the widest group that
-    fits by default: a row's sums run in the same order, so the same bits (fp32 under the
-    interpreter)."""
+    fits by default, the last row in a 16-row tail group (or, with TREE_TAIL off, a whole group): a
+    row's sums run in the same order, so the same bits (fp32 under the interpreter)."""
+    from specdiff.kernels import tree_gemm
+
     g = torch.Generator().manual_seed(3)
     x = torch.randn(257, 96, generator=g).to(DEVICE)
     w = (torch.randn(40, 96, generator=g) / 10).to(DEVICE)
+    real, launches = tree_gemm._tree_gemm_kernel, []
+    spy = type("Spy", (), {"__getitem__": lambda self, grid: lambda *a, **kw: (
+        launches.append((grid[0], kw["ROWS_A"], kw["ROWS_T"])), real[grid](*a, **kw))[1]})
+    monkeypatch.setattr(tree_gemm, "_tree_gemm_kernel", spy())
     ref = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2, group_rows=64)
     close(ref, torch.nn.functional.linear(x, w), torch.float32)
-    for group, stages in ((None, 3), (128, 3), (256, 2)):
+    for tail, group, stages in ((True, None, 3), (True, 128, 3), (True, 256, 2), (False, 128, 3)):
+        monkeypatch.setattr(tree_gemm, "TREE_TAIL", tail)
         got = kernels.tree_linear(x, w, block_n=16, block_k=32, splits=2, group_rows=group, num_stages=stages)
-        assert torch.equal(got, ref), (group, stages)
+        assert torch.equal(got, ref), (tail, group, stages)
+    assert launches[0] == (5, 64, 16) and launches[2:] == [(3, 128, 16), (2, 256, 16), (3, 128, 0)], launches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -294,27 +302,27 @@ def test_tree_linear_split_fixup_gives_the_second_launchs_bits(dtype, m, splits,
     """Under TREE_SPLIT_FIXUP a tile's last split adds the slices in split order inside the same
     launch: the bits of the two-launch sum (two dots and row groups alike), and every tile's
     counter back at zero for the next call."""
-    from specdiff.kernels import gemm
+    from specdiff.kernels import tree_gemm
 
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, 160, generator=g).to(DEVICE, dtype)
     w = (torch.randn(40, 160, generator=g) / 12).to(DEVICE, dtype)
     b = torch.randn(40, generator=g).to(DEVICE, dtype) if bias else None
-    monkeypatch.setattr(gemm, "TREE_SPLIT_FIXUP", False)
+    monkeypatch.setattr(tree_gemm, "TREE_SPLIT_FIXUP", False)
     two_launches = kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits)
-    monkeypatch.setattr(gemm, "TREE_SPLIT_FIXUP", True)
+    monkeypatch.setattr(tree_gemm, "TREE_SPLIT_FIXUP", True)
     no_launch = type("NoLaunch", (), {"__getitem__": lambda self, grid: pytest.fail("a second launch")})
-    monkeypatch.setattr(gemm, "_split_sum_kernel", no_launch())
+    monkeypatch.setattr(tree_gemm, "_split_sum_kernel", no_launch())
     for _ in range(2):  # the counters reset: a second call sums the same way
         assert torch.equal(kernels.tree_linear(x, w, b, block_n=16, block_k=32, splits=splits), two_launches)
-    assert int(gemm._COUNTERS[x.device][-1].abs().sum()) == 0
+    assert int(tree_gemm._COUNTERS[x.device][-1].abs().sum()) == 0
 
 
 def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
     """`linear` takes `tree_linear` with the measured setting for a tree's rows of a listed weight
     (in bf16 on a GPU, the dtype the table was measured in) and cuBLAS elsewhere: past the largest
     measured rows, and fp32 on a GPU, whose tiles may not fit shared memory."""
-    from specdiff.kernels import gemm
+    from specdiff.kernels import gemm, tree_gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("linear runs F.linear off a GPU without Triton's interpreter")
@@ -322,8 +330,8 @@ def test_linear_runs_a_trees_rows_where_the_table_names_the_weight(monkeypatch):
     dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
     monkeypatch.setattr(gemm, "TREE_GEMM_SETTINGS", {card: {(48, 64): {96: (16, 32, 2, 4, 2)}}})
     calls = []
-    real = gemm.tree_linear
-    monkeypatch.setattr(gemm, "tree_linear", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
+    real = tree_gemm.tree_linear
+    monkeypatch.setattr(tree_gemm, "tree_linear", lambda *a, **kw: (calls.append(kw), real(*a, **kw))[1])
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(48, 64, generator=g) / 8).to(DEVICE, dtype)
     for m in (65, 97):
@@ -413,7 +421,7 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     in wider row blocks for a setting without a split), SiLU-multiply then as its own kernel; a row's
     bits are those it gets alone, from 1 to 97 rows (in fp32 on the interpreter, where a changed
     order of the sums shows in every row)."""
-    from specdiff.kernels import exact_gemm, gemm
+    from specdiff.kernels import exact_gemm, gemm, tree_gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
@@ -430,8 +438,8 @@ def test_exact_gemms_in_tree_linear_compute_a_row_as_it_would_alone(monkeypatch)
     assert exact_gemm.invariant_tree_setting(x, w) is None  # listed, not yet probed: the streaming kernel
     assert exact_gemm.probe_invariance([w, gate_up, w.T.contiguous()]) == []
     calls, row_blocks = [], []
-    real, streamed = gemm.tree_linear, gemm.decode_gemm
-    monkeypatch.setattr(gemm, "tree_linear", lambda x, *a, **kw: (
+    real, streamed = tree_gemm.tree_linear, gemm.decode_gemm
+    monkeypatch.setattr(tree_gemm, "tree_linear", lambda x, *a, **kw: (
         calls.append((x.shape[0] > 80, kw["splits"], kw["block_n"])), real(x, *a, **kw))[1])
     monkeypatch.setattr(gemm, "decode_gemm", lambda x, *a, **kw: (
         row_blocks.append((x.shape[0], kw.get("block_m"))), streamed(x, *a, **kw))[1])
@@ -473,7 +481,7 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     """A listed weight whose `tree_linear` sums K differently for a single row, or past 80 rows at
     the card's wide launch (as a split chosen by the row count would), is refused at the probe:
     exact GEMMs keep the streaming kernel for it, and the run's switches name it."""
-    from specdiff.kernels import exact_gemm, gemm
+    from specdiff.kernels import exact_gemm, tree_gemm
 
     if DEVICE.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the exact GEMMs need a GPU or Triton's interpreter")
@@ -485,9 +493,9 @@ def test_the_invariance_probe_refuses_a_gemm_whose_rows_change_with_the_rows_bes
     monkeypatch.setattr(exact_gemm, "INVARIANT_SETTINGS", {card: {(n, k): setting}})
     monkeypatch.setattr(exact_gemm, "WIDE_LAUNCH", {card: {(n, k): ("tree", setting[0], 4, 2, 64)}})
     monkeypatch.setattr(exact_gemm, "INVARIANCE_VERDICTS", {})
-    real = gemm.tree_linear
+    real = tree_gemm.tree_linear
     split_at = (lambda m: m == 1) if planted == "one row" else (lambda m: m > 80)
-    monkeypatch.setattr(gemm, "tree_linear", lambda x, weight, bias=None, **kw: real(
+    monkeypatch.setattr(tree_gemm, "tree_linear", lambda x, weight, bias=None, **kw: real(
         x, weight, bias, **{**kw, "splits": 4 if split_at(x.shape[0]) else kw["splits"]}))
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(DEVICE, dtype)

@@ -30,7 +30,7 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
-its glued form and the tree GEMM), `exact_gemm` (exact numerics' GEMMs from them), `tree` (a
+its glued form, and which GEMM runs where), `tree_gemm` (a tree's rows' GEMM), `exact_gemm` (exact numerics' GEMMs from them), `tree` (a
 resident tree's target inputs and the device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
 dependent launch: under `common.PDL`, on Hopper, each forward kernel is scheduled while the one
 before it drains and waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
@@ -54,7 +54,8 @@ from specdiff.kernels.elementwise import (add_rms_norm, add_rms_norm_reference, 
                                           kv_rope_store_layers_reference, qkv_rope_store, qkv_rope_store_reference,
                                           rms_norm_reference, rope_reference, silu_mul, silu_mul_reference)
 from specdiff.kernels.exact_gemm import invariant_linear, invariant_swiglu, probe_invariance
-from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, linear, skinny_linear, swiglu, tree_linear
+from specdiff.kernels.gemm import SKINNY_MIN_WEIGHT, SKINNY_ROWS, decode_gemm, linear, skinny_linear, swiglu
+from specdiff.kernels.tree_gemm import tree_linear
 from specdiff.kernels.tree import accepted_path, tree_inputs, tree_inputs_reference
 
 __all__ = [
@@ -70,15 +71,17 @@ __all__ = [
 def switches(device: torch.device) -> dict:
     """The launch choices a run on `device` made away from their defaults (`scripts/ab.py` sets
     them), for its report: {} where none."""
-    from specdiff.kernels import common, exact_gemm, gemm
+    from specdiff.kernels import common, exact_gemm, gemm, tree_gemm
 
     out: dict = {}
     if not common.PDL:
         out["pdl"] = False
     if not gemm.SWIGLU_EPILOGUE:
         out["swiglu_epilogue"] = False
-    if not gemm.TREE_SPLIT_FIXUP:
+    if not tree_gemm.TREE_SPLIT_FIXUP:
         out["tree_split_fixup"] = False
+    if not tree_gemm.TREE_TAIL:
+        out["tree_tail"] = False
     if gemm.PREFETCH_TILES:
         out["prefetch_tiles"] = gemm.PREFETCH_TILES
     if gemm.SKINNY_MIN_WEIGHT != gemm.SQUARE_8B:

@@ -10,9 +10,9 @@ import functools
 
 import torch
 
-from specdiff.kernels import gemm
+from specdiff.kernels import gemm, tree_gemm
 from specdiff.kernels.elementwise import silu_mul
-from specdiff.kernels.gemm import TreeSetting
+from specdiff.kernels.tree_gemm import TreeSetting
 
 
 def _invariant_setting(weight: torch.Tensor) -> tuple[int, int, int, int]:
@@ -44,8 +44,8 @@ MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {
 }
 INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
-# Past `gemm.TREE_DOT_ROWS` rows (a tree of 128 or 256 nodes), launch choices that leave a row's
-# sums alone, per card: {card name: {(rows, K): launch}}, a launch either ("tree", block_n, warps,
+# Past `tree_gemm.TREE_DOT_ROWS` rows (a tree of 128 or 256 nodes), launch choices that leave a
+# row's sums alone, per card: {card name: {(rows, K): launch}}, a launch either ("tree", block_n, warps,
 # stages, group_rows): `tree_linear`, the rows on the MMA's narrow side; or ("rows", block_m,
 # block_n, warps, stages): the streaming kernel in block_m-row blocks, the rows on its wide side,
 # for a setting without a K split. Block_k and the splits stay `INVARIANT_SETTINGS`' (they fix
@@ -76,7 +76,7 @@ def _listed_invariant(x: torch.Tensor, shape: tuple[int, int]) -> TreeSetting | 
 
 
 def _wide_launch(x: torch.Tensor, shape: tuple[int, int]) -> WideLaunch | None:
-    """The card's launch for `shape` past `gemm.TREE_DOT_ROWS` rows, None where none."""
+    """The card's launch for `shape` past `tree_gemm.TREE_DOT_ROWS` rows, None where none."""
     return gemm._card_table(WIDE_LAUNCH, x.device).get(shape)
 
 
@@ -86,16 +86,16 @@ def _verdict_key(x: torch.Tensor, shape: tuple[int, int], setting: TreeSetting) 
 
 def _tree_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, setting: TreeSetting
               ) -> torch.Tensor:
-    """`tree_linear` at the table's setting, through the wide launch past `gemm.TREE_DOT_ROWS` rows."""
-    wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > gemm.TREE_DOT_ROWS else None
-    if wide is None or not wide_launch_fits(setting, wide, x.element_size(), gemm._shared_memory(x.device)):
-        return gemm.tree_linear_at(x, weight, bias, setting)
+    """`tree_linear` at the table's setting, through the wide launch past TREE_DOT_ROWS rows."""
+    wide = _wide_launch(x, tuple(weight.shape)) if x.shape[0] > tree_gemm.TREE_DOT_ROWS else None
+    if wide is None or not wide_launch_fits(setting, wide, x.element_size(), tree_gemm._shared_memory(x.device)):
+        return tree_gemm.tree_linear_at(x, weight, bias, setting)
     kind, *launch = wide
     if kind == "rows":  # without a K split (`wide_launch_fits`), which the streaming kernel lacks
         bm, bn, warps, stages = launch
         return gemm.decode_gemm(x, weight, bias, settings=(bn, setting[1], warps, stages), block_m=bm)
     bn, warps, stages, group = launch
-    return gemm.tree_linear(x, weight, bias, block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps,
+    return tree_gemm.tree_linear(x, weight, bias, block_n=bn, block_k=setting[1], splits=setting[2], num_warps=warps,
                             num_stages=stages, group_rows=group)
 
 
@@ -105,20 +105,19 @@ def wide_launch_fits(setting: TreeSetting, wide: WideLaunch, itemsize: int = 2, 
     kind, *launch = wide
     if kind == "rows":
         bm, bn, _, stages = launch
-        return setting[2] == 1 and gemm.tiles_fit(bm, bn, setting[1], stages, itemsize, shared)
+        return setting[2] == 1 and tree_gemm.tiles_fit(bm, bn, setting[1], stages, itemsize, shared)
     if kind == "tree":
         bn, _, stages, group = launch
-        return gemm.tiles_fit(group, bn, setting[1], stages, itemsize, shared)
+        return tree_gemm.tiles_fit(group, bn, setting[1], stages, itemsize, shared)
     return False
 
 
 def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
     """Checks each weight whose shape the card lists in `INVARIANT_SETTINGS`, once per setting:
-    `tree_linear` at that setting over 97 rows (row groups, at the wide launch where the card
-    lists one) against eight
-    rows computed alone and the 17 and 65-row calls (on a GPU a changed order of the sums flips
-    about one bf16 output in a thousand at K = 4096, so a real weight's thousands of outputs show
-    it). Records the verdicts `invariant_linear` reads -> the shapes refused (a row's bits changed
+    `tree_linear` at that setting over 145 rows (row groups and a narrower tail group, at the wide
+    launch where the card lists one) against ten rows computed alone and the 17 and 65-row calls
+    (on a GPU a changed order of the sums flips about one bf16 output in a thousand at K = 4096,
+    so a real weight's thousands of outputs show it). Records the verdicts `invariant_linear` reads -> the shapes refused (a row's bits changed
     with the rows beside it: they keep the streaming kernel). Not graph-capturable: run it where
     the model loads."""
     refused = []
@@ -129,9 +128,9 @@ def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
             continue
         run = functools.partial(_tree_run, weight=w, bias=None, setting=setting)
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(97, w.shape[1], generator=g).to(w.device, w.dtype)
+        x = torch.randn(145, w.shape[1], generator=g).to(w.device, w.dtype)
         full = run(x)
-        ok = (all(torch.equal(full[i : i + 1], run(x[i : i + 1])) for i in (0, 1, 15, 16, 17, 63, 64, 96))
+        ok = (all(torch.equal(full[i : i + 1], run(x[i : i + 1])) for i in (0, 1, 15, 16, 17, 63, 64, 96, 128, 144))
               and torch.equal(full[:17], run(x[:17])) and torch.equal(full[:65], run(x[:65])))
         INVARIANCE_VERDICTS[key] = ok
         if not ok:
