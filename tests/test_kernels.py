@@ -24,8 +24,12 @@ def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("add", [True, False])
-def test_add_rms_norm(dtype, add):
+@pytest.mark.parametrize("add,rows", [(True, 1), (True, 4), (False, 16)])
+def test_add_rms_norm(dtype, add, rows, monkeypatch):
+    """5 rows at 1, 4 (the last program's rows partly masked) and 16 rows a program."""
+    from specdiff.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "_rows_per_program", lambda: rows)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 96, generator=g).to(DEVICE, dtype)
     d = torch.randn(5, 96, generator=g).to(DEVICE, dtype) if add else None
@@ -38,8 +42,13 @@ def test_add_rms_norm(dtype, add):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("norm", [True, False])
-def test_qkv_rope_store(dtype, norm):
+@pytest.mark.parametrize("norm,block", [(True, 4), (True, 16), (False, 128)])
+def test_qkv_rope_store(dtype, norm, block, monkeypatch):
+    """Head rows in blocks of 4 (two per token), 16 (a block spans two tokens) and 128 (every token
+    in one, the rest masked) against the reference; slots not written stay zero."""
+    from specdiff.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "_head_rows", lambda: block)
     g = torch.Generator().manual_seed(1)
     n, hq, hkv, d, slots_total = 3, 4, 2, 16, 10
     qkv = torch.randn(n, (hq + 2 * hkv) * d, generator=g).to(DEVICE, dtype)
@@ -59,9 +68,14 @@ def test_qkv_rope_store(dtype, norm):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kv_rope_store_layers(dtype):
+@pytest.mark.parametrize("block", [8, 128])
+def test_kv_rope_store_layers(dtype, block, monkeypatch):
     """Every layer's K/V of a context fusion stored in one launch, as one `qkv_rope_store` per
-    layer would (each layer's own k norm, its own cache), slots elsewhere untouched."""
+    layer would (each layer's own k norm, its own cache), slots elsewhere untouched; head rows in
+    blocks spanning two tokens or all of them."""
+    from specdiff.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "_head_rows", lambda: block)
     g = torch.Generator().manual_seed(3)
     n, layers, hkv, d, slots_total = 3, 3, 2, 16, 9
     kv = torch.randn(n, layers * 2 * hkv * d, generator=g).to(DEVICE, dtype)
@@ -81,7 +95,11 @@ def test_kv_rope_store_layers(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_silu_mul(dtype):
+@pytest.mark.parametrize("rows", [1, 16])
+def test_silu_mul(dtype, rows, monkeypatch):
+    from specdiff.kernels import elementwise
+
+    monkeypatch.setattr(elementwise, "_rows_per_program", lambda: rows)
     g = torch.Generator().manual_seed(2)
     gu = (3 * torch.randn(4, 2 * 80, generator=g)).to(DEVICE, dtype)
     close(kernels.silu_mul(gu), kernels.silu_mul_reference(gu), dtype)
@@ -619,9 +637,9 @@ cases = {
              dict(x_ptr=bf, nw_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=bf, M=i32, N=i32, K=i32, eps="fp32"),
              dict(NORM=True, BIAS=False, RESIDUAL=True, SWIGLU=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
                   PRECISION="tf32", INTERPRETED=False, PREFETCH=2)),
-    "norm": (elementwise._add_rms_norm_kernel, dict(x_ptr=bf, d_ptr=bf, w_ptr=bf, out_ptr=bf, H=i32, eps="fp32"),
-             dict(ADD=True, BLOCK=1024)),
-    "silu": (elementwise._silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, I=i32), dict(BLOCK=1024)),
+    "norm": (elementwise._add_rms_norm_kernel,
+             dict(x_ptr=bf, d_ptr=bf, w_ptr=bf, out_ptr=bf, N=i32, H=i32, eps="fp32"), dict(ADD=True, ROWS=1, BLOCK=1024)),
+    "silu": (elementwise._silu_mul_kernel, dict(gu_ptr=bf, out_ptr=bf, N=i32, I=i32), dict(ROWS=1, BLOCK=1024)),
     "combine": (attention._combine_kernel, dict(part_ptr=f32, ml_ptr=f32, out_ptr=bf, N=i32, HQ=i32, HKV=i32, SPLITS=i32),
                 dict(G=4, D=128, SPLITS_P2=8)),
     "attention": (attention._tree_attention_kernel,
@@ -630,7 +648,7 @@ cases = {
                   dict(G=4, D=128, BLOCK_M=16, BLOCK_N=64, DIRECT=False, PRECISION="tf32", INTERPRETED=False)),
     "qkv": (elementwise._qkv_rope_store_kernel,
             dict(qkv_ptr=bf, cos_ptr=f32, sin_ptr=f32, nw_ptr=bf, q_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="*i64",
-                 HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, eps="fp32", ROW=i32, nw_sl=i32, cache_sl=i32),
+                 N=i32, HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, eps="fp32", ROW=i32, nw_sl=i32, cache_sl=i32),
             dict(NORM=True, D=128, BLOCK_H=8)),
 }
 out = {}
