@@ -793,3 +793,39 @@ def test_a_cards_streaming_settings_go_by_its_longest_listed_name(monkeypatch):
         assert [gemm.stream_settings(torch.device("cuda", 0), 8, 4, m) for m in (1, 3, 16)] == want
         assert gemm.stream_settings(torch.device("cuda", 0), 8, 8, 1) is None
     assert kernels.switches(torch.device("cpu")) == {"stream_settings": "NVIDIA H,NVIDIA H200"}
+
+
+tl = triton.language
+
+
+@triton.jit
+def _sort_kernel(x_ptr, out_ptr, N: tl.constexpr, DESC: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, tl.sort(tl.load(x_ptr + offs), descending=DESC))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="a shortcut of Triton's interpreter")
+def test_the_interpreters_integer_sort_gives_the_networks_order(monkeypatch):
+    """`tests/triton_interpreter.py` hands `tl.sort` of integers to numpy: the same order as Triton's
+    bitonic network (run with the shortcut off) and torch's, duplicates and negatives included,
+    both directions; floats keep the network."""
+    import triton_interpreter
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(-50, 50, (64,), generator=g, dtype=torch.int64)
+    floats = torch.randn(64, generator=g)
+    used = []
+    real = triton_interpreter._integer_sort
+    monkeypatch.setattr(triton_interpreter, "_integer_sort", lambda *a, **kw: (used.append(1), real(*a, **kw))[1])
+    for x in (keys, floats):
+        for desc in (False, True):
+            out = torch.empty_like(x)
+            _sort_kernel[(1,)](x, out, N=64, DESC=desc)
+            assert torch.equal(out, torch.sort(x, descending=desc).values), (x.dtype, desc)
+            if x.dtype == torch.int64:
+                network = torch.empty_like(x)
+                with monkeypatch.context() as m:
+                    m.setattr(triton_interpreter, "_integer_sort", lambda *a, **kw: None)
+                    _sort_kernel[(1,)](x, network, N=64, DESC=desc)
+                assert torch.equal(out, network), desc
+    assert used, "the shortcut never ran"

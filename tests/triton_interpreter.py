@@ -6,7 +6,12 @@ kernel (each `_round`, each `tl.zeros`), walking the language's modules with `in
 time, and never restores those inner patches. A second patch of the same function's modules
 finds them patched already, so only the first call per function changes anything; the rest cost
 about a third of an interpreted forward. `patch_device_calls_once` skips the repeats, and does
-nothing where the interpreter's code is not the shape it expects."""
+nothing where the interpreter's code is not the shape it expects.
+
+It also hands `tl.sort` of integer keys to numpy: interpreted, Triton's bitonic network is a few
+hundred ops a sort, each run in Python (the device search's beams sort once a depth), and integers
+sort to one order whatever the algorithm. Floats keep the network (0.0 and -0.0 tie, and numpy
+orders NaN its own way)."""
 
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def patch_device_calls_once() -> bool:
     seen: set = set()
 
     def __call__(self, *args, **kwargs):
+        if _is_sort(self.fn) and (fast := _integer_sort(*args, **kwargs)) is not None:
+            return fast
         if self.fn not in seen:  # the first call patches the function's modules, as before
             seen.add(self.fn)
             return call(self, *args, **kwargs)
@@ -46,3 +53,28 @@ def patch_device_calls_once() -> bool:
     __call__._patched_once = True
     cls.__call__ = __call__
     return True
+
+
+def _is_sort(fn) -> bool:
+    return getattr(fn, "__name__", "") == "sort_impl" and getattr(fn, "__module__", "") == "triton.language.standard"
+
+
+def _integer_sort(x, k=None, dim=None, descending=0):
+    """`sort_impl(x, dim=dim, descending=descending)` of an integer tensor along its last axis,
+    by numpy; None where that is not the call (a top-k, another axis, another dtype)."""
+    import numpy as np
+    from triton import language as tl
+    from triton.runtime import interpreter
+
+    unwrap = tl.core._unwrap_if_constexpr
+    k, dim, descending = unwrap(k), unwrap(dim), unwrap(descending)
+    handle = getattr(x, "handle", None)
+    data = getattr(handle, "data", None)
+    if k is not None or not isinstance(data, np.ndarray) or data.ndim == 0 or dim not in (None, data.ndim - 1):
+        return None
+    if not np.issubdtype(data.dtype, np.integer):
+        return None
+    out = np.sort(data, axis=-1)
+    if descending:
+        out = np.ascontiguousarray(np.flip(out, axis=-1))
+    return tl.core.tensor(interpreter.TensorHandle(out, handle.dtype), x.type)
