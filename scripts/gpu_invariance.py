@@ -74,9 +74,10 @@ def wide_groups(x: torch.Tensor, ws: list[torch.Tensor], copies: int, setting: t
 
 
 WIDE_ROWS = (129, 257)
-# `exact_gemm.WIDE_LAUNCH` candidates past 80 rows; tiles past shared memory are skipped
-WIDE = ([("tree", bn, warps, stages, group) for bn in (64, 128, 256) for warps, stages in ((4, 3), (8, 3), (8, 4))
-         for group in (64, 128)]
+# `exact_gemm.WIDE_LAUNCH` candidates past 80 rows; tiles past shared memory are skipped (a
+# 256-wide weight tile fits only at 2 stages)
+WIDE = ([("tree", bn, warps, stages, group) for bn in (64, 128, 256)
+         for warps, stages in ((4, 3), (8, 3), (8, 4), (8, 2)) for group in (64, 128)]
         + [("rows", bm, bn, warps, stages) for bm in (64, 128) for bn in (64, 128, 256)
            for warps, stages in ((4, 3), (8, 3), (8, 2))])
 
