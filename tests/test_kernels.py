@@ -630,8 +630,10 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from specdiff.kernels import attention, elementwise, gemm
+from specdiff.kernels import attention, elementwise, gemm, tree_gemm
 bf, f32, i32 = "*bf16", "*fp32", "i32"
+tree_args = dict(x_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=f32, out_ptr=bf, cnt_ptr="*i32", M=i32, N=i32, K=i32, K_SPLIT=i32)
+tree_launch = dict(BIAS=False, BLOCK_N=64, BLOCK_K=64, PRECISION="tf32", INTERPRETED=False)
 cases = {
     "gemm": (gemm._decode_gemm_kernel,
              dict(x_ptr=bf, nw_ptr=bf, w_ptr=bf, b_ptr=bf, y_ptr=bf, M=i32, N=i32, K=i32, eps="fp32"),
@@ -650,10 +652,15 @@ cases = {
             dict(qkv_ptr=bf, cos_ptr=f32, sin_ptr=f32, nw_ptr=bf, q_ptr=bf, kc_ptr=bf, vc_ptr=bf, slot_ptr="*i64",
                  N=i32, HQ=i32, HKV=i32, cache_sh=i32, cache_ss=i32, eps="fp32", ROW=i32, nw_sl=i32, cache_sl=i32),
             dict(NORM=True, D=128, BLOCK_H=8)),
+    # a tree's two dots (65 rows: 64 + 16), then row groups of 128 with a 16-row tail and the split's fix-up
+    "tree": (tree_gemm._tree_gemm_kernel, tree_args,
+             dict(ROWS_A=64, ROWS_B=16, ROWS_T=0, PARTIAL=False, SPLITS=1, FIXUP=False, **tree_launch)),
+    "tree_tail": (tree_gemm._tree_gemm_kernel, tree_args,
+                  dict(ROWS_A=128, ROWS_B=0, ROWS_T=16, PARTIAL=True, SPLITS=2, FIXUP=True, **tree_launch)),
 }
 out = {}
 for name, (fn, signature, constexprs) in cases.items():
-    for on in (False, True):
+    for on in (False, True) if not name.startswith("tree") else (True,):  # the tree's: the wait's place
         c = {**constexprs, "PDL": on}
         src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in c}}, constexprs=c)
         opts = {"launch_pdl": True} if on else {}
@@ -666,7 +673,9 @@ json.dump(out, sys.stdout)
 def test_a_kernel_launched_dependently_waits_before_it_reads_or_writes_memory():
     """Compiled for Hopper with PDL on, every forward kernel's PTX waits for the kernel before it
     (`griddepcontrol.wait`) before its first global load or store, and releases the next one;
-    the GEMM's L2 prefetches of its weight come before the wait. With PDL off: no wait."""
+    the GEMM's L2 prefetches of its weight come before the wait. With PDL off: no wait. The
+    tree's GEMM compiles with its two dots and with row groups, a narrow tail group and the
+    split's fix-up (on the CPU its kernel only ever runs interpreted)."""
     import json
     import os
     import subprocess
@@ -676,8 +685,8 @@ def test_a_kernel_launched_dependently_waits_before_it_reads_or_writes_memory():
     run = subprocess.run([sys.executable, "-c", _HOPPER_PTX], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     ptx = json.loads(run.stdout)
-    for name in ("gemm", "norm", "silu", "combine", "attention", "qkv"):
-        assert "griddepcontrol" not in ptx[f"{name} False"], name
+    for name in ("gemm", "norm", "silu", "combine", "attention", "qkv", "tree", "tree_tail"):
+        assert "griddepcontrol" not in ptx.get(f"{name} False", ""), name
         on = ptx[f"{name} True"]
         wait = on.index("griddepcontrol.wait")
         memory = [i for i in (on.find(op) for op in ("ld.global", "st.global", "atom.global")) if i >= 0]
