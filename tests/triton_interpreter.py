@@ -19,7 +19,8 @@ import inspect
 
 
 def patch_device_calls_once() -> bool:
-    """Skip the language patch on a device function's second and later calls. True if applied."""
+    """Skip the language patch on a device function's second and later calls, and sort integer
+    keys by numpy (the module's docstring says why). True if applied."""
     try:
         from triton.runtime import interpreter
     except ImportError:

@@ -30,9 +30,9 @@ On a CPU the tests run the kernels under Triton's interpreter against the refere
 
 Modules: `elementwise` (the norm, QKV/RoPE/cache and SiLU-multiply kernels), `attention` (tree
 attention, and the exact numerics' position-ordered attention), `gemm` (the weight-streaming GEMM,
-its glued form, and which GEMM runs where), `tree_gemm` (a tree's rows' GEMM), `exact_gemm` (exact numerics' GEMMs from them), `tree` (a
-resident tree's target inputs and the device's accepted path), `common` (Triton where installed, bf16 rounding, and programmatic
-dependent launch: under `common.PDL`, on Hopper, each forward kernel is scheduled while the one
+its glued form, and which GEMM runs where), `tree_gemm` (a tree's rows' GEMM), `exact_gemm` (exact
+numerics' GEMMs from them), `tree` (a resident tree's target inputs and the device's accepted
+path), `common` (Triton where installed, bf16 rounding, and programmatic dependent launch: under `common.PDL`, on Hopper, each forward kernel is scheduled while the one
 before it drains and waits for its writes first thing). This package holds the op sets (`OPS`, `EXACT_OPS`) and
 the `--kernels` decision, and re-exports the rest.
 """

@@ -145,6 +145,7 @@ if triton is not None:
         s = _round(g / (1.0 + tl.exp(-g)), dt)
         tl.store(out_ptr + row * I + offs, _round(s.to(tl.float32) * u, dt), mask=m)
 
+
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`add_rms_norm_reference` in one kernel: x [N, H] contiguous, updated in place."""
     n, h = x.shape
@@ -171,7 +172,8 @@ def _head_rows() -> int:
 def qkv_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None,
                    eps: float, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
                    num_heads: int) -> torch.Tensor:
-    """`qkv_rope_store_reference` in one kernel: one program per `_head_rows` heads of the tokens'."""
+    """`qkv_rope_store_reference` in one kernel: one program per `_head_rows()` head rows, the
+    tokens' heads in a row."""
     n = qkv.shape[0]
     hkv, _, d = k_cache.shape
     q = torch.empty(n, num_heads, d, dtype=qkv.dtype, device=qkv.device)

@@ -45,8 +45,8 @@ MEASURED_INVARIANT_SETTINGS: dict[str, dict[tuple[int, int], TreeSetting]] = {
 INVARIANT_SETTINGS = copy.deepcopy(MEASURED_INVARIANT_SETTINGS)  # what runs (`scripts/ab.py` may change it)
 
 # Past `tree_gemm.TREE_DOT_ROWS` rows (a tree of 128 or 256 nodes), launch choices that leave a
-# row's sums alone, per card: {card name: {(rows, K): launch}}, a launch either ("tree", block_n, warps,
-# stages, group_rows): `tree_linear`, the rows on the MMA's narrow side; or ("rows", block_m,
+# row's sums alone, per card: {card name: {(rows, K): launch}}, a launch either ("tree",
+# block_n, warps, stages, group_rows): `tree_linear`, the rows on the MMA's narrow side; or ("rows", block_m,
 # block_n, warps, stages): the streaming kernel in block_m-row blocks, the rows on its wide side,
 # for a setting without a K split. Block_k and the splits stay `INVARIANT_SETTINGS`' (they fix
 # the K order); a wider tile, more warps or wider row blocks only change how often the weight is
@@ -117,9 +117,9 @@ def probe_invariance(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
     `tree_linear` at that setting over 145 rows (row groups and a narrower tail group, at the wide
     launch where the card lists one) against ten rows computed alone and the 17 and 65-row calls
     (on a GPU a changed order of the sums flips about one bf16 output in a thousand at K = 4096,
-    so a real weight's thousands of outputs show it). Records the verdicts `invariant_linear` reads -> the shapes refused (a row's bits changed
-    with the rows beside it: they keep the streaming kernel). Not graph-capturable: run it where
-    the model loads."""
+    so a real weight's thousands of outputs show it). Records the verdicts `invariant_linear`
+    reads -> the shapes refused (a row's bits changed with the rows beside it: they keep the
+    streaming kernel). Not graph-capturable: run it where the model loads."""
     refused = []
     for w in weights:
         shape, setting = tuple(w.shape), _listed_invariant(w, tuple(w.shape))

@@ -37,8 +37,8 @@ if triton is not None:
                         ROWS_A: tl.constexpr, ROWS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PARTIAL: tl.constexpr, SPLITS: tl.constexpr, FIXUP: tl.constexpr,
                         PRECISION: tl.constexpr, INTERPRETED: tl.constexpr, PDL: tl.constexpr):
-        # program (row group, n block, k split) on rows r0 onwards. The weight tile is the MMA's wide side and the
-        # tree's rows its narrow one, in two dots (ROWS_A a power of two, then ROWS_B more): 65 rows
+        # program (row group, n block, k split) on rows r0 onwards. The weight tile is the MMA's
+        # wide side and the tree's rows its narrow one, in two dots (ROWS_A a power of two, then ROWS_B more): 65 rows
         # run as 64 + 16, where one row block would pad them to 128. Each program reads its group's
         # rows once per k tile from L2, so a wide BLOCK_N keeps that read small against the
         # weight's; the split over K gives a narrow weight enough programs to fill the SMs. More
@@ -55,7 +55,7 @@ if triton is not None:
         _pdl_wait(PDL)
         acc_a = tl.zeros([BLOCK_N, ROWS_A], tl.float32)
         if ROWS_B > 0:
-            rb = ROWS_A + tl.arange(0, ROWS_B)  # ROWS_B > 0: one group
+            rb = r0 + ROWS_A + tl.arange(0, ROWS_B)  # ROWS_B > 0: one group
             acc_b = tl.zeros([BLOCK_N, ROWS_B], tl.float32)
         for k in range(k0, k0 + K_SPLIT, BLOCK_K):
             rk = k + tl.arange(0, BLOCK_K)
