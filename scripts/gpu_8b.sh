@@ -3,7 +3,8 @@
 # then on the graph engine with the fused kernels, in the order STEPS names (default "exact all"):
 #   exact  exact numerics against fast on function completion (EXACT_METHODS at EXACT_BUDGETS,
 #          at EXACT_TEMPS, default T=0 and T=1);
-#   all    the bench of ALL_METHODS (ddtree and d2sd-hybrid at BUDGETS, caddtree with the profile)
+#   all    the bench of ALL_METHODS (ddtree, ddtree-pld and d2sd-hybrid at BUDGETS, caddtree with the
+#          profile)
 #          on both held-out sets at T=0 and T=1, the measured rounds against the profile and
 #          caddtree against the best fixed budget.
 # The profile: PROFILE (a saved one of this shape and card), else measured first (at the
@@ -36,7 +37,7 @@ for step in ${STEPS:-exact all}; do
   else
     echo "--- bench all ($((SECONDS - t0)) s)"
     timeout "$(left)" python3 -m specdiff bench $G $P \
-      --methods "${ALL_METHODS:-ar,dflash,ddtree,caddtree,d2sd,d2sd-hybrid}" \
+      --methods "${ALL_METHODS:-ar,dflash,ddtree,ddtree-pld,caddtree,d2sd,d2sd-hybrid}" \
       --budgets ${BUDGETS:-16,64,256,512} --temperature 0,1 --limit "$L" --profile "$PROF" \
       --out "$R/bench8b_all" | grep -v "^|"
     python3 -m specdiff round-costs "$R/bench8b_all" "$PROF" > "$R/round_costs_8b.md"

@@ -16,6 +16,8 @@
 #   8b      `specdiff speed --shape qwen3-8b --budgets 64,256` (the table the targets name);
 #   8b16    the same at `--budgets 16,64`;
 #   1.7b    the same at Qwen3-1.7B, `--budgets 64`;
+#   long    the 8B table (`--budgets 64,256`) and the 1.7B one (`--budgets 64`) after a 1,024-token
+#           prompt, the longest the targets name;
 #   sweep   where `gemm.MEASURED_STREAM_SETTINGS` has no table for this card: the bare streaming
 #           GEMM swept per weight shape at 1 and 16 rows against cuBLAS (scripts/gpu_decode_gemm.py,
 #           GLUE=0), its table written to out/stream_settings.txt, then both shapes' speed with it;
@@ -48,7 +50,8 @@
 #   narrow16  the same A/B at Qwen3-1.7B, 1 and 16 nodes: its down, QKV and o weights each streamed
 #           at 16 rows too (this card's table with that entry changed; the settings each GEMM
 #           alone was fastest with on an H100);
-#   bundled the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64;
+#   bundled the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64,
+#           ddtree-pld@16 and @64;
 #   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
 #   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
@@ -176,6 +179,9 @@ sys.exit(not any(v for c in ast.literal_eval(open('out/tree_gemm_$SZ.txt').read(
           "qwen3-$SZ" --budgets 16,64
       fi ;;
     1.7b) speed 1.7b "$S" qwen3-1.7b --budgets 64 ;;
+    long)
+      speed 8b_long "$S" qwen3-8b --budgets 64,256 --prompt-tokens 1024
+      speed 1.7b_long "$S" qwen3-1.7b --budgets 64 --prompt-tokens 1024 ;;
     sweep)
       if python3 -c "import sys, torch; from specdiff.kernels import gemm
 sys.exit(any(torch.cuda.get_device_name().startswith(c) for c in gemm.MEASURED_STREAM_SETTINGS))"; then
@@ -192,7 +198,7 @@ sys.exit(any(torch.cuda.get_device_name().startswith(c) for c in gemm.MEASURED_S
       fi ;;
     bundled)
       timeout "$(left 60)" $S bench $G --prompts data/prompts/function_completion.jsonl --temperature 0 \
-        --limit 24 --methods ar,ddtree --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -8 \
+        --limit 24 --methods ar,ddtree,ddtree-pld --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -12 \
         | tee out/bundled.txt
       pk bundled ;;
     vocab) speed 8b_draft_vocab "$S" qwen3-8b --budgets 64 --draft-vocab 32768 ;;

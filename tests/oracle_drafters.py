@@ -26,7 +26,7 @@ from specdiff.methods.caddtree.cost_model import CostProfile, fit_monotone_conve
 from specdiff.methods.device_search import PrefixSearch, fetch
 from specdiff.types import DraftProposal
 
-AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid")
+AR_DRAFTER_METHODS = ("pld", "dflash", "ddtree", "ddtree-pld", "caddtree", "d2sd", "d2sd-hybrid")
 
 
 class NextLogits:

@@ -21,8 +21,8 @@ def loaded_modules(code: str) -> set[str]:
 
 
 LIBRARY = ["specdiff.decode", "specdiff.engine", "specdiff.methods", "specdiff.methods.ar", "specdiff.methods.pld",
-           "specdiff.methods.dflash", "specdiff.methods.ddtree", "specdiff.methods.d2sd", "specdiff.methods.caddtree",
-           "specdiff.bench.harness", "specdiff.methods.caddtree.profiler",
+           "specdiff.methods.dflash", "specdiff.methods.ddtree", "specdiff.methods.ddtree_pld", "specdiff.methods.d2sd",
+           "specdiff.methods.caddtree", "specdiff.bench.harness", "specdiff.methods.caddtree.profiler",
            "specdiff.dllm.pipeline", "specdiff.train.pretrain"]
 
 

@@ -61,7 +61,7 @@ def test_ar_equals_hf_generate(target_model, references):
      ("ddtree", 128, "hf"), ("ar", 1, "static"), ("dflash", 1, "static"), ("ddtree", 32, "static"),
      ("ar", 1, "graph"), ("dflash", 1, "graph"), ("ddtree", 32, "graph"), ("ddtree", 128, "graph"),
      ("d2sd", 1, "hf"), ("d2sd-hybrid", 32, "hf"), ("d2sd", 1, "static"), ("d2sd-hybrid", 32, "static"),
-     ("d2sd", 1, "graph"), ("d2sd-hybrid", 32, "graph")],
+     ("d2sd", 1, "graph"), ("d2sd-hybrid", 32, "graph"), ("ddtree-pld", 32, "hf"), ("ddtree-pld", 32, "graph")],
 )
 def test_random_drafter_is_exact(target_model, references, method, budget, engine):
     """A random drafter rarely agrees: almost every round rejects early (six prompts: 240 such

@@ -109,7 +109,8 @@ def gof_pvalue(samples: list[tuple[int, ...]], exact: dict[tuple[int, ...], floa
 
 T1 = SamplingConfig(temperature=1.0)
 CASES = [("dflash", 1, T1), ("ddtree", 8, T1), ("ddtree", 6, SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)),
-         ("caddtree", 1, T1), ("d2sd", 1, T1), ("d2sd-hybrid", 6, SamplingConfig(temperature=1.2, top_p=0.9))]
+         ("ddtree-pld", 6, T1), ("caddtree", 1, T1), ("d2sd", 1, T1),
+         ("d2sd-hybrid", 6, SamplingConfig(temperature=1.2, top_p=0.9))]
 
 
 def agreeing_decoder(model, method: str, budget: int, sampling: SamplingConfig, verifier=None):
@@ -167,8 +168,8 @@ def test_goodness_of_fit_catches_planted_bugs(tiny_vocab, monkeypatch, bug):
     assert p < 1e-6, f"{bug} went unnoticed (p={p:.2e})"
 
 
-@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("d2sd", 1),
-                                           ("d2sd-hybrid", 16)])
+@pytest.mark.parametrize("method,budget", [("pld", 1), ("dflash", 1), ("ddtree", 4), ("ddtree", 32), ("ddtree-pld", 16),
+                                           ("d2sd", 1), ("d2sd-hybrid", 16)])
 def test_same_seed_same_tokens_as_ar(qwen3_model, method, budget):
     drafter = tiny_drafter(qwen3_model, block_size=16)
     vp_drafter = tiny_drafter(qwen3_model, block_size=16, seed=2)
@@ -213,12 +214,13 @@ def test_overlapped_ar_draws_the_tokens_of_one_step_at_a_time(qwen3_model, monke
 
 
 def sampled_prompts(method: str, n: int = 4, seed: int = 9) -> list[list[int]]:
-    """Random prompts; repeated for prompt lookup, which drafts only from the context."""
+    """Random prompts; repeated for the methods that look the context up, which pld drafts from
+    alone and ddtree-pld beside its drafter."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
         p = torch.randint(0, 95, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
-        out.append(p * 3 if method == "pld" else p)
+        out.append(p * 3 if method in ("pld", "ddtree-pld") else p)
     return out
 
 

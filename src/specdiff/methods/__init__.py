@@ -1,10 +1,10 @@
 """The decoding methods and their registry.
 
-One module per method draws its rounds' trees (`ar`, `pld`, `dflash`, `ddtree`, `d2sd`; `caddtree`
-is a package: tree, cost model, profiler, proposer); `base` holds the interface they share. The
-registry below is the one list of methods: the config's `Method` type, the engine's wiring, the
-CLI's choices and the bench's sweep all read it. Adding a method is its module plus one entry
-here. This module imports no torch, so the CLI can list the methods without loading it.
+One module per method draws its rounds' trees (`ar`, `pld`, `dflash`, `ddtree`, `ddtree_pld`,
+`d2sd`; `caddtree` is a package: tree, cost model, profiler, proposer); `base` holds the interface
+they share. The registry below is the one list of methods: the config's `Method` type, the
+engine's wiring, the CLI's choices and the bench's sweep all read it. Adding a method is its
+module plus one entry here. This module imports no torch, so the CLI can list the methods without loading it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from specdiff.native import Native
     from specdiff.target.hf_causal import HFTarget
 
-Method = Literal["ar", "pld", "dflash", "ddtree", "caddtree", "d2sd", "d2sd-hybrid"]
+Method = Literal["ar", "pld", "dflash", "ddtree", "ddtree-pld", "caddtree", "d2sd", "d2sd-hybrid"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ REGISTRY: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("dflash", "specdiff.methods.dflash", "DFlash: the drafter's block, as one chain", drafter=True),
     MethodInfo("ddtree", "specdiff.methods.ddtree", "DDTree: the drafter's most probable prefixes, as one tree",
                drafter=True, budgeted=True),
+    MethodInfo("ddtree-pld", "specdiff.methods.ddtree_pld", "DDTree's prefixes and the prompt-lookup chain, the "
+               "budget's most likely nodes of both, as one tree", drafter=True, budgeted=True),
     MethodInfo("caddtree", "specdiff.methods.caddtree", "cost-aware DDTree: as many prefixes as pay for their "
                "measured cost", drafter=True),
     MethodInfo("d2sd", "specdiff.methods.d2sd", "D²SD: the DFlash chain and VP re-drafts of its likely "

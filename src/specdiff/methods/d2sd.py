@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from specdiff.methods.base import DecodeState, Drafter
-from specdiff.methods.ddtree import best_first_prefixes, top_k_marginals
+from specdiff.methods.ddtree import best_first_prefixes, best_nodes_tree, top_k_marginals
 from specdiff.methods.dflash import DFlashProposer
 from specdiff.ops import read_together
 from specdiff.types import DraftProposal, DraftTree
@@ -169,16 +169,7 @@ def hybrid_scores(cands: D2SDCandidates, proposal: DraftProposal, budget: int) -
 
 def build_d2sd_hybrid(cands: D2SDCandidates, proposal: DraftProposal, budget: int) -> DraftTree:
     """The `budget` best-scoring candidate nodes as one prefix-closed tree (module docstring)."""
-    scores = hybrid_scores(cands, proposal, budget)
-    order = sorted(scores, key=lambda p: (-scores[p], len(p)))
-    chosen: dict[tuple[int, ...], None] = {}  # insertion-ordered set: parents before children
-    for path in order:
-        if len(chosen) >= budget:
-            break
-        missing = [path[:d] for d in range(1, len(path) + 1) if path[:d] not in chosen]
-        if len(chosen) + len(missing) <= budget:
-            chosen.update(dict.fromkeys(missing))
-    return merge_paths(cands.root, [list(p) for p in chosen])
+    return best_nodes_tree(cands.root, hybrid_scores(cands, proposal, budget), budget)
 
 
 class D2SDProposer(DFlashProposer):

@@ -16,6 +16,7 @@ import itertools
 import math
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 
 from specdiff.methods.base import DecodeState, Drafter
@@ -140,13 +141,67 @@ def build_ddtree(root: int, proposal: DraftProposal, budget: int, max_depth: int
         top_logp, top_ids = candidates(proposal, budget, depth)
         exact = native.top_prefixes(top_logp, top_ids, budget, complete=budget >= proposal.logits.shape[-1])
         return exact.tree(root, budget)
+    return tree_from_pops(root, *heap_prefixes(proposal, budget, depth))
+
+
+def heap_prefixes(proposal: DraftProposal, budget: int, depth: int) -> tuple[list[Pop], list[list[int]]]:
+    """The Python heap's top `budget` pops and the candidate ids they index: FIRST_K candidates per
+    depth, refetched at `budget` only if the tree used them all."""
     k = min(budget, FIRST_K)
     while True:
         top_logp, top_ids = top_k_marginals(proposal, k, depth)
         nodes = best_first_prefixes(top_logp, budget)
         if k >= min(budget, proposal.logits.shape[-1]) or not saturated(nodes, k):
-            return tree_from_pops(root, nodes, top_ids)
+            return nodes, top_ids
         k = budget
+
+
+class ScoredPrefixes(NamedTuple):
+    """A DDTree's nodes after the root in best-first order, as host arrays: node i + 1 of the tree
+    is `tokens[i]` at `depths[i]`, under `parents[i]` (0 = the root), with prefix log-probability
+    `logp[i]` (non-increasing)."""
+
+    tokens: np.ndarray  # [n] int64
+    parents: np.ndarray  # [n] int64
+    depths: np.ndarray  # [n] int64
+    logp: np.ndarray  # [n] float64
+
+
+def scored_prefixes(proposal: DraftProposal, budget: int, depth: int, native: Native | None = None) -> ScoredPrefixes:
+    """`build_ddtree`'s top `budget` prefixes with their log-probabilities, by the same search (the
+    device's where it covers them, else C, else the Python heap)."""
+    if proposal.prefixes is not None and proposal.prefixes.covers(budget, depth):
+        found = proposal.prefixes
+    elif native is not None:
+        top_logp, top_ids = candidates(proposal, budget, depth)
+        found = native.top_prefixes(top_logp, top_ids, budget, complete=budget >= proposal.logits.shape[-1])
+    else:
+        nodes, top_ids = heap_prefixes(proposal, budget, depth)
+        tree = tree_from_pops(0, nodes, top_ids)
+        return ScoredPrefixes(tree.tokens.numpy()[1:], tree.parents.numpy()[1:], tree.depths.numpy()[1:],
+                              np.array([p.score for p in nodes], dtype=np.float64))
+    n = min(budget, found.width)
+    return ScoredPrefixes(*found.table[:, 1 : n + 1], found.logp[:n])
+
+
+def best_nodes_tree(root: int, scores: dict[tuple[int, ...], float], budget: int) -> DraftTree:
+    """The `budget` best-scoring nodes (token paths after the root, log scores) as one prefix-closed
+    tree, parents first; a node is taken only with its missing ancestors, within the budget."""
+    order = sorted(scores, key=lambda p: (-scores[p], len(p)))
+    chosen: dict[tuple[int, ...], None] = {}  # insertion-ordered set: parents before children
+    for path in order:
+        if len(chosen) >= budget:
+            break
+        missing = [path[:d] for d in range(1, len(path) + 1) if path[:d] not in chosen]
+        if len(chosen) + len(missing) <= budget:
+            chosen.update(dict.fromkeys(missing))
+    index = {(): 0}
+    tokens, parents = [root], [-1]
+    for path in chosen:
+        index[path] = len(tokens)
+        tokens.append(path[-1])
+        parents.append(index[path[:-1]])
+    return DraftTree.from_lists(tokens, parents)
 
 
 class DDTreeProposer(DFlashProposer):
