@@ -51,7 +51,7 @@
 #           at 16 rows too (this card's table with that entry changed; the settings each GEMM
 #           alone was fastest with on an H100);
 #   bundled the bundled pair's bench, function completion, T=0, 24 prompts: ar, ddtree@16 and @64,
-#           ddtree-pld@16 and @64;
+#           ddtree-pld@16 and @64 (each against the best ddtree budget, `specdiff versus`);
 #   vocab   the 8B speed with the drafter's head over the first 32,768 token ids (`--draft-vocab`);
 #   profile the 8B forward kernel by kernel at 1 and 65 nodes.
 # Needs .pack/models.tgz (scripts/README.md). Steps past DEADLINE (seconds, default 520) are cut off.
@@ -200,6 +200,7 @@ sys.exit(any(torch.cuda.get_device_name().startswith(c) for c in gemm.MEASURED_S
       timeout "$(left 60)" $S bench $G --prompts data/prompts/function_completion.jsonl --temperature 0 \
         --limit 24 --methods ar,ddtree,ddtree-pld --budgets 16,64 --out out/bundled 2>&1 | grep -v "it/s" | tail -12 \
         | tee out/bundled.txt
+      for b in 16 64; do $S versus out/bundled --method ddtree-pld@$b 2>&1 | tee -a out/bundled.txt; done
       pk bundled ;;
     vocab) speed 8b_draft_vocab "$S" qwen3-8b --budgets 64 --draft-vocab 32768 ;;
     profile)
