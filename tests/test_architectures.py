@@ -112,3 +112,53 @@ def test_the_hf_engine_probe_refuses_a_tree_forward_that_ignores_the_mask(monkey
     monkeypatch.setattr(tree_plan.TreePlan, "build", staticmethod(leaky))
     with pytest.raises(SpecdiffError, match="does not reproduce"):
         ours(tiny("llama"), "hf", 4)
+
+
+def outcome(model: torch.nn.Module, method: str, engine: str, expected: list[int], hf_refuses: bool) -> str:
+    cfg = DecodeConfig(method=method, engine=engine, max_new_tokens=len(expected), stop_at_eos=False)
+    try:
+        got = build_decoder(model, cfg).generate(PROMPT).token_ids
+    except SpecdiffError as e:
+        assert "\n" not in str(e), str(e)
+        # a static/graph refusal points to the hf engine, unless that one refuses the model too
+        assert engine == "hf" or hf_refuses or "--engine hf" in str(e), str(e)
+        return "refused"
+    assert got == expected, f"{method} on {engine}: different tokens without a refusal"
+    return "exact"
+
+
+# Families past the Llama layout (from scripts/arch_sweep.py), each with the outcome its engines must
+# give: latent attention and Doge's dynamic-mask attention run on the hf engine only; a hybrid with
+# linear-attention layers and a decoder without a `layers` list are refused everywhere.
+MORE = {
+    "deepseek_v3": (dict(num_key_value_heads=4, head_dim=8, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+                         qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
+                         moe_intermediate_size=32, n_shared_experts=1, n_group=1, topk_group=1), "exact"),
+    "doge": (dict(), "exact"),
+    "qwen3_next": (dict(num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                        shared_expert_intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
+                        linear_key_head_dim=16, linear_value_head_dim=16), "refused"),
+    "gpt2": (dict(), "refused"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(MORE))
+def test_more_families_are_exact_on_hf_or_refused_everywhere(arch):
+    overrides, on_hf = MORE[arch]
+    model = tiny(arch, **overrides)
+    expected = hf_greedy(model, 12)
+    hf_refuses = on_hf == "refused"
+    got = {(m, e): outcome(model, m, e, expected, hf_refuses)
+           for m, e in (("ar", "hf"), ("ar", "static"), ("ar", "graph"), ("pld", "hf"))}
+    assert got == {("ar", "hf"): on_hf, ("ar", "static"): "refused", ("ar", "graph"): "refused", ("pld", "hf"): on_hf}
+
+
+def test_a_sliding_window_model_decodes_the_same_twice_on_the_hf_engine():
+    """Hugging Face's sliding-window cache layers also count their length in a Python int, and
+    roll or concatenate once it reaches their size: the adapter sets it with the tensor one, so
+    neither rejected tree nodes nor an earlier decode make a later one attend to other keys."""
+    model = tiny("mistral", sliding_window=64)
+    expected = hf_greedy(model, 24)
+    # prompt lookup: its rejected drafts and the second decode both ran the count past the cache
+    decoder = build_decoder(model, DecodeConfig(method="pld", engine="hf", max_new_tokens=24, stop_at_eos=False))
+    assert [decoder.generate(PROMPT).token_ids for _ in range(2)] == [expected] * 2

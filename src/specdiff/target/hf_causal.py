@@ -110,6 +110,8 @@ class HFTarget:
                 chain = self.model(input_ids=torch.tensor([prompt + [a, c]], device=self.device)).logits[0, -3:]
                 side = self.model(input_ids=torch.tensor([prompt + [b]], device=self.device)).logits[0, -1:]
                 ref = torch.cat([chain[:2], side, chain[2:]]).float()
+        except SpecdiffError:  # already one line that says why
+            raise
         except Exception as e:  # an architecture whose forward cannot take the tree at all
             raise SpecdiffError(f"specdiff cannot run {type(self.model).__name__}'s tree forward "
                                 f"({type(e).__name__}: {first_line(e)})") from None
@@ -150,7 +152,15 @@ class HFTarget:
     def reset(self, max_len: int) -> None:
         """Start a new sequence with room for `max_len` slots (prompt + output + one tree)."""
         if self.cache is None or self.max_len < max_len:
-            self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+            cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+            for layer in cache.layers:
+                # per-slot state past K/V (DeepSeek V3.2's indexer keys) that commit would not
+                # move nor rollback rewind: later rounds would read stale slots
+                extra = [n for n in vars(layer) if n.endswith("cumulative_length") and n != "cumulative_length"]
+                if extra:
+                    raise SpecdiffError(f"specdiff does not manage {type(self.model).__name__}'s cache state "
+                                        f"{extra[0]} ({type(layer).__name__}); this model is not supported")
+            self.cache = cache
             self.max_len = max_len
         self.length = 0
 
@@ -168,6 +178,11 @@ class HFTarget:
     def run(self, plan: TreePlan) -> TargetOutput:
         for layer in self.cache.layers:  # write the nodes at slots [start, start + N)
             layer.cumulative_length.fill_(plan.start)
+            if hasattr(layer, "cumulative_length_int"):
+                # sliding-window layers count their length as an int too, and treat the cache as
+                # full (roll, concatenate) once it reaches their size: it must not count nodes
+                # the walk rejected nor an earlier sequence's
+                layer.cumulative_length_int = plan.start
         self._taps.clear()
         out = self.model(
             input_ids=plan.input_ids,

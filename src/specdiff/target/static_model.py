@@ -39,6 +39,7 @@ UNMODELLED = {
     "final_logit_softcapping": "soft-capped output logits",
     "use_sliding_window": "sliding-window attention",
     "sliding_window_pattern": "sliding-window attention",
+    "keep_window_size": "dynamic-mask attention",  # Doge: a learned per-key bias, top-k keys past the size
 }
 
 
